@@ -14,7 +14,6 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# MovieLens-100K ships inside the recbole wheel; only its data files are used, never its code.
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1

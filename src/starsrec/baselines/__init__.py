@@ -1,0 +1,36 @@
+"""Baselines honouring the Recommender contract, in the order they build on each other."""
+
+from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceRecommender
+from starsrec.baselines.lambdamart import LambdaMARTConfig, LambdaMARTRecommender
+from starsrec.baselines.popularity import (
+    PopularityConfig,
+    PopularityRecommender,
+    RecentPopularityConfig,
+    RecentPopularityRecommender,
+)
+from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
+
+BASELINES = {
+    model.name: model
+    for model in (
+        PopularityRecommender,
+        RecentPopularityRecommender,
+        RepeatHistoryRecommender,
+        CooccurrenceRecommender,
+        LambdaMARTRecommender,
+    )
+}
+
+__all__ = [
+    "BASELINES",
+    "CooccurrenceConfig",
+    "CooccurrenceRecommender",
+    "LambdaMARTConfig",
+    "LambdaMARTRecommender",
+    "PopularityConfig",
+    "PopularityRecommender",
+    "RecentPopularityConfig",
+    "RecentPopularityRecommender",
+    "RepeatHistoryConfig",
+    "RepeatHistoryRecommender",
+]

@@ -1,0 +1,212 @@
+"""The one contract STARS and every baseline honour (DESIGN section 5).
+
+A recommender is fitted on `TrainingData`, scores every catalogue item for a batch of
+`Queries` (`score`, what the full-ranking evaluator uses), returns the top k item ids under
+`Filters` (`recommend`), and saves to / loads from a directory of config JSON, safetensors
+and an item table: never pickles.
+
+Ties are broken by catalogue index everywhere (lower index first), so `recommend`, the
+evaluator's ranks and every run agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file, save_file
+
+from starsrec.interactions import Catalogue, EventLog, Queries
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.safetensors"
+ITEMS_FILE = "items.parquet"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What `fit` gets: training events, the catalogue, and optional validation targets."""
+
+    train: EventLog
+    catalogue: Catalogue
+    country: str | None = None
+    allow_repeats: bool = True
+    validation: Queries | None = None
+    validation_target: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which items a request may return.
+
+    allowed: (N,) bool over the catalogue (in stock, a class scope...), None = all.
+    exclude: per query, item ids never to return.
+    exclude_seen: drop items already in the query's history.
+    """
+
+    allowed: np.ndarray | None = None
+    exclude: Sequence[Sequence[str]] | None = None
+    exclude_seen: bool = False
+
+
+class Recommender(ABC):
+    """Base class: subclasses implement `_fit`, `score`, `_state` and `_restore`."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.catalogue: Catalogue | None = None
+
+    # -- training and scoring -------------------------------------------------------
+    def fit(self, data: TrainingData) -> Self:
+        """Learn from `data.train`; returns self."""
+        self.catalogue = data.catalogue
+        self._fit(data)
+        return self
+
+    @abstractmethod
+    def _fit(self, data: TrainingData) -> None: ...
+
+    @abstractmethod
+    def score(self, queries: Queries) -> np.ndarray:
+        """(Q, N) float32 scores over the whole catalogue; higher is better."""
+
+    def recommend(
+        self, queries: Queries, k: int = 10, filters: Filters | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and scores per query: ((Q, k') str, (Q, k') float32).
+
+        k' = min(k, catalogue size). Where filters leave fewer than k' items for a
+        query, its row is padded with id "" and score -inf.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        catalogue = self._fitted_catalogue()
+        scores = self.score(queries).astype(np.float32, copy=True)
+        apply_filters(scores, queries, catalogue, filters or Filters())
+        index = top_k(scores, k)
+        top_scores = np.take_along_axis(scores, index, axis=1)
+        ids = np.where(np.isfinite(top_scores), catalogue.item_ids[index], "")
+        return ids, top_scores
+
+    def _fitted_catalogue(self) -> Catalogue:
+        if self.catalogue is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load()")
+        return self.catalogue
+
+    # -- persistence ----------------------------------------------------------------
+    @abstractmethod
+    def _state(self) -> dict[str, np.ndarray]:
+        """Arrays that, with the config, fully determine the fitted model."""
+
+    @abstractmethod
+    def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
+        """Inverse of `_state` (`path` for models that keep extra files there)."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write config JSON, safetensors state and the item table into directory `path`."""
+        catalogue = self._fitted_catalogue()
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model": self.name, "config": asdict(self.config)}
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: np.ascontiguousarray(v) for k, v in self._state().items()}, out / STATE_FILE)
+        save_catalogue(catalogue, out / ITEMS_FILE)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Rebuild a model written by `save`."""
+        root = Path(path)
+        meta = json.loads((root / CONFIG_FILE).read_text())
+        if meta.get("model") != cls.name:
+            raise ValueError(f"{root} holds a {meta.get('model')!r} model, not {cls.name!r}")
+        model = cls(cls.config_class(**meta["config"]))
+        model.catalogue = load_catalogue(root / ITEMS_FILE)
+        model._restore(load_file(root / STATE_FILE), root)
+        return model
+
+
+def save_catalogue(catalogue: Catalogue, path: Path) -> None:
+    """The item table a saved model scores over (ids, text, class, subclass)."""
+    names = np.array([*catalogue.class_names, ""], dtype=object)
+    subnames = np.array([*catalogue.subclass_names, ""], dtype=object)
+    table = pd.DataFrame(
+        {
+            "item_id": catalogue.item_ids,
+            "text": catalogue.texts,
+            "class": names[catalogue.item_class],
+            "subclass": subnames[catalogue.subclass],
+        }
+    )
+    for column, names_ in (("class", catalogue.class_names), ("subclass", catalogue.subclass_names)):
+        if not names_:
+            table = table.drop(columns=column)
+    table.to_parquet(path, index=False)
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    table = pd.read_parquet(path)
+    for column in ("class", "subclass"):
+        if column in table.columns:
+            table[column] = table[column].replace("", None)
+    return Catalogue.from_items(table)
+
+
+def apply_filters(
+    scores: np.ndarray, queries: Queries, catalogue: Catalogue, filters: Filters
+) -> None:
+    """Set the scores of items a request may not return to -inf, in place."""
+    if filters.allowed is not None:
+        allowed = np.asarray(filters.allowed, dtype=bool)
+        if allowed.shape != (catalogue.size,):
+            raise ValueError(
+                f"filters.allowed must have one flag per catalogue item ({catalogue.size}), "
+                f"got shape {allowed.shape}"
+            )
+        scores[:, ~allowed] = -np.inf
+    if filters.exclude is not None:
+        if len(filters.exclude) != len(queries):
+            raise ValueError(
+                f"filters.exclude needs one list per query ({len(queries)}), "
+                f"got {len(filters.exclude)}"
+            )
+        for q, ids in enumerate(filters.exclude):
+            index = catalogue.index_of(list(ids)) if len(ids) else np.empty(0, np.int64)
+            scores[q, index[index >= 0]] = -np.inf
+    if filters.exclude_seen:
+        query, rows = queries.flat_history()
+        scores[query, queries.log.item[rows]] = -np.inf
+    scores[np.isnan(scores)] = -np.inf
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(Q, min(k, N)) indices of the best scores per row, ties by lower index first."""
+    n = scores.shape[1]
+    k = min(k, n)
+    kth = np.partition(scores, n - k, axis=1)[:, n - k]  # k-th largest value per row
+    result = np.empty((scores.shape[0], k), dtype=np.int64)
+    for q, row in enumerate(scores):
+        candidates = np.flatnonzero(row >= kth[q])
+        order = np.lexsort((candidates, -row[candidates]))[:k]
+        result[q] = candidates[order]
+    return result
+
+
+def ranks_of(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target item, ties by lower index first (as `top_k`)."""
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets][:, None]
+    better = (scores > target_scores).sum(axis=1)
+    tied_before = ((scores == target_scores) & (np.arange(scores.shape[1]) < targets[:, None])).sum(
+        axis=1
+    )
+    return (better + tied_before).astype(np.int64)
