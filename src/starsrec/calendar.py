@@ -43,7 +43,12 @@ def calendar_features(times: np.ndarray, country: str | None) -> dict[str, np.nd
     }
     if country is None or times.size == 0:
         nan = np.full(times.shape, np.nan, dtype=np.float32)
-        return {**features, "days_to_holiday": nan, "days_since_holiday": nan, "holiday_distance": nan}
+        return {
+            **features,
+            "days_to_holiday": nan,
+            "days_since_holiday": nan,
+            "holiday_distance": nan,
+        }
     years = moments.astype("datetime64[Y]").astype(np.int64) + 1970
     table = holiday_days(country, int(years.min()) - 1, int(years.max()) + 1)
     after = np.searchsorted(table, days, side="left")

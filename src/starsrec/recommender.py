@@ -147,7 +147,10 @@ def save_catalogue(catalogue: Catalogue, path: Path) -> None:
             "subclass": subnames[catalogue.subclass],
         }
     )
-    for column, names_ in (("class", catalogue.class_names), ("subclass", catalogue.subclass_names)):
+    for column, names_ in (
+        ("class", catalogue.class_names),
+        ("subclass", catalogue.subclass_names),
+    ):
         if not names_:
             table = table.drop(columns=column)
     table.to_parquet(path, index=False)

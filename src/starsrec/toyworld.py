@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from starsrec.data import Dataset, EventType, TemporalCuts, validate
+from starsrec.data import Dataset, EventType, TemporalCuts
+from starsrec.validation import validate
 
 START = pd.Timestamp("2024-01-01")
 
@@ -49,7 +50,9 @@ def make_toy_world(
             item = subclass * chain_length + start + step
             if noise and rng.random() < noise:
                 item = rng.integers(n_items)
-            rows.append((f"u{u:04d}", items.item_id[item], START + pd.Timedelta(days=first_day + step)))
+            rows.append(
+                (f"u{u:04d}", items.item_id[item], START + pd.Timedelta(days=first_day + step))
+            )
     events = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     events["event_type"] = "purchase"
     return validate(

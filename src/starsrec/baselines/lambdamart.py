@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightgbm
@@ -46,7 +46,9 @@ class LambdaMARTConfig:
     cooccurrence_candidates: int = 100
     popular_candidates: int = 50
     recent_window_days: float = 28.0
-    labels_per_user: int = 3
+    labels_per_user: int = 10
+    session_gap_minutes: float = 30.0
+    max_groups: int = 20_000
     n_estimators: int = 400
     learning_rate: float = 0.05
     num_leaves: int = 31
@@ -58,8 +60,8 @@ class LambdaMARTConfig:
     max_cells: int = 1 << 21
     threads: int = 1
     seed: int = 0
-    repeat: RepeatHistoryConfig = RepeatHistoryConfig()
-    cooccurrence: CooccurrenceConfig = CooccurrenceConfig()
+    repeat: RepeatHistoryConfig = field(default_factory=RepeatHistoryConfig)
+    cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
 
     def __post_init__(self) -> None:
         # Nested configs arrive as dicts from config.json.
@@ -69,9 +71,7 @@ class LambdaMARTConfig:
                 object.__setattr__(self, name, kind(**value))
 
 
-ARRAYS = (
-    "popularity", "recent", "popular", "repeat_rate", "buyers", "first_seen", "month_share"
-)
+ARRAYS = ("popularity", "recent", "popular", "repeat_rate", "buyers", "first_seen", "month_share")
 
 
 @dataclass
@@ -149,7 +149,9 @@ class FeatureGenerators:
         cooccurrence = CooccurrenceRecommender(config.cooccurrence)
         for model, prefix in ((repeat, "repeat."), (cooccurrence, "cooccurrence.")):
             model.catalogue = catalogue
-            model._restore({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, None)
+            model._restore(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, None
+            )
         return cls(
             config=config,
             country=context["country"],
@@ -168,25 +170,29 @@ class FeatureGenerators:
         config = self.config
         repeat = self.repeat.history_scores(queries)  # (Q, N)
         neighbours = self.cooccurrence.neighbour_scores(queries)  # (Q, N)
-        count, last_age_days, last_age_events, class_share, subclass_share = self._history(
-            queries
-        )
+        count, last_age_days, last_age_events, class_share, subclass_share = self._history(queries)
         mask = np.zeros(repeat.shape, dtype=bool)
-        _mark_top(mask, repeat, config.repeat_candidates)
-        _mark_top(mask, neighbours, config.cooccurrence_candidates)
-        mask[:, self.popular] = True
-        if not self.allow_repeats:
+        if self.allow_repeats:
+            _mark_top(mask, repeat, config.repeat_candidates)
+            _mark_top(mask, neighbours, config.cooccurrence_candidates)
+            mask[:, self.popular] = True
+        else:
+            # Seen items can never be recommended: spend the candidate slots on unseen ones.
+            _mark_top(mask, np.where(count > 0, 0.0, neighbours), config.cooccurrence_candidates)
+            mask[:, self.popular] = True
             mask &= count == 0
         query, item = np.nonzero(mask)
 
         lengths = queries.lengths.astype(np.float64)
         distinct = (count > 0).sum(axis=1).astype(np.float64)
-        last_time = np.where(
-            queries.end > queries.start, queries.log.timestamp[np.maximum(queries.end - 1, 0)], 0
-        )
+        # Times of the first and last history event; the request time for an empty one.
+        stamps = np.append(queries.log.timestamp, 0)  # index -1 / size reads the pad
+        has_history = queries.end > queries.start
+        last_time = np.where(has_history, stamps[queries.end - 1], queries.time)
         first_time = np.where(
-            queries.end > queries.start, queries.log.timestamp[np.minimum(queries.start, queries.log.size - 1)], 0
+            has_history, stamps[np.where(has_history, queries.start, -1)], queries.time
         )
+        session_events = self._session_events(queries)
         calendar = calendar_features(queries.time, self.country)
         month = calendar["month"].astype(np.int64) - 1
         n_classes = class_share.shape[1]
@@ -228,12 +234,21 @@ class FeatureGenerators:
             "history_distinct": distinct[query],
             "user_repeat_ratio": (1.0 - distinct / np.maximum(lengths, 1.0))[query],
             "days_since_last_event": ((queries.time - last_time) / DAY)[query],
+            "session_events": session_events[query],
             "user_tenure_days": ((queries.time - first_time) / DAY)[query],
             # calendar
             **{name: values[query] for name, values in calendar.items()},
         }
         features = np.column_stack([np.asarray(v, dtype=np.float32) for v in columns.values()])
         return query, item, features
+
+    def _session_events(self, queries: Queries) -> np.ndarray:
+        """(Q,) history events within the session gap before the request (the basket
+        so far); 0 when the request opens a new session."""
+        query, rows = queries.flat_history()
+        recent = queries.time[query] - queries.log.timestamp[rows]
+        in_session = recent <= self.config.session_gap_minutes * 60
+        return np.bincount(query[in_session], minlength=len(queries)).astype(np.float64)
 
     def _history(self, queries: Queries) -> tuple[np.ndarray, ...]:
         """Per (query, item): count, days and events since last interaction; and per
@@ -249,20 +264,25 @@ class FeatureGenerators:
         np.maximum.at(last_row, (query, item), rows)
         seen = last_row >= 0
         safe = np.maximum(last_row, 0)
-        days = np.where(seen, (queries.time[:, None] - log.timestamp[safe]) / DAY, NEVER)
+        stamps = np.append(log.timestamp, 0)  # padded: an empty log still indexes
+        days = np.where(seen, (queries.time[:, None] - stamps[safe]) / DAY, NEVER)
         events = np.where(seen, queries.end[:, None] - last_row, NEVER)
-        class_share = _shares(query, self.item_class[item], len(queries), queries.lengths)
-        subclass_share = _shares(query, self.subclass[item], len(queries), queries.lengths)
+        class_share = _shares(query, self.item_class, item, queries)
+        subclass_share = _shares(query, self.subclass, item, queries)
         return count, days, events, class_share, subclass_share
 
 
-def _shares(query: np.ndarray, group: np.ndarray, n_queries: int, lengths: np.ndarray) -> np.ndarray:
-    """(Q, G) share of each query's history in each group (-1 groups ignored)."""
-    n_groups = int(group.max()) + 1 if group.size and group.max() >= 0 else 0
-    shares = np.zeros((n_queries, n_groups))
+def _shares(
+    query: np.ndarray, item_group: np.ndarray, item: np.ndarray, queries: Queries
+) -> np.ndarray:
+    """(Q, G) share of each query's history events in each item group (class or
+    subclass; items without one, -1, are ignored)."""
+    n_groups = int(item_group.max()) + 1 if item_group.size else 0
+    shares = np.zeros((len(queries), max(n_groups, 0)))
+    group = item_group[item]
     known = group >= 0
     np.add.at(shares, (query[known], group[known]), 1.0)
-    return shares / np.maximum(lengths, 1)[:, None]
+    return shares / np.maximum(queries.lengths, 1)[:, None]
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
@@ -304,16 +324,27 @@ class LambdaMARTRecommender(Recommender):
 
     def _fit(self, data: TrainingData) -> None:
         config = self.config
-        labelled, label_target, before = _holdout(data.train, config.labels_per_user)
+        labelled, label_target, before = _holdout(data.train, config)
         history_only = replace(data, train=data.train.select(before))
-        train_set = self._dataset(
-            FeatureGenerators.fit(config, history_only), labelled, label_target
-        )
+        parts = [self._groups(FeatureGenerators.fit(config, history_only), labelled, label_target)]
         self.generators = FeatureGenerators.fit(config, data)
-        valid_sets = []
+        stopping = None
         if data.validation is not None and len(data.validation):
-            valid = self._dataset(self.generators, data.validation, data.validation_target)
-            valid_sets = [valid]
+            # Validation queries come from the evaluation protocol itself (e.g. the first
+            # item of a new basket), which the in-train holdout only approximates. Half of
+            # them (alternating) become training groups, the other half drive early stopping.
+            learn = np.arange(len(data.validation)) % 2 == 0
+            targets = data.validation_target
+            parts.append(self._groups(self.generators, data.validation[learn], targets[learn]))
+            stopping = self._groups(self.generators, data.validation[~learn], targets[~learn])
+        features, labels, groups = _stack(parts)
+        train_set = lightgbm.Dataset(features, label=labels, group=groups)
+        valid_sets = None
+        if stopping is not None and len(stopping[2]):
+            features, labels, groups = stopping
+            valid_sets = [
+                lightgbm.Dataset(features, label=labels, group=groups, reference=train_set)
+            ]
         params = {
             "objective": "lambdarank",
             "metric": "ndcg",
@@ -329,25 +360,25 @@ class LambdaMARTRecommender(Recommender):
             "force_row_wise": True,
             "verbosity": -1,
         }
-        callbacks = [lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)]
+        stop = lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)
         self.booster = lightgbm.train(
             params,
             train_set,
             num_boost_round=config.n_estimators,
-            valid_sets=valid_sets or None,
-            callbacks=callbacks if valid_sets else None,
+            valid_sets=valid_sets,
+            callbacks=[stop] if valid_sets else None,
         )
         logger.info(
             "lambdamart: %d training groups, best iteration %d",
-            len(labelled),
+            sum(len(groups) for _, _, groups in parts),
             self.booster.best_iteration or config.n_estimators,
         )
 
-    def _dataset(
+    def _groups(
         self, generators: FeatureGenerators, queries: Queries, targets: np.ndarray
-    ) -> lightgbm.Dataset:
-        """Candidates with labels (1 = the target), grouped by query; groups whose
-        target is not among the candidates are dropped (they carry no gradient)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features, labels, group sizes): candidates labelled 1 for the target, grouped
+        by query; groups whose target is not a candidate are dropped (no gradient)."""
         features, labels, groups = [], [], []
         for part in self._chunks(queries):
             query, item, x = generators.candidates_and_features(queries[part])
@@ -358,12 +389,7 @@ class LambdaMARTRecommender(Recommender):
             features.append(x[keep])
             labels.append(label[keep])
             groups.append(sizes[has_positive])
-        return lightgbm.Dataset(
-            np.concatenate(features),
-            label=np.concatenate(labels),
-            group=np.concatenate(groups),
-            free_raw_data=True,
-        )
+        return _stack([(f, y, g) for f, y, g in zip(features, labels, groups, strict=True)])
 
     def _chunks(self, queries: Queries) -> list[slice]:
         n_items = len(self.catalogue.item_ids) if self.catalogue is not None else 1
@@ -395,7 +421,10 @@ class LambdaMARTRecommender(Recommender):
         """The common files plus the booster in LightGBM's own text format."""
         out = super().save(path)
         self.booster.save_model(str(out / BOOSTER_FILE))
-        context = {"country": self.generators.country, "allow_repeats": self.generators.allow_repeats}
+        context = {
+            "country": self.generators.country,
+            "allow_repeats": self.generators.allow_repeats,
+        }
         (out / CONTEXT_FILE).write_text(json.dumps(context) + "\n")
         return out
 
@@ -405,19 +434,47 @@ class LambdaMARTRecommender(Recommender):
         self.booster = lightgbm.Booster(model_file=str(path / BOOSTER_FILE))
 
 
-def _holdout(log: EventLog, per_user: int) -> tuple[Queries, np.ndarray, np.ndarray]:
-    """Each user's last `per_user` target events as labelled queries (users keeping at
-    least one earlier event), and the mask of events before every held-out one."""
+def _stack(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate (features, labels, group sizes) triples."""
+    features, labels, groups = zip(*parts, strict=True)
+    return np.concatenate(features), np.concatenate(labels), np.concatenate(groups)
+
+
+def _holdout(log: EventLog, config: LambdaMARTConfig) -> tuple[Queries, np.ndarray, np.ndarray]:
+    """Labelled queries from the training events themselves, and the mask of events
+    before every held-out one (what the feature generators may see).
+
+    Per user: the last `labels_per_user` target events (mid-session situations) and the
+    first target event of each of the last `labels_per_user` sessions (a session starts
+    after a gap of more than `session_gap_minutes`), since test targets can be either;
+    but never more than the later half of a user's target events, so the generators keep
+    the earlier half. At most `max_groups` of them, sampled with the seed.
+    """
     rows = np.flatnonzero(log.is_target)
     users = log.user[rows]
-    # Position of each target row counted from its user's last target row (0 = last).
-    last_index = np.full(log.n_users, -1)
-    np.maximum.at(last_index, users, np.arange(len(rows)))
-    from_end = last_index[users] - np.arange(len(rows))
-    held = rows[(from_end < per_user) & (rows > log.offsets[users])]
+    rank = np.arange(len(rows)) - np.searchsorted(users, users)  # within the user's targets
+    total = np.bincount(users, minlength=log.n_users)[users]
+    gap = np.diff(log.timestamp, prepend=np.iinfo(np.int64).min // 2)
+    first_of_user = np.arange(log.size) == log.offsets[log.user]
+    starts_session = ((gap > config.session_gap_minutes * 60) | first_of_user)[rows]
+    # Count session starts from each user's end: the last start is 1.
+    session_from_end = np.zeros(len(rows), dtype=np.int64)
+    start_rows = np.flatnonzero(starts_session)
+    start_users = users[start_rows]
+    starts_per_user = np.bincount(start_users, minlength=log.n_users)
+    start_rank = np.arange(len(start_rows)) - np.searchsorted(start_users, start_users)
+    session_from_end[start_rows] = starts_per_user[start_users] - start_rank
+    recent = total - rank <= config.labels_per_user
+    recent_session = starts_session & (session_from_end <= config.labels_per_user)
+    held_rows = rows[(recent | recent_session) & (rank >= (total + 1) // 2)]
+    if len(held_rows) > config.max_groups:
+        rng = np.random.default_rng(config.seed)
+        held_rows = np.sort(rng.choice(held_rows, config.max_groups, replace=False))
     first_held = np.full(log.n_users, np.iinfo(np.int64).max)
-    np.minimum.at(first_held, log.user[held], held)
+    np.minimum.at(first_held, log.user[held_rows], held_rows)
     before = np.arange(log.size) < first_held[log.user]
-    held_users = log.user[held]
-    queries = Queries(log, log.offsets[held_users], held, log.timestamp[held], held_users)
-    return queries, log.item[held], before
+    held_users = log.user[held_rows]
+    queries = Queries(log, log.offsets[held_users], held_rows, log.timestamp[held_rows], held_users)
+    return queries, log.item[held_rows], before

@@ -1,0 +1,124 @@
+"""The `starsrec` command line: the only place that prints.
+
+starsrec data prepare movielens-100k --out data/movielens-100k
+starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/ml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from starsrec import __version__
+from starsrec.baselines import BASELINES
+from starsrec.data import DataError, format_summary, load_prepared, save_prepared, summarize
+from starsrec.datasets import DATASETS, prepare
+from starsrec.report import run_models, write_report
+from starsrec.splits import PROTOCOLS
+
+EXAMPLES = {
+    "prepare": "example: starsrec data prepare online-retail --out data/online-retail",
+    "evaluate": (
+        "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
+        "--models popularity,lambdamart --out reports/movielens"
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starsrec", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"starsrec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="prepare datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    prep = data_commands.add_parser(
+        "prepare",
+        help="turn a known dataset or your own files into Parquet tables",
+        epilog=EXAMPLES["prepare"],
+    )
+    prep.add_argument(
+        "source",
+        help=f"a known dataset ({', '.join(DATASETS)}) or a directory with events and "
+        "items files (CSV or Parquet)",
+    )
+    prep.add_argument("--out", required=True, help="directory to write the Parquet tables to")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="fit the baselines on a prepared dataset and report full-ranking metrics",
+        epilog=EXAMPLES["evaluate"],
+    )
+    evaluate.add_argument("data_dir", help="a directory written by `starsrec data prepare`")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="leave-one-out")
+    evaluate.add_argument(
+        "--models",
+        default=",".join(BASELINES),
+        help=f"comma-separated models (default: all of {', '.join(BASELINES)})",
+    )
+    seen = evaluate.add_mutually_exclusive_group()
+    seen.add_argument(
+        "--exclude-seen",
+        dest="exclude_seen",
+        action="store_true",
+        default=None,
+        help="never rank items already in the user's history",
+    )
+    seen.add_argument(
+        "--allow-seen",
+        dest="exclude_seen",
+        action="store_false",
+        help="let already-seen items be recommended (default unless the dataset says otherwise)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", default="reports/latest", help="report directory")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        dataset = prepare(args.source)
+        out = save_prepared(dataset, args.out)
+        print(format_summary(summarize(dataset)))
+        print(f"\nwrote {out}/")
+        return 0
+    if args.command == "evaluate":
+        dataset = load_prepared(args.data_dir)
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in models if m not in BASELINES]
+        if unknown:
+            raise DataError(
+                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
+            )
+        records = run_models(
+            dataset, args.protocol, models, seeds=(args.seed,), exclude_seen=args.exclude_seen
+        )
+        title = f"{dataset.name}, {args.protocol}"
+        report = write_report(records, args.out, title)
+        print(f"wrote {report} and {report.parent / 'results.json'}")
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return run(args)
+    except (DataError, ValueError, FileNotFoundError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        print("hint: run with --debug for the full traceback", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
