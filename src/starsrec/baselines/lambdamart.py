@@ -170,7 +170,8 @@ class FeatureGenerators:
         config = self.config
         repeat = self.repeat.history_scores(queries)  # (Q, N)
         neighbours = self.cooccurrence.neighbour_scores(queries)  # (Q, N)
-        count, last_age_days, last_age_events, class_share, subclass_share = self._history(queries)
+        history = self._history(queries)
+        count = history["count"]
         mask = np.zeros(repeat.shape, dtype=bool)
         if self.allow_repeats:
             _mark_top(mask, repeat, config.repeat_candidates)
@@ -195,6 +196,7 @@ class FeatureGenerators:
         session_events = self._session_events(queries)
         calendar = calendar_features(queries.time, self.country)
         month = calendar["month"].astype(np.int64) - 1
+        class_share, subclass_share = history["class_share"], history["subclass_share"]
         n_classes = class_share.shape[1]
         item_class = self.item_class[item]
         item_subclass = self.subclass[item]
@@ -208,8 +210,12 @@ class FeatureGenerators:
             "recent_popularity": self.recent[item],
             # user x item
             "user_item_count": count[query, item],
-            "days_since_user_item": last_age_days[query, item],
-            "events_since_user_item": last_age_events[query, item],
+            "days_since_user_item": history["days"][query, item],
+            "events_since_user_item": history["events"][query, item],
+            # How often the item opened one of the user's sessions (the first thing put in
+            # a basket), and the share of the user's sessions that contained it.
+            "user_item_session_starts": history["session_starts"][query, item],
+            "user_item_session_rate": history["session_rate"][query, item],
             "class_share": np.where(
                 item_class >= 0, class_share[query, np.maximum(item_class, 0)], np.nan
             )
@@ -250,9 +256,10 @@ class FeatureGenerators:
         in_session = recent <= self.config.session_gap_minutes * 60
         return np.bincount(query[in_session], minlength=len(queries)).astype(np.float64)
 
-    def _history(self, queries: Queries) -> tuple[np.ndarray, ...]:
-        """Per (query, item): count, days and events since last interaction; and per
-        query the share of history in each class and subclass."""
+    def _history(self, queries: Queries) -> dict[str, np.ndarray]:
+        """Per (query, item): count, days and events since the last interaction, session
+        starts and session rate; per query the share of history in each class and
+        subclass."""
         n_items = len(self.popularity)
         query, rows = queries.flat_history()
         log = queries.log
@@ -265,11 +272,25 @@ class FeatureGenerators:
         seen = last_row >= 0
         safe = np.maximum(last_row, 0)
         stamps = np.append(log.timestamp, 0)  # padded: an empty log still indexes
-        days = np.where(seen, (queries.time[:, None] - stamps[safe]) / DAY, NEVER)
-        events = np.where(seen, queries.end[:, None] - last_row, NEVER)
-        class_share = _shares(query, self.item_class, item, queries)
-        subclass_share = _shares(query, self.subclass, item, queries)
-        return count, days, events, class_share, subclass_share
+        gap = self.config.session_gap_minutes * 60
+        opens = (rows == queries.start[query]) | (stamps[rows] - stamps[rows - 1] > gap)
+        session_starts = np.zeros(shape)
+        np.add.at(session_starts, (query[opens], item[opens]), 1.0)
+        # Sessions containing the item: count each (query, item, session) once.
+        session = np.cumsum(opens)
+        in_session = np.unique(np.stack([query, item, session]), axis=1)
+        sessions_with_item = np.zeros(shape)
+        np.add.at(sessions_with_item, (in_session[0], in_session[1]), 1.0)
+        sessions = np.bincount(query[opens], minlength=len(queries)).astype(np.float64)
+        return {
+            "count": count,
+            "days": np.where(seen, (queries.time[:, None] - stamps[safe]) / DAY, NEVER),
+            "events": np.where(seen, queries.end[:, None] - last_row, NEVER),
+            "session_starts": session_starts,
+            "session_rate": sessions_with_item / np.maximum(sessions, 1.0)[:, None],
+            "class_share": _shares(query, self.item_class, item, queries),
+            "subclass_share": _shares(query, self.subclass, item, queries),
+        }
 
 
 def _shares(
