@@ -31,6 +31,7 @@ FAST_CONFIGS: dict[str, dict] = {"lambdamart": {"n_estimators": 30}}
 # (popularity, repeat history) have no way to: they serve as the "far worse" reference.
 LEARNS_TOY_WORLD = {"cooccurrence-knn", "lambdamart"}
 
+
 def make_model(name: str) -> Recommender:
     cls = BASELINES[name]
     return cls(cls.config_class(**FAST_CONFIGS.get(name, {})))
