@@ -1,335 +1,35 @@
 """LambdaMART: the paper's production baseline, a learned re-ranker over candidates.
 
-Stage 1, candidates per query: the user's own history (repeat), the top co-occurrence
-neighbours of the recent history, and the globally and recently most popular items.
-Stage 2, LightGBM `lambdarank` orders the candidates using generator scores and ranks,
-user features, item features, recency of the user's last interaction with the item,
-user-taxonomy affinity and calendar features (weekday, month, hour, days to the nearest
-public holiday, the item's popularity in the request's month).
+Stage 1 (ranking_features.py) proposes candidates per query from repeat history,
+co-occurrence and popularity, and describes each (query, candidate) pair with ~30
+features. Stage 2, here, is LightGBM `lambdarank` ordering the candidates.
 
-Training without leakage: the ranker learns from each user's last `labels_per_user`
-target events in the training data, with feature generators fitted only on the events
-before them; for inference the generators are refitted on all training events. Validation
-queries, when given, drive early stopping. Items outside the candidates rank below all
-candidates, by popularity, so the ranking is still over the whole catalogue.
-"""
+Training without leakage: labelled groups come from each user's later training events
+(see `_holdout`), with the feature generators fitted only on the events before them; for
+inference the generators are refitted on all training events. Half of the validation
+queries (alternating) join the training groups, because they follow the evaluation
+protocol itself, and the other half drive early stopping. Items outside the candidates
+rank below all candidates, by popularity, so the ranking is still over the whole catalogue."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightgbm
 import numpy as np
 
-from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceRecommender
-from starsrec.baselines.popularity import DAY, popularity, with_fallback
-from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
-from starsrec.calendar import calendar_features
-from starsrec.interactions import Catalogue, EventLog, Queries
+from starsrec.baselines.popularity import with_fallback
+from starsrec.baselines.ranking_features import FeatureGenerators, LambdaMARTConfig
+from starsrec.interactions import EventLog, Queries
 from starsrec.recommender import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
 
 BOOSTER_FILE = "booster.txt"
 CONTEXT_FILE = "context.json"
-NEVER = 10_000.0  # "days since" / "events since" for something that never happened
-
-
-@dataclass(frozen=True)
-class LambdaMARTConfig:
-    """Candidate pool sizes, training labels and LightGBM settings."""
-
-    repeat_candidates: int = 100
-    cooccurrence_candidates: int = 100
-    popular_candidates: int = 50
-    recent_window_days: float = 28.0
-    labels_per_user: int = 10
-    session_gap_minutes: float = 30.0
-    max_groups: int = 20_000
-    n_estimators: int = 400
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 50
-    feature_fraction: float = 0.8
-    early_stopping_rounds: int = 30
-    # Queries per feature chunk = max_cells // catalogue size: bounds the dense (Q, N)
-    # work matrices (about ten of them) whatever the catalogue.
-    max_cells: int = 1 << 21
-    threads: int = 1
-    seed: int = 0
-    repeat: RepeatHistoryConfig = field(default_factory=RepeatHistoryConfig)
-    cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
-
-    def __post_init__(self) -> None:
-        # Nested configs arrive as dicts from config.json.
-        for name, kind in (("repeat", RepeatHistoryConfig), ("cooccurrence", CooccurrenceConfig)):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                object.__setattr__(self, name, kind(**value))
-
-
-ARRAYS = ("popularity", "recent", "popular", "repeat_rate", "buyers", "first_seen", "month_share")
-
-
-@dataclass
-class FeatureGenerators:
-    """Everything stage 1 and the features need, fitted on one event log."""
-
-    config: LambdaMARTConfig
-    country: str | None
-    allow_repeats: bool
-    item_class: np.ndarray  # (N,)
-    subclass: np.ndarray  # (N,)
-    repeat: RepeatHistoryRecommender
-    cooccurrence: CooccurrenceRecommender
-    popularity: np.ndarray  # (N,) share of training target events
-    recent: np.ndarray  # (N,) share in the recent window
-    popular: np.ndarray  # (C,) the popularity candidates
-    repeat_rate: np.ndarray  # (N,) share of an item's events that are rebuys
-    buyers: np.ndarray  # (N,) distinct users
-    first_seen: np.ndarray  # (N,) seconds, inf when never seen
-    month_share: np.ndarray  # (12, N) item share of each calendar month's events
-
-    @classmethod
-    def fit(cls, config: LambdaMARTConfig, data: TrainingData) -> FeatureGenerators:
-        log, n_items = data.train, data.catalogue.size
-        end = int(log.timestamp.max()) if log.size else 0
-        total = popularity(log, n_items)
-        recent = popularity(log, n_items, since=end - int(config.recent_window_days * DAY))
-        popular = np.union1d(
-            _top(with_fallback(recent, total), config.popular_candidates),
-            _top(total, config.popular_candidates),
-        )
-        target = log.is_target
-        pairs = np.unique(np.stack([log.user[target], log.item[target]]), axis=1)
-        buyers = np.bincount(pairs[1], minlength=n_items).astype(np.float64)
-        count = np.bincount(log.item[target], minlength=n_items).astype(np.float64)
-        first_seen = np.full(n_items, np.inf)
-        np.minimum.at(first_seen, log.item, log.timestamp.astype(np.float64))
-        months = calendar_features(log.timestamp[target], None)["month"].astype(np.int64) - 1
-        by_month = np.zeros((12, n_items))
-        np.add.at(by_month, (months, log.item[target]), 1.0)
-        return cls(
-            config=config,
-            country=data.country,
-            allow_repeats=data.allow_repeats,
-            item_class=data.catalogue.item_class,
-            subclass=data.catalogue.subclass,
-            repeat=RepeatHistoryRecommender(config.repeat).fit(data),
-            cooccurrence=CooccurrenceRecommender(config.cooccurrence).fit(data),
-            popularity=total / max(total.sum(), 1.0),
-            recent=recent / max(recent.sum(), 1.0),
-            popular=popular,
-            repeat_rate=np.where(count > 0, 1.0 - buyers / np.maximum(count, 1.0), 0.0),
-            buyers=buyers,
-            first_seen=first_seen,
-            month_share=by_month / np.maximum(by_month.sum(axis=1, keepdims=True), 1.0),
-        )
-
-    def state(self) -> dict[str, np.ndarray]:
-        """Arrays for safetensors; sub-model states are prefixed."""
-        return {
-            **{name: getattr(self, name) for name in ARRAYS},
-            **{f"repeat.{k}": v for k, v in self.repeat._state().items()},
-            **{f"cooccurrence.{k}": v for k, v in self.cooccurrence._state().items()},
-        }
-
-    @classmethod
-    def from_state(
-        cls,
-        config: LambdaMARTConfig,
-        state: dict[str, np.ndarray],
-        catalogue: Catalogue,
-        context: dict,
-    ) -> FeatureGenerators:
-        repeat = RepeatHistoryRecommender(config.repeat)
-        cooccurrence = CooccurrenceRecommender(config.cooccurrence)
-        for model, prefix in ((repeat, "repeat."), (cooccurrence, "cooccurrence.")):
-            model.catalogue = catalogue
-            model._restore(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, None
-            )
-        return cls(
-            config=config,
-            country=context["country"],
-            allow_repeats=context["allow_repeats"],
-            item_class=catalogue.item_class,
-            subclass=catalogue.subclass,
-            repeat=repeat,
-            cooccurrence=cooccurrence,
-            **{name: state[name] for name in ARRAYS},
-        )
-
-    def candidates_and_features(
-        self, queries: Queries
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(pairs query index, pairs item index, (P, F) float32 features) for a chunk."""
-        config = self.config
-        repeat = self.repeat.history_scores(queries)  # (Q, N)
-        neighbours = self.cooccurrence.neighbour_scores(queries)  # (Q, N)
-        history = self._history(queries)
-        count = history["count"]
-        mask = np.zeros(repeat.shape, dtype=bool)
-        if self.allow_repeats:
-            _mark_top(mask, repeat, config.repeat_candidates)
-            _mark_top(mask, neighbours, config.cooccurrence_candidates)
-            mask[:, self.popular] = True
-        else:
-            # Seen items can never be recommended: spend the candidate slots on unseen ones.
-            _mark_top(mask, np.where(count > 0, 0.0, neighbours), config.cooccurrence_candidates)
-            mask[:, self.popular] = True
-            mask &= count == 0
-        query, item = np.nonzero(mask)
-
-        lengths = queries.lengths.astype(np.float64)
-        distinct = (count > 0).sum(axis=1).astype(np.float64)
-        # Times of the first and last history event; the request time for an empty one.
-        stamps = np.append(queries.log.timestamp, 0)  # index -1 / size reads the pad
-        has_history = queries.end > queries.start
-        last_time = np.where(has_history, stamps[queries.end - 1], queries.time)
-        first_time = np.where(
-            has_history, stamps[np.where(has_history, queries.start, -1)], queries.time
-        )
-        session_events = self._session_events(queries)
-        calendar = calendar_features(queries.time, self.country)
-        month = calendar["month"].astype(np.int64) - 1
-        class_share, subclass_share = history["class_share"], history["subclass_share"]
-        n_classes = class_share.shape[1]
-        item_class = self.item_class[item]
-        item_subclass = self.subclass[item]
-        columns = {
-            # candidate generators
-            "repeat_score": repeat[query, item],
-            "repeat_rank": _row_ranks(repeat)[query, item],
-            "cooccurrence_score": neighbours[query, item],
-            "cooccurrence_rank": _row_ranks(neighbours)[query, item],
-            "popularity": self.popularity[item],
-            "recent_popularity": self.recent[item],
-            # user x item
-            "user_item_count": count[query, item],
-            "days_since_user_item": history["days"][query, item],
-            "events_since_user_item": history["events"][query, item],
-            # How often the item opened one of the user's sessions (the first thing put in
-            # a basket), and the share of the user's sessions that contained it.
-            "user_item_session_starts": history["session_starts"][query, item],
-            "user_item_session_rate": history["session_rate"][query, item],
-            "class_share": np.where(
-                item_class >= 0, class_share[query, np.maximum(item_class, 0)], np.nan
-            )
-            if n_classes
-            else np.full(len(item), np.nan),
-            "subclass_share": np.where(
-                item_subclass >= 0, subclass_share[query, np.maximum(item_subclass, 0)], np.nan
-            )
-            if subclass_share.shape[1]
-            else np.full(len(item), np.nan),
-            # item
-            "item_repeat_rate": self.repeat_rate[item],
-            "item_buyers": self.buyers[item],
-            "item_age_days": np.where(
-                np.isfinite(self.first_seen[item]),
-                (queries.time[query] - self.first_seen[item]) / DAY,
-                -1.0,
-            ),
-            "item_month_share": self.month_share[month[query], item],
-            # user
-            "history_length": lengths[query],
-            "history_distinct": distinct[query],
-            "user_repeat_ratio": (1.0 - distinct / np.maximum(lengths, 1.0))[query],
-            "days_since_last_event": ((queries.time - last_time) / DAY)[query],
-            "session_events": session_events[query],
-            "user_tenure_days": ((queries.time - first_time) / DAY)[query],
-            # calendar
-            **{name: values[query] for name, values in calendar.items()},
-        }
-        features = np.column_stack([np.asarray(v, dtype=np.float32) for v in columns.values()])
-        return query, item, features
-
-    def _session_events(self, queries: Queries) -> np.ndarray:
-        """(Q,) history events within the session gap before the request (the basket
-        so far); 0 when the request opens a new session."""
-        query, rows = queries.flat_history()
-        recent = queries.time[query] - queries.log.timestamp[rows]
-        in_session = recent <= self.config.session_gap_minutes * 60
-        return np.bincount(query[in_session], minlength=len(queries)).astype(np.float64)
-
-    def _history(self, queries: Queries) -> dict[str, np.ndarray]:
-        """Per (query, item): count, days and events since the last interaction, session
-        starts and session rate; per query the share of history in each class and
-        subclass."""
-        n_items = len(self.popularity)
-        query, rows = queries.flat_history()
-        log = queries.log
-        item = log.item[rows]
-        shape = (len(queries), n_items)
-        count = np.zeros(shape)
-        np.add.at(count, (query, item), 1.0)
-        last_row = np.full(shape, -1, dtype=np.int64)
-        np.maximum.at(last_row, (query, item), rows)
-        seen = last_row >= 0
-        safe = np.maximum(last_row, 0)
-        stamps = np.append(log.timestamp, 0)  # padded: an empty log still indexes
-        gap = self.config.session_gap_minutes * 60
-        opens = (rows == queries.start[query]) | (stamps[rows] - stamps[rows - 1] > gap)
-        session_starts = np.zeros(shape)
-        np.add.at(session_starts, (query[opens], item[opens]), 1.0)
-        # Sessions containing the item: count each (query, item, session) once.
-        session = np.cumsum(opens)
-        in_session = np.unique(np.stack([query, item, session]), axis=1)
-        sessions_with_item = np.zeros(shape)
-        np.add.at(sessions_with_item, (in_session[0], in_session[1]), 1.0)
-        sessions = np.bincount(query[opens], minlength=len(queries)).astype(np.float64)
-        return {
-            "count": count,
-            "days": np.where(seen, (queries.time[:, None] - stamps[safe]) / DAY, NEVER),
-            "events": np.where(seen, queries.end[:, None] - last_row, NEVER),
-            "session_starts": session_starts,
-            "session_rate": sessions_with_item / np.maximum(sessions, 1.0)[:, None],
-            "class_share": _shares(query, self.item_class, item, queries),
-            "subclass_share": _shares(query, self.subclass, item, queries),
-        }
-
-
-def _shares(
-    query: np.ndarray, item_group: np.ndarray, item: np.ndarray, queries: Queries
-) -> np.ndarray:
-    """(Q, G) share of each query's history events in each item group (class or
-    subclass; items without one, -1, are ignored)."""
-    n_groups = int(item_group.max()) + 1 if item_group.size else 0
-    shares = np.zeros((len(queries), max(n_groups, 0)))
-    group = item_group[item]
-    known = group >= 0
-    np.add.at(shares, (query[known], group[known]), 1.0)
-    return shares / np.maximum(queries.lengths, 1)[:, None]
-
-
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n largest positive scores (ties by lower index)."""
-    order = np.lexsort((np.arange(len(scores)), -scores))[:n]
-    return order[scores[order] > 0]
-
-
-def _mark_top(mask: np.ndarray, scores: np.ndarray, n: int) -> None:
-    """Set mask[q, j] for the n largest positive scores of each row."""
-    n = min(n, scores.shape[1])
-    if n <= 0:
-        return
-    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    rows = np.repeat(np.arange(scores.shape[0]), n)
-    cols = top.ravel()
-    positive = scores[rows, cols] > 0
-    mask[rows[positive], cols[positive]] = True
-
-
-def _row_ranks(scores: np.ndarray) -> np.ndarray:
-    """(Q, N) 0-based rank of each item within its row by descending score."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
-    return ranks.astype(np.float32)
 
 
 class LambdaMARTRecommender(Recommender):
