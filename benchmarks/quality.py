@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                      # everything (about 15 minutes)
     python benchmarks/quality.py --datasets movielens-100k --protocols leave-one-out
+    python benchmarks/quality.py --table-only         # rewrite the table from the JSON
 
 Writes (merging with what is there: a rerun replaces the same dataset/protocol/model/seed)
 benchmarks/results/quality.json, a list of records {"dataset", "protocol", "model", "seed",
@@ -36,12 +37,15 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(BASELINES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument(
+        "--table-only", action="store_true", help="only rewrite the table from the JSON"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     records = json.loads(args.out.read_text()) if args.out.exists() else []
     seeds = [int(s) for s in args.seeds.split(",")]
-    for name in args.datasets.split(","):
+    for name in [] if args.table_only else args.datasets.split(","):
         dataset = prepare(name)
         for protocol in args.protocols.split(","):
             new = run_models(dataset, protocol, args.models.split(","), seeds, progress=False)

@@ -116,6 +116,8 @@ def run_models(
 
 def _mean_std(values: Iterable[float]) -> str:
     values = np.asarray(list(values), dtype=np.float64)
+    if np.isnan(values).all():
+        return "–"  # an empty slice
     if len(values) > 1:
         return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
     return f"{values.mean():.4f}"
