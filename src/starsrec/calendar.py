@@ -2,15 +2,23 @@
 
 Public holidays come from the `holidays` package for the dataset's country (ISO code,
 e.g. "GB", "US"). Distances are in days, capped at `MAX_DAYS` so far-away holidays all
-look alike. Later issues add user-supplied promotions and the learned calendar offsets.
+look alike.
+
+`CalendarEvents` turns holidays and user-supplied promotions into named events that are
+active in date windows ("Christmas Day" on the day, "before Christmas Day" the week
+before, a promotion from its start to its end date): the k in STARS's per-(event, class)
+offsets o[k, class] (DESIGN 1.3).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 import holidays
 import numpy as np
+import pandas as pd
 
 DAY = 86_400
 MAX_DAYS = 60.0
@@ -62,3 +70,60 @@ def calendar_features(times: np.ndarray, country: str | None) -> dict[str, np.nd
         "days_since_holiday": since_last,
         "holiday_distance": np.minimum(to_next, since_last),
     }
+
+
+BEFORE_DAYS = 7
+
+
+@dataclass(frozen=True)
+class CalendarEvents:
+    """Named events with the day windows (inclusive, days since the epoch) they are active."""
+
+    names: tuple[str, ...]
+    event: np.ndarray  # (W,) index into names, one row per window
+    first_day: np.ndarray  # (W,) int64
+    last_day: np.ndarray  # (W,) int64
+
+    @classmethod
+    def build(
+        cls,
+        country: str | None,
+        first_year: int,
+        last_year: int,
+        promotions: pd.DataFrame | None = None,
+    ) -> CalendarEvents:
+        """Holidays of `country` in the years (each on its day and the week before) and
+        promotions (`name`, `start`, `end`)."""
+        windows: list[tuple[str, int, int]] = []
+        if country:
+            calendar = holidays.country_holidays(country, years=range(first_year, last_year + 1))
+            for date, label in sorted(calendar.items()):
+                day = int(np.datetime64(date, "D").astype(np.int64))
+                for name in label.split("; "):
+                    name = re.sub(r"\s*\(observed\)$", "", name).strip()
+                    windows.append((name, day, day))
+                    windows.append((f"before {name}", day - BEFORE_DAYS, day - 1))
+        if promotions is not None:
+            for row in promotions.itertuples(index=False):
+                start, end = (
+                    int(np.datetime64(pd.Timestamp(v), "D").astype(np.int64))
+                    for v in (row.start, row.end)
+                )
+                windows.append((f"promotion {row.name}", start, end))
+        names = tuple(sorted({name for name, _, _ in windows}))
+        index = {name: k for k, name in enumerate(names)}
+        return cls(
+            names=names,
+            event=np.array([index[n] for n, _, _ in windows], dtype=np.int64),
+            first_day=np.array([a for _, a, _ in windows], dtype=np.int64),
+            last_day=np.array([b for _, _, b in windows], dtype=np.int64),
+        )
+
+    def active(self, times: np.ndarray) -> np.ndarray:
+        """(Q, K) float32: 1 where event k is active at each time (int64 seconds)."""
+        days = np.asarray(times, dtype=np.int64) // DAY
+        inside = (days[:, None] >= self.first_day) & (days[:, None] <= self.last_day)  # (Q, W)
+        result = np.zeros((len(days), len(self.names)), dtype=np.float32)
+        query, window = np.nonzero(inside)
+        result[query, self.event[window]] = 1.0
+        return result

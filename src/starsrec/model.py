@@ -1,0 +1,299 @@
+"""The STARS model, in the paper's order (DESIGN section 1).
+
+1. Semantic item tokens: v_i = P([e_text(i) + delta_i ; W_attr t_i]) (+ an id embedding
+   for the ID-only ablation). The same token is the item's retrieval vector (tied).
+2. Event tokens x_t = v_item + E_engage[type] + E_ctx(hour, weekday) + E_pos + E_recency,
+   after a [USER] token, through a causal pre-LN transformer.
+3. Dual memory: short-term u_S = output at the last event, long-term u_L = a pooled
+   summary of the whole history; u = g * u_S + (1 - g) * u_L with a learned gate, and
+   u = u_L when the request comes after the session gap (no current session).
+4. Scoring: score(u, i, c) = <u + q(c), e_i> + b_i + sum_k active_k(c) o[k, class(i)]
+   + a learned bonus for items in the user's own history (repeat purchases; applied as a
+   re-scoring step, outside the inner product).
+
+Every component has a switch in `ModelConfig`; all off but `use_item_id` is SASRec.
+Shapes: B batch, T events, N items, D model width, K calendar events, C candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RECENCY_BUCKETS = 16
+PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model sizes and one switch per STARS component (the defaults are full STARS)."""
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    max_length: int = 50
+    attribute_dim: int = 32
+    session_gap_minutes: float = 30.0
+    use_text: bool = True
+    use_delta: bool = True
+    use_tags: bool = True
+    use_item_id: bool = False
+    use_context: bool = True
+    use_recency: bool = True
+    use_dual_memory: bool = True
+    use_calendar_offsets: bool = True
+    use_item_bias: bool = True
+    use_repeat_score: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.use_text or self.use_tags or self.use_item_id):
+            raise ValueError("an item needs a representation: enable text, tags or item id")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+
+
+@dataclass
+class EventBatch:
+    """Model inputs: left-padded event sequences and what is asked after each event.
+
+    items (B, T) long: item slot (index + 1), PAD where empty.
+    event_types, hours, weekdays, recency (B, T) long: per-event features; recency is the
+    bucketised gap from the event to the next one (to the request for the last).
+    request_hour, request_weekday, request_month (B, T) long, request_events (B, T, K)
+    float: the context of the request that follows each event.
+    new_session (B, T) bool: the request comes after the session gap (use u_L alone).
+    """
+
+    items: torch.Tensor
+    event_types: torch.Tensor
+    hours: torch.Tensor
+    weekdays: torch.Tensor
+    recency: torch.Tensor
+    request_hour: torch.Tensor
+    request_weekday: torch.Tensor
+    request_month: torch.Tensor
+    request_events: torch.Tensor
+    new_session: torch.Tensor
+
+
+class ItemTokens(nn.Module):
+    """1. Semantic item tokens, for all items or a subset of slots."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        text: torch.Tensor,  # (N, Dt) frozen text embeddings
+        tags: torch.Tensor,  # (N, G) multi-hot attribute tags
+    ) -> None:
+        super().__init__()
+        self.config = config
+        n_items = text.shape[0]
+        pad = lambda m: torch.cat([torch.zeros(1, m.shape[1]), m.float()])  # noqa: E731
+        self.register_buffer("text", pad(text), persistent=False)  # (N+1, Dt)
+        self.register_buffer("tags", pad(tags), persistent=False)  # (N+1, G)
+        width = 0
+        if config.use_text:
+            width += text.shape[1]
+            if config.use_delta:
+                self.delta = nn.Embedding(n_items + 1, text.shape[1])
+                nn.init.zeros_(self.delta.weight)  # cold items keep delta = 0
+        if config.use_tags:
+            self.attributes = nn.Linear(tags.shape[1], config.attribute_dim, bias=False)
+            width += config.attribute_dim
+        if config.use_item_id:
+            self.item_id = nn.Embedding(n_items + 1, config.dim)
+            nn.init.normal_(self.item_id.weight, std=0.02)
+            width += config.dim
+        self.project = nn.Linear(width, config.dim)  # P
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        """(...) item slots -> (..., D) tokens."""
+        parts = []
+        if self.config.use_text:
+            text = self.text[slots]
+            if self.config.use_delta:
+                text = text + self.delta(slots)
+            parts.append(text)
+        if self.config.use_tags:
+            parts.append(self.attributes(self.tags[slots]))
+        if self.config.use_item_id:
+            parts.append(self.item_id(slots))
+        return self.project(torch.cat(parts, dim=-1))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with causal scaled-dot-product attention."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.dropout = config.dropout
+        self.norm1 = nn.LayerNorm(config.dim)
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.out = nn.Linear(config.dim, config.dim)
+        self.norm2 = nn.LayerNorm(config.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.dim, 4 * config.dim),
+            nn.GELU(),
+            nn.Linear(4 * config.dim, config.dim),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape  # (B, T, D)
+        q, k, v = self.qkv(self.norm1(x)).split(dim, dim=-1)
+        shape = (batch, length, self.heads, dim // self.heads)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+class STARS(nn.Module):
+    """Sequence encoder, dual memory and context-aware scoring (see module doc)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        text: torch.Tensor,  # (N, Dt)
+        tags: torch.Tensor,  # (N, G)
+        item_class: torch.Tensor,  # (N,) long, class for calendar offsets
+        n_event_types: int,
+        n_calendar_events: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.n_classes = int(item_class.max()) + 1 if len(item_class) else 1
+        self.register_buffer("item_class", torch.cat([item_class.new_zeros(1), item_class]))
+        # 1. item tokens
+        self.item_tokens = ItemTokens(config, text, tags)
+        # 2. event tokens and the encoder
+        self.engagement = nn.Embedding(n_event_types, dim)
+        self.hour = nn.Embedding(24, dim)
+        self.weekday = nn.Embedding(7, dim)
+        self.position = nn.Embedding(config.max_length + 1, dim)
+        self.recency = nn.Embedding(RECENCY_BUCKETS, dim)
+        self.user_token = nn.Parameter(torch.zeros(dim))
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(dim)
+        # 3. dual memory
+        self.long_term = nn.Linear(dim, dim)
+        self.gate = nn.Linear(3 * dim, dim)
+        # 4. context query offset, item bias, calendar offsets, repeat bonus
+        self.request_hour = nn.Embedding(24, dim)
+        self.request_weekday = nn.Embedding(7, dim)
+        self.request_month = nn.Embedding(12, dim)
+        self.item_bias = nn.Embedding(len(item_class) + 1, 1)
+        nn.init.zeros_(self.item_bias.weight)
+        self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
+        self.repeat_weights = nn.Parameter(torch.zeros(2))  # log1p(count), seen
+        for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
+            nn.init.normal_(embedding.weight, std=0.02)
+        for embedding in (self.request_hour, self.request_weekday, self.request_month):
+            nn.init.zeros_(embedding.weight)
+
+    # -- 2. sequence encoder ------------------------------------------------------------
+    def encode(self, batch: EventBatch) -> torch.Tensor:
+        """(B, T) events -> (B, T + 1, D) outputs; position 0 is the [USER] token."""
+        config = self.config
+        valid = batch.items != PAD  # (B, T)
+        x = self.item_tokens(batch.items) + self.engagement(batch.event_types)
+        if config.use_context:
+            x = x + self.hour(batch.hours) + self.weekday(batch.weekdays)
+        if config.use_recency:
+            x = x + self.recency(batch.recency)
+        # Positions count back from the most recent event, so left padding does not shift them.
+        length = batch.items.shape[1]
+        back = torch.arange(length - 1, -1, -1, device=x.device).clamp(max=config.max_length)
+        x = x + self.position(back)
+        user = self.user_token.expand(x.shape[0], 1, -1)
+        x = self.dropout(torch.cat([user, x], dim=1))  # (B, T+1, D)
+        keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, T+1)
+        causal = torch.ones(length + 1, length + 1, dtype=torch.bool, device=x.device).tril()
+        # Each position sees earlier valid events and always itself (no empty rows).
+        mask = (causal & keys[:, None, :]) | torch.eye(length + 1, dtype=torch.bool)
+        mask = mask[:, None]  # (B, 1, T+1, T+1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+    # -- 3. dual memory -----------------------------------------------------------------
+    def user_vectors(self, batch: EventBatch) -> torch.Tensor:
+        """(B, T, D) query vector u + q(c) for the request after each event."""
+        hidden = self.encode(batch)  # (B, T+1, D)
+        short = hidden[:, 1:]  # u_S at each event, (B, T, D)
+        query = short
+        if self.config.use_dual_memory:
+            valid = torch.cat(
+                [torch.ones_like(batch.items[:, :1]), (batch.items != PAD).long()], dim=1
+            ).unsqueeze(-1)  # (B, T+1, 1): [USER] always counts
+            pooled = (hidden * valid).cumsum(1) / valid.cumsum(1)  # causal mean
+            long = self.long_term(pooled[:, 1:])  # u_L, (B, T, D)
+            context = self.context_offset(batch)
+            gate = torch.sigmoid(self.gate(torch.cat([short, long, context], dim=-1)))
+            mixed = gate * short + (1 - gate) * long
+            query = torch.where(batch.new_session.unsqueeze(-1), long, mixed)
+        if self.config.use_context:
+            query = query + self.context_offset(batch)
+        return query
+
+    def context_offset(self, batch: EventBatch) -> torch.Tensor:
+        """q(c): (B, T, D) offset from the request's hour, weekday and month."""
+        return (
+            self.request_hour(batch.request_hour)
+            + self.request_weekday(batch.request_weekday)
+            + self.request_month(batch.request_month)
+        )
+
+    # -- 4. scoring ---------------------------------------------------------------------
+    def item_vectors(self, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """(C, D) retrieval vectors of item slots (all items when None), tied to tokens."""
+        if slots is None:
+            slots = torch.arange(1, self.item_class.shape[0], device=self.item_class.device)
+        return self.item_tokens(slots)
+
+    def item_terms(
+        self, slots: torch.Tensor, request_events: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
+        bias = self.item_bias(slots).squeeze(-1)
+        if not self.config.use_item_bias:
+            bias = torch.zeros_like(bias)
+        if not self.config.use_calendar_offsets:
+            return bias, torch.zeros(*request_events.shape[:-1], len(slots))
+        offsets = request_events @ self.calendar_offsets  # (..., n_classes)
+        return bias, offsets[..., self.item_class[slots]]
+
+    def repeat_bonus(self, count: torch.Tensor) -> torch.Tensor:
+        """Learned score for items already in the user's history, from their count."""
+        if not self.config.use_repeat_score:
+            return torch.zeros_like(count)
+        return self.repeat_weights[0] * torch.log1p(count) + self.repeat_weights[1] * (count > 0)
+
+    def score(
+        self, query: torch.Tensor, slots: torch.Tensor, request_events: torch.Tensor
+    ) -> torch.Tensor:
+        """(..., D) queries x (C,) candidate slots -> (..., C) scores before repeat bonus."""
+        vectors = self.item_vectors(slots)  # (C, D)
+        bias, offsets = self.item_terms(slots, request_events)
+        return query @ vectors.T + bias + offsets
+
+
+def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:
+    """Bucketise time gaps on a log scale: 0 for < 1 minute, then doubling minutes."""
+    minutes = gap_seconds.clamp(min=0).float() / 60.0
+    bucket = torch.floor(torch.log2(1.0 + minutes))
+    return bucket.long().clamp(0, RECENCY_BUCKETS - 1)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

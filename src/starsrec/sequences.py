@@ -1,0 +1,89 @@
+"""From event-log rows to the model's padded tensors (`EventBatch`).
+
+Training and serving use the same path: a window of log rows (left-padded with -1) and
+the time of the request that follows the last row. Each event's "next time" is the time
+of the following row in the window, or the request time for the last one: it sets the
+event's recency bucket, the request context (hour, weekday, month, calendar events) the
+model predicts under, and whether that request opens a new session.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from starsrec.calendar import DAY, CalendarEvents
+from starsrec.interactions import EventLog, Queries
+from starsrec.model import PAD, EventBatch, recency_bucket
+
+
+def featurize(
+    log: EventLog,
+    rows: np.ndarray,  # (B, T) log rows, -1 = padding (left)
+    request_time: np.ndarray,  # (B,) seconds: when the request after the last row is made
+    calendar: CalendarEvents,
+    session_gap_minutes: float,
+) -> EventBatch:
+    """The model inputs for windows of log rows (see module doc)."""
+    valid = rows >= 0
+    safe = np.maximum(rows, 0)
+    time = np.where(valid, log.timestamp[safe], 0)
+    next_time = np.empty_like(time)
+    next_time[:, :-1] = time[:, 1:]
+    next_time[:, -1] = request_time
+    # A padded slot's "next" is the first real event: keep its gap at zero.
+    next_time = np.where(valid, next_time, time)
+    gap = next_time - time
+    to_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
+    return EventBatch(
+        items=to_long(np.where(valid, log.item[safe] + 1, PAD)),
+        event_types=to_long(np.where(valid, log.event_type[safe], 0)),
+        hours=to_long(_hour(time)),
+        weekdays=to_long(_weekday(time)),
+        recency=recency_bucket(to_long(gap)),
+        request_hour=to_long(_hour(next_time)),
+        request_weekday=to_long(_weekday(next_time)),
+        request_month=to_long(_month(next_time)),
+        request_events=torch.from_numpy(
+            calendar.active(next_time.ravel()).reshape(*rows.shape, len(calendar.names) or 1)
+            if calendar.names
+            else np.zeros((*rows.shape, 1), dtype=np.float32)
+        ),
+        new_session=torch.from_numpy(gap > session_gap_minutes * 60),
+    )
+
+
+def query_windows(queries: Queries, length: int) -> np.ndarray:
+    """(Q, length) the last `length` history rows of each query, left-padded with -1."""
+    ends = queries.end[:, None]
+    rows = ends - length + np.arange(length)[None, :]
+    return np.where(rows >= queries.start[:, None], rows, -1)
+
+
+def training_windows(log: EventLog, length: int) -> np.ndarray:
+    """(W, length + 1) windows of consecutive rows per user, covering every event once as
+    a target: the newest window ends at the user's last event, older ones step back by
+    `length`. Left-padded with -1."""
+    windows = []
+    for user in range(log.n_users):
+        start, end = int(log.offsets[user]), int(log.offsets[user + 1])
+        last = end
+        while last - start >= 2:
+            first = max(start, last - length - 1)
+            window = np.full(length + 1, -1, dtype=np.int64)
+            window[length + 1 - (last - first) :] = np.arange(first, last)
+            windows.append(window)
+            last = first + 1  # the first row of this window is the next one's last input
+    return np.array(windows, dtype=np.int64).reshape(-1, length + 1)
+
+
+def _hour(seconds: np.ndarray) -> np.ndarray:
+    return (seconds % DAY) // 3600
+
+
+def _weekday(seconds: np.ndarray) -> np.ndarray:
+    return (seconds // DAY + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+
+
+def _month(seconds: np.ndarray) -> np.ndarray:
+    return seconds.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12

@@ -1,0 +1,221 @@
+"""STARS behind the Recommender contract: item features, training, full-catalogue scoring.
+
+`fit` embeds the catalogue's texts (cached), tags them, derives subclasses and classes by
+k-means where the catalogue has no taxonomy, builds the calendar events of the country,
+and trains the model with early stopping on validation NDCG@10. `score` encodes each
+query's recent history and scores every item with one inner product plus the item bias,
+the calendar offsets and the repeat bonus. Items never seen in training are scored from
+their text and tags alone (their delta stays 0): that is the cold-start path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from starsrec.calendar import CalendarEvents
+from starsrec.evaluate import EvaluationConfig, evaluate
+from starsrec.interactions import Catalogue, Queries
+from starsrec.model import STARS, ModelConfig
+from starsrec.recommender import Recommender, TrainingData
+from starsrec.sequences import featurize, query_windows
+from starsrec.train import TrainConfig, train_model
+
+logger = logging.getLogger(__name__)
+
+HASHING_ENCODER = "hashing"
+
+
+@dataclass(frozen=True)
+class StarsConfig:
+    """Model, training and item-feature settings.
+
+    text_encoder: "all-MiniLM-L6-v2" (the packaged default), "hashing" (a tiny
+    deterministic embedder for tests), or a path to a local sentence-transformers folder.
+    derived_subclasses / derived_classes: k-means cluster counts used when the catalogue
+    has no subclass / class of its own.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    text_encoder: str = "all-MiniLM-L6-v2"
+    use_lexicon_tags: bool = True
+    derived_subclasses: int = 64
+    derived_classes: int = 16
+    embedding_cache: str | None = ".cache/starsrec"
+    validation_queries: int = 2000
+    score_batch: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Nested configs arrive as dicts from config.json.
+        for name, kind in (("model", ModelConfig), ("train", TrainConfig)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, kind(**getattr(self, name)))
+
+
+def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
+    """Text embeddings, tags, subclass and class of every item (arrays over the catalogue)."""
+    from starsrec.items import HashingEncoder, SentenceTransformerEncoder, derive_subclasses
+    from starsrec.tags import LexiconTagger
+
+    texts = list(catalogue.texts)
+    if config.text_encoder == HASHING_ENCODER:
+        encoder = HashingEncoder(dim=64, seed=config.seed)
+    elif config.text_encoder == "all-MiniLM-L6-v2":
+        encoder = SentenceTransformerEncoder()
+    else:
+        encoder = SentenceTransformerEncoder(path=config.text_encoder)
+    from starsrec.items import embed_items
+
+    cache = Path(config.embedding_cache) if config.embedding_cache else None
+    text = embed_items(texts, encoder, cache_dir=cache)
+    if config.use_lexicon_tags:
+        tags = LexiconTagger().extract(texts)
+    else:
+        tags = np.zeros((len(texts), 1), dtype=np.float32)
+    subclass = catalogue.subclass
+    if (subclass < 0).all():
+        subclass = derive_subclasses(text, min(config.derived_subclasses, len(texts)), config.seed)
+    item_class = catalogue.item_class
+    if (item_class < 0).all():
+        item_class = derive_subclasses(text, min(config.derived_classes, len(texts)), config.seed)
+    return {
+        "text": text.astype(np.float32),
+        "tags": tags.astype(np.float32),
+        "subclass": np.maximum(subclass, 0).astype(np.int64),
+        "item_class": np.maximum(item_class, 0).astype(np.int64),
+    }
+
+
+class StarsRecommender(Recommender):
+    """The STARS model (see module doc); ID-only SASRec is the same class with
+    `ModelConfig(use_text=False, use_tags=False, use_item_id=True, ...)`."""
+
+    name = "stars"
+    config_class = StarsConfig
+
+    def __init__(self, config: StarsConfig = StarsConfig()) -> None:
+        super().__init__(config)
+        self.model: STARS | None = None
+        self.features: dict[str, np.ndarray] = {}
+        self.calendar: CalendarEvents | None = None
+        self.n_event_types = 1
+
+    def _fit(self, data: TrainingData) -> None:
+        config = self.config
+        torch.manual_seed(config.seed)
+        self.features = item_features(data.catalogue, config)
+        years = data.train.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(int)
+        first, last = (int(years.min()) + 1970, int(years.max()) + 1971) if len(years) else (0, 0)
+        self.calendar = CalendarEvents.build(data.country, first - 1, last + 1)
+        self.n_event_types = len(data.train.event_types)
+        self.model = self._build()
+        validate = None
+        if data.validation is not None and len(data.validation):
+            keep = slice(0, config.validation_queries)
+            queries, targets = data.validation[keep], data.validation_target[keep]
+            quiet = EvaluationConfig(exclude_seen=not data.allow_repeats, progress=False)
+
+            def validate(model: STARS) -> float:
+                model.eval()
+                result = evaluate(self, queries, targets, data.train, quiet)
+                return result["metrics"]["ndcg@10"]
+
+        self.training = train_model(
+            self.model,
+            data.train,
+            self.features["subclass"],
+            self.calendar,
+            dataclasses.replace(config.train, seed=config.seed),
+            validate=validate,
+        )
+
+    def _build(self) -> STARS:
+        features = self.features
+        return STARS(
+            self.config.model,
+            text=torch.from_numpy(features["text"]),
+            tags=torch.from_numpy(features["tags"]),
+            item_class=torch.from_numpy(features["item_class"]),
+            n_event_types=self.n_event_types,
+            n_calendar_events=len(self.calendar.names),
+        )
+
+    @torch.no_grad()
+    def score(self, queries: Queries) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("stars is not fitted: call fit() or load()")
+        model = self.model
+        model.eval()
+        vectors = model.item_vectors()  # (N, D)
+        all_slots = torch.arange(1, vectors.shape[0] + 1)
+        scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
+        for lo in range(0, len(queries), self.config.score_batch):
+            part = queries[lo : lo + self.config.score_batch]
+            rows = query_windows(part, model.config.max_length)
+            batch = featurize(
+                part.log, rows, part.time, self.calendar, model.config.session_gap_minutes
+            )
+            query = model.user_vectors(batch)[:, -1]  # (B, D)
+            empty = torch.from_numpy(part.lengths == 0)
+            # No history: the context-and-popularity fallback (q(c), bias, offsets only).
+            context = model.context_offset(batch)[:, -1] if model.config.use_context else 0.0
+            query = torch.where(empty[:, None], context * torch.ones_like(query), query)
+            bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
+            block = query @ vectors.T + bias + offsets  # (B, N)
+            counts = _history_counts(part, vectors.shape[0])
+            block = block + model.repeat_bonus(torch.from_numpy(counts))
+            scores[lo : lo + len(part)] = block.numpy()
+        return scores
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {f"model.{k}": v.numpy() for k, v in self.model.state_dict().items()}
+        state |= {f"features.{k}": v for k, v in self.features.items()}
+        calendar = self.calendar
+        state |= {
+            "calendar.event": calendar.event,
+            "calendar.first_day": calendar.first_day,
+            "calendar.last_day": calendar.last_day,
+            "n_event_types": np.array([self.n_event_types]),
+        }
+        return state
+
+    def save(self, path: str | Path) -> Path:
+        """The common files plus the calendar event names (strings live in JSON)."""
+        out = super().save(path)
+        (out / "calendar.json").write_text(json.dumps({"names": list(self.calendar.names)}) + "\n")
+        return out
+
+    def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
+        names = tuple(json.loads((path / "calendar.json").read_text())["names"])
+        self.calendar = CalendarEvents(
+            names, state["calendar.event"], state["calendar.first_day"], state["calendar.last_day"]
+        )
+        self.features = {
+            k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")
+        }
+        self.n_event_types = int(state["n_event_types"][0])
+        self.model = self._build()
+        self.model.load_state_dict(
+            {
+                k[len("model.") :]: torch.from_numpy(v)
+                for k, v in state.items()
+                if k.startswith("model.")
+            }
+        )
+        self.model.eval()
+
+
+def _history_counts(queries: Queries, n_items: int) -> np.ndarray:
+    """(Q, N) how often each item occurs in each query's whole history."""
+    query, rows = queries.flat_history()
+    counts = np.zeros((len(queries), n_items), dtype=np.float32)
+    np.add.at(counts, (query, queries.log.item[rows]), 1.0)
+    return counts
