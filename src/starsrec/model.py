@@ -88,6 +88,7 @@ class ItemTokens(nn.Module):
         config: ModelConfig,
         text: torch.Tensor,  # (N, Dt) frozen text embeddings
         tags: torch.Tensor,  # (N, G) multi-hot attribute tags
+        warm: torch.Tensor,  # (N,) bool: items seen in training
     ) -> None:
         super().__init__()
         self.config = config
@@ -95,6 +96,9 @@ class ItemTokens(nn.Module):
         pad = lambda m: torch.cat([torch.zeros(1, m.shape[1]), m.float()])  # noqa: E731
         self.register_buffer("text", pad(text), persistent=False)  # (N+1, Dt)
         self.register_buffer("tags", pad(tags), persistent=False)  # (N+1, G)
+        # Only items seen in training own a delta (and a bias): a cold item drawn as a
+        # sampled negative must not learn one, so it stays a pure text-and-tags token.
+        self.register_buffer("warm", pad(warm[:, None]).squeeze(1), persistent=False)
         width = 0
         if config.use_text:
             width += text.shape[1]
@@ -116,7 +120,7 @@ class ItemTokens(nn.Module):
         if self.config.use_text:
             text = self.text[slots]
             if self.config.use_delta:
-                text = text + self.delta(slots)
+                text = text + self.delta(slots) * self.warm[slots].unsqueeze(-1)
             parts.append(text)
         if self.config.use_tags:
             parts.append(self.attributes(self.tags[slots]))
@@ -164,6 +168,7 @@ class STARS(nn.Module):
         text: torch.Tensor,  # (N, Dt)
         tags: torch.Tensor,  # (N, G)
         item_class: torch.Tensor,  # (N,) long, class for calendar offsets
+        warm: torch.Tensor,  # (N,) bool, items seen in training
         n_event_types: int,
         n_calendar_events: int,
     ) -> None:
@@ -173,7 +178,7 @@ class STARS(nn.Module):
         self.n_classes = int(item_class.max()) + 1 if len(item_class) else 1
         self.register_buffer("item_class", torch.cat([item_class.new_zeros(1), item_class]))
         # 1. item tokens
-        self.item_tokens = ItemTokens(config, text, tags)
+        self.item_tokens = ItemTokens(config, text, tags, warm)
         # 2. event tokens and the encoder
         self.engagement = nn.Embedding(n_event_types, dim)
         self.hour = nn.Embedding(24, dim)
@@ -264,7 +269,7 @@ class STARS(nn.Module):
         self, slots: torch.Tensor, request_events: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
-        bias = self.item_bias(slots).squeeze(-1)
+        bias = self.item_bias(slots).squeeze(-1) * self.item_tokens.warm[slots]
         if not self.config.use_item_bias:
             bias = torch.zeros_like(bias)
         if not self.config.use_calendar_offsets:

@@ -112,6 +112,8 @@ class StarsRecommender(Recommender):
         config = self.config
         torch.manual_seed(config.seed)
         self.features = item_features(data.catalogue, config)
+        warm = np.bincount(data.train.item, minlength=data.catalogue.size) > 0
+        self.features["warm"] = warm.astype(np.float32)
         years = data.train.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(int)
         first, last = (int(years.min()) + 1970, int(years.max()) + 1971) if len(years) else (0, 0)
         self.calendar = CalendarEvents.build(data.country, first - 1, last + 1)
@@ -144,6 +146,7 @@ class StarsRecommender(Recommender):
             text=torch.from_numpy(features["text"]),
             tags=torch.from_numpy(features["tags"]),
             item_class=torch.from_numpy(features["item_class"]),
+            warm=torch.from_numpy(features["warm"] > 0),
             n_event_types=self.n_event_types,
             n_calendar_events=len(self.calendar.names),
         )

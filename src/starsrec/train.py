@@ -204,9 +204,9 @@ def _epoch(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         events = int(valid.sum())
-        total_loss += float(loss) * events
+        total_loss += loss.item() * events
         total_events += events
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     return total_loss / max(total_events, 1), total_events
 
 

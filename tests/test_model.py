@@ -1,0 +1,112 @@
+"""The STARS model: shapes, causality, cold items and exact training resume."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from starsrec.calendar import CalendarEvents
+from starsrec.interactions import Catalogue, EventLog
+from starsrec.model import PAD, STARS, ModelConfig
+from starsrec.sequences import featurize, training_windows
+from starsrec.toyworld import make_toy_world
+from starsrec.train import TrainConfig, train_model
+
+TINY = ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def world():
+    dataset = make_toy_world(n_users=40)
+    catalogue = Catalogue.from_items(dataset.items)
+    log = EventLog.from_dataset(dataset, catalogue)
+    calendar = CalendarEvents.build("GB", 2023, 2025)
+    return catalogue, log, calendar
+
+
+def build(catalogue: Catalogue, calendar: CalendarEvents, config=TINY, warm=None) -> STARS:
+    torch.manual_seed(0)
+    n = catalogue.size
+    text = torch.nn.functional.normalize(torch.randn(n, 12), dim=1)
+    tags = (torch.rand(n, 5) > 0.7).float()
+    warm = torch.ones(n, dtype=torch.bool) if warm is None else warm
+    item_class = torch.from_numpy(np.maximum(catalogue.item_class, 0).astype(np.int64))
+    return STARS(config, text, tags, item_class, warm, 1, len(calendar.names))
+
+
+def batch_of(log: EventLog, calendar: CalendarEvents, length: int = TINY.max_length):
+    windows = training_windows(log, length)[:6]
+    return featurize(log, windows[:, :-1], log.timestamp[windows[:, -1]], calendar, 30.0)
+
+
+def test_shapes(world) -> None:
+    catalogue, log, calendar = world
+    model = build(catalogue, calendar).eval()
+    batch = batch_of(log, calendar)
+    assert model.encode(batch).shape == (6, TINY.max_length + 1, 16)  # (B, T+1, D)
+    query = model.user_vectors(batch)
+    assert query.shape == (6, TINY.max_length, 16)  # (B, T, D)
+    slots = torch.tensor([1, 5, 9])
+    assert model.score(query, slots, batch.request_events).shape == (6, TINY.max_length, 3)
+    assert model.item_vectors().shape == (catalogue.size, 16)
+
+
+def test_future_events_never_change_past_outputs(world) -> None:
+    catalogue, log, calendar = world
+    model = build(catalogue, calendar).eval()
+    batch = batch_of(log, calendar)
+    before = model.user_vectors(batch)
+    cut = 4
+    changed = replace(batch, items=batch.items.clone(), event_types=batch.event_types.clone())
+    future = changed.items[:, cut + 1 :]
+    changed.items[:, cut + 1 :] = torch.where(future != PAD, (future % catalogue.size) + 1, PAD)
+    after = model.user_vectors(changed)
+    assert torch.allclose(before[:, : cut + 1], after[:, : cut + 1], atol=1e-6)
+    assert not torch.allclose(before[:, cut + 1 :], after[:, cut + 1 :])
+
+
+def test_cold_items_get_vectors_from_text_and_tags_alone(world) -> None:
+    catalogue, _, calendar = world
+    warm = torch.ones(catalogue.size, dtype=torch.bool)
+    warm[:3] = False
+    model = build(catalogue, calendar, warm=warm)
+    with torch.no_grad():
+        model.item_tokens.delta.weight.fill_(0.5)  # as if every item had learned a delta
+        model.item_bias.weight.fill_(1.0)
+    tokens = model.item_tokens
+    slots = torch.arange(1, catalogue.size + 1)
+    text_only = tokens.project(
+        torch.cat([tokens.text[slots], tokens.attributes(tokens.tags[slots])], dim=-1)
+    )
+    vectors = model.item_vectors()
+    assert torch.allclose(vectors[:3], text_only[:3])  # cold: no delta
+    assert not torch.allclose(vectors[3:], text_only[3:])  # warm: delta applied
+    bias, _ = model.item_terms(slots, torch.zeros(len(calendar.names)))
+    assert bias[:3].eq(0).all() and bias[3:].eq(1).all()
+
+
+def test_switches_remove_components() -> None:
+    sasrec = ModelConfig(use_text=False, use_tags=False, use_item_id=True)
+    assert sasrec.use_item_id
+    with pytest.raises(ValueError, match="needs a representation"):
+        ModelConfig(use_text=False, use_tags=False, use_item_id=False)
+
+
+def test_training_resumes_exactly(world, tmp_path) -> None:
+    catalogue, log, calendar = world
+    subclass = np.maximum(catalogue.subclass, 0).astype(np.int64)
+    config = TrainConfig(
+        epochs=2, batch_size=16, uniform_negatives=8, subclass_negatives=8, progress=False
+    )
+    straight = build(catalogue, calendar)
+    train_model(straight, log, subclass, calendar, config)
+
+    resumed = build(catalogue, calendar)
+    checkpoints = tmp_path / "checkpoints"
+    train_model(resumed, log, subclass, calendar, replace(config, epochs=1), None, checkpoints)
+    resumed = build(catalogue, calendar)  # a fresh process: only the checkpoint survives
+    state = train_model(resumed, log, subclass, calendar, config, None, checkpoints)
+    assert state.epoch == 2
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
