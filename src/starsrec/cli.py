@@ -12,14 +12,19 @@ import sys
 from collections.abc import Sequence
 
 from starsrec import __version__
+from starsrec.artifact import evaluate_artifact, is_artifact, load_config, train_artifact
 from starsrec.baselines import BASELINES
 from starsrec.data import DataError, format_summary, load_prepared, save_prepared, summarize
 from starsrec.datasets import DATASETS, prepare
-from starsrec.report import run_models, write_report
+from starsrec.report import MODEL_NAMES, run_models, write_report
 from starsrec.splits import PROTOCOLS
 
 EXAMPLES = {
     "prepare": "example: starsrec data prepare online-retail --out data/online-retail",
+    "train": (
+        "example: starsrec train data/movielens-100k --set model.dim=64 --set train.epochs=20 "
+        "--out artifacts/movielens"
+    ),
     "evaluate": (
         "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
         "--models popularity,lambdamart --out reports/movielens"
@@ -47,17 +52,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--out", required=True, help="directory to write the Parquet tables to")
 
+    train = commands.add_parser(
+        "train", help="train STARS into an artifact directory", epilog=EXAMPLES["train"]
+    )
+    train.add_argument("data_dir", help="a directory written by `starsrec data prepare`")
+    train.add_argument("--config", help="a JSON file of StarsConfig fields (model, train, ...)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. model.dim=128 or train.epochs=10 (repeatable)",
+    )
+    train.add_argument("--protocol", choices=PROTOCOLS, default="leave-one-out")
+    train.add_argument("--variant", default="stars", help="stars, sasrec or an ablation")
+    train.add_argument("--out", required=True, help="the artifact directory to write")
+
     evaluate = commands.add_parser(
         "evaluate",
-        help="fit the baselines on a prepared dataset and report full-ranking metrics",
+        help="evaluate a trained artifact, or fit baselines on a prepared dataset, and "
+        "report full-ranking metrics",
         epilog=EXAMPLES["evaluate"],
     )
-    evaluate.add_argument("data_dir", help="a directory written by `starsrec data prepare`")
+    evaluate.add_argument(
+        "data_dir", help="an artifact from `starsrec train`, or a prepared dataset directory"
+    )
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="leave-one-out")
     evaluate.add_argument(
         "--models",
         default=",".join(BASELINES),
-        help=f"comma-separated models (default: all of {', '.join(BASELINES)})",
+        help=f"comma-separated models (default: the baselines); any of {', '.join(MODEL_NAMES)}",
     )
     seen = evaluate.add_mutually_exclusive_group()
     seen.add_argument(
@@ -85,13 +110,24 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(summarize(dataset)))
         print(f"\nwrote {out}/")
         return 0
+    if args.command == "train":
+        config = load_config(args.config, args.overrides)
+        out = train_artifact(args.data_dir, args.out, config, args.protocol, args.variant)
+        print(f"wrote {out}/")
+        return 0
+    if args.command == "evaluate" and is_artifact(args.data_dir):
+        record = evaluate_artifact(args.data_dir)
+        title = f"{record['dataset']}, {record['protocol']}, artifact {args.data_dir}"
+        report = write_report([record], args.out, title)
+        print(f"wrote {report} and {report.parent / 'results.json'}")
+        return 0
     if args.command == "evaluate":
         dataset = load_prepared(args.data_dir)
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = [m for m in models if m not in BASELINES]
+        unknown = [m for m in models if m not in MODEL_NAMES]
         if unknown:
             raise DataError(
-                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
+                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}"
             )
         records = run_models(
             dataset, args.protocol, models, seeds=(args.seed,), exclude_seen=args.exclude_seen

@@ -437,21 +437,40 @@ def embed_catalogue(
 
 
 def derive_subclasses(
-    embeddings: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 3
+    embeddings: np.ndarray,
+    n_clusters: int,
+    seed: int = 0,
+    n_init: int = 3,
+    sample_size: int = 20_000,
+    threads: int = 1,
 ) -> np.ndarray:
     """(N,) int32 k-means cluster of each item, for catalogues without a taxonomy.
 
-    Deterministic under `seed`. Clusters are numbered by decreasing size (ties by the
-    smallest member index), so the labels do not depend on k-means' internal order.
+    Deterministic under `seed`. The centres are fitted on a seeded sample of at most
+    `sample_size` rows (all rows when fewer), then every row is assigned to its nearest
+    centre; `threads` caps the BLAS/OpenMP threads used. Clusters are numbered by decreasing
+    size (ties by the smallest member index), so labels do not depend on k-means' own order.
+    When there are fewer distinct vectors than `n_clusters`, that many clusters are made.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be 2-d (N, dim), got shape {x.shape}")
     if not 1 <= n_clusters <= len(x):
         raise ValueError(f"n_clusters must be in 1..{len(x)} (the number of items)")
-    labels = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(x)
+    rng = np.random.default_rng(seed)
+    fit = x if len(x) <= sample_size else x[np.sort(rng.choice(len(x), sample_size, False))]
+    distinct = len(np.unique(fit, axis=0))
+    if distinct < n_clusters:
+        logger.warning(
+            "only %d distinct vectors: %d clusters, not %d", distinct, distinct, n_clusters
+        )
+        n_clusters = distinct
+    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=100, random_state=seed)
+    with threadpool_limits(limits=threads):
+        labels = kmeans.fit(fit).predict(x)
     sizes = np.bincount(labels, minlength=n_clusters)
     first = np.full(n_clusters, len(x))
     np.minimum.at(first, labels, np.arange(len(x)))

@@ -24,6 +24,7 @@ from starsrec.data import Dataset
 from starsrec.evaluate import EvaluationConfig, evaluate
 from starsrec.recommender import Recommender, TrainingData
 from starsrec.splits import Split, split_dataset
+from starsrec.stars import VARIANTS, StarsConfig, stars_variant
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,16 @@ def machine_description() -> str:
     return f"{os.cpu_count()} cores{memory}, {cpu}, {platform.system()}, Python {python}"
 
 
+MODEL_NAMES = (*BASELINES, *VARIANTS)
+
+
 def make_model(name: str, seed: int) -> Recommender:
-    """A baseline by name with its default config (and `seed` where it has one)."""
+    """A model by name with its default config (and `seed` where it has one): a baseline
+    or a STARS variant (full STARS, ID-only SASRec, the ablations)."""
+    if name in VARIANTS:
+        return stars_variant(name, StarsConfig(seed=seed))
     if name not in BASELINES:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(BASELINES)}")
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     model_class = BASELINES[name]
     config = model_class.config_class()
     if any(f.name == "seed" for f in dataclasses.fields(config)):
@@ -56,7 +63,52 @@ def make_model(name: str, seed: int) -> Recommender:
 
 def is_seeded(name: str) -> bool:
     """Whether the model has randomness a seed controls (others run once)."""
+    if name in VARIANTS:
+        return True
     return any(f.name == "seed" for f in dataclasses.fields(BASELINES[name].config_class))
+
+
+def training_data(dataset: Dataset, split: Split, exclude_seen: bool) -> TrainingData:
+    """What `fit` gets for a split of `dataset`."""
+    return TrainingData(
+        train=split.train,
+        catalogue=split.catalogue,
+        country=dataset.country,
+        allow_repeats=not exclude_seen,
+        validation=split.validation,
+        validation_target=split.validation_target,
+    )
+
+
+def evaluation_record(
+    model: Recommender,
+    name: str,
+    seed: int,
+    dataset: Dataset,
+    split: Split,
+    exclude_seen: bool,
+    train_s: float,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a fitted model on the split's test queries: one benchmark record."""
+    config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
+    started = time.perf_counter()
+    result = evaluate(model, split.test, split.test_target, split.train, config)
+    return {
+        "dataset": dataset.name,
+        "protocol": split.protocol,
+        "model": name,
+        "seed": seed,
+        "metrics": result["metrics"],
+        "slices": result["slices"],
+        "queries": result["queries"],
+        "exclude_seen": exclude_seen,
+        "split": split.description,
+        "train_s": round(train_s, 3),
+        "eval_s": round(time.perf_counter() - started, 3),
+        "date": dt.date.today().isoformat(),
+        "machine": machine_description(),
+    }
 
 
 def run_models(
@@ -75,15 +127,7 @@ def run_models(
     split = split or split_dataset(dataset, protocol)
     if exclude_seen is None:
         exclude_seen = not dataset.allow_repeats
-    data = TrainingData(
-        train=split.train,
-        catalogue=split.catalogue,
-        country=dataset.country,
-        allow_repeats=not exclude_seen,
-        validation=split.validation,
-        validation_target=split.validation_target,
-    )
-    config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
+    data = training_data(dataset, split, exclude_seen)
     records = []
     for name in models:
         for seed in seeds if is_seeded(name) else seeds[:1]:
@@ -91,25 +135,10 @@ def run_models(
             started = time.perf_counter()
             model.fit(data)
             train_s = time.perf_counter() - started
-            started = time.perf_counter()
-            result = evaluate(model, split.test, split.test_target, split.train, config)
-            eval_s = time.perf_counter() - started
             records.append(
-                {
-                    "dataset": dataset.name,
-                    "protocol": protocol,
-                    "model": name,
-                    "seed": seed,
-                    "metrics": result["metrics"],
-                    "slices": result["slices"],
-                    "queries": result["queries"],
-                    "exclude_seen": exclude_seen,
-                    "split": split.description,
-                    "train_s": round(train_s, 3),
-                    "eval_s": round(eval_s, 3),
-                    "date": dt.date.today().isoformat(),
-                    "machine": machine_description(),
-                }
+                evaluation_record(
+                    model, name, seed, dataset, split, exclude_seen, train_s, progress
+                )
             )
     return records
 

@@ -26,8 +26,10 @@ def featurize(
 ) -> EventBatch:
     """The model inputs for windows of log rows (see module doc)."""
     valid = rows >= 0
-    safe = np.maximum(rows, 0)
-    time = np.where(valid, log.timestamp[safe], 0)
+    # Index -1 reads a padding value appended to each array, so an empty log works too.
+    safe = np.where(valid, rows, -1)
+    stamps, items, types = (np.append(a, 0) for a in (log.timestamp, log.item, log.event_type))
+    time = np.where(valid, stamps[safe], 0)
     next_time = np.empty_like(time)
     next_time[:, :-1] = time[:, 1:]
     next_time[:, -1] = request_time
@@ -36,8 +38,8 @@ def featurize(
     gap = next_time - time
     to_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
     return EventBatch(
-        items=to_long(np.where(valid, log.item[safe] + 1, PAD)),
-        event_types=to_long(np.where(valid, log.event_type[safe], 0)),
+        items=to_long(np.where(valid, items[safe] + 1, PAD)),
+        event_types=to_long(np.where(valid, types[safe], 0)),
         hours=to_long(_hour(time)),
         weekdays=to_long(_weekday(time)),
         recency=recency_bucket(to_long(gap)),

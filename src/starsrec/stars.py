@@ -22,9 +22,16 @@ import torch
 from starsrec.calendar import CalendarEvents
 from starsrec.evaluate import EvaluationConfig, evaluate
 from starsrec.interactions import Catalogue, Queries
+from starsrec.items import (
+    HashingEncoder,
+    SentenceTransformerEncoder,
+    derive_subclasses,
+    embed_items,
+)
 from starsrec.model import STARS, ModelConfig
 from starsrec.recommender import Recommender, TrainingData
 from starsrec.sequences import featurize, query_windows
+from starsrec.tags import LexiconTagger
 from starsrec.train import TrainConfig, train_model
 
 logger = logging.getLogger(__name__)
@@ -62,9 +69,6 @@ class StarsConfig:
 
 def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
     """Text embeddings, tags, subclass and class of every item (arrays over the catalogue)."""
-    from starsrec.items import HashingEncoder, SentenceTransformerEncoder, derive_subclasses
-    from starsrec.tags import LexiconTagger
-
     texts = list(catalogue.texts)
     if config.text_encoder == HASHING_ENCODER:
         encoder = HashingEncoder(dim=64, seed=config.seed)
@@ -72,8 +76,6 @@ def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.nda
         encoder = SentenceTransformerEncoder()
     else:
         encoder = SentenceTransformerEncoder(path=config.text_encoder)
-    from starsrec.items import embed_items
-
     cache = Path(config.embedding_cache) if config.embedding_cache else None
     text = embed_items(texts, encoder, cache_dir=cache)
     if config.use_lexicon_tags:
@@ -222,3 +224,46 @@ def _history_counts(queries: Queries, n_items: int) -> np.ndarray:
     counts = np.zeros((len(queries), n_items), dtype=np.float32)
     np.add.at(counts, (query, queries.log.item[rows]), 1.0)
     return counts
+
+
+# Named configurations for the benchmark's ablation table: (model switches, training
+# overrides). "no-text" swaps the frozen text vector for a learned id embedding, since an
+# item needs some representation; "sasrec" is every STARS component off but item ids.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "stars": ({}, {}),
+    "sasrec": (
+        {
+            "use_text": False,
+            "use_delta": False,
+            "use_tags": False,
+            "use_item_id": True,
+            "use_context": False,
+            "use_recency": False,
+            "use_dual_memory": False,
+            "use_calendar_offsets": False,
+            "use_item_bias": False,
+            "use_repeat_score": False,
+        },
+        {"subclass_negatives": 0},
+    ),
+    "stars-no-delta": ({"use_delta": False}, {}),
+    "stars-no-tags": ({"use_tags": False}, {}),
+    "stars-no-text": ({"use_text": False, "use_delta": False, "use_item_id": True}, {}),
+    "stars-no-dual-memory": ({"use_dual_memory": False}, {}),
+    "stars-no-calendar": ({"use_calendar_offsets": False}, {}),
+    "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
+    "stars-no-repeat": ({"use_repeat_score": False}, {}),
+}
+
+
+def stars_variant(name: str, config: StarsConfig = StarsConfig()) -> StarsRecommender:
+    """A STARS recommender with the switches of variant `name` applied to `config`."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown STARS variant {name!r}; choose from {', '.join(VARIANTS)}")
+    model_switches, train_overrides = VARIANTS[name]
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, **model_switches),
+        train=dataclasses.replace(config.train, **train_overrides),
+    )
+    return StarsRecommender(config)

@@ -1,0 +1,123 @@
+"""Artifact directories: train STARS into one, evaluate one in the shared harness.
+
+An artifact holds what `Recommender.save` writes (config.json, state.safetensors,
+items.parquet, calendar.json) plus meta.json: the dataset it was trained on (path and a
+fingerprint of its tables), the protocol, the variant, validation metrics and the
+training history, so `starsrec evaluate ARTIFACT_DIR` can rebuild the same split and
+refuse a dataset that changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from starsrec.data import DataError, Dataset, load_prepared
+from starsrec.report import evaluation_record, machine_description, training_data
+from starsrec.splits import split_dataset
+from starsrec.stars import StarsConfig, StarsRecommender, stars_variant
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A short hash of the events and items tables (content, not file bytes)."""
+    digest = hashlib.sha256()
+    for table in (dataset.events, dataset.items):
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_config(path: str | Path | None, overrides: list[str]) -> StarsConfig:
+    """A StarsConfig from an optional JSON file and `key=value` overrides, where key may be
+    dotted (`model.dim=128`, `train.epochs=10`) and value is JSON (or a plain string)."""
+    values: dict[str, Any] = json.loads(Path(path).read_text()) if path else {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {override!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    try:
+        return StarsConfig(**values)
+    except TypeError as error:
+        raise ValueError(f"bad STARS config: {error}") from error
+
+
+def train_artifact(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: StarsConfig = StarsConfig(),
+    protocol: str = "leave-one-out",
+    variant: str = "stars",
+) -> Path:
+    """Train a STARS variant on a prepared dataset and write the artifact directory."""
+    dataset = load_prepared(data_dir)
+    split = split_dataset(dataset, protocol)
+    model = stars_variant(variant, config)
+    started = time.perf_counter()
+    model.fit(training_data(dataset, split, not dataset.allow_repeats))
+    train_s = time.perf_counter() - started
+    out = model.save(out_dir)
+    meta = {
+        "dataset": dataset.name,
+        "data_dir": str(Path(data_dir).resolve()),
+        "fingerprint": fingerprint(dataset),
+        "protocol": protocol,
+        "variant": variant,
+        "seed": model.config.seed,
+        "best_epoch": model.training.best_epoch,
+        "validation_ndcg@10": model.training.best_metric,
+        "history": model.training.history,
+        "train_s": round(train_s, 3),
+        "date": dt.date.today().isoformat(),
+        "machine": machine_description(),
+        "config": dataclasses.asdict(model.config),
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("wrote artifact %s (validation ndcg@10 %.4f)", out, meta["validation_ndcg@10"])
+    return out
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / META_FILE).exists()
+
+
+def evaluate_artifact(artifact_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+    """Evaluate an artifact on the test queries of the split it was trained with."""
+    root = Path(artifact_dir)
+    meta = json.loads((root / META_FILE).read_text())
+    dataset = load_prepared(data_dir or meta["data_dir"])
+    if fingerprint(dataset) != meta["fingerprint"]:
+        raise DataError(
+            f"{root} was trained on another version of dataset {meta['dataset']!r} "
+            f"(fingerprint {meta['fingerprint']}, now {fingerprint(dataset)}); retrain it"
+        )
+    split = split_dataset(dataset, meta["protocol"])
+    model = StarsRecommender.load(root)
+    return evaluation_record(
+        model,
+        meta["variant"],
+        meta["seed"],
+        dataset,
+        split,
+        not dataset.allow_repeats,
+        meta["train_s"],
+    )
