@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from starsrec.cli import main
@@ -79,3 +80,50 @@ def test_version(capsys) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("starsrec ")
+
+
+def test_train_then_evaluate_the_artifact(shop: Path, tmp_path: Path, capsys) -> None:
+    data_dir = tmp_path / "prepared"
+    assert main(["data", "prepare", str(shop), "--out", str(data_dir)]) == 0
+    artifact = tmp_path / "artifact"
+    tiny = [
+        "text_encoder=hashing",
+        "embedding_cache=null",
+        "derived_subclasses=4",
+        "derived_classes=2",
+        "model.dim=16",
+        "model.layers=1",
+        "model.max_length=8",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.uniform_negatives=8",
+        "train.subclass_negatives=8",
+    ]
+    overrides = [arg for value in tiny for arg in ("--set", value)]
+    argv = ["train", str(data_dir), *overrides, "--out", str(artifact)]
+    assert main(argv) == 0
+    meta = json.loads((artifact / "meta.json").read_text())
+    assert meta["dataset"] == "shop" and meta["variant"] == "stars"
+    assert meta["config"]["model"]["dim"] == 16
+    assert len(meta["history"]) == 2 and 0 <= meta["validation_ndcg@10"] <= 1
+    for name in ("config.json", "state.safetensors", "items.parquet", "calendar.json"):
+        assert (artifact / name).exists(), name
+
+    report_dir = tmp_path / "report"
+    assert main(["evaluate", str(artifact), "--out", str(report_dir)]) == 0
+    (record,) = json.loads((report_dir / "results.json").read_text())
+    assert record["model"] == "stars" and record["protocol"] == "leave-one-out"
+    assert 0 <= record["metrics"]["ndcg@10"] <= 1
+
+    # A dataset that changed since training is refused.
+    events = pd.read_parquet(data_dir / "events.parquet")
+    events.iloc[:-1].to_parquet(data_dir / "events.parquet", index=False)
+    capsys.readouterr()
+    assert main(["evaluate", str(artifact), "--out", str(report_dir)]) == 2
+    assert "trained on another version of dataset 'shop'" in capsys.readouterr().err
+
+
+def test_bad_config_override(tmp_path: Path, capsys) -> None:
+    argv = ["train", str(tmp_path), "--set", "model.nope=1", "--out", str(tmp_path / "a")]
+    assert main(argv) == 2
+    assert "bad STARS config" in capsys.readouterr().err
