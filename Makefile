@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/starsrec data prepare movielens-100k --out data/movielens-100k
-	$(BIN)/starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/demo
+	$(BIN)/starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/demo-baselines
+	$(BIN)/starsrec train data/movielens-100k --protocol leave-one-out --out artifacts/demo-stars
+	$(BIN)/starsrec evaluate artifacts/demo-stars --out reports/demo-stars
 	@echo
-	@cat reports/demo/report.md
+	@cat reports/demo-baselines/report.md
+	@echo
+	@cat reports/demo-stars/report.md
 
 test: setup lint
 	$(BIN)/pytest -q
@@ -42,4 +46,4 @@ bench: setup
 	$(BIN)/python benchmarks/quality.py
 
 clean:
-	rm -rf $(VENV) data reports .pytest_cache .ruff_cache
+	rm -rf $(VENV) data reports artifacts .cache .pytest_cache .ruff_cache
