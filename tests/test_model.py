@@ -70,7 +70,7 @@ def test_cold_items_get_vectors_from_text_and_tags_alone(world) -> None:
     catalogue, _, calendar = world
     warm = torch.ones(catalogue.size, dtype=torch.bool)
     warm[:3] = False
-    model = build(catalogue, calendar, warm=warm)
+    model = build(catalogue, calendar, warm=warm).eval()  # no cold dropout
     with torch.no_grad():
         model.item_tokens.delta.weight.fill_(0.5)  # as if every item had learned a delta
         model.item_bias.weight.fill_(1.0)

@@ -38,6 +38,10 @@ class ModelConfig:
     max_length: int = 50
     attribute_dim: int = 32
     session_gap_minutes: float = 30.0
+    # Share of warm items treated as cold (no delta, no bias) at each training step, so the
+    # model also learns to score items from text and tags alone (the cold-start path).
+    cold_dropout: float = 0.1
+    repeat_half_life_days: float = 30.0
     use_text: bool = True
     use_delta: bool = True
     use_tags: bool = True
@@ -66,6 +70,7 @@ class EventBatch:
     request_hour, request_weekday, request_month (B, T) long, request_events (B, T, K)
     float: the context of the request that follows each event.
     new_session (B, T) bool: the request comes after the session gap (use u_L alone).
+    event_days, request_days (B, T) float: event and request times in days (repeat recency).
     """
 
     items: torch.Tensor
@@ -78,6 +83,8 @@ class EventBatch:
     request_month: torch.Tensor
     request_events: torch.Tensor
     new_session: torch.Tensor
+    event_days: torch.Tensor
+    request_days: torch.Tensor
 
 
 class ItemTokens(nn.Module):
@@ -114,13 +121,21 @@ class ItemTokens(nn.Module):
             width += config.dim
         self.project = nn.Linear(width, config.dim)  # P
 
-    def forward(self, slots: torch.Tensor) -> torch.Tensor:
-        """(...) item slots -> (..., D) tokens."""
+    def owned(self, slots: torch.Tensor) -> torch.Tensor:
+        """(...) float: 1 where the item's delta and bias apply (warm, and not dropped)."""
+        owned = self.warm[slots]
+        if self.training and self.config.cold_dropout > 0:
+            owned = owned * (torch.rand(slots.shape) >= self.config.cold_dropout)
+        return owned
+
+    def forward(self, slots: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
+        """(...) item slots -> (..., D) tokens; `owned` as from `owned(slots)`."""
         parts = []
         if self.config.use_text:
             text = self.text[slots]
             if self.config.use_delta:
-                text = text + self.delta(slots) * self.warm[slots].unsqueeze(-1)
+                owned = self.owned(slots) if owned is None else owned
+                text = text + self.delta(slots) * owned.unsqueeze(-1)
             parts.append(text)
         if self.config.use_tags:
             parts.append(self.attributes(self.tags[slots]))
@@ -199,7 +214,7 @@ class STARS(nn.Module):
         self.item_bias = nn.Embedding(len(item_class) + 1, 1)
         nn.init.zeros_(self.item_bias.weight)
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
-        self.repeat_weights = nn.Parameter(torch.zeros(2))  # log1p(count), seen
+        self.repeat_weights = nn.Parameter(torch.zeros(3))  # log1p(count), seen, recency
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
         for embedding in (self.request_hour, self.request_weekday, self.request_month):
@@ -259,17 +274,23 @@ class STARS(nn.Module):
         )
 
     # -- 4. scoring ---------------------------------------------------------------------
-    def item_vectors(self, slots: torch.Tensor | None = None) -> torch.Tensor:
+    def item_vectors(
+        self, slots: torch.Tensor | None = None, owned: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(C, D) retrieval vectors of item slots (all items when None), tied to tokens."""
         if slots is None:
             slots = torch.arange(1, self.item_class.shape[0], device=self.item_class.device)
-        return self.item_tokens(slots)
+        return self.item_tokens(slots, owned)
 
     def item_terms(
-        self, slots: torch.Tensor, request_events: torch.Tensor
+        self,
+        slots: torch.Tensor,
+        request_events: torch.Tensor,
+        owned: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
-        bias = self.item_bias(slots).squeeze(-1) * self.item_tokens.warm[slots]
+        owned = self.item_tokens.warm[slots] if owned is None else owned
+        bias = self.item_bias(slots).squeeze(-1) * owned
         if not self.config.use_item_bias:
             bias = torch.zeros_like(bias)
         if not self.config.use_calendar_offsets:
@@ -277,18 +298,22 @@ class STARS(nn.Module):
         offsets = request_events @ self.calendar_offsets  # (..., n_classes)
         return bias, offsets[..., self.item_class[slots]]
 
-    def repeat_bonus(self, count: torch.Tensor) -> torch.Tensor:
-        """Learned score for items already in the user's history, from their count."""
+    def repeat_bonus(self, count: torch.Tensor, age_days: torch.Tensor) -> torch.Tensor:
+        """Learned score for items already in the user's history, from how often and how
+        long ago (days; inf when never) the user had them."""
         if not self.config.use_repeat_score:
             return torch.zeros_like(count)
-        return self.repeat_weights[0] * torch.log1p(count) + self.repeat_weights[1] * (count > 0)
+        recency = 1.0 / (1.0 + age_days.clamp(min=0) / self.config.repeat_half_life_days)
+        w = self.repeat_weights
+        return w[0] * torch.log1p(count) + w[1] * (count > 0) + w[2] * recency
 
     def score(
         self, query: torch.Tensor, slots: torch.Tensor, request_events: torch.Tensor
     ) -> torch.Tensor:
         """(..., D) queries x (C,) candidate slots -> (..., C) scores before repeat bonus."""
-        vectors = self.item_vectors(slots)  # (C, D)
-        bias, offsets = self.item_terms(slots, request_events)
+        owned = self.item_tokens.owned(slots)  # one cold-dropout draw for vector and bias
+        vectors = self.item_vectors(slots, owned)  # (C, D)
+        bias, offsets = self.item_terms(slots, request_events, owned)
         return query @ vectors.T + bias + offsets
 
 

@@ -52,6 +52,8 @@ def featurize(
             else np.zeros((*rows.shape, 1), dtype=np.float32)
         ),
         new_session=torch.from_numpy(gap > session_gap_minutes * 60),
+        event_days=torch.from_numpy((time / DAY).astype(np.float32)),
+        request_days=torch.from_numpy((next_time / DAY).astype(np.float32)),
     )
 
 

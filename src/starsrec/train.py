@@ -38,7 +38,7 @@ class TrainConfig:
 
     epochs: int = 40
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     weight_decay: float = 0.01
     delta_weight_decay: float = 0.1  # pulls the per-item residuals towards the text vector
     uniform_negatives: int = 256
@@ -224,9 +224,13 @@ def _loss(
     query = query[mask]  # (P, D)
     slots = torch.from_numpy(candidates + 1)
     logits = model.score(query, slots, batch.request_events[mask])  # (P, C)
-    # Repeat bonus: how often each candidate occurs among the inputs up to each position.
-    seen = (batch.items[:, :, None] == slots[None, None, :]).float().cumsum(dim=1)  # (B,T,C)
-    logits = logits + model.repeat_bonus(seen[mask])
+    # Repeat bonus: how often, and how long before each request, each candidate occurs
+    # among the inputs up to each position.
+    same = batch.items[:, :, None] == slots[None, None, :]  # (B, T, C)
+    count = same.float().cumsum(dim=1)
+    last = torch.where(same, batch.event_days[:, :, None], -torch.inf).cummax(dim=1).values
+    age = batch.request_days[:, :, None] - last  # inf where never seen
+    logits = logits + model.repeat_bonus(count[mask], age[mask])
     logits = logits - torch.from_numpy(log_q).float()
     label = torch.from_numpy(np.searchsorted(candidates, targets[valid]))
     per_event = F.cross_entropy(logits, label, reduction="none")
