@@ -11,6 +11,7 @@ evaluator's ranks and every run agree exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -133,6 +134,15 @@ class Recommender(ABC):
         model.catalogue = load_catalogue(root / ITEMS_FILE)
         model._restore(load_file(root / STATE_FILE), root)
         return model
+
+
+def rebuild_nested_configs(config: Any) -> None:
+    """Nested config dataclasses arrive as dicts from config.json: rebuild each, in place,
+    with its field's default factory (call from a frozen config's __post_init__)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            object.__setattr__(config, f.name, f.default_factory(**value))
 
 
 def save_catalogue(catalogue: Catalogue, path: Path) -> None:

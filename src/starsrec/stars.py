@@ -29,7 +29,7 @@ from starsrec.items import (
     embed_items,
 )
 from starsrec.model import STARS, ModelConfig
-from starsrec.recommender import Recommender, TrainingData
+from starsrec.recommender import Recommender, TrainingData, rebuild_nested_configs
 from starsrec.sequences import featurize, query_windows
 from starsrec.tags import LexiconTagger
 from starsrec.train import TrainConfig, train_model
@@ -61,10 +61,7 @@ class StarsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # Nested configs arrive as dicts from config.json.
-        for name, kind in (("model", ModelConfig), ("train", TrainConfig)):
-            if isinstance(getattr(self, name), dict):
-                object.__setattr__(self, name, kind(**getattr(self, name)))
+        rebuild_nested_configs(self)
 
 
 def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:

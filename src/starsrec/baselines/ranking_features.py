@@ -20,7 +20,7 @@ from starsrec.baselines.popularity import DAY, popularity, with_fallback
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
 from starsrec.calendar import calendar_features
 from starsrec.interactions import Catalogue, Queries
-from starsrec.recommender import TrainingData
+from starsrec.recommender import TrainingData, rebuild_nested_configs
 
 NEVER = 10_000.0  # "days since" / "events since" for something that never happened
 
@@ -51,11 +51,7 @@ class LambdaMARTConfig:
     cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
 
     def __post_init__(self) -> None:
-        # Nested configs arrive as dicts from config.json.
-        for name, kind in (("repeat", RepeatHistoryConfig), ("cooccurrence", CooccurrenceConfig)):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                object.__setattr__(self, name, kind(**value))
+        rebuild_nested_configs(self)
 
 
 ARRAYS = ("popularity", "recent", "popular", "repeat_rate", "buyers", "first_seen", "month_share")
