@@ -9,9 +9,12 @@ import torch
 from starsrec.calendar import CalendarEvents
 from starsrec.interactions import Catalogue, EventLog
 from starsrec.model import PAD, STARS, ModelConfig
-from starsrec.sequences import featurize, training_windows
+from starsrec.recommender import TrainingData
+from starsrec.sequences import featurize, query_windows, training_windows
+from starsrec.splits import split_dataset
+from starsrec.stars import StarsConfig, StarsRecommender
 from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig, train_model
+from starsrec.train import TrainConfig, train_model, window_repeats
 
 TINY = ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4, dropout=0.1)
 
@@ -110,3 +113,34 @@ def test_training_resumes_exactly(world, tmp_path) -> None:
     assert state.epoch == 2
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_serving_scores_match_the_training_path() -> None:
+    """The fast full-catalogue `score` (whole-history repeat counts, one matrix product)
+    equals the training computation (window repeat counts, candidate scoring) for
+    histories shorter than the window."""
+    dataset = make_toy_world(n_users=40)
+    split = split_dataset(dataset, "leave-one-out")
+    config = StarsConfig(
+        model=replace(TINY, max_length=12),
+        train=TrainConfig(epochs=1, batch_size=16, progress=False),
+        text_encoder="hashing",
+        embedding_cache=None,
+        derived_classes=2,
+        derived_subclasses=4,
+    )
+    recommender = StarsRecommender(config).fit(TrainingData(split.train, split.catalogue, "GB"))
+    queries = split.test
+    assert queries.lengths.max() <= 12
+    served = recommender.score(queries)
+
+    model = recommender.model
+    rows = query_windows(queries, 12)
+    batch = featurize(queries.log, rows, queries.time, recommender.calendar, 30.0)
+    slots = torch.arange(1, split.catalogue.size + 1)
+    with torch.no_grad():
+        query = model.user_vectors(batch)[:, -1]
+        logits = model.score(query, slots, batch.request_events[:, -1])
+        count, age = window_repeats(batch, slots)
+        logits = logits + model.repeat_bonus(count[:, -1], age[:, -1])
+    np.testing.assert_allclose(served, logits.numpy(), rtol=1e-5, atol=1e-5)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from starsrec.calendar import CalendarEvents
 from starsrec.interactions import EventLog
-from starsrec.model import STARS
+from starsrec.model import STARS, EventBatch
 from starsrec.sequences import featurize, training_windows
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def _epoch(
 
 def _loss(
     model: STARS,
-    batch,
+    batch: EventBatch,
     targets: np.ndarray,  # (B, T) item index of the event after each input
     valid: np.ndarray,  # (B, T) positions that have a target to predict
     weights: np.ndarray,  # (B, T) engagement weight of each target
@@ -224,18 +224,22 @@ def _loss(
     query = query[mask]  # (P, D)
     slots = torch.from_numpy(candidates + 1)
     logits = model.score(query, slots, batch.request_events[mask])  # (P, C)
-    # Repeat bonus: how often, and how long before each request, each candidate occurs
-    # among the inputs up to each position.
-    same = batch.items[:, :, None] == slots[None, None, :]  # (B, T, C)
-    count = same.float().cumsum(dim=1)
-    last = torch.where(same, batch.event_days[:, :, None], -torch.inf).cummax(dim=1).values
-    age = batch.request_days[:, :, None] - last  # inf where never seen
+    count, age = window_repeats(batch, slots)
     logits = logits + model.repeat_bonus(count[mask], age[mask])
     logits = logits - torch.from_numpy(log_q).float()
     label = torch.from_numpy(np.searchsorted(candidates, targets[valid]))
     per_event = F.cross_entropy(logits, label, reduction="none")
     weight = torch.from_numpy(weights[valid].astype(np.float32))
     return (per_event * weight).sum() / weight.sum()
+
+
+def window_repeats(batch: EventBatch, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, C) how often each candidate occurs among the inputs up to each position, and
+    the days from its last occurrence to that position's request (inf when never)."""
+    same = batch.items[:, :, None] == slots[None, None, :]
+    count = same.float().cumsum(dim=1)
+    last = torch.where(same, batch.event_days[:, :, None], -torch.inf).cummax(dim=1).values
+    return count, batch.request_days[:, :, None] - last
 
 
 # -- checkpoints: safetensors for tensors, JSON for the rest (never pickles) -------------
