@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +46,29 @@ def machine_description() -> str:
 
 
 MODEL_NAMES = (*BASELINES, *VARIANTS)
+
+
+def source_revision() -> str:
+    """The git commit the code ran at (with "+dirty" for uncommitted changes), if known."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def make_model(name: str, seed: int) -> Recommender:
@@ -108,6 +132,7 @@ def evaluation_record(
         "eval_s": round(time.perf_counter() - started, 3),
         "date": dt.date.today().isoformat(),
         "machine": machine_description(),
+        "commit": source_revision(),
     }
 
 
