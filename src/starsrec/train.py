@@ -43,7 +43,7 @@ class TrainConfig:
     delta_weight_decay: float = 0.1  # pulls the per-item residuals towards the text vector
     uniform_negatives: int = 256
     subclass_negatives: int = 256
-    patience: int = 4
+    patience: int = 8
     threads: int = 1
     seed: int = 0
     progress: bool = True
