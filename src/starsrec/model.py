@@ -41,6 +41,9 @@ class ModelConfig:
     # Share of warm items treated as cold (no delta, no bias) at each training step, so the
     # model also learns to score items from text and tags alone (the cold-start path).
     cold_dropout: float = 0.1
+    # Give items without their own bias (cold, or dropped) one learned shared bias instead
+    # of 0, so text-only items compete with warm items' learned biases.
+    use_cold_bias: bool = False
     repeat_half_life_days: float = 30.0
     use_text: bool = True
     use_delta: bool = True
@@ -213,6 +216,7 @@ class STARS(nn.Module):
         self.request_month = nn.Embedding(12, dim)
         self.item_bias = nn.Embedding(len(item_class) + 1, 1)
         nn.init.zeros_(self.item_bias.weight)
+        self.cold_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
         self.repeat_weights = nn.Parameter(torch.zeros(3))  # log1p(count), seen, recency
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
@@ -291,6 +295,8 @@ class STARS(nn.Module):
         """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
         owned = self.item_tokens.warm[slots] if owned is None else owned
         bias = self.item_bias(slots).squeeze(-1) * owned
+        if self.config.use_cold_bias:
+            bias = bias + self.cold_bias * (1 - owned)
         if not self.config.use_item_bias:
             bias = torch.zeros_like(bias)
         if not self.config.use_calendar_offsets:
