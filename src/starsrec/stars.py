@@ -32,7 +32,7 @@ from starsrec.model import STARS, ModelConfig
 from starsrec.recommender import Recommender, TrainingData, rebuild_nested_configs
 from starsrec.sequences import featurize, query_windows
 from starsrec.tags import LexiconTagger
-from starsrec.train import TrainConfig, train_model
+from starsrec.train import TrainConfig, TrainingState, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class StarsRecommender(Recommender):
         self.features: dict[str, np.ndarray] = {}
         self.calendar: CalendarEvents | None = None
         self.n_event_types = 1
+        self.training_state: TrainingState | None = None  # set by fit, not saved
 
     def _fit(self, data: TrainingData) -> None:
         config = self.config
@@ -129,7 +130,7 @@ class StarsRecommender(Recommender):
                 result = evaluate(self, queries, targets, data.train, quiet)
                 return result["metrics"]["ndcg@10"]
 
-        self.training = train_model(
+        self.training_state = train_model(
             self.model,
             data.train,
             self.features["subclass"],
