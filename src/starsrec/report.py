@@ -49,7 +49,7 @@ MODEL_NAMES = (*BASELINES, *VARIANTS)
 
 
 def source_revision() -> str:
-    """The git commit the code ran at (with "+dirty" for uncommitted changes), if known."""
+    """The git commit the code ran at ("+dirty" when src/ has uncommitted changes)."""
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
@@ -60,7 +60,7 @@ def source_revision() -> str:
             timeout=5,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "src"],
             capture_output=True,
             text=True,
             check=True,
