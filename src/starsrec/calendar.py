@@ -38,16 +38,25 @@ def holiday_days(country: str, first_year: int, last_year: int) -> np.ndarray:
     return dates.astype(np.int64)
 
 
+def time_parts(times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 seconds -> (hour 0-23, weekday 0 = Monday, month 0-11), all int64."""
+    times = np.asarray(times, dtype=np.int64)
+    weekday = (times // DAY + 3) % 7  # 1970-01-01 was a Thursday
+    month = times.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12
+    return (times % DAY) // 3600, weekday, month
+
+
 def calendar_features(times: np.ndarray, country: str | None) -> dict[str, np.ndarray]:
     """Per timestamp (int64 seconds): weekday (0 = Monday), month (1-12), hour, and days
     to the next / since the last / to the nearest public holiday (NaN with no country)."""
     times = np.asarray(times, dtype=np.int64)
     moments = times.astype("datetime64[s]")
     days = times // DAY
+    hour, weekday, month = time_parts(times)
     features = {
-        "weekday": ((days + 3) % 7).astype(np.float32),  # 1970-01-01 was a Thursday
-        "month": (moments.astype("datetime64[M]").astype(np.int64) % 12 + 1).astype(np.float32),
-        "hour": ((times % DAY) // 3600).astype(np.float32),
+        "weekday": weekday.astype(np.float32),
+        "month": (month + 1).astype(np.float32),
+        "hour": hour.astype(np.float32),
     }
     if country is None or times.size == 0:
         nan = np.full(times.shape, np.nan, dtype=np.float32)

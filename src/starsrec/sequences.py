@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from starsrec.calendar import DAY, CalendarEvents
+from starsrec.calendar import DAY, CalendarEvents, time_parts
 from starsrec.interactions import EventLog, Queries
 from starsrec.model import PAD, EventBatch, recency_bucket
 
@@ -36,16 +36,18 @@ def featurize(
     # A padded slot's "next" is the first real event: keep its gap at zero.
     next_time = np.where(valid, next_time, time)
     gap = next_time - time
+    hour, weekday, _ = time_parts(time)
+    request_hour, request_weekday, request_month = time_parts(next_time)
     to_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
     return EventBatch(
         items=to_long(np.where(valid, items[safe] + 1, PAD)),
         event_types=to_long(np.where(valid, types[safe], 0)),
-        hours=to_long(_hour(time)),
-        weekdays=to_long(_weekday(time)),
+        hours=to_long(hour),
+        weekdays=to_long(weekday),
         recency=recency_bucket(to_long(gap)),
-        request_hour=to_long(_hour(next_time)),
-        request_weekday=to_long(_weekday(next_time)),
-        request_month=to_long(_month(next_time)),
+        request_hour=to_long(request_hour),
+        request_weekday=to_long(request_weekday),
+        request_month=to_long(request_month),
         request_events=torch.from_numpy(
             calendar.active(next_time.ravel()).reshape(*rows.shape, len(calendar.names) or 1)
             if calendar.names
@@ -79,15 +81,3 @@ def training_windows(log: EventLog, length: int) -> np.ndarray:
             windows.append(window)
             last = first + 1  # the first row of this window is the next one's last input
     return np.array(windows, dtype=np.int64).reshape(-1, length + 1)
-
-
-def _hour(seconds: np.ndarray) -> np.ndarray:
-    return (seconds % DAY) // 3600
-
-
-def _weekday(seconds: np.ndarray) -> np.ndarray:
-    return (seconds // DAY + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-
-
-def _month(seconds: np.ndarray) -> np.ndarray:
-    return seconds.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12

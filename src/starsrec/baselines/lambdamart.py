@@ -100,17 +100,15 @@ class LambdaMARTRecommender(Recommender):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, labels, group sizes): candidates labelled 1 for the target, grouped
         by query; groups whose target is not a candidate are dropped (no gradient)."""
-        features, labels, groups = [], [], []
+        parts = []
         for part in self._chunks(queries):
             query, item, x = generators.candidates_and_features(queries[part])
             label = (item == targets[part][query]).astype(np.float32)
             sizes = np.bincount(query, minlength=part.stop - part.start)
             has_positive = np.bincount(query, weights=label, minlength=len(sizes)) > 0
             keep = has_positive[query]
-            features.append(x[keep])
-            labels.append(label[keep])
-            groups.append(sizes[has_positive])
-        return _stack([(f, y, g) for f, y, g in zip(features, labels, groups, strict=True)])
+            parts.append((x[keep], label[keep], sizes[has_positive]))
+        return _stack(parts)
 
     def _chunks(self, queries: Queries) -> list[slice]:
         n_items = len(self.catalogue.item_ids) if self.catalogue is not None else 1
