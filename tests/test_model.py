@@ -14,7 +14,7 @@ from starsrec.sequences import featurize, query_windows, training_windows
 from starsrec.splits import split_dataset
 from starsrec.stars import StarsConfig, StarsRecommender
 from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig, train_model, window_repeats
+from starsrec.train import TrainConfig, history_repeats, train_model, window_repeats
 
 TINY = ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4, dropout=0.1)
 
@@ -144,3 +144,24 @@ def test_serving_scores_match_the_training_path() -> None:
         count, age = window_repeats(batch, slots)
         logits = logits + model.repeat_bonus(count[:, -1], age[:, -1])
     np.testing.assert_allclose(served, logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_history_repeats_match_the_dense_reference() -> None:
+    """Training's sparse repeat counts equal the dense (B, T, C) reference at every masked
+    position, including repeated items and candidates absent from the window."""
+    dataset = make_toy_world(n_users=30)
+    split = split_dataset(dataset, "leave-one-out")
+    log = split.train
+    windows = training_windows(log, 10)[:, :-1]
+    calendar = CalendarEvents.build("GB", 2019, 2021)
+    batch = featurize(log, windows, log.timestamp[windows[:, -1]], calendar, 30.0)
+    generator = np.random.default_rng(0)
+    slots = torch.from_numpy(np.unique(generator.integers(1, log.item.max() + 2, 40)))
+    mask = torch.from_numpy((windows >= 0) & (generator.random(windows.shape) < 0.7))
+    count, age = window_repeats(batch, slots)
+    rows, columns, sparse_count, sparse_age = history_repeats(batch, slots, mask)
+    dense_count = torch.zeros(int(mask.sum()), len(slots)).index_put((rows, columns), sparse_count)
+    dense_age = torch.full_like(dense_count, torch.inf).index_put((rows, columns), sparse_age)
+    assert sparse_count.min() >= 1 and len(rows) > len(slots)
+    torch.testing.assert_close(dense_count, count[mask])
+    torch.testing.assert_close(dense_age, age[mask])
