@@ -165,3 +165,15 @@ def test_sparse_history_repeats_match_the_dense_reference() -> None:
     assert sparse_count.min() >= 1 and len(rows) > len(slots)
     torch.testing.assert_close(dense_count, count[mask])
     torch.testing.assert_close(dense_age, age[mask])
+
+
+def test_training_without_validation_keeps_the_trained_weights(world) -> None:
+    """With no validation set the metric is -loss: every improvement must count (a bug once
+    compared it with a -1 starting point and kept the untrained weights)."""
+    catalogue, log, calendar = world
+    model = build(catalogue, calendar)
+    subclass = np.maximum(catalogue.subclass, 0).astype(np.int64)
+    config = TrainConfig(epochs=3, batch_size=16, progress=False, patience=5)
+    state = train_model(model, log, subclass, calendar, config)
+    assert state.best_epoch >= 1
+    assert state.history[-1]["loss"] < state.history[0]["loss"]

@@ -29,6 +29,8 @@ EXAMPLES = {
         "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
         "--models popularity,lambdamart --out reports/movielens"
     ),
+    "index": "example: starsrec index artifacts/movielens",
+    "serve": "example: starsrec serve artifacts/movielens --host 127.0.0.1 --port 8000",
 }
 
 
@@ -100,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="reports/latest", help="report directory")
+
+    index = commands.add_parser(
+        "index",
+        help="offline stage: item index, user memories, event store and exported encoder "
+        "inside the artifact",
+        epilog=EXAMPLES["index"],
+    )
+    index.add_argument("artifact_dir", help="an artifact from `starsrec train`")
+    index.add_argument("--data", help="the prepared dataset (default: the one it was trained on)")
+
+    serve = commands.add_parser(
+        "serve", help="serve an indexed artifact over HTTP", epilog=EXAMPLES["serve"]
+    )
+    serve.add_argument("artifact_dir", help="an artifact indexed by `starsrec index`")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000)
     return parser
 
 
@@ -135,6 +153,20 @@ def run(args: argparse.Namespace) -> int:
         title = f"{dataset.name}, {args.protocol}"
         report = write_report(records, args.out, title)
         print(f"wrote {report} and {report.parent / 'results.json'}")
+        return 0
+    if args.command == "index":
+        from starsrec.offline import build_serving
+
+        out = build_serving(args.artifact_dir, args.data)
+        print(f"wrote {out}/; start the service with: starsrec serve {args.artifact_dir}")
+        return 0
+    if args.command == "serve":
+        import uvicorn
+
+        from starsrec.serve import create_app
+
+        app = create_app(args.artifact_dir)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
 

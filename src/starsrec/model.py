@@ -133,17 +133,29 @@ class ItemTokens(nn.Module):
 
     def forward(self, slots: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
         """(...) item slots -> (..., D) tokens; `owned` as from `owned(slots)`."""
+        delta = None
+        if self.config.use_text and self.config.use_delta:
+            owned = self.owned(slots) if owned is None else owned
+            delta = self.delta(slots) * owned.unsqueeze(-1)
+        ids = self.item_id(slots) if self.config.use_item_id else None
+        return self.combine(self.text[slots], self.tags[slots], delta, ids)
+
+    def combine(
+        self,
+        text: torch.Tensor,  # (..., Dt)
+        tags: torch.Tensor,  # (..., G)
+        delta: torch.Tensor | None = None,  # (..., Dt), None for items without one
+        ids: torch.Tensor | None = None,  # (..., D) id embeddings (ID-only ablation)
+    ) -> torch.Tensor:
+        """P([e_text + delta; W_attr t]) from raw features: also how a product added after
+        training gets its token (text and tags only, like any cold item)."""
         parts = []
         if self.config.use_text:
-            text = self.text[slots]
-            if self.config.use_delta:
-                owned = self.owned(slots) if owned is None else owned
-                text = text + self.delta(slots) * owned.unsqueeze(-1)
-            parts.append(text)
+            parts.append(text if delta is None else text + delta)
         if self.config.use_tags:
-            parts.append(self.attributes(self.tags[slots]))
+            parts.append(self.attributes(tags))
         if self.config.use_item_id:
-            parts.append(self.item_id(slots))
+            parts.append(torch.zeros(*text.shape[:-1], self.config.dim) if ids is None else ids)
         return self.project(torch.cat(parts, dim=-1))
 
 
@@ -225,11 +237,13 @@ class STARS(nn.Module):
             nn.init.zeros_(embedding.weight)
 
     # -- 2. sequence encoder ------------------------------------------------------------
-    def encode(self, batch: EventBatch) -> torch.Tensor:
-        """(B, T) events -> (B, T + 1, D) outputs; position 0 is the [USER] token."""
+    def encode(self, batch: EventBatch, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) events -> (B, T + 1, D) outputs; position 0 is the [USER] token.
+        `tokens` (B, T, D): the events' item tokens when the caller has them (serving)."""
         config = self.config
         valid = batch.items != PAD  # (B, T)
-        x = self.item_tokens(batch.items) + self.engagement(batch.event_types)
+        tokens = self.item_tokens(batch.items) if tokens is None else tokens
+        x = tokens + self.engagement(batch.event_types)
         if config.use_context:
             x = x + self.hour(batch.hours) + self.weekday(batch.weekdays)
         if config.use_recency:
@@ -250,21 +264,30 @@ class STARS(nn.Module):
         return self.norm(x)
 
     # -- 3. dual memory -----------------------------------------------------------------
+    def memories(
+        self, batch: EventBatch, tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) each: short-term memory u_S, long-term memory u_L and the gate weight g
+        of u_S (0 where the request opens a new session; 1 without dual memory)."""
+        hidden = self.encode(batch, tokens)  # (B, T+1, D)
+        short = hidden[:, 1:]  # u_S at each event, (B, T, D)
+        if not self.config.use_dual_memory:
+            return short, torch.zeros_like(short), torch.ones_like(short)
+        valid = torch.cat(
+            [torch.ones_like(batch.items[:, :1]), (batch.items != PAD).long()], dim=1
+        ).unsqueeze(-1)  # (B, T+1, 1): [USER] always counts
+        pooled = (hidden * valid).cumsum(1) / valid.cumsum(1)  # causal mean
+        long = self.long_term(pooled[:, 1:])  # u_L, (B, T, D)
+        context = self.context_offset(batch)
+        gate = torch.sigmoid(self.gate(torch.cat([short, long, context], dim=-1)))
+        # After the session gap there is no current session: u = u_L.
+        gate = torch.where(batch.new_session.unsqueeze(-1), torch.zeros_like(gate), gate)
+        return short, long, gate
+
     def user_vectors(self, batch: EventBatch) -> torch.Tensor:
         """(B, T, D) query vector u + q(c) for the request after each event."""
-        hidden = self.encode(batch)  # (B, T+1, D)
-        short = hidden[:, 1:]  # u_S at each event, (B, T, D)
-        query = short
-        if self.config.use_dual_memory:
-            valid = torch.cat(
-                [torch.ones_like(batch.items[:, :1]), (batch.items != PAD).long()], dim=1
-            ).unsqueeze(-1)  # (B, T+1, 1): [USER] always counts
-            pooled = (hidden * valid).cumsum(1) / valid.cumsum(1)  # causal mean
-            long = self.long_term(pooled[:, 1:])  # u_L, (B, T, D)
-            context = self.context_offset(batch)
-            gate = torch.sigmoid(self.gate(torch.cat([short, long, context], dim=-1)))
-            mixed = gate * short + (1 - gate) * long
-            query = torch.where(batch.new_session.unsqueeze(-1), long, mixed)
+        short, long, gate = self.memories(batch)
+        query = gate * short + (1 - gate) * long
         if self.config.use_context:
             query = query + self.context_offset(batch)
         return query
@@ -321,6 +344,45 @@ class STARS(nn.Module):
         vectors = self.item_vectors(slots, owned)  # (C, D)
         bias, offsets = self.item_terms(slots, request_events, owned)
         return query @ vectors.T + bias + offsets
+
+    # -- 5. the same score as one inner product, for MIPS serving (DESIGN 1.3) ----------
+    def retrieval_items(
+        self, tokens: torch.Tensor, bias: torch.Tensor, item_class: torch.Tensor
+    ) -> torch.Tensor:
+        """(C, D + 1 + n_classes) [e_i, b_i, onehot(class(i))] from (C, D) tokens, (C,) biases
+        and (C,) classes."""
+        onehot = F.one_hot(item_class, self.n_classes).float()
+        return torch.cat([tokens, bias[:, None], onehot], dim=1)
+
+    def retrieval_queries(self, query: torch.Tensor, request_events: torch.Tensor) -> torch.Tensor:
+        """(B, D + 1 + n_classes) [u + q(c), 1, sum_k active_k o[k, :]] from (B, D) queries
+        and (B, K) active calendar events; without calendar offsets that part is 0."""
+        offsets = request_events @ self.calendar_offsets  # (B, n_classes)
+        if not self.config.use_calendar_offsets:
+            offsets = torch.zeros_like(offsets)
+        return torch.cat([query, torch.ones_like(query[:, :1]), offsets], dim=1)
+
+    def item_biases(self) -> torch.Tensor:
+        """(N,) the bias b_i each catalogue item is served with (eval mode: no dropout)."""
+        slots = torch.arange(1, self.item_class.shape[0], device=self.item_class.device)
+        bias, _ = self.item_terms(slots, torch.zeros(0, self.calendar_offsets.shape[0]))
+        return bias
+
+    @property
+    def dormant_seconds(self) -> float:
+        """A gap after which u_L no longer depends on how long ago the last event was (the
+        recency encoding has reached its last bucket), so a long-term memory computed
+        offline at that gap is exactly the one any later request would compute."""
+        if not self.config.use_recency:
+            return self.config.session_gap_minutes * 60.0 + 1.0
+        return (2.0 ** (RECENCY_BUCKETS - 1) - 1.0) * 60.0  # about 22.8 days
+
+    @property
+    def cold_item_bias(self) -> float:
+        """The bias of an item without its own (a product added after training)."""
+        if self.config.use_item_bias and self.config.use_cold_bias:
+            return float(self.cold_bias)
+        return 0.0
 
 
 def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:

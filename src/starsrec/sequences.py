@@ -29,19 +29,42 @@ def featurize(
     # Index -1 reads a padding value appended to each array, so an empty log works too.
     safe = np.where(valid, rows, -1)
     stamps, items, types = (np.append(a, 0) for a in (log.timestamp, log.item, log.event_type))
-    time = np.where(valid, stamps[safe], 0)
+    return featurize_events(
+        np.where(valid, items[safe], -1),
+        types[safe],
+        stamps[safe],
+        request_time,
+        calendar,
+        session_gap_minutes,
+    )
+
+
+def featurize_events(
+    items: np.ndarray,  # (B, T) item index, -1 = padding (left)
+    event_types: np.ndarray,  # (B, T) event type codes
+    times: np.ndarray,  # (B, T) event times, seconds
+    request_time: np.ndarray,  # (B,) seconds
+    calendar: CalendarEvents,
+    session_gap_minutes: float,
+) -> EventBatch:
+    """`featurize` for events given as arrays (the online service's stored sessions)."""
+    valid = items >= 0
+    time = np.where(valid, times, 0)
     next_time = np.empty_like(time)
     next_time[:, :-1] = time[:, 1:]
     next_time[:, -1] = request_time
-    # A padded slot's "next" is the first real event: keep its gap at zero.
+    # A padded slot's "next" is the first real event: keep its gap at zero. The last slot
+    # always carries the request time, even in an empty window (the no-history fallback
+    # reads the request's context there).
     next_time = np.where(valid, next_time, time)
+    next_time[:, -1] = request_time
     gap = next_time - time
     hour, weekday, _ = time_parts(time)
     request_hour, request_weekday, request_month = time_parts(next_time)
     to_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
     return EventBatch(
-        items=to_long(np.where(valid, items[safe] + 1, PAD)),
-        event_types=to_long(np.where(valid, types[safe], 0)),
+        items=to_long(np.where(valid, items + 1, PAD)),
+        event_types=to_long(np.where(valid, event_types, 0)),
         hours=to_long(hour),
         weekdays=to_long(weekday),
         recency=recency_bucket(to_long(gap)),
@@ -49,9 +72,9 @@ def featurize(
         request_weekday=to_long(request_weekday),
         request_month=to_long(request_month),
         request_events=torch.from_numpy(
-            calendar.active(next_time.ravel()).reshape(*rows.shape, len(calendar.names) or 1)
+            calendar.active(next_time.ravel()).reshape(*items.shape, len(calendar.names) or 1)
             if calendar.names
-            else np.zeros((*rows.shape, 1), dtype=np.float32)
+            else np.zeros((*items.shape, 1), dtype=np.float32)
         ),
         new_session=torch.from_numpy(gap > session_gap_minutes * 60),
         event_days=torch.from_numpy((time / DAY).astype(np.float32)),

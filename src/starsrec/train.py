@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,7 +55,7 @@ class TrainingState:
     """What a checkpoint restores besides the weights."""
 
     epoch: int = 0
-    best_metric: float = -1.0
+    best_metric: float = -math.inf  # any first epoch improves on it (metric may be -loss)
     best_epoch: int = -1
     stale_epochs: int = 0
     history: list | None = None

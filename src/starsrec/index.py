@@ -1,0 +1,690 @@
+"""Maximum-inner-product search over item rows, under stock/scope filters and exclusions.
+
+Serving scores an item by one inner product: the caller hands (N, D) float32 item vectors,
+already augmented, and (Q, D) query vectors; `ItemIndex` returns the best k rows (0..N-1)
+per query, best first, ties by lower row, among rows an `allowed` bitmap admits and minus
+per-query exclusions. Rows are padded with -1 / -inf only when fewer than k rows qualify.
+
+Design:
+- The index keeps the full float32 matrix. Catalogues of at most `exact_threshold` rows are
+  only ever scanned exactly; larger ones also get a faiss index chosen by `build`'s recall
+  sweep: on a sample, each candidate factory is built and its breadth (IVF nprobe, HNSW
+  efSearch) raised until recall@10 against exact search reaches `target_recall`; the fastest
+  per query wins, is built on every row and has its breadth calibrated again there.
+- A selectivity planner answers filtered queries: an allowed subset of at most
+  `exact_subset_rows` rows is scanned exactly (its row list and matrix cached per `scope`
+  key); otherwise faiss searches with the filters as C++ selectors (allowed bitmap AND NOT
+  the query's exclusions) and a breadth raised by 1/selectivity. A query the ANN leaves with
+  fewer than min(k, qualifying rows) results is answered by exact search instead.
+- Every returned score is recomputed from the stored matrix by `_inner`, whose sum order per
+  element does not depend on which rows are scored together (BLAS sgemm's does), so all paths
+  agree bit for bit with `exact_search` and merged lists order exactly.
+- `add` appends rows to faiss at once. `update` removes and re-adds rows on IVF; HNSW cannot
+  remove, so updated rows are marked stale: the selector keeps their old vectors out of ANN
+  results and the rows are scanned exactly and merged in. Rebuild when many are stale.
+- `save`/`load`: index.json, vectors.safetensors and faiss's own index file; never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import faiss
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "index.json"
+VECTORS_FILE = "vectors.safetensors"
+FAISS_FILE = "faiss.index"
+FORMAT = 1
+RECALL_AT = 10
+CALIBRATION_QUERIES = 300
+MIN_POINTS_PER_LIST = 39  # faiss k-means warns with fewer training points per centroid
+TRAIN_POINTS_PER_LIST = 64  # plenty for IVF centroids; faiss's 256 makes 1M-row training 4x slower
+ADD_CHUNK = 65_536
+EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+MAX_EF_SEARCH = 4096
+SCOPE_CACHE_SIZE = 64
+SCORE_BLOCK = 1 << 24  # scores held at once by exact scans (64 MiB of float32)
+# Read before anything changes it, so OMP_NUM_THREADS caps the threads used for building.
+_HOST_THREADS = max(1, faiss.omp_get_max_threads())
+_ALL = object()  # scope-cache key of the "every row allowed" subset
+SWEEP_COLUMNS = (
+    "stage",
+    "factory",
+    "rows",
+    "build_s",
+    "breadth",
+    "recall",
+    "query_ms",
+    "projected_build_s",
+)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How `ItemIndex.build` chooses and sizes its index, and how search runs.
+
+    factories are faiss.index_factory strings (IVF... or HNSW..., inner-product metric),
+    `{nlist}` filled in. max_build_s drops a factory whose full build, projected from its
+    sample build, would take longer (unless none fits): HNSW took 176 s on 1M rows here.
+    threads: faiss threads at search, one per serving worker (2 threads made single-query
+    search 2.3x slower in our measurements).
+    """
+
+    exact_threshold: int = 50_000
+    factories: tuple[str, ...] = ("IVF{nlist},Flat", "IVF{nlist},SQ8", "HNSW32,Flat")
+    target_recall: float = 0.995
+    sweep_rows: int = 100_000
+    sweep_queries: int = 500
+    exact_subset_rows: int = 150_000
+    threads: int = 1
+    seed: int = 0
+    max_build_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.factories:
+            raise ValueError("IndexConfig.factories is empty: give at least one factory string")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        if min(self.sweep_rows, self.sweep_queries, self.threads) < 1:
+            raise ValueError("sweep_rows, sweep_queries and threads must all be >= 1")
+
+
+class ItemIndex:
+    """Top-k inner-product search over rows 0..N-1 under filters (see the module docstring).
+
+    Get one from `build` or `load`; the constructor only stores what they computed.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        config: IndexConfig,
+        faiss_index: faiss.Index | None = None,
+        kind: str = "exact",
+        breadth: int = 0,
+        sweep: Sequence[dict] = (),
+        stale: np.ndarray | None = None,
+    ) -> None:
+        self.config = config
+        self._buffer = vectors  # rows [0, size) are the index; spare rows make `add` cheap
+        self._size = len(vectors)
+        self._faiss = faiss_index
+        self._kind = kind
+        self._breadth = breadth
+        self._sweep = [dict(record) for record in sweep]
+        self._stale = np.zeros(self._size, dtype=bool) if stale is None else stale
+        self._scopes: OrderedDict[object, _Subset] = OrderedDict()
+
+    # -- building ---------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        config: IndexConfig = IndexConfig(),
+        queries: np.ndarray | None = None,
+        progress: bool = True,
+    ) -> ItemIndex:
+        """Index (N, D) float32 `vectors`; `queries` (e.g. user vectors) drive the recall sweep,
+        by default `sweep_queries` rows of `vectors` plus small gaussian noise."""
+        vectors = _matrix(vectors, "vectors", copy=True)
+        if queries is not None:
+            queries = _matrix(queries, "queries", vectors.shape[1])
+        n = len(vectors)
+        if n <= config.exact_threshold:
+            logger.info("%d rows <= exact_threshold %d: exact search", n, config.exact_threshold)
+            return cls(vectors, config)
+        rng = np.random.default_rng(config.seed)
+        queries = _sweep_queries(vectors, queries, config, rng)
+        faiss.omp_set_num_threads(_HOST_THREADS)  # building may use every core
+        try:
+            sample = None
+            if n > config.sweep_rows:
+                sample = np.sort(rng.choice(n, config.sweep_rows, replace=False))
+            records, template, index, breadth = _sweep(
+                vectors if sample is None else vectors[sample], queries, config, n
+            )
+            factory = template.format(nlist=_nlist(n))
+            if sample is not None:  # else the sweep's index already holds every row
+                index, seconds = _new_faiss(factory, vectors, config.seed, progress)
+                queries = queries[:CALIBRATION_QUERIES]
+                truth = _exact_top(vectors, queries, RECALL_AT)
+                breadth, recall, query_ms = _calibrate(index, queries, truth, config)
+                records.append(_record("full", factory, n, seconds, breadth, recall, query_ms))
+                if recall < config.target_recall:
+                    logger.warning("%s reaches only recall %.4f on all rows", factory, recall)
+                logger.info(
+                    "built %s on %d rows in %.1f s (%.0f rows/s)", factory, n, seconds, n / seconds
+                )
+        finally:
+            faiss.omp_set_num_threads(config.threads)
+        logger.info("index sweep:\n%s", format_sweep(records))
+        return cls(vectors, config, index, factory, breadth, records)
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of rows."""
+        return self._size
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._buffer.shape[1]
+
+    @property
+    def kind(self) -> str:
+        """ "exact", or the faiss factory string of the ANN index (nlist filled in)."""
+        return self._kind
+
+    @property
+    def breadth(self) -> int:
+        """Unfiltered search breadth: IVF nprobe or HNSW efSearch (0 for exact)."""
+        return self._breadth
+
+    @property
+    def sweep(self) -> list[dict]:
+        """One record per factory tried on the sample, then one for the full build."""
+        return [dict(record) for record in self._sweep]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(size, dim) the rows' vectors (a view: do not modify; use `update`)."""
+        return self._vectors
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        return self._buffer[: self._size]
+
+    # -- searching --------------------------------------------------------------------
+    def plan(self, allowed: np.ndarray | None = None, scope: Hashable | None = None) -> str:
+        """ "exact" or "ann": the path `search` takes for this bitmap."""
+        return self._plan(self._subset(self._check_allowed(allowed), scope))
+
+    def _plan(self, subset: _Subset) -> str:
+        exact = self._faiss is None or subset.count <= self.config.exact_subset_rows
+        return "exact" if exact else "ann"
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        exclude: Sequence[np.ndarray] | None = None,
+        scope: Hashable | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best k rows per query: ((Q, k) int64 rows, (Q, k) float32 scores), best first,
+        ties by lower row, -1 / -inf where fewer than k rows qualify.
+
+        allowed: (N,) bool, None = every row. exclude: per query, rows never to return.
+        scope: a hashable name for `allowed` (e.g. ("in-stock", "shoes")) under which the
+        planner caches what it derives from that bitmap; a changed bitmap under the same
+        name is noticed and replaces the entry.
+        """
+        queries, exclude = self._check(queries, k, exclude)
+        subset = self._subset(self._check_allowed(allowed), scope)
+        if self._plan(subset) == "exact":
+            return _scan(queries, k, subset.rows, subset.matrix, exclude)
+        return self._ann_search(queries, k, subset, exclude)
+
+    def exact_search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        exclude: Sequence[np.ndarray] | None = None,
+        scope: Hashable | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The reference for `search` (same arguments and results; `scope` is ignored):
+        scores every row, masks disallowed and excluded rows, takes the top k."""
+        queries, exclude = self._check(queries, k, exclude)
+        return _scan(queries, k, None, self._vectors, exclude, self._check_allowed(allowed))
+
+    def _ann_search(
+        self, queries: np.ndarray, k: int, subset: _Subset, exclude: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        faiss.omp_set_num_threads(self.config.threads)
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        searchable = subset.count - len(subset.stale_rows)
+        if searchable:
+            # A filter keeps `selectivity` of each list / neighbourhood: look that much wider.
+            breadth = math.ceil(self._breadth * self._faiss.ntotal / searchable)
+            base = None if subset.ann_bitmap is None else faiss.IDSelectorBitmap(subset.ann_bitmap)
+            if exclude is None:
+                _, found = self._faiss.search(queries, k, params=self._params(k, breadth, base))
+            for q, banned in enumerate(exclude or ()):
+                selector = base
+                if banned.size:
+                    # Locals keep these alive during the search: And / Not do not own their parts.
+                    batch = faiss.IDSelectorBatch(banned)
+                    negated = faiss.IDSelectorNot(batch)
+                    selector = negated if base is None else faiss.IDSelectorAnd(base, negated)
+                params = self._params(k, breadth, selector)
+                _, found[q : q + 1] = self._faiss.search(queries[q : q + 1], k, params=params)
+        safe = np.maximum(found, 0)
+        scores = _inner(queries, self._vectors[safe])
+        scores[found < 0] = -np.inf
+        rows, scores = _top_k(scores, found, k)
+        if subset.stale_rows.size:  # HNSW rows updated since build: their new vectors, exactly
+            matrix = self._vectors[subset.stale_rows]
+            stale = _scan(queries, k, subset.stale_rows, matrix, exclude)
+            rows, scores = _merge((rows, scores), stale, k)
+        available = np.full(len(queries), subset.count)
+        for q, banned in enumerate(exclude or ()):
+            banned = np.unique(banned)
+            available[q] -= banned.size if subset.allowed is None else subset.allowed[banned].sum()
+        short = np.flatnonzero((rows >= 0).sum(axis=1) < np.minimum(k, available))
+        if short.size:  # rare: the ANN ran out of candidates (large k, heavy exclusions)
+            logger.debug("%d of %d queries short of results: exact search", short.size, len(rows))
+            banned = None if exclude is None else [exclude[q] for q in short]
+            rows[short], scores[short] = _scan(
+                queries[short], k, None, self._vectors, banned, subset.allowed
+            )
+        return rows, scores
+
+    def _params(self, k: int, breadth: int, selector: faiss.IDSelector | None):
+        if isinstance(self._faiss, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=max(k, min(breadth, MAX_EF_SEARCH)))
+        else:
+            params = faiss.SearchParametersIVF(nprobe=min(breadth, self._faiss.nlist))
+        if selector is not None:
+            params.sel = selector
+        return params
+
+    def _subset(self, allowed: np.ndarray | None, scope: Hashable | None) -> _Subset:
+        key = _ALL if allowed is None else scope
+        if key is None:
+            return _Subset(allowed, self._vectors, self._stale)
+        if not isinstance(key, Hashable):
+            raise ValueError(f"scope must be hashable (a str or tuple), got {type(key).__name__}")
+        cached = self._scopes.get(key)
+        if cached is None or not (allowed is None or np.array_equal(cached.allowed, allowed)):
+            # A copy: callers may edit their bitmap in place and reuse the scope name.
+            cached = _Subset(
+                None if allowed is None else allowed.copy(), self._vectors, self._stale
+            )
+            self._scopes[key] = cached
+            if len(self._scopes) > SCOPE_CACHE_SIZE:
+                self._scopes.popitem(last=False)
+        self._scopes.move_to_end(key)
+        return cached
+
+    # -- changing ---------------------------------------------------------------------
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append (M, D) vectors as new rows, searchable at once; returns their row ids."""
+        vectors = _matrix(vectors, "vectors", self.dim)
+        start, end = self._size, self._size + len(vectors)
+        if end > len(self._buffer):  # grow by a quarter so repeated adds stay amortised O(1)
+            grown = np.empty((max(end, len(self._buffer) * 5 // 4), self.dim), dtype=np.float32)
+            grown[:start] = self._vectors
+            self._buffer = grown
+        self._buffer[start:end] = vectors
+        if self._faiss is not None:
+            faiss.omp_set_num_threads(self.config.threads)
+            _faiss_add(self._faiss, vectors, start)
+        self._stale = np.concatenate([self._stale, np.zeros(len(vectors), dtype=bool)])
+        self._size = end
+        self._scopes.clear()
+        return np.arange(start, end, dtype=np.int64)
+
+    def update(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the vectors of `rows` (unique row ids) with (len(rows), D) `vectors`."""
+        rows = self._check_rows(rows, "rows")
+        vectors = _matrix(vectors, "vectors", self.dim)
+        if len(np.unique(rows)) != len(rows) or len(vectors) != len(rows):
+            raise ValueError(
+                f"update needs unique rows and one vector per row, got {len(rows)} rows "
+                f"({len(np.unique(rows))} unique) and {len(vectors)} vectors"
+            )
+        if isinstance(self._faiss, faiss.IndexHNSW):
+            self._stale[rows] = True
+            if self._stale.sum() > self.config.exact_subset_rows:
+                logger.warning(
+                    "%d HNSW rows are stale and scanned exactly on every query: rebuild the index",
+                    self._stale.sum(),
+                )
+        elif self._faiss is not None:
+            faiss.omp_set_num_threads(self.config.threads)
+            self._faiss.remove_ids(rows)
+            self._faiss.add_with_ids(vectors, rows)
+        self._vectors[rows] = vectors
+        self._scopes.clear()
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write index.json, vectors.safetensors and (for ANN kinds) faiss.index."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "config": asdict(self.config),
+            "kind": self._kind,
+            "breadth": self._breadth,
+            "sweep": self._sweep,
+        }
+        (out / META_FILE).write_text(json.dumps(meta, indent=2))
+        state = {"vectors": self._vectors, "stale": self._stale.astype(np.uint8)}
+        save_file(state, str(out / VECTORS_FILE))
+        if self._faiss is not None:
+            faiss.write_index(self._faiss, str(out / FAISS_FILE))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ItemIndex:
+        """The index `save` wrote into `directory`."""
+        path = Path(directory)
+        if not (path / META_FILE).is_file():
+            raise ValueError(f"{path} holds no ItemIndex ({META_FILE} missing): use save() first")
+        meta = json.loads((path / META_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: index format {meta.get('format')}, expected {FORMAT}")
+        config = IndexConfig(**{**meta["config"], "factories": tuple(meta["config"]["factories"])})
+        state = load_file(str(path / VECTORS_FILE))
+        vectors = np.require(state["vectors"], np.float32, ["C", "W"])
+        index = None if meta["kind"] == "exact" else faiss.read_index(str(path / FAISS_FILE))
+        faiss.omp_set_num_threads(config.threads)
+        stale = state["stale"].astype(bool)
+        return cls(vectors, config, index, meta["kind"], meta["breadth"], meta["sweep"], stale)
+
+    # -- validation -------------------------------------------------------------------
+    def _check(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        queries = _matrix(queries, "queries", self.dim)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if exclude is None:
+            return queries, None
+        if len(exclude) != len(queries):
+            raise ValueError(
+                f"exclude has {len(exclude)} entries for {len(queries)} queries: give one "
+                "array of rows per query (an empty one for none)"
+            )
+        return queries, [self._check_rows(rows, "exclude") for rows in exclude]
+
+    def _check_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        if allowed is None:
+            return None
+        allowed = np.asarray(allowed)
+        if allowed.dtype != bool or allowed.shape != (self._size,):
+            raise ValueError(
+                f"allowed must be a bool bitmap of shape ({self._size},), one flag per row, "
+                f"got {allowed.dtype} of shape {allowed.shape}"
+            )
+        return allowed
+
+    def _check_rows(self, rows: np.ndarray, name: str) -> np.ndarray:
+        rows = np.asarray(rows).ravel()
+        if rows.size == 0:
+            return rows.astype(np.int64)
+        if rows.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer row ids, got dtype {rows.dtype}")
+        if rows.min() < 0 or rows.max() >= self._size:
+            raise ValueError(
+                f"{name} has rows outside 0..{self._size - 1}: {rows.min()}, {rows.max()}"
+            )
+        return rows.astype(np.int64)
+
+
+class _Subset:
+    """An allowed bitmap (None = every row) and what the planner derives from it, computed
+    lazily; cached per scope key so a frequent bitmap pays for these once."""
+
+    def __init__(self, allowed: np.ndarray | None, vectors: np.ndarray, stale: np.ndarray):
+        self.allowed = allowed
+        self._vectors = vectors
+        self._stale = stale
+
+    @cached_property
+    def count(self) -> int:
+        return len(self._vectors) if self.allowed is None else int(self.allowed.sum())
+
+    @cached_property
+    def rows(self) -> np.ndarray | None:  # None: every row, in order
+        return None if self.allowed is None else np.flatnonzero(self.allowed)
+
+    @cached_property
+    def matrix(self) -> np.ndarray:
+        return self._vectors if self.rows is None else self._vectors[self.rows]
+
+    @cached_property
+    def stale_rows(self) -> np.ndarray:
+        stale = np.flatnonzero(self._stale)
+        return stale if self.allowed is None else stale[self.allowed[stale]]
+
+    @cached_property
+    def ann_bitmap(self) -> np.ndarray | None:  # packed for faiss.IDSelectorBitmap
+        if self.allowed is None and not self.stale_rows.size:
+            return None
+        usable = ~self._stale if self.allowed is None else self.allowed & ~self._stale
+        return np.packbits(usable, bitorder="little")
+
+
+# -- scoring and top-k ----------------------------------------------------------------
+def _inner(queries: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(Q, M) scores against (M, D) rows, or (Q, K) against per-query (Q, K, D) candidates.
+
+    einsum without BLAS sums each element in the same order whatever else is scored with it
+    (sgemm picks kernels by shape), so every search path returns identical scores."""
+    if matrix.ndim == 3:
+        return np.einsum("qkd,qd->qk", matrix, queries, optimize=False)
+    return np.einsum("qd,nd->qn", queries, matrix, optimize=False)
+
+
+def _scan(
+    queries: np.ndarray,
+    k: int,
+    rows: np.ndarray | None,
+    matrix: np.ndarray,
+    exclude: list[np.ndarray] | None,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k over `matrix`, whose rows are the sorted row ids `rows` (None: 0..M-1)."""
+    results = [np.empty((0, k), np.int64)], [np.empty((0, k), np.float32)]
+    block = max(1, SCORE_BLOCK // max(1, len(matrix)))
+    for start in range(0, len(queries), block):
+        scores = _inner(queries[start : start + block], matrix)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        for q, banned in enumerate((exclude or [])[start : start + block]):
+            if rows is not None:  # row ids -> positions in the subset
+                positions = np.searchsorted(rows, banned)
+                inside = positions < len(rows)
+                positions, banned = positions[inside], banned[inside]
+                banned = positions[rows[positions] == banned]
+            scores[q, banned] = -np.inf
+        for part, out in zip(_top_k(scores, rows, k), results, strict=True):
+            out.append(part)
+    return np.concatenate(results[0]), np.concatenate(results[1])
+
+
+def _top_k(scores: np.ndarray, rows: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k entries per query of (Q, M) `scores`, ties by lower row; -inf entries are absent.
+    rows: (M,) or (Q, M) row ids of the columns, None for 0..M-1."""
+    count, m = scores.shape
+    out_rows = np.full((count, k), -1, dtype=np.int64)
+    out_scores = np.full((count, k), -np.inf, dtype=np.float32)
+    take = min(k, m)
+    if take == 0:
+        return out_rows, out_scores
+    labels = np.broadcast_to(np.arange(m) if rows is None else rows, scores.shape)
+    # The take-th best value per query; everything at least as good is a candidate, so ties
+    # at the boundary are settled by row, not by where partition happened to put them.
+    kth = np.partition(scores, m - take, axis=1)[:, m - take]
+    for q in range(count):
+        candidates = np.flatnonzero((scores[q] >= kth[q]) & (scores[q] > -np.inf))
+        order = np.lexsort((labels[q, candidates], -scores[q, candidates]))[:take]
+        chosen = candidates[order]
+        out_rows[q, : len(chosen)] = labels[q, chosen]
+        out_scores[q, : len(chosen)] = scores[q, chosen]
+    return out_rows, out_scores
+
+
+def _merge(
+    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top k of two (rows, scores) lists over disjoint rows: best first, ties by lower row."""
+    rows = np.concatenate([first[0], second[0]], axis=1)
+    scores = np.concatenate([first[1], second[1]], axis=1)
+    return _top_k(scores, rows, k)
+
+
+# -- building helpers -----------------------------------------------------------------
+def _matrix(array: np.ndarray, name: str, dim: int | None = None, copy: bool = False) -> np.ndarray:
+    """A C-contiguous float32 (rows, dim) matrix of finite values, or a ValueError."""
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[1] < 1:
+        raise ValueError(
+            f"{name} must be a 2-D (rows, dim) array, got shape {array.shape}; "
+            "reshape a single vector with .reshape(1, -1)"
+        )
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(
+            f"{name} have dimension {array.shape[1]} but the index has dimension "
+            f"{dim}: use vectors from the same model as the index"
+        )
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be numeric (float32), got dtype {array.dtype}")
+    array = np.array(array, dtype=np.float32, order="C", copy=True if copy else None)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"{name} row {np.flatnonzero(~finite)[0]} has NaN or infinite values "
+            f"({(~finite).sum()} such rows): fix or drop them"
+        )
+    return array
+
+
+def _sweep_queries(vectors, queries, config: IndexConfig, rng) -> np.ndarray:
+    if queries is None:
+        picks = rng.choice(len(vectors), min(len(vectors), config.sweep_queries), replace=False)
+        # Near the items but not on them, so no factory is rewarded for finding duplicates.
+        noise = rng.normal(
+            scale=0.1 * float(vectors[picks].std()), size=(len(picks), vectors.shape[1])
+        )
+        return (vectors[picks] + noise).astype(np.float32)
+    queries = _matrix(queries, "queries", vectors.shape[1])
+    if len(queries) == 0:
+        raise ValueError("build got an empty queries array: pass None for default sweep queries")
+    if len(queries) > config.sweep_queries:
+        queries = queries[rng.choice(len(queries), config.sweep_queries, replace=False)]
+    return queries
+
+
+def _nlist(rows: int) -> int:
+    """About 4 sqrt(rows) inverted lists, at most one per MIN_POINTS_PER_LIST rows."""
+    return max(1, min(round(4 * math.sqrt(rows)), rows // MIN_POINTS_PER_LIST))
+
+
+def _new_faiss(factory: str, vectors: np.ndarray, seed: int, progress: bool):
+    """(index, seconds): `factory` trained and filled with `vectors` as ids 0..N-1."""
+    start = time.perf_counter()
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise ValueError(
+            f"faiss cannot build {factory!r} ({error}): fix IndexConfig.factories"
+        ) from error
+    if not isinstance(index, faiss.IndexIVF | faiss.IndexHNSW):
+        raise ValueError(f"unsupported factory {factory!r}: use an IVF... or HNSW... string")
+    if isinstance(index, faiss.IndexIVF):
+        train, limit = vectors, TRAIN_POINTS_PER_LIST * index.nlist
+        if len(vectors) > limit:
+            train = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), limit, False))]
+        index.train(train)
+    with tqdm(total=len(vectors), unit="rows", desc=factory, disable=not progress) as bar:
+        for first in range(0, len(vectors), ADD_CHUNK):
+            _faiss_add(index, vectors[first : first + ADD_CHUNK], first)
+            bar.update(min(ADD_CHUNK, len(vectors) - first))
+    return index, time.perf_counter() - start
+
+
+def _faiss_add(index: faiss.Index, vectors: np.ndarray, first_row: int) -> None:
+    if isinstance(index, faiss.IndexHNSW):  # ids are insertion order, which is row order
+        index.add(vectors)
+    else:  # IVF ids are explicit, which lets `update` remove and re-add rows
+        index.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors)))
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) true top rows (unordered) for measuring recall; BLAS speed, ties arbitrary."""
+    k = min(k, len(vectors))
+    block = max(1, SCORE_BLOCK // len(vectors))
+    parts = [
+        np.argpartition(-(queries[s : s + block] @ vectors.T), k - 1, axis=1)[:, :k]
+        for s in range(0, len(queries), block)
+    ]
+    return np.concatenate(parts)
+
+
+def _calibrate(index, queries: np.ndarray, truth: np.ndarray, config: IndexConfig):
+    """(breadth, recall@10, ms per query): the smallest breadth reaching target_recall."""
+    if isinstance(index, faiss.IndexHNSW):
+        breadths, make = EF_SEARCH, lambda b: faiss.SearchParametersHNSW(efSearch=b)
+    else:
+        breadths = [2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist]
+        breadths, make = [*breadths, index.nlist], lambda b: faiss.SearchParametersIVF(nprobe=b)
+    faiss.omp_set_num_threads(config.threads)  # time queries as serving runs them
+    try:
+        for breadth in breadths:
+            start = time.perf_counter()
+            _, found = index.search(queries, truth.shape[1], params=make(breadth))
+            seconds = time.perf_counter() - start
+            hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
+            recall = hits / truth.size
+            if recall >= config.target_recall:
+                break
+    finally:
+        faiss.omp_set_num_threads(_HOST_THREADS)
+    return breadth, recall, 1000 * seconds / len(queries)
+
+
+def _sweep(sample: np.ndarray, queries: np.ndarray, config: IndexConfig, full_rows: int):
+    """(records, winning factory template, its index on the sample, its breadth)."""
+    nlist, n = _nlist(len(sample)), len(sample)
+    truth = _exact_top(sample, queries, RECALL_AT)
+    growth = full_rows / n * math.log(max(full_rows, 2)) / math.log(max(n, 2))
+    records, built = [], {}
+    for template in config.factories:
+        index, seconds = _new_faiss(template.format(nlist=nlist), sample, config.seed, False)
+        measured = _calibrate(index, queries, truth, config)
+        record = _record("sample", template.format(nlist=nlist), n, seconds, *measured)
+        records.append({**record, "projected_build_s": round(seconds * growth, 1)})
+        built[template] = (index, measured[0])
+    sampled = dict(zip(config.factories, records, strict=True))
+    fits = {t: r for t, r in sampled.items() if r["projected_build_s"] <= config.max_build_s}
+    fits = fits or sampled
+    meeting = {t: r for t, r in fits.items() if r["recall"] >= config.target_recall}
+    if meeting:
+        best = min(meeting, key=lambda t: meeting[t]["query_ms"])
+    else:
+        best = max(fits, key=lambda t: fits[t]["recall"])
+        factory, recall = fits[best]["factory"], fits[best]["recall"]
+        logger.warning("no factory reached the target recall; best: %s at %.4f", factory, recall)
+    return records, best, *built[best]
+
+
+def _record(stage: str, factory: str, rows: int, build_s: float, *measured) -> dict:
+    breadth, recall, query_ms = measured
+    values = stage, factory, rows, round(build_s, 3), breadth, round(recall, 4), round(query_ms, 4)
+    return dict(zip(SWEEP_COLUMNS, values, strict=False))
+
+
+def format_sweep(records: Sequence[dict]) -> str:
+    """The sweep records as a text table (for logs and reports)."""
+    cells = [SWEEP_COLUMNS, *([str(r.get(c, "")) for c in SWEEP_COLUMNS] for r in records)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(SWEEP_COLUMNS))]
+    lines = ("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
+    return "\n".join(lines)

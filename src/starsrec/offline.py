@@ -1,0 +1,183 @@
+"""The offline stage (DESIGN 1.5): `starsrec index ARTIFACT_DIR`.
+
+Writes, inside the artifact's `serving/` folder, everything the online service reads:
+- `index/`: every item's retrieval vector [e_i, b_i, onehot(class(i))] in an `ItemIndex`
+  (exact search for small catalogues, a faiss index chosen by a recall sweep above that);
+- `memories.safetensors`: each user's long-term memory u_L after their whole history, with
+  the time of their last event (the service uses it as is while nothing newer arrived);
+- `events.sqlite`: the event store, seeded with each user's last `history_limit` events;
+- `encoder.onnx`: the exported user encoder;
+- `serving.json`: event types, the dataset's repeat convention, the users, sizes, timings.
+Every file is written to a temporary name and renamed, and the folder is built beside the
+final one and swapped in, so an interrupted run never leaves a half-written serving folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from starsrec.artifact import META_FILE, fingerprint
+from starsrec.data import DataError, load_prepared
+from starsrec.export import export_onnx
+from starsrec.index import ItemIndex
+from starsrec.interactions import EventLog, Queries
+from starsrec.itemtable import retrieval_vectors
+from starsrec.sequences import featurize, query_windows
+from starsrec.service import (
+    ENCODER_FILE,
+    HISTORY_PREFIX,
+    INDEX_DIR,
+    MEMORY_FILE,
+    SERVING_DIR,
+    SERVING_FILE,
+    STORE_FILE,
+    ServingConfig,
+)
+from starsrec.stars import StarsRecommender
+from starsrec.store import Event, SQLiteEventStore
+
+logger = logging.getLogger(__name__)
+
+
+def build_serving(
+    artifact_dir: str | Path,
+    data_dir: str | Path | None = None,
+    config: ServingConfig = ServingConfig(),
+    progress: bool = True,
+) -> Path:
+    """Run the offline stage for an artifact on the events of its dataset (see module doc)."""
+    root = Path(artifact_dir)
+    if not (root / META_FILE).exists():
+        raise FileNotFoundError(f"{root} is not an artifact directory (no {META_FILE})")
+    meta = json.loads((root / META_FILE).read_text())
+    dataset = load_prepared(data_dir or meta["data_dir"])
+    if fingerprint(dataset) != meta["fingerprint"]:
+        raise DataError(
+            f"{root} was trained on another version of dataset {meta['dataset']!r}; retrain it"
+        )
+    recommender = StarsRecommender.load(root)
+    log = EventLog.from_dataset(dataset, recommender.catalogue)
+    building = root / f"{SERVING_DIR}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    write_serving_files(
+        recommender, log, building, dataset.allow_repeats, config, progress, meta["dataset"]
+    )
+    final = root / SERVING_DIR
+    old = root / f"{SERVING_DIR}.old"
+    if final.exists():
+        final.replace(old)
+    building.replace(final)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("wrote %s", final)
+    return final
+
+
+def write_serving_files(
+    recommender: StarsRecommender,
+    log: EventLog,
+    out: Path,
+    allow_repeats: bool = True,
+    config: ServingConfig = ServingConfig(),
+    progress: bool = True,
+    dataset_name: str = "",
+) -> dict:
+    """Index, memories, store, encoder and serving.json for `recommender` with history
+    `log`, into directory `out`. Returns the serving.json record (with seconds per step)."""
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    started = time.perf_counter()
+    vectors = retrieval_vectors(recommender)
+    memories, as_of = long_term_memories(recommender, log, progress)
+    queries = np.concatenate([memories, np.ones((len(memories), 1), np.float32)], axis=1)
+    queries = np.pad(queries, ((0, 0), (0, vectors.shape[1] - queries.shape[1])))
+    index = ItemIndex.build(vectors, config.index, queries=queries[:2000], progress=progress)
+    index.save(out / INDEX_DIR)
+    timings["index"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    save_file({"long": memories, "as_of": as_of}, out / f"{MEMORY_FILE}.tmp")
+    (out / f"{MEMORY_FILE}.tmp").replace(out / MEMORY_FILE)
+    timings["memories"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with SQLiteEventStore(out / STORE_FILE) as store:
+        store.load(history_events(log, recommender, config.history_limit), progress=progress)
+    timings["store"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    export_onnx(recommender.model, out / ENCODER_FILE)
+    timings["encoder"] = time.perf_counter() - started
+    meta = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dataset": dataset_name,
+        "event_types": [dataclasses.asdict(t) for t in log.event_types],
+        "allow_repeats": allow_repeats,
+        "items": index.size,
+        "index": index.kind,
+        "index_breadth": index.breadth,
+        "sweep": index.sweep,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "users": [str(u) for u in log.user_ids],
+    }
+    temporary = out / f"{SERVING_FILE}.tmp"
+    temporary.write_text(json.dumps(meta, indent=2) + "\n")
+    temporary.replace(out / SERVING_FILE)
+    logger.info("serving files: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    return meta
+
+
+@torch.no_grad()
+def long_term_memories(
+    recommender: StarsRecommender, log: EventLog, progress: bool = True, batch: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(U, D) u_L of every user of `log` after their last event, and (U,) that event's time."""
+    model = recommender.model
+    model.eval()
+    queries = Queries.for_users(log, list(log.user_ids))
+    # Computed as for a request made once the user is dormant: exact for any such request.
+    queries.time[:] = queries.time + int(model.dormant_seconds) + 1
+    memories = np.zeros((len(queries), model.config.dim), dtype=np.float32)
+    last = np.zeros(len(queries))
+    for lo in tqdm(range(0, len(queries), batch), desc="user memories", disable=not progress):
+        part = queries[lo : lo + batch]
+        rows = query_windows(part, model.config.max_length)
+        events = featurize(
+            log, rows, part.time, recommender.calendar, model.config.session_gap_minutes
+        )
+        _, long, _ = model.memories(events)
+        memories[lo : lo + len(part)] = long[:, -1].numpy()
+        ends = np.maximum(part.end - 1, 0)
+        last[lo : lo + len(part)] = np.where(part.lengths > 0, log.timestamp[ends], np.inf)
+    return memories, last
+
+
+def history_events(log: EventLog, recommender: StarsRecommender, limit: int) -> list[Event]:
+    """Each user's last `limit` events as store events (ids derived from the log row)."""
+    catalogue = recommender.catalogue
+    names = [t.name for t in log.event_types]
+    starts = np.maximum(log.offsets[1:] - limit, log.offsets[:-1])
+    keep = np.concatenate(
+        [np.arange(a, b) for a, b in zip(starts, log.offsets[1:], strict=True)] or [[]]
+    ).astype(np.int64)
+    return [
+        Event(
+            event_id=f"{HISTORY_PREFIX}{row}",
+            user_id=str(log.user_ids[log.user[row]]),
+            item_id=str(catalogue.item_ids[log.item[row]]),
+            event_type=names[log.event_type[row]],
+            timestamp=float(log.timestamp[row]),
+        )
+        for row in keep.tolist()
+    ]

@@ -1,0 +1,240 @@
+"""The HTTP API (FastAPI): `create_app(...)`, run by `starsrec serve ARTIFACT_DIR`.
+
+    POST /v1/events              one event or a list (idempotent on event_id)
+    POST /v1/recommend           user id and/or recent events, k, time, filters
+    GET  /v1/items/{id}/similar  items nearest to one item
+    PUT  /v1/items               add or change products (recommendable at once)
+    GET  /healthz                liveness and sizes
+    GET  /metrics                Prometheus text: requests, latencies, index size
+
+Handlers are `async def` and call the service directly: a request is about a millisecond
+of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
+answered 4xx with a message naming the field (pydantic's 422s, and the service's
+`RequestError`s); nothing a client sends should produce a 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from starsrec import __version__
+from starsrec.service import (
+    Product,
+    RecommendationService,
+    RequestError,
+    RequestFilters,
+    ServingConfig,
+)
+from starsrec.store import Event
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_BATCH = 10_000
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+Timestamp = datetime | float
+
+
+def _seconds(value: Timestamp | None) -> float:
+    if value is None:
+        return time.time()
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(Strict):
+    user_id: Id
+    item_id: Id
+    event_type: Id | None = Field(None, description="default: the dataset's main event type")
+    timestamp: Timestamp | None = Field(None, description="unix seconds or ISO 8601; now")
+    event_id: Id | None = Field(None, description="idempotency key; a new one when omitted")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _finite(cls, value: Timestamp | None) -> Timestamp | None:
+        if isinstance(value, float) and not (0 <= value < 1e11):
+            raise ValueError("timestamp must be unix seconds between 1970 and year 5000")
+        return value
+
+
+class SessionEventIn(Strict):
+    item_id: Id
+    event_type: Id | None = None
+    timestamp: Timestamp | None = None
+
+
+class FiltersIn(Strict):
+    in_stock_only: bool = True
+    classes: list[Id] = Field(default_factory=list, max_length=1000)
+    subclasses: list[Id] = Field(default_factory=list, max_length=1000)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
+    exclude_purchased: bool | None = None
+
+
+class RecommendIn(Strict):
+    user_id: Id | None = None
+    events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
+    k: int = Field(10, ge=1, le=MAX_K)
+    timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
+class ProductIn(Strict):
+    item_id: Id
+    text: str = Field(min_length=1, max_length=10_000)
+    item_class: Id | None = Field(None, alias="class")
+    subclass: Id | None = None
+    in_stock: bool = True
+
+
+class Metrics:
+    """Prometheus metrics in a registry of their own (one per app, so tests stay apart)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "starsrec_requests", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "starsrec_request_seconds",
+            "request latency",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.index_size = Gauge(
+            "starsrec_index_items", "items in the index", registry=self.registry
+        )
+        self.events = Counter("starsrec_events_stored", "new events stored", registry=self.registry)
+
+
+def create_app(
+    artifact_dir: str | Path | None = None,
+    service: RecommendationService | None = None,
+    config: ServingConfig = ServingConfig(),
+) -> FastAPI:
+    """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
+    app's lifespan (so importing or creating the app does no work)."""
+    if (artifact_dir is None) == (service is None):
+        raise ValueError("create_app needs exactly one of artifact_dir or service")
+    metrics = Metrics()
+    state: dict[str, RecommendationService] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["service"] = service or RecommendationService.load(artifact_dir, config)
+        logger.info("serving %s items", state["service"].index.size)
+        yield
+        state["service"].store.close()
+
+    app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = route.path if route is not None else "unmatched"
+        metrics.latency.labels(name).observe(time.perf_counter() - started)
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "field": error.field}, status_code=error.status)
+
+    @app.post("/v1/events")
+    async def post_events(body: EventIn | list[EventIn]) -> dict:
+        svc = state["service"]
+        batch = body if isinstance(body, list) else [body]
+        if len(batch) > MAX_BATCH:
+            raise RequestError("events", f"events: at most {MAX_BATCH} per request")
+        events = [
+            Event(
+                event_id=e.event_id or uuid.uuid4().hex,
+                user_id=e.user_id,
+                item_id=e.item_id,
+                event_type=e.event_type or svc.main_event_type,
+                timestamp=_seconds(e.timestamp),
+            )
+            for e in batch
+        ]
+        stored = svc.add_events(events)
+        metrics.events.inc(stored)
+        return {"received": len(events), "stored": stored}
+
+    @app.post("/v1/recommend")
+    async def recommend(body: RecommendIn) -> dict:
+        svc = state["service"]
+        started = time.perf_counter()
+        events = [
+            Event(
+                f"request:{n}",
+                "",
+                e.item_id,
+                e.event_type or svc.main_event_type,
+                _seconds(e.timestamp),
+            )
+            for n, e in enumerate(body.events)
+        ]
+        unknown = [e.item_id for e in events if e.item_id not in svc.items.row_of]
+        if unknown:
+            raise RequestError("events", f"events: unknown item ids {unknown[:5]}")
+        filters = RequestFilters(
+            in_stock_only=body.filters.in_stock_only,
+            classes=tuple(body.filters.classes),
+            subclasses=tuple(body.filters.subclasses),
+            exclude=tuple(body.filters.exclude),
+            exclude_purchased=body.filters.exclude_purchased,
+        )
+        results = svc.recommend(body.user_id, events, body.k, _seconds(body.timestamp), filters)
+        return {
+            "items": [dataclasses.asdict(r) for r in results],
+            "took_ms": round((time.perf_counter() - started) * 1e3, 3),
+        }
+
+    @app.get("/v1/items/{item_id}/similar")
+    async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> dict:
+        results = state["service"].similar(item_id, k)
+        return {"items": [dataclasses.asdict(r) for r in results]}
+
+    @app.put("/v1/items")
+    async def put_items(body: ProductIn | list[ProductIn]) -> dict:
+        batch = body if isinstance(body, list) else [body]
+        if len(batch) > MAX_BATCH:
+            raise RequestError("items", f"items: at most {MAX_BATCH} per request")
+        products = [Product(p.item_id, p.text, p.item_class, p.subclass, p.in_stock) for p in batch]
+        outcome = state["service"].upsert_items(products)
+        return {
+            "items": [
+                {"item_id": p.item_id, "status": o} for p, o in zip(products, outcome, strict=True)
+            ]
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        svc = state["service"]
+        return {"status": "ok", "items": svc.index.size, "events": svc.store.count()}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        metrics.index_size.set(state["service"].index.size)
+        return PlainTextResponse(generate_latest(metrics.registry).decode())
+
+    return app

@@ -1,0 +1,473 @@
+"""The online stage (DESIGN 1.5): recommendations from stored sessions, by filtered MIPS.
+
+A request is answered in five steps, each the same arithmetic as `StarsRecommender.score`:
+1. the user's recent events come from the event store (plus any the request carries);
+2. the exported encoder turns the last `max_length` of them into u_S, u_L and the gate
+   (or, for a returning user with no live session, the long-term memory computed offline
+   is used as is, with no encoder run);
+3. the query [u + q(c), 1, calendar offsets of c] is searched in the item index, whose rows
+   are [e_i, b_i, onehot(class(i))], under the request's filters;
+4. items from the user's own history are scored exactly with the repeat bonus and merged
+   (the bonus sits outside the inner product, so the index cannot rank them alone);
+5. each result gets an explanation: the tags it shares with the user's recent items and
+   which memory drove it.
+
+Products added with `upsert_items` get a token from text and tags alone (like any cold
+item), go into the index at once and are recommendable by the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
+from starsrec.index import IndexConfig, ItemIndex
+from starsrec.items import HashingEncoder, SentenceTransformerEncoder, embed_items
+from starsrec.itemtable import (
+    ItemTable,
+    Product,
+    RequestError,
+    code,
+    item_table,
+    item_tags,
+    tag_vocabulary,
+)
+from starsrec.sequences import featurize_events
+from starsrec.stars import HASHING_ENCODER, StarsRecommender
+from starsrec.store import Event, EventStore, SQLiteEventStore
+
+logger = logging.getLogger(__name__)
+
+SERVING_DIR = "serving"
+ENCODER_FILE = "encoder.onnx"
+MEMORY_FILE = "memories.safetensors"
+SERVING_FILE = "serving.json"
+STORE_FILE = "events.sqlite"
+INDEX_DIR = "index"
+HISTORY_PREFIX = "history:"  # ids of the events the offline stage seeded the store with
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Online settings. history_limit: stored events read per request (repeat counts and
+    already-purchased exclusions look this far back)."""
+
+    history_limit: int = 500
+    threads: int = 1
+    use_onnx: bool = True
+    use_offline_memory: bool = True
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+
+@dataclass(frozen=True)
+class RequestFilters:
+    """What a request may return. exclude_purchased None = the dataset's default."""
+
+    in_stock_only: bool = True
+    classes: tuple[str, ...] = ()
+    subclasses: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    exclude_purchased: bool | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    text: str
+    tags: tuple[str, ...]
+    shared_tags: tuple[str, ...]
+    memory: str  # "session", "long-term", "repeat" or "context" (no history: popularity)
+
+
+class RecommendationService:
+    """Answers requests for one artifact directory (see module doc)."""
+
+    def __init__(
+        self,
+        recommender: StarsRecommender,
+        index: ItemIndex,
+        store: EventStore,
+        items: ItemTable,
+        memories: dict[str, tuple[np.ndarray, float]],
+        event_types: list[dict],
+        allow_repeats: bool,
+        encoder: OnnxUserEncoder | EagerUserEncoder,
+        config: ServingConfig = ServingConfig(),
+    ) -> None:
+        self.recommender = recommender
+        self.model = recommender.model
+        self.index = index
+        self.store = store
+        self.items = items
+        self.memories = memories
+        self.event_codes = {t["name"]: code for code, t in enumerate(event_types)}
+        self.target_types = {t["name"] for t in event_types if t.get("target", True)}
+        # The type an event gets when a client omits it: the first target type.
+        self.main_event_type = next(
+            (t["name"] for t in event_types if t.get("target", True)), event_types[0]["name"]
+        )
+        self.allow_repeats = allow_repeats
+        self.encoder = encoder
+        self.config = config
+        self.version = 0  # bumped by every catalogue change: keys the filter caches
+        model = self.model
+        self.calendar_offsets = model.calendar_offsets.detach().numpy()
+        self.tag_names = np.array(tag_vocabulary(recommender), dtype=object)
+        self._encoder = None  # the text encoder, loaded at the first added product
+        self._centroids: np.ndarray | None = None
+        self._scopes: dict[tuple, np.ndarray | None] = {}
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, artifact_dir: str | Path, config: ServingConfig = ServingConfig()):
+        """Open an artifact whose serving files `starsrec index` has written."""
+        root = Path(artifact_dir)
+        serving = root / SERVING_DIR
+        if not (serving / SERVING_FILE).exists():
+            raise FileNotFoundError(
+                f"{root} has no serving files: run `starsrec index {root}` first"
+            )
+        meta = json.loads((serving / SERVING_FILE).read_text())
+        recommender = StarsRecommender.load(root)
+        arrays = load_file(serving / MEMORY_FILE)
+        memories = {
+            user: (arrays["long"][u], float(arrays["as_of"][u]))
+            for u, user in enumerate(meta["users"])
+        }
+        items = item_table(recommender)
+        encoder = (
+            OnnxUserEncoder(serving / ENCODER_FILE, config.threads)
+            if config.use_onnx
+            else EagerUserEncoder(recommender.model)
+        )
+        return cls(
+            recommender,
+            ItemIndex.load(serving / INDEX_DIR),
+            SQLiteEventStore(serving / STORE_FILE),
+            items,
+            memories,
+            meta["event_types"],
+            meta["allow_repeats"],
+            encoder,
+            config,
+        )
+
+    # -- events -------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Validate and store events (idempotent on event id); returns how many were new."""
+        for position, event in enumerate(events):
+            if event.item_id not in self.items.row_of:
+                raise RequestError(
+                    f"events[{position}].item_id",
+                    f"events[{position}].item_id: unknown item {event.item_id!r}; "
+                    "add it with PUT /v1/items first",
+                )
+            if event.event_type not in self.event_codes:
+                raise RequestError(
+                    f"events[{position}].event_type",
+                    f"events[{position}].event_type: unknown type {event.event_type!r}; "
+                    f"use one of {sorted(self.event_codes)}",
+                )
+        try:
+            return self.store.append(events)
+        except ValueError as error:
+            raise RequestError("events", str(error)) from error
+
+    # -- recommending -------------------------------------------------------------------
+    def recommend(
+        self,
+        user_id: str | None = None,
+        events: Sequence[Event] = (),
+        k: int = 10,
+        at: float | None = None,
+        filters: RequestFilters = RequestFilters(),
+    ) -> list[Recommendation]:
+        """Top-k items for a user (stored events) and/or an anonymous list of events, at
+        time `at` (unix seconds; now when None), under `filters`."""
+        at = time.time() if at is None else float(at)
+        history = list(self.store.recent(user_id, self.config.history_limit)) if user_id else []
+        history += [e for e in events if e.item_id in self.items.row_of]
+        history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
+        rows = np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
+        query, short, long, gate = self._query(user_id, history, rows, at)
+        allowed, scope = self._allowed(filters)
+        exclude = self.items.rows(list(filters.exclude), "filters.exclude")
+        purchased = filters.exclude_purchased
+        if purchased if purchased is not None else not self.allow_repeats:
+            targets = [
+                r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
+            ]
+            exclude = np.union1d(exclude, np.array(targets, dtype=np.int64))
+        found, scores = self.index.search(query[None], k, allowed, [exclude], scope)
+        found, scores = self._merge_history(
+            query, found[0], scores[0], history, rows, at, allowed, exclude, k
+        )
+        return self._explain(found, scores, rows, self._memories(found, rows, short, long, gate))
+
+    def _query(
+        self, user_id: str | None, history: list[Event], rows: np.ndarray, at: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The augmented query [u + q(c), 1, offsets] and u_S, u_L, g behind it."""
+        model = self.model
+        active = self.recommender.calendar.active(np.array([int(at)]))  # (1, K)
+        zeros = np.zeros(model.config.dim, np.float32)
+        if not len(history):  # no history: context and popularity (bias, offsets) only
+            return self._augment(self._context(at), active), zeros, zeros, zeros
+        memory = self.memories.get(user_id) if user_id else None
+        gap = at - history[-1].timestamp
+        if (
+            self.config.use_offline_memory
+            and memory is not None
+            and model.config.use_dual_memory
+            and gap >= model.dormant_seconds
+            and all(e.event_id.startswith(HISTORY_PREFIX) for e in history)
+        ):
+            # A dormant user with no event since the offline pass: u = u_L exactly as the
+            # encoder would compute it, so skip the encoder.
+            return self._augment(memory[0] + self._context(at), active), zeros, memory[0], zeros
+        window = rows[-model.config.max_length :]
+        last = history[-len(window) :]
+        batch = featurize_events(
+            window[None],
+            np.array([[self.event_codes[e.event_type] for e in last]]),
+            np.array([[int(e.timestamp) for e in last]]),
+            np.array([int(at)]),
+            self.recommender.calendar,
+            model.config.session_gap_minutes,
+        )
+        out = self.encoder(encoder_inputs(batch, self.items.tokens[window][None]))
+        query = self._augment(out["query"][0], active)
+        return query, out["short"][0], out["long"][0], out["gate"][0]
+
+    @torch.no_grad()
+    def _context(self, at: float) -> np.ndarray:
+        """q(c) (D,) for a request at `at`."""
+        model = self.model
+        if not model.config.use_context:
+            return np.zeros(model.config.dim, np.float32)
+        empty = np.full((1, 1), -1)
+        batch = featurize_events(
+            empty, empty, empty, np.array([int(at)]), self.recommender.calendar, 0.0
+        )
+        return model.context_offset(batch)[0, -1].numpy()
+
+    @torch.no_grad()
+    def _augment(self, query: np.ndarray, active: np.ndarray) -> np.ndarray:
+        augmented = self.model.retrieval_queries(
+            torch.from_numpy(np.asarray(query, np.float32)[None]), torch.from_numpy(active)
+        )
+        return augmented[0].numpy()
+
+    def _allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
+        """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
+        items = self.items
+        scope = (self.version, filters.in_stock_only, filters.classes, filters.subclasses)
+        cached = self._scopes.get(scope)
+        if cached is not None or scope in self._scopes:
+            return cached, scope
+        allowed = (
+            items.in_stock.copy() if filters.in_stock_only else np.ones(len(items.texts), bool)
+        )
+        for name, wanted, codes, names in (
+            ("filters.classes", filters.classes, items.item_class, items.class_names),
+            ("filters.subclasses", filters.subclasses, items.subclass, items.subclass_names),
+        ):
+            if wanted:
+                unknown = sorted(set(wanted) - set(names))
+                if unknown:
+                    raise RequestError(name, f"{name}: unknown {unknown[:5]}; known: {names[:20]}")
+                allowed &= np.isin(codes, [names.index(w) for w in wanted])
+        result = None if allowed.all() else allowed
+        if len(self._scopes) > 256:  # scopes are few in practice; never grow unbounded
+            self._scopes.clear()
+        self._scopes[scope] = result
+        return result, scope
+
+    def _merge_history(
+        self,
+        query: np.ndarray,
+        found: np.ndarray,
+        scores: np.ndarray,
+        history: list[Event],
+        rows: np.ndarray,
+        at: float,
+        allowed: np.ndarray | None,
+        exclude: np.ndarray,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score the user's own items exactly with the repeat bonus and merge them in."""
+        if not len(rows) or not self.model.config.use_repeat_score:
+            keep = found >= 0
+            return found[keep], scores[keep]
+        seen, counts = np.unique(rows, return_counts=True)
+        last = np.full(len(seen), -np.inf)
+        np.maximum.at(last, np.searchsorted(seen, rows), [e.timestamp for e in history])
+        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+        seen, counts, last = seen[keep], counts[keep], last[keep]
+        with torch.no_grad():
+            bonus = self.model.repeat_bonus(
+                torch.from_numpy(counts.astype(np.float32)),
+                torch.from_numpy(((at - last) / 86400.0).astype(np.float32)),
+            ).numpy()
+        exact = self.index.vectors[seen] @ query + bonus
+        others = (found >= 0) & ~np.isin(found, seen)
+        rows_all = np.concatenate([found[others], seen])
+        scores_all = np.concatenate([scores[others], exact.astype(np.float32)])
+        order = np.lexsort((rows_all, -scores_all))[:k]
+        return rows_all[order], scores_all[order]
+
+    def _memories(
+        self,
+        found: np.ndarray,
+        rows: np.ndarray,
+        short: np.ndarray,
+        long: np.ndarray,
+        gate: np.ndarray,
+    ) -> list[str]:
+        """Which memory drove each result: its inner product with g * u_S against
+        (1 - g) * u_L; "repeat" for the user's own items, "context" without history."""
+        if not len(rows):
+            return ["context"] * len(found)
+        tokens = self.items.tokens[found]  # (k, D)
+        session, long_term = tokens @ (gate * short), tokens @ ((1 - gate) * long)
+        return [
+            "repeat" if row in rows else "session" if s > lt else "long-term"
+            for row, s, lt in zip(found.tolist(), session, long_term, strict=True)
+        ]
+
+    def _explain(
+        self, found: np.ndarray, scores: np.ndarray, rows: np.ndarray, memories: list[str]
+    ) -> list[Recommendation]:
+        """Results with their text, tags and the tags they share with the recent items."""
+        items = self.items
+        window = rows[-self.model.config.max_length :]
+        recent = items.tags[window].any(0) if len(window) else np.zeros(items.tags.shape[1], bool)
+        return [
+            Recommendation(
+                item_id=items.item_ids[row],
+                score=score,
+                text=items.texts[row],
+                tags=tuple(self.tag_names[items.tags[row] > 0]),
+                shared_tags=tuple(self.tag_names[(items.tags[row] > 0) & recent]),
+                memory=memory,
+            )
+            for row, score, memory in zip(found.tolist(), scores.tolist(), memories, strict=True)
+        ]
+
+    # -- items --------------------------------------------------------------------------
+    def similar(
+        self, item_id: str, k: int = 10, in_stock_only: bool = True
+    ) -> list[Recommendation]:
+        """Items whose tokens have the largest inner product with this item's token."""
+        if item_id not in self.items.row_of:
+            raise RequestError("item_id", f"item_id: unknown item {item_id!r}", status=404)
+        row = self.items.row_of[item_id]
+        query = np.zeros(self.index.dim, np.float32)
+        query[: self.model.config.dim] = self.items.tokens[row]
+        allowed, scope = self._allowed(RequestFilters(in_stock_only=in_stock_only))
+        found, scores = self.index.search(query[None], k, allowed, [np.array([row])], scope)
+        keep = found[0] >= 0
+        found = found[0][keep]
+        return self._explain(found, scores[0][keep], np.array([row]), ["similar"] * len(found))
+
+    def upsert_items(self, products: Sequence[Product]) -> list[str]:
+        """Add new products or change existing ones; searchable by the next request.
+        A new product's token comes from its text and tags alone (a cold item); a changed
+        trained one keeps the delta and bias it learned. Returns "added"/"updated" each."""
+        items = self.items
+        for position, product in enumerate(products):
+            for name, value, known in (
+                ("class", product.item_class, items.class_names),
+                ("subclass", product.subclass, items.subclass_names),
+            ):
+                if value is not None and not known:
+                    raise RequestError(
+                        f"items[{position}].{name}",
+                        f"items[{position}].{name}: this catalogue has no {name} taxonomy; "
+                        "omit the field",
+                    )
+        texts = [p.text for p in products]
+        text = embed_items(texts, self._text_encoder(), cache_dir=None, progress=False)
+        tags = item_tags(self.recommender, texts)
+        outcome = []
+        for p, product in enumerate(products):
+            row = items.row_of.get(product.item_id)
+            trained = row is not None and row < self.recommender.catalogue.size
+            token, bias = self._token(text[p], tags[p], row if trained else None)
+            item_class = code(items.class_names, product.item_class)
+            model_class = self._model_class(item_class, text[p])
+            with torch.no_grad():
+                vector = self.model.retrieval_items(
+                    torch.from_numpy(token[None]), torch.tensor([bias]), torch.tensor([model_class])
+                )[0].numpy()
+            outcome.append("added" if row is None else "updated")
+            row = items.put(
+                product.item_id,
+                product.text,
+                item_class=item_class,
+                subclass=code(items.subclass_names, product.subclass),
+                model_class=model_class,
+                tags=tags[p],
+                tokens=token,
+                in_stock=product.in_stock,
+            )
+            if row < self.index.size:
+                self.index.update(np.array([row]), vector[None])
+            else:
+                added = self.index.add(vector[None])
+                assert int(added[0]) == row, "index rows and item rows must stay aligned"
+        self.version += 1
+        self._scopes.clear()
+        logger.info(
+            "catalogue: %s",
+            ", ".join(f"{p.item_id} {o}" for p, o in zip(products, outcome, strict=True)),
+        )
+        return outcome
+
+    @torch.no_grad()
+    def _token(
+        self, text: np.ndarray, tags: np.ndarray, row: int | None
+    ) -> tuple[np.ndarray, float]:
+        """Token and bias of a product: its learned delta and bias when it was trained."""
+        model = self.model
+        delta, bias = None, model.cold_item_bias
+        if row is not None:
+            slot = row + 1
+            bias = float(model.item_biases()[row])
+            if model.config.use_text and model.config.use_delta:
+                delta = model.item_tokens.delta.weight[slot] * model.item_tokens.warm[slot]
+        token = model.item_tokens.combine(torch.from_numpy(text), torch.from_numpy(tags), delta)
+        return token.numpy(), bias
+
+    def _model_class(self, item_class: int, text: np.ndarray) -> int:
+        """The calendar-offset class: the catalogue class the model knows, else the class
+        whose items' mean text embedding is nearest."""
+        if 0 <= item_class < self.model.n_classes and self.recommender.catalogue.class_names:
+            return item_class
+        if self._centroids is None:
+            features = self.recommender.features
+            sums = np.zeros((self.model.n_classes, features["text"].shape[1]))
+            np.add.at(sums, features["item_class"], features["text"])
+            self._centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-9)
+        return int(np.argmax(self._centroids @ text))
+
+    def _text_encoder(self):
+        if self._encoder is None:
+            name = self.recommender.config.text_encoder
+            if name == HASHING_ENCODER:
+                self._encoder = HashingEncoder(dim=64, seed=self.recommender.config.seed)
+            elif name == "all-MiniLM-L6-v2":
+                self._encoder = SentenceTransformerEncoder()
+            else:
+                self._encoder = SentenceTransformerEncoder(path=name)
+        return self._encoder

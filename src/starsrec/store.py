@@ -1,0 +1,294 @@
+"""The serving stage's event store: shopper events persisted for short-term session memory.
+
+The online service appends each shopper event here, and the very next recommendation request
+reads the user's recent events back. `EventStore` is the backend-neutral interface (a Redis
+backend shared by several server replicas is planned); `SQLiteEventStore` is the single-host
+implementation.
+
+Design of the SQLite backend:
+
+- Acknowledged = persisted. WAL journal with `synchronous=FULL` fsyncs the log on every commit,
+  and each `append` call is one transaction, so once `append` returns its events survive a
+  process kill (and a power loss).
+- Idempotent on `event_id` (the primary key) through `INSERT OR IGNORE`: a retried client
+  request stores nothing twice, and the first write of an id wins, also within one call.
+- "Arrival order" is the table's implicit rowid, which grows with every insert (nothing is
+  ever deleted). SQLite appends the rowid to every index entry, so the index on
+  `(user_id, timestamp)` is really on `(user_id, timestamp, rowid)` and serves `recent`
+  without a sort.
+- Thread safety: one connection opened with `check_same_thread=False` and a lock around every
+  operation. Simple and correct beats a connection pool at this scale; other processes may
+  open the same file (WAL allows concurrent readers, and writers wait up to `_BUSY_TIMEOUT_S`).
+- `PRAGMA user_version` records the schema version, so a later schema change is detected and
+  a file written by a newer version is refused instead of misread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_S = 10.0
+_COLUMNS = "event_id, user_id, item_id, event_type, timestamp"
+_INSERT = f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+_RECENT = (
+    f"SELECT {_COLUMNS} FROM events WHERE user_id = ? ORDER BY timestamp DESC, rowid DESC LIMIT ?"
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One shopper event. `event_id` is chosen by the client and is the idempotency key."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    event_type: str  # e.g. "purchase", "view"
+    timestamp: float  # unix seconds (UTC)
+
+
+def _row(event: object) -> tuple[str, str, str, str, float]:
+    """Validate one event and return its table row; raises ValueError naming the problem."""
+    if not isinstance(event, Event):
+        raise ValueError(f"expected an Event, got {type(event).__name__}: build Event(...) objects")
+    for field in ("event_id", "user_id", "item_id", "event_type"):
+        value = getattr(event, field)
+        if not isinstance(value, str) or not value:
+            raise ValueError(
+                f"event {event.event_id!r}: {field} must be a non-empty string, got {value!r}"
+            )
+    ts = event.timestamp
+    # bool is an int subclass, and True as a timestamp is always a bug.
+    if isinstance(ts, bool) or not isinstance(ts, numbers.Real) or not math.isfinite(ts):
+        raise ValueError(
+            f"event {event.event_id!r}: timestamp must be a finite number of unix seconds, "
+            f"got {ts!r}"
+        )
+    return event.event_id, event.user_id, event.item_id, event.event_type, float(ts)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolling back on any error.
+
+    IMMEDIATE takes the write lock up front, so a writer never fails half-way on a lock
+    upgrade; other writers wait for it up to the busy timeout.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+
+
+class EventStore(ABC):
+    """Backend-neutral interface of the event store (see the module docstring)."""
+
+    @abstractmethod
+    def append(self, events: Sequence[Event]) -> int:
+        """Store events; return how many were new.
+
+        Idempotent on event_id: an id already stored is ignored (first write wins), also within
+        one call. The batch is validated first and rejected whole if any event is invalid. When
+        this returns, the events are durable (acknowledged = persisted).
+        """
+
+    @abstractmethod
+    def recent(self, user_id: str, limit: int) -> list[Event]:
+        """The user's last `limit` events, oldest first, ordered by (timestamp, arrival order)."""
+
+    @abstractmethod
+    def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+        """`recent` for many users in one round trip; users without events map to []."""
+
+    @abstractmethod
+    def latest_time(self, user_id: str) -> float | None:
+        """Timestamp of the user's latest event, or None if the user has none."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of stored events."""
+
+    @abstractmethod
+    def has(self, event_id: str) -> bool:
+        """Whether an event with this id is stored."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the backend; idempotent. The store is unusable afterwards."""
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.has(event_id)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SQLiteEventStore(EventStore):
+    """Event store in one SQLite file (WAL, synchronous=FULL); safe to share between threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (or create) the store at `path`, creating missing parent directories."""
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per call.
+            self._conn = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._open_schema()
+        except BaseException as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise ValueError(
+                    f"{self.path} is not a usable SQLite event store ({exc}); "
+                    "pass the path of an event store database or of a new file"
+                ) from exc
+            raise
+
+    def _open_schema(self) -> None:
+        conn = self._db()
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            logger.warning(
+                "%s: journal mode is %r, not 'wal'; durability may be weaker", self.path, mode
+            )
+        conn.execute("PRAGMA synchronous=FULL")
+        # IMMEDIATE takes the write lock, so two processes creating one new file do not race.
+        with _transaction(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"{self.path} has event store schema version {version}, newer than the "
+                    f"supported {SCHEMA_VERSION}: upgrade starsrec to open it"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise ValueError(
+                    f"{self.path} is an SQLite database but not an event store "
+                    "(it has tables and no schema version): pass a new or event store path"
+                )
+            conn.execute(
+                "CREATE TABLE events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+                "item_id TEXT NOT NULL, event_type TEXT NOT NULL, timestamp REAL NOT NULL)"
+            )
+            conn.execute("CREATE INDEX events_user_time ON events (user_id, timestamp)")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            logger.info("created event store %s", self.path)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError(f"event store {self.path} is closed: open a new SQLiteEventStore")
+        return self._conn
+
+    def append(self, events: Sequence[Event]) -> int:
+        rows = [_row(e) for e in events]  # validate all before writing any
+        if not rows:
+            return 0
+        with self._lock:
+            conn = self._db()
+            before = conn.total_changes
+            with _transaction(conn):
+                conn.executemany(_INSERT, rows)
+            return conn.total_changes - before
+
+    def load(self, events: Iterable[Event], progress: bool = True, batch_size: int = 50_000) -> int:
+        """Bulk-seed history events in one transaction; returns how many were new.
+
+        Same validation and idempotency as `append`; an invalid event anywhere rolls the whole
+        load back. Holds the write lock for the whole load, so seed before serving traffic.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        total = len(events) if isinstance(events, Sequence) else None
+        iterator: Iterator[Event] = iter(events)
+        with self._lock:
+            conn = self._db()
+            before = conn.total_changes
+            with (
+                tqdm(total=total, desc="load events", unit="ev", disable=not progress) as bar,
+                _transaction(conn),
+            ):
+                while batch := list(islice(iterator, batch_size)):
+                    conn.executemany(_INSERT, [_row(e) for e in batch])
+                    bar.update(len(batch))
+            added = conn.total_changes - before
+        logger.info("loaded %d new events into %s", added, self.path)
+        return added
+
+    def recent(self, user_id: str, limit: int) -> list[Event]:
+        return self.recent_many([user_id], limit)[user_id]
+
+    def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+        if isinstance(user_ids, str):
+            raise ValueError("user_ids must be a sequence of ids, not one string: use recent()")
+        _check_limit(limit)
+        out: dict[str, list[Event]] = {}
+        with self._lock:
+            conn = self._db()
+            # One read transaction gives every user the same snapshot. A LIMIT query per user
+            # reads only `limit` index entries each, unlike a window function over all history.
+            conn.execute("BEGIN")
+            try:
+                for user in dict.fromkeys(user_ids):
+                    rows = conn.execute(_RECENT, (user, limit)).fetchall()
+                    out[user] = [Event(*row) for row in reversed(rows)]
+            finally:
+                conn.execute("COMMIT")
+        return out
+
+    def latest_time(self, user_id: str) -> float | None:
+        with self._lock:
+            sql = "SELECT max(timestamp) FROM events WHERE user_id = ?"
+            return self._db().execute(sql, (user_id,)).fetchone()[0]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db().execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def has(self, event_id: str) -> bool:
+        with self._lock:
+            sql = "SELECT 1 FROM events WHERE event_id = ?"
+            return self._db().execute(sql, (event_id,)).fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

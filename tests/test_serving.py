@@ -1,0 +1,263 @@
+"""The online service and its HTTP API on the toy world (a tiny trained STARS).
+
+Users walk item chains, so the right next item is known: the successor of the last one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
+from starsrec.interactions import Catalogue, EventLog, Queries
+from starsrec.itemtable import RequestError
+from starsrec.model import ModelConfig
+from starsrec.offline import write_serving_files
+from starsrec.recommender import Filters, TrainingData
+from starsrec.sequences import featurize, query_windows
+from starsrec.serve import create_app
+from starsrec.service import (
+    SERVING_DIR,
+    Product,
+    RecommendationService,
+    RequestFilters,
+    ServingConfig,
+)
+from starsrec.stars import StarsConfig, StarsRecommender
+from starsrec.store import Event
+from starsrec.toyworld import make_toy_world
+from starsrec.train import TrainConfig
+
+DAY = 86_400
+CONFIG = StarsConfig(
+    model=ModelConfig(dim=32, layers=1, heads=2, max_length=10, attribute_dim=8, dropout=0.1),
+    train=TrainConfig(
+        epochs=40, batch_size=16, uniform_negatives=32, subclass_negatives=32, progress=False
+    ),
+    text_encoder="hashing",
+    embedding_cache=None,
+    derived_subclasses=8,
+    derived_classes=4,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A trained tiny STARS, its artifact and serving files, over the whole toy log."""
+    torch.set_num_threads(1)
+    dataset = make_toy_world(n_users=120)
+    catalogue = Catalogue.from_items(dataset.items)
+    log = EventLog.from_dataset(dataset, catalogue)
+    recommender = StarsRecommender(CONFIG).fit(TrainingData(log, catalogue, "GB"))
+    artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
+    write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
+    return recommender, log, artifact
+
+
+@pytest.fixture
+def service(world):
+    _, _, artifact = world
+    service = RecommendationService.load(artifact)
+    yield service
+    service.store.close()
+
+
+def fresh_service(world, tmp_path) -> RecommendationService:
+    """A service on a private copy of the serving files (tests that write events)."""
+    import shutil
+
+    _, _, artifact = world
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy)
+    return RecommendationService.load(copy)
+
+
+@pytest.mark.parametrize("days_later", [1, 60])
+@pytest.mark.parametrize("use_onnx", [True, False])
+def test_service_ranks_like_the_offline_scorer(world, days_later, use_onnx) -> None:
+    """Same top 10 as `StarsRecommender.recommend` on the whole history, through the
+    encoder (a request a day later) and through the offline long-term memory (60 days)."""
+    recommender, log, artifact = world
+    service = RecommendationService.load(artifact, ServingConfig(use_onnx=use_onnx))
+    users = list(log.user_ids[:25])
+    at = int(log.timestamp.max()) + days_later * DAY
+    queries = Queries.for_users(log, users, time=at)
+    expected, expected_scores = recommender.recommend(queries, 10, Filters(exclude_seen=True))
+    for q, user in enumerate(users):
+        results = service.recommend(user, k=10, at=at)
+        assert [r.item_id for r in results] == list(expected[q]), user
+        np.testing.assert_allclose(
+            [r.score for r in results], expected_scores[q], rtol=1e-4, atol=1e-4
+        )
+    service.store.close()
+
+
+def test_onnx_encoder_matches_eager(world) -> None:
+    recommender, log, artifact = world
+    queries = Queries.for_users(log, list(log.user_ids[:16]))
+    rows = query_windows(queries, CONFIG.model.max_length)
+    batch = featurize(log, rows, queries.time + 3600, recommender.calendar, 30.0)
+    tokens = (
+        recommender.model.item_vectors().detach().numpy()[np.maximum(batch.items.numpy() - 1, 0)]
+    )
+    inputs = encoder_inputs(batch, tokens)
+    onnx = OnnxUserEncoder(artifact / SERVING_DIR / "encoder.onnx")(inputs)
+    eager = EagerUserEncoder(recommender.model)(inputs)
+    for name, value in eager.items():
+        np.testing.assert_allclose(onnx[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_posted_events_shift_the_next_recommendation(world, tmp_path) -> None:
+    """A shopper's events posted a moment ago drive the very next request. (Toy shoppers buy
+    once a day, so the posted events keep that rhythm: the toy model never saw minutes.)"""
+    service = fresh_service(world, tmp_path)
+    at = 1_800_000_000.0
+    before = service.recommend("newcomer", k=5, at=at)
+    assert {r.memory for r in before} == {"context"}  # no history: context and popularity
+    for n in (2, 3, 4):
+        event = Event(f"live-{n}", "newcomer", f"s3-n{n}", "purchase", at + n * DAY)
+        assert service.add_events([event]) == 1
+        after = service.recommend("newcomer", k=5, at=at + (n + 1) * DAY)
+        assert f"s3-n{n + 1}" in [r.item_id for r in after[:3]]  # the successor leads
+    assert after[0].item_id == "s3-n5"
+    assert after[0].memory in {"session", "long-term"}
+    assert service.add_events([event]) == 0  # idempotent: the same event id again
+    service.store.close()
+
+
+def test_a_new_product_reaches_matching_shoppers_at_once(world, tmp_path) -> None:
+    service = fresh_service(world, tmp_path)
+    at = 1_800_000_000.0
+    session = [Event(f"e{n}", "", f"s2-n{n}", "purchase", at - (5 - n) * DAY) for n in (2, 3, 4)]
+    # A new product described like the next item of line 2 (and unlike any other line).
+    status = service.upsert_items(
+        [Product("brand-new", "product 5 of line 2", "class-0", "line-2")]
+    )
+    assert status == ["added"]
+    results = service.recommend(events=session, k=5, at=at)
+    assert "brand-new" in [r.item_id for r in results]
+    # Its nearest item is the trained product it was described like.
+    assert service.similar("brand-new", k=5)[0].item_id == "s2-n5"
+    # Out of stock: never returned again, at once.
+    service.upsert_items([Product("brand-new", "product 5 of line 2", "class-0", "line-2", False)])
+    assert "brand-new" not in [r.item_id for r in service.recommend(events=session, k=20, at=at)]
+    service.store.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    user=st.integers(0, 40),
+    classes=st.sets(st.sampled_from(["class-0", "class-1"]), max_size=1),
+    subclasses=st.sets(st.sampled_from([f"line-{s}" for s in range(6)]), max_size=3),
+    exclude=st.sets(
+        st.sampled_from([f"s{s}-n{n}" for s in range(6) for n in range(12)]), max_size=10
+    ),
+    exclude_purchased=st.booleans(),
+    k=st.integers(1, 80),
+)
+def test_filters_are_never_violated(
+    service, world, user, classes, subclasses, exclude, exclude_purchased, k
+) -> None:
+    _, log, _ = world
+    user_id = str(log.user_ids[user])
+    filters = RequestFilters(
+        classes=tuple(classes),
+        subclasses=tuple(subclasses),
+        exclude=tuple(exclude),
+        exclude_purchased=exclude_purchased,
+    )
+    results = service.recommend(user_id, k=k, at=float(log.timestamp.max()) + DAY, filters=filters)
+    purchased = {e.item_id for e in service.store.recent(user_id, 1000)}
+    ids = [r.item_id for r in results]
+    assert len(ids) == len(set(ids)) <= k
+    for item in ids:
+        line, _ = item[1:].split("-n")
+        assert not subclasses or f"line-{line}" in subclasses
+        assert not classes or f"class-{int(line) % 2}" in classes
+        assert item not in exclude
+        assert not (exclude_purchased and item in purchased)
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_bad_service_input_names_the_field(service) -> None:
+    with pytest.raises(RequestError, match=r"filters\.classes"):
+        service.recommend("u0000", filters=RequestFilters(classes=("no-such-class",)))
+    with pytest.raises(RequestError, match=r"events\[0\]\.item_id"):
+        service.add_events([Event("x", "u0000", "no-such-item", "purchase", 1.0)])
+    with pytest.raises(RequestError, match=r"events\[0\]\.event_type"):
+        service.add_events([Event("x", "u0000", "s0-n0", "teleport", 1.0)])
+
+
+# -- HTTP ------------------------------------------------------------------------------
+@pytest.fixture
+def client(world, tmp_path):
+    service = fresh_service(world, tmp_path)
+    with TestClient(create_app(service=service)) as client:
+        yield client
+
+
+def test_http_round_trip(client) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    event = {"user_id": "u0001", "item_id": "s1-n3", "timestamp": 1_800_000_000.0, "event_id": "a"}
+    assert client.post("/v1/events", json=event).json() == {"received": 1, "stored": 1}
+    assert client.post("/v1/events", json=[event]).json() == {"received": 1, "stored": 0}
+    body = {"user_id": "u0001", "k": 3, "timestamp": 1_800_000_060.0}
+    response = client.post("/v1/recommend", json=body)
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert len(items) == 3 and items[0]["item_id"] == "s1-n4"
+    assert {"item_id", "score", "text", "tags", "shared_tags", "memory"} <= set(items[0])
+    anonymous = {"events": [{"item_id": "s0-n2", "timestamp": 1_800_000_000.0}], "k": 2}
+    assert client.post("/v1/recommend", json=anonymous).status_code == 200
+    stranger = client.post("/v1/recommend", json={"user_id": "nobody", "k": 4}).json()
+    assert [i["memory"] for i in stranger["items"]] == ["context"] * 4
+    put = client.put("/v1/items", json={"item_id": "new", "text": "product 4 of line 1"})
+    assert put.json()["items"] == [{"item_id": "new", "status": "added"}]
+    assert client.get("/v1/items/new/similar?k=3").status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'starsrec_requests_total{route="/v1/recommend",status="200"}' in metrics
+    assert "starsrec_index_items" in metrics
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("post", "/v1/recommend", {"k": 0}, "k"),
+        ("post", "/v1/recommend", {"k": 10**6}, "k"),
+        ("post", "/v1/recommend", {"k": "ten"}, "k"),
+        ("post", "/v1/recommend", {"user_id": ""}, "user_id"),
+        ("post", "/v1/recommend", {"colour": "red"}, "colour"),
+        ("post", "/v1/recommend", {"filters": {"classes": ["nope"]}}, "filters.classes"),
+        ("post", "/v1/recommend", {"filters": {"exclude": ["nope"]}}, "filters.exclude"),
+        ("post", "/v1/recommend", {"events": [{"item_id": "nope"}]}, "events"),
+        ("post", "/v1/events", {"user_id": "u", "item_id": "nope"}, "item_id"),
+        (
+            "post",
+            "/v1/events",
+            {"user_id": "u", "item_id": "s0-n1", "timestamp": "soon"},
+            "timestamp",
+        ),
+        (
+            "post",
+            "/v1/events",
+            {"user_id": "u", "item_id": "s0-n1", "timestamp": -5.0},
+            "timestamp",
+        ),
+        ("post", "/v1/events", {"item_id": "s0-n1"}, "user_id"),
+        ("put", "/v1/items", {"item_id": "x"}, "text"),
+        ("get", "/v1/items/nope/similar", None, "item_id"),
+        ("get", "/v1/items/s0-n1/similar?k=-1", None, "k"),
+    ],
+)
+def test_invalid_requests_get_4xx_naming_the_field(client, method, path, body, field) -> None:
+    kwargs = {} if body is None else {"json": body}
+    response = getattr(client, method)(path, **kwargs)
+    assert 400 <= response.status_code < 500, response.text
+    assert field in response.text

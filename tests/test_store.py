@@ -1,0 +1,209 @@
+"""Tests for the SQLite event store: ordering, idempotency, durability, threads, validation."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from starsrec.store import SCHEMA_VERSION, Event, SQLiteEventStore
+
+
+def ev(
+    event_id: str, user: str = "u1", ts: float = 0.0, item: str = "i", kind: str = "view"
+) -> Event:
+    return Event(event_id=event_id, user_id=user, item_id=item, event_type=kind, timestamp=ts)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with SQLiteEventStore(tmp_path / "events.db") as s:
+        yield s
+
+
+def test_recent_orders_by_time_then_arrival_and_limits(store: SQLiteEventStore) -> None:
+    store.append([ev("c", ts=30), ev("a", ts=10), ev("b1", ts=20), ev("x", user="u2", ts=5)])
+    store.append([ev("b2", ts=20), ev("d", ts=40)])
+    assert [e.event_id for e in store.recent("u1", 10)] == ["a", "b1", "b2", "c", "d"]
+    assert [e.event_id for e in store.recent("u1", 3)] == ["b2", "c", "d"]
+    assert store.recent("u1", 1) == [ev("d", ts=40.0)]
+    assert store.recent("nobody", 5) == []
+    assert isinstance(store.recent("u1", 1)[0].timestamp, float)
+
+
+def test_recent_many_latest_time_count_contains(store: SQLiteEventStore) -> None:
+    store.append([ev("a", "u1", 1), ev("b", "u1", 2), ev("c", "u2", 3), ev("d", "u1", 0.5)])
+    got = store.recent_many(["u2", "u1", "ghost", "u1"], 2)
+    assert list(got) == ["u2", "u1", "ghost"]
+    assert [e.event_id for e in got["u1"]] == ["a", "b"]
+    assert [e.event_id for e in got["u2"]] == ["c"]
+    assert got["ghost"] == []
+    assert store.recent_many([], 3) == {}
+    assert store.latest_time("u1") == 2.0
+    assert store.latest_time("ghost") is None
+    assert store.count() == 4
+    assert "a" in store and store.has("c")
+    assert "zzz" not in store and 42 not in store
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_limit_must_be_positive_int(store: SQLiteEventStore, limit: object) -> None:
+    with pytest.raises(ValueError, match="limit must be an integer >= 1"):
+        store.recent("u1", limit)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit"):
+        store.recent_many(["u1"], limit)  # type: ignore[arg-type]
+
+
+def test_recent_many_rejects_a_bare_string(store: SQLiteEventStore) -> None:
+    with pytest.raises(ValueError, match="not one string"):
+        store.recent_many("u1", 3)
+
+
+def test_append_is_idempotent_first_write_wins(store: SQLiteEventStore) -> None:
+    assert store.append([ev("a", ts=1, item="first"), ev("a", ts=2, item="dup"), ev("b")]) == 2
+    assert store.append([ev("a", ts=9, item="retry"), ev("c")]) == 1
+    assert store.append([ev("a"), ev("b"), ev("c")]) == 0
+    assert store.append([]) == 0
+    assert store.count() == 3
+    first = [e for e in store.recent("u1", 10) if e.event_id == "a"]
+    assert first == [ev("a", ts=1.0, item="first")]
+
+
+def test_durable_across_connections_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "events.db"  # parents are created
+    with SQLiteEventStore(path) as writer:
+        writer.append([ev("a", ts=1), ev("b", ts=2)])
+        # A second connection sees committed events while the writer is still open.
+        raw = sqlite3.connect(path)
+        assert raw.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        raw.close()
+        with SQLiteEventStore(path) as other:
+            assert [e.event_id for e in other.recent("u1", 5)] == ["a", "b"]
+            other.append([ev("c", ts=3)])
+        assert "c" in writer
+    with SQLiteEventStore(path) as reopened:
+        assert reopened.count() == 3
+        assert reopened.latest_time("u1") == 3.0
+
+
+def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from starsrec.store import Event, SQLiteEventStore
+        store = SQLiteEventStore({str(path)!r})
+        for batch in range(5):
+            events = [Event(f"e{{batch}}-{{i}}", "u", "item", "view", batch * 100 + i)
+                      for i in range(20)]
+            assert store.append(events) == 20
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    with SQLiteEventStore(path) as store:
+        assert store.count() == 100
+        assert [e.event_id for e in store.recent("u", 2)] == ["e4-18", "e4-19"]
+
+
+def test_concurrent_appends_lose_nothing(store: SQLiteEventStore) -> None:
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(0, 200, 10):
+                batch = [ev(f"t{t}-{j}", user=f"u{t}", ts=j) for j in range(i, i + 10)]
+                assert store.append(batch) == 10
+                store.recent(f"u{t}", 5)
+        except BaseException as exc:  # surfaced in the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert store.count() == 800
+    for t in range(4):
+        assert [e.event_id for e in store.recent(f"u{t}", 200)] == [f"t{t}-{j}" for j in range(200)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (ev("x", ts=math.nan), "event 'x': timestamp must be a finite number"),
+        (ev("x", ts=math.inf), "event 'x': timestamp must be a finite"),
+        (ev("x", ts="12"), "timestamp must be"),  # type: ignore[arg-type]
+        (ev("x", ts=True), "timestamp must be"),
+        (ev(""), "event_id must be a non-empty string"),
+        (ev("x", user=""), "event 'x': user_id must be a non-empty string"),
+        (ev("x", item=None), "item_id must be"),  # type: ignore[arg-type]
+        (ev("x", kind=""), "event_type must be a non-empty string"),
+        ({"event_id": "x"}, "expected an Event, got dict"),
+    ],
+)
+def test_invalid_event_rejects_whole_batch(
+    store: SQLiteEventStore, bad: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.append([ev("ok1"), bad, ev("ok2")])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=message):
+        store.load([ev("ok1"), bad], progress=False)  # type: ignore[list-item]
+    assert store.count() == 0
+
+
+def test_non_sqlite_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is not a database, just some text " * 50)
+    with pytest.raises(ValueError, match=r"notes\.db is not a usable SQLite event store"):
+        SQLiteEventStore(path)
+    assert path.read_bytes().startswith(b"this is not a database")
+
+
+def test_foreign_sqlite_database_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE stuff (x)")
+    with pytest.raises(ValueError, match="not an event store"):
+        SQLiteEventStore(path)
+
+
+def test_newer_schema_version_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    SQLiteEventStore(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(ValueError, match="newer than the supported"):
+        SQLiteEventStore(path)
+
+
+def test_closed_store_raises(tmp_path: Path) -> None:
+    s = SQLiteEventStore(tmp_path / "events.db")
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(ValueError, match="is closed"):
+        s.count()
+
+
+def test_bulk_load_with_duplicates(store: SQLiteEventStore) -> None:
+    store.append([ev("e0", ts=0, item="live")])
+    history = (ev(f"e{i % 500}", user=f"u{i % 7}", ts=float(i)) for i in range(1200))
+    assert store.load(history, progress=False, batch_size=64) == 499
+    assert store.count() == 500
+    assert store.recent("u1", 1)[0].item_id == "i"
+    assert store.recent("u0", 1)[0].event_id == "e497"  # first write of e497: i=497, u0
+    assert store.load([ev("new")], progress=True) == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        store.load([], batch_size=0)
+    assert [e.item_id for e in store.recent("u1", 1000) if e.event_id == "e0"] == ["live"]
