@@ -24,10 +24,16 @@ demo: setup
 	$(BIN)/starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/demo-baselines
 	$(BIN)/starsrec train data/movielens-100k --protocol leave-one-out --out artifacts/demo-stars
 	$(BIN)/starsrec evaluate artifacts/demo-stars --out reports/demo-stars
+	$(BIN)/starsrec index artifacts/demo-stars
 	@echo
 	@cat reports/demo-baselines/report.md
 	@echo
 	@cat reports/demo-stars/report.md
+	@echo
+	@echo "Serve it:      $(BIN)/starsrec serve artifacts/demo-stars --port 8000"
+	@echo "Then ask it:   curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' \\"
+	@echo "                 -d '{\"user_id\": \"1\", \"k\": 5}'"
+	@echo "API docs:      http://127.0.0.1:8000/docs"
 
 test: setup lint
 	$(BIN)/pytest -q

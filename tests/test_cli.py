@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
 from starsrec.cli import main
+from starsrec.serve import create_app
 from starsrec.toyworld import make_toy_world
 
 
@@ -115,12 +117,23 @@ def test_train_then_evaluate_the_artifact(shop: Path, tmp_path: Path, capsys) ->
     assert record["model"] == "stars" and record["protocol"] == "leave-one-out"
     assert 0 <= record["metrics"]["ndcg@10"] <= 1
 
+    # The offline stage, then the service loaded from the artifact in the app's lifespan.
+    assert main(["index", str(artifact)]) == 0
+    assert "starsrec serve" in capsys.readouterr().out
+    for name in ("serving.json", "encoder.onnx", "events.sqlite", "memories.safetensors"):
+        assert (artifact / "serving" / name).exists(), name
+    with TestClient(create_app(artifact)) as client:
+        response = client.post("/v1/recommend", json={"k": 3})
+        assert response.status_code == 200 and len(response.json()["items"]) == 3
+
     # A dataset that changed since training is refused.
     events = pd.read_parquet(data_dir / "events.parquet")
     events.iloc[:-1].to_parquet(data_dir / "events.parquet", index=False)
     capsys.readouterr()
     assert main(["evaluate", str(artifact), "--out", str(report_dir)]) == 2
     assert "trained on another version of dataset 'shop'" in capsys.readouterr().err
+    assert main(["index", str(artifact)]) == 2
+    assert "trained on another version" in capsys.readouterr().err
 
 
 def test_bad_config_override(tmp_path: Path, capsys) -> None:

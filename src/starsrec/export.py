@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +121,7 @@ def export_onnx(model: STARS, path: str | Path) -> Path:
     shapes = {name: {0: batch, 1: steps} for name in INPUTS}
     started = time.perf_counter()
     temporary = path.with_suffix(".tmp")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", "torch.onnx"):
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         torch.onnx.export(
             encoder,
@@ -135,6 +137,20 @@ def export_onnx(model: STARS, path: str | Path) -> Path:
     temporary.replace(path)
     logger.info("exported the user encoder to %s in %.1f s", path, time.perf_counter() - started)
     return path
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Silence the exporter's own INFO/WARNING logging (hundreds of lines per export)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [one.level for one in loggers]
+    for one in loggers:
+        one.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for one, level in zip(loggers, levels, strict=True):
+            one.setLevel(level)
 
 
 class OnnxUserEncoder:
