@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test check lint format bench clean
+.PHONY: setup demo test check lint format bench bench-serving clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/quality.py
+
+# The serving benchmark needs a trained, indexed artifact (`make demo` makes one) and wrk.
+bench-serving: setup
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python benchmarks/serving.py --artifact artifacts/demo-stars
 
 clean:
 	rm -rf $(VENV) data reports artifacts .cache .pytest_cache .ruff_cache

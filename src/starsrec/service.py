@@ -200,7 +200,7 @@ class RecommendationService:
         history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
         rows = np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
         query, short, long, gate = self._query(user_id, history, rows, at)
-        allowed, scope = self._allowed(filters)
+        allowed, scope = self.allowed(filters)
         exclude = self.items.rows(list(filters.exclude), "filters.exclude")
         purchased = filters.exclude_purchased
         if purchased if purchased is not None else not self.allow_repeats:
@@ -268,7 +268,7 @@ class RecommendationService:
         )
         return augmented[0].numpy()
 
-    def _allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
+    def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
         """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
         items = self.items
         scope = (self.version, filters.in_stock_only, filters.classes, filters.subclasses)
@@ -374,7 +374,7 @@ class RecommendationService:
         row = self.items.row_of[item_id]
         query = np.zeros(self.index.dim, np.float32)
         query[: self.model.config.dim] = self.items.tokens[row]
-        allowed, scope = self._allowed(RequestFilters(in_stock_only=in_stock_only))
+        allowed, scope = self.allowed(RequestFilters(in_stock_only=in_stock_only))
         found, scores = self.index.search(query[None], k, allowed, [np.array([row])], scope)
         keep = found[0] >= 0
         found = found[0][keep]

@@ -1,0 +1,401 @@
+"""Serving benchmark: a trained artifact's real model, encoder and event store, serving a
+synthetic catalogue of `--items` products (default 1,000,000) at the model width.
+
+    python benchmarks/serving.py --artifact artifacts/demo-stars           # about 5 minutes
+    python benchmarks/serving.py --artifact artifacts/demo-stars --items 100000 --duration 10
+
+The synthetic products keep the real catalogue's geometry: each is a real product's text
+embedding plus noise, turned into a token by the model's own item path (like any product
+added after training). Every row gets one of 10 classes and one of 100 subclasses, so a
+class filter keeps 10% of the catalogue and a subclass filter 1%.
+
+Measures: index build time and memory; in-process `recommend` latency p50/p99 with no
+filter, 10% and 1% filters (each request carries two live session events, so the encoder
+runs); recall@10 of the index against exact filtered search; then the same mix over HTTP on
+loopback with `wrk` (one server process, one thread) for `--duration` seconds: p50/p99,
+requests/s and errors. Writes benchmarks/results/serving.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from starsrec.index import IndexConfig, ItemIndex
+from starsrec.itemtable import ItemTable
+from starsrec.report import machine_description, source_revision
+from starsrec.service import SERVING_DIR, SERVING_FILE, RecommendationService, RequestFilters
+from starsrec.store import Event
+
+RESULTS = Path(__file__).parent / "results"
+CLASSES, SUBCLASSES = 10, 100
+FILTERS = {
+    "none": RequestFilters(),
+    "10%": RequestFilters(classes=("class-3",)),
+    "1%": RequestFilters(subclasses=("sub-42",)),
+}
+logger = logging.getLogger("serving-benchmark")
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@torch.no_grad()
+def synthetic_catalogue(base: RecommendationService, n_items: int, seed: int = 0) -> dict:
+    """Arrays of an ItemTable with the real products first, then synthetic ones."""
+    rng = np.random.default_rng(seed)
+    model, features = base.model, base.recommender.features
+    real = len(base.items)
+    text = features["text"]
+    tokens = np.empty((n_items, model.config.dim), np.float32)
+    tokens[:real] = base.items.tokens
+    tags = np.zeros((1, features["tags"].shape[1]), np.float32)
+    for lo in range(real, n_items, 100_000):
+        hi = min(lo + 100_000, n_items)
+        mixed = text[rng.integers(0, real, hi - lo)] + 0.05 * rng.normal(
+            size=(hi - lo, text.shape[1])
+        )
+        mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+        chunk = torch.from_numpy(mixed.astype(np.float32))
+        tokens[lo:hi] = model.item_tokens.combine(
+            chunk, torch.from_numpy(tags).expand(hi - lo, -1)
+        ).numpy()
+    model_class = np.concatenate(
+        [base.items.model_class, rng.integers(0, model.n_classes, n_items - real)]
+    )
+    bias = np.concatenate(
+        [model.item_biases().numpy(), np.full(n_items - real, model.cold_item_bias, np.float32)]
+    )
+    return {
+        "tokens": tokens,
+        "bias": bias.astype(np.float32),
+        "model_class": model_class.astype(np.int64),
+        "item_class": rng.integers(0, CLASSES, n_items),
+        "subclass": rng.integers(0, SUBCLASSES, n_items),
+    }
+
+
+def synthetic_service(
+    base: RecommendationService, arrays: dict, index: ItemIndex, artifact: Path
+) -> RecommendationService:
+    """`base`'s model, encoder and store over the synthetic catalogue and its index."""
+    n = len(arrays["tokens"])
+    real = len(base.items)
+    items = ItemTable(
+        list(base.items.item_ids) + [f"synthetic-{i}" for i in range(real, n)],
+        list(base.items.texts) + [f"synthetic product {i}" for i in range(real, n)],
+        [f"class-{c}" for c in range(CLASSES)],
+        [f"sub-{s}" for s in range(SUBCLASSES)],
+        item_class=arrays["item_class"],
+        subclass=arrays["subclass"],
+        model_class=arrays["model_class"],
+        tags=np.zeros((n, base.items.tags.shape[1]), np.float32),
+        tokens=arrays["tokens"],
+        in_stock=np.ones(n, bool),
+    )
+    serving = json.loads((artifact / SERVING_DIR / SERVING_FILE).read_text())
+    return RecommendationService(
+        base.recommender,
+        index,
+        base.store,
+        items,
+        base.memories,
+        serving["event_types"],
+        serving["allow_repeats"],
+        base.encoder,
+        base.config,
+    )
+
+
+def requests(service: RecommendationService, count: int, seed: int = 1) -> list[dict]:
+    """Request bodies: a known user, two live session events a minute apart, k = 10."""
+    rng = np.random.default_rng(seed)
+    users = sorted(service.memories)
+    real = service.recommender.catalogue.item_ids
+    now = time.time()
+    bodies = []
+    for n in range(count):
+        filter_name = list(FILTERS)[n % len(FILTERS)]
+        events = [
+            {"item_id": str(real[i]), "timestamp": now - 120 + 60 * j}
+            for j, i in enumerate(rng.integers(0, len(real), 2))
+        ]
+        bodies.append(
+            {
+                "user_id": users[rng.integers(len(users))],
+                "events": events,
+                "k": 10,
+                "filters": _filters_json(FILTERS[filter_name]),
+                "_filter": filter_name,
+            }
+        )
+    return bodies
+
+
+def _filters_json(filters: RequestFilters) -> dict:
+    return {"classes": list(filters.classes), "subclasses": list(filters.subclasses)}
+
+
+def in_process(service: RecommendationService, bodies: list[dict]) -> dict:
+    """p50/p99 ms of `recommend` per filter, after a warm-up."""
+    timings: dict[str, list[float]] = {name: [] for name in FILTERS}
+    for warm, body in enumerate(bodies[:50] + bodies):
+        events = [
+            Event(f"r{k}", "", e["item_id"], service.main_event_type, e["timestamp"])
+            for k, e in enumerate(body["events"])
+        ]
+        started = time.perf_counter()
+        service.recommend(body["user_id"], events, body["k"], None, FILTERS[body["_filter"]])
+        if warm >= 50:
+            timings[body["_filter"]].append((time.perf_counter() - started) * 1e3)
+    return {
+        name: {
+            "p50_ms": float(np.percentile(t, 50)),
+            "p99_ms": float(np.percentile(t, 99)),
+            "n": len(t),
+        }
+        for name, t in timings.items()
+    }
+
+
+def recall(service: RecommendationService, queries: np.ndarray, k: int = 10) -> dict:
+    """Mean recall@k of `index.search` against exact filtered search, per filter."""
+    result = {}
+    for name, filters in FILTERS.items():
+        allowed, scope = service.allowed(filters)
+        found, _ = service.index.search(queries, k, allowed, None, scope)
+        truth, _ = service.index.exact_search(queries, k, allowed)
+        hits = [
+            len(set(f[f >= 0]) & set(t[t >= 0])) / max((t >= 0).sum(), 1)
+            for f, t in zip(found, truth, strict=True)
+        ]
+        result[name] = {
+            "recall@10": float(np.mean(hits)),
+            "plan": service.index.plan(allowed, scope),
+        }
+    return result
+
+
+WRK_SCRIPT = """
+local bodies = {}
+local n = 0
+init = function(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+request = function()
+  n = n % #bodies + 1
+  return wrk.format("POST", "/v1/recommend", {["Content-Type"] = "application/json"}, bodies[n])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "JSON {\\"requests\\": %d, \\"duration_s\\": %f, \\"p50_ms\\": %f, \\"p90_ms\\": %f, "
+    .. "\\"p99_ms\\": %f, \\"max_ms\\": %f, \\"errors\\": %d}\\n",
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(90) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3,
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def over_http(
+    workdir: Path, artifact: Path, bodies: list[dict], duration: int, connections: int
+) -> dict:
+    """Serve the synthetic catalogue in a child process and drive it with wrk."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian), then rerun")
+    port = 8790
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            str(workdir),
+            "--artifact",
+            str(artifact),
+            "--port",
+            str(port),
+        ],
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the server did not start")
+        lines = workdir / "bodies.jsonl"
+        lines.write_text(
+            "".join(
+                json.dumps({k: v for k, v in b.items() if k != "_filter"}) + "\n" for b in bodies
+            )
+        )
+        script = workdir / "recommend.lua"
+        script.write_text(WRK_SCRIPT)
+        for seconds in (5, duration):  # a warm-up run, then the measured one
+            output = subprocess.run(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{connections}",
+                    f"-d{seconds}s",
+                    "--timeout",
+                    "5s",
+                    "-s",
+                    str(script),
+                    f"http://127.0.0.1:{port}",
+                    "--",
+                    str(lines),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        stats = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
+        stats["requests_per_s"] = stats["requests"] / stats["duration_s"]
+        stats["connections"] = connections
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        stats["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+        return stats
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def child(workdir: Path, artifact: Path, port: int) -> None:
+    """The server process: the synthetic service behind the real app, one worker."""
+    import uvicorn
+
+    from starsrec.serve import create_app
+
+    base = RecommendationService.load(artifact)
+    arrays = load_file(workdir / "catalogue.safetensors")
+    service = synthetic_service(base, arrays, ItemIndex.load(workdir / "index"), artifact)
+    uvicorn.run(create_app(service=service), host="127.0.0.1", port=port, log_level="warning")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--artifact", type=Path, default=Path("artifacts/demo-stars"))
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--duration", type=int, default=60)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=8790, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    if args.child:
+        child(args.child, args.artifact, args.port)
+        return
+    if not (args.artifact / SERVING_DIR / SERVING_FILE).exists():
+        raise SystemExit(
+            f"{args.artifact} has no serving files: run `starsrec index {args.artifact}`"
+        )
+
+    base = RecommendationService.load(args.artifact)
+    arrays = synthetic_catalogue(base, args.items)
+    with torch.no_grad():
+        vectors = base.model.retrieval_items(
+            torch.from_numpy(arrays["tokens"]),
+            torch.from_numpy(arrays["bias"]),
+            torch.from_numpy(arrays["model_class"]),
+        ).numpy()
+    memories = np.stack([m for m, _ in base.memories.values()])
+    queries = np.zeros((len(memories), vectors.shape[1]), np.float32)
+    queries[:, : memories.shape[1]] = memories
+    queries[:, memories.shape[1]] = 1.0
+    rss_before, started = rss_mib(), time.perf_counter()
+    index = ItemIndex.build(vectors, IndexConfig(), queries=queries[:1000], progress=False)
+    build_s, index_mib = time.perf_counter() - started, rss_mib() - rss_before
+    service = synthetic_service(base, arrays, index, args.artifact)
+    bodies = requests(service, args.requests)
+    record = {
+        "items": args.items,
+        "dim": int(vectors.shape[1]),
+        "index": index.kind,
+        "breadth": index.breadth,
+        "build_s": build_s,
+        "index_rss_mib": index_mib,
+        "in_process": in_process(service, bodies),
+        "recall": recall(service, queries[-500:]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            workdir / "catalogue.safetensors",
+        )
+        index.save(workdir / "index")
+        del service, index, vectors, arrays
+        record["http"] = over_http(workdir, args.artifact, bodies, args.duration, args.connections)
+    record |= {
+        "artifact": str(args.artifact),
+        "date": dt.date.today().isoformat(),
+        "machine": machine_description(),
+        "commit": source_revision(),
+    }
+    records = json.loads(args.out.read_text()) if args.out.exists() else []
+    records = [
+        r for r in records if (r["items"], r["artifact"]) != (args.items, str(args.artifact))
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([*records, record], indent=2) + "\n")
+    print(table(record))
+
+
+def table(record: dict) -> str:
+    """The record as a Markdown table (what docs/benchmarks.md shows)."""
+    http = record["http"]
+    head = (
+        f"{record['items']:,} items x {record['dim']} ({record['index']}, "
+        f"breadth {record['breadth']}): build {record['build_s']:.1f} s, "
+        f"+{record['index_rss_mib']:.0f} MiB"
+    )
+    lines = [
+        head,
+        "| path | filter | p50 ms | p99 ms | recall@10 / load |",
+        "|---|---|---|---|---|",
+    ]
+    for name, timing in record["in_process"].items():
+        r = record["recall"][name]
+        lines.append(
+            f"| in-process | {name} | {timing['p50_ms']:.2f} | {timing['p99_ms']:.2f} | "
+            f"{r['recall@10']:.4f} ({r['plan']}) |"
+        )
+    errors = http["errors"] + http["non_2xx"]
+    lines.append(
+        f"| HTTP, {http['connections']} connections, {http['duration_s']:.0f} s | mixed | "
+        f"{http['p50_ms']:.2f} | {http['p99_ms']:.2f} | {http['requests_per_s']:.0f} req/s, "
+        f"{http['requests']} requests, {errors} errors |"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
