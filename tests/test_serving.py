@@ -251,13 +251,18 @@ def test_http_round_trip(client) -> None:
             "timestamp",
         ),
         ("post", "/v1/events", {"item_id": "s0-n1"}, "user_id"),
+        ("post", "/v1/recommend", {"timestamp": 1.7e12}, "timestamp"),
+        ("post", "/v1/recommend", '{"timestamp": NaN}', "timestamp"),  # Python's json reads it
+        ("post", "/v1/recommend", '{"timestamp": Infinity}', "timestamp"),
+        ("post", "/v1/recommend", '{"k": 3', "body"),  # truncated
+        ("post", "/v1/recommend", {"events": [{"item_id": "s0-n1", "timestamp": -1}]}, "timestamp"),
         ("put", "/v1/items", {"item_id": "x"}, "text"),
         ("get", "/v1/items/nope/similar", None, "item_id"),
         ("get", "/v1/items/s0-n1/similar?k=-1", None, "k"),
     ],
 )
 def test_invalid_requests_get_4xx_naming_the_field(client, method, path, body, field) -> None:
-    kwargs = {} if body is None else {"json": body}
+    kwargs = {} if body is None else {"content": body} if isinstance(body, str) else {"json": body}
     response = getattr(client, method)(path, **kwargs)
     assert 400 <= response.status_code < 500, response.text
     assert field in response.text

@@ -28,7 +28,7 @@ from typing import Annotated
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from starsrec import __version__
 from starsrec.service import (
@@ -45,7 +45,17 @@ logger = logging.getLogger(__name__)
 MAX_K = 1000
 MAX_BATCH = 10_000
 Id = Annotated[str, Field(min_length=1, max_length=512)]
-Timestamp = datetime | float
+MAX_SECONDS = 1e11  # about the year 5138: later "timestamps" are mistakes (milliseconds?)
+
+
+def _check_time(value: datetime | float) -> datetime | float:
+    seconds = value.timestamp() if isinstance(value, datetime) else value
+    if not 0 <= seconds < MAX_SECONDS:  # also rejects NaN
+        raise ValueError("timestamp must be unix seconds (or ISO 8601) from 1970 on, not ms")
+    return value
+
+
+Timestamp = Annotated[datetime | float, AfterValidator(_check_time)]
 
 
 def _seconds(value: Timestamp | None) -> float:
@@ -64,13 +74,6 @@ class EventIn(Strict):
     event_type: Id | None = Field(None, description="default: the dataset's main event type")
     timestamp: Timestamp | None = Field(None, description="unix seconds or ISO 8601; now")
     event_id: Id | None = Field(None, description="idempotency key; a new one when omitted")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _finite(cls, value: Timestamp | None) -> Timestamp | None:
-        if isinstance(value, float) and not (0 <= value < 1e11):
-            raise ValueError("timestamp must be unix seconds between 1970 and year 5000")
-        return value
 
 
 class SessionEventIn(Strict):
