@@ -217,9 +217,10 @@ end
 
 
 def over_http(
-    workdir: Path, artifact: Path, bodies: list[dict], duration: int, connections: int
-) -> dict:
-    """Serve the synthetic catalogue in a child process and drive it with wrk."""
+    workdir: Path, artifact: Path, bodies: list[dict], duration: int, connections: list[int]
+) -> list[dict]:
+    """Serve the synthetic catalogue in a child process and drive it with wrk, once per
+    connection count (1 connection: latency without queueing; more: throughput)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian), then rerun")
     port = 8790
@@ -255,12 +256,13 @@ def over_http(
         )
         script = workdir / "recommend.lua"
         script.write_text(WRK_SCRIPT)
-        for seconds in (5, duration):  # a warm-up run, then the measured one
+        runs = []
+        for count, seconds in [(max(connections), 5)] + [(c, duration) for c in connections]:
             output = subprocess.run(
                 [
                     "wrk",
                     "-t1",
-                    f"-c{connections}",
+                    f"-c{count}",
                     f"-d{seconds}s",
                     "--timeout",
                     "5s",
@@ -274,12 +276,13 @@ def over_http(
                 text=True,
                 check=True,
             ).stdout
-        stats = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
-        stats["requests_per_s"] = stats["requests"] / stats["duration_s"]
-        stats["connections"] = connections
-        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-        stats["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
-        return stats
+            stats = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
+            stats["requests_per_s"] = stats["requests"] / stats["duration_s"]
+            stats["connections"] = count
+            non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+            stats["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+            runs.append(stats)
+        return runs[1:]  # the first was the warm-up
     finally:
         child.terminate()
         child.wait(timeout=30)
@@ -303,7 +306,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration", type=int, default=60)
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--connections", default="1,4", help="wrk connection counts")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8790, help=argparse.SUPPRESS)
@@ -353,7 +356,8 @@ def main() -> None:
         )
         index.save(workdir / "index")
         del service, index, vectors, arrays
-        record["http"] = over_http(workdir, args.artifact, bodies, args.duration, args.connections)
+        connections = [int(c) for c in args.connections.split(",")]
+        record["http"] = over_http(workdir, args.artifact, bodies, args.duration, connections)
     record |= {
         "artifact": str(args.artifact),
         "date": dt.date.today().isoformat(),
@@ -388,12 +392,12 @@ def table(record: dict) -> str:
             f"| in-process | {name} | {timing['p50_ms']:.2f} | {timing['p99_ms']:.2f} | "
             f"{r['recall@10']:.4f} ({r['plan']}) |"
         )
-    errors = http["errors"] + http["non_2xx"]
-    lines.append(
-        f"| HTTP, {http['connections']} connections, {http['duration_s']:.0f} s | mixed | "
-        f"{http['p50_ms']:.2f} | {http['p99_ms']:.2f} | {http['requests_per_s']:.0f} req/s, "
-        f"{http['requests']} requests, {errors} errors |"
-    )
+    for run in http:
+        lines.append(
+            f"| HTTP, {run['connections']} connection(s), {run['duration_s']:.0f} s | mixed | "
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['requests_per_s']:.0f} req/s, "
+            f"{run['requests']} requests, {run['errors'] + run['non_2xx']} errors |"
+        )
     return "\n".join(lines)
 
 
