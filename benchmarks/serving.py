@@ -329,7 +329,7 @@ def main() -> None:
             torch.from_numpy(arrays["bias"]),
             torch.from_numpy(arrays["model_class"]),
         ).numpy()
-    memories = np.stack([m for m, _ in base.memories.values()])
+    memories = np.stack(list(base.memories.values()))
     queries = np.zeros((len(memories), vectors.shape[1]), np.float32)
     queries[:, : memories.shape[1]] = memories
     queries[:, memories.shape[1]] = 1.0

@@ -7,10 +7,9 @@ per-query exclusions. Rows are padded with -1 / -inf only when fewer than k rows
 
 Design:
 - The index keeps the full float32 matrix. Catalogues of at most `exact_threshold` rows are
-  only ever scanned exactly; larger ones also get a faiss index chosen by `build`'s recall
-  sweep: on a sample, each candidate factory is built and its breadth (IVF nprobe, HNSW
-  efSearch) raised until recall@10 against exact search reaches `target_recall`; the fastest
-  per query wins, is built on every row and has its breadth calibrated again there.
+  only ever scanned exactly; larger ones also get the faiss index (IVF or HNSW) that
+  `starsrec.index_sweep` chooses: the fastest factory meeting `target_recall` on a sample,
+  built on every row with its breadth (IVF nprobe, HNSW efSearch) calibrated again there.
 - A selectivity planner answers filtered queries: an allowed subset of at most
   `exact_subset_rows` rows is scanned exactly (its row list and matrix cached per `scope`
   key); otherwise faiss searches with the filters as C++ selectors (allowed bitmap AND NOT
@@ -30,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,7 +38,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 from safetensors.numpy import load_file, save_file
-from tqdm import tqdm
+
+from starsrec.index_sweep import add_rows, build_faiss, format_sweep
+
+__all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -48,39 +49,21 @@ META_FILE = "index.json"
 VECTORS_FILE = "vectors.safetensors"
 FAISS_FILE = "faiss.index"
 FORMAT = 1
-RECALL_AT = 10
-CALIBRATION_QUERIES = 300
-MIN_POINTS_PER_LIST = 39  # faiss k-means warns with fewer training points per centroid
-TRAIN_POINTS_PER_LIST = 64  # plenty for IVF centroids; faiss's 256 makes 1M-row training 4x slower
-ADD_CHUNK = 65_536
-EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
 MAX_EF_SEARCH = 4096
 SCOPE_CACHE_SIZE = 64
 SCORE_BLOCK = 1 << 24  # scores held at once by exact scans (64 MiB of float32)
-# Read before anything changes it, so OMP_NUM_THREADS caps the threads used for building.
-_HOST_THREADS = max(1, faiss.omp_get_max_threads())
 _ALL = object()  # scope-cache key of the "every row allowed" subset
-SWEEP_COLUMNS = (
-    "stage",
-    "factory",
-    "rows",
-    "build_s",
-    "breadth",
-    "recall",
-    "query_ms",
-    "projected_build_s",
-)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How `ItemIndex.build` chooses and sizes its index, and how search runs.
+    """How `ItemIndex.build` chooses and sizes its index (the rule: `starsrec.index_sweep`),
+    and how search runs.
 
     factories are faiss.index_factory strings (IVF... or HNSW..., inner-product metric),
-    `{nlist}` filled in. max_build_s drops a factory whose full build, projected from its
-    sample build, would take longer (unless none fits): HNSW took 176 s on 1M rows here.
-    threads: faiss threads at search, one per serving worker (2 threads made single-query
-    search 2.3x slower in our measurements).
+    `{nlist}` filled in. max_build_s caps a factory's projected full build: HNSW took 176 s
+    on 1M rows here. threads: faiss threads at search, one per serving worker (2 threads made
+    single-query search 2.3x slower in our measurements).
     """
 
     exact_threshold: int = 50_000
@@ -137,8 +120,8 @@ class ItemIndex:
         queries: np.ndarray | None = None,
         progress: bool = True,
     ) -> ItemIndex:
-        """Index (N, D) float32 `vectors`; `queries` (e.g. user vectors) drive the recall sweep,
-        by default `sweep_queries` rows of `vectors` plus small gaussian noise."""
+        """Index (N, D) float32 `vectors`; `queries` (e.g. user vectors) drive the recall sweep
+        of `starsrec.index_sweep`, by default noisy rows of `vectors`."""
         vectors = _matrix(vectors, "vectors", copy=True)
         if queries is not None:
             queries = _matrix(queries, "queries", vectors.shape[1])
@@ -146,31 +129,7 @@ class ItemIndex:
         if n <= config.exact_threshold:
             logger.info("%d rows <= exact_threshold %d: exact search", n, config.exact_threshold)
             return cls(vectors, config)
-        rng = np.random.default_rng(config.seed)
-        queries = _sweep_queries(vectors, queries, config, rng)
-        faiss.omp_set_num_threads(_HOST_THREADS)  # building may use every core
-        try:
-            sample = None
-            if n > config.sweep_rows:
-                sample = np.sort(rng.choice(n, config.sweep_rows, replace=False))
-            records, template, index, breadth = _sweep(
-                vectors if sample is None else vectors[sample], queries, config, n
-            )
-            factory = template.format(nlist=_nlist(n))
-            if sample is not None:  # else the sweep's index already holds every row
-                index, seconds = _new_faiss(factory, vectors, config.seed, progress)
-                queries = queries[:CALIBRATION_QUERIES]
-                truth = _exact_top(vectors, queries, RECALL_AT)
-                breadth, recall, query_ms = _calibrate(index, queries, truth, config)
-                records.append(_record("full", factory, n, seconds, breadth, recall, query_ms))
-                if recall < config.target_recall:
-                    logger.warning("%s reaches only recall %.4f on all rows", factory, recall)
-                logger.info(
-                    "built %s on %d rows in %.1f s (%.0f rows/s)", factory, n, seconds, n / seconds
-                )
-        finally:
-            faiss.omp_set_num_threads(config.threads)
-        logger.info("index sweep:\n%s", format_sweep(records))
+        index, factory, breadth, records = build_faiss(vectors, queries, config, progress)
         return cls(vectors, config, index, factory, breadth, records)
 
     # -- properties -------------------------------------------------------------------
@@ -333,7 +292,7 @@ class ItemIndex:
         self._buffer[start:end] = vectors
         if self._faiss is not None:
             faiss.omp_set_num_threads(self.config.threads)
-            _faiss_add(self._faiss, vectors, start)
+            add_rows(self._faiss, vectors, start)
         self._stale = np.concatenate([self._stale, np.zeros(len(vectors), dtype=bool)])
         self._size = end
         self._scopes.clear()
@@ -474,10 +433,8 @@ class _Subset:
 
 # -- scoring and top-k ----------------------------------------------------------------
 def _inner(queries: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """(Q, M) scores against (M, D) rows, or (Q, K) against per-query (Q, K, D) candidates.
-
-    einsum without BLAS sums each element in the same order whatever else is scored with it
-    (sgemm picks kernels by shape), so every search path returns identical scores."""
+    """(Q, M) scores against (M, D) rows, or (Q, K) against per-query (Q, K, D) candidates;
+    einsum without BLAS, for the bit-identical scores the module docstring promises."""
     if matrix.ndim == 3:
         return np.einsum("qkd,qd->qk", matrix, queries, optimize=False)
     return np.einsum("qd,nd->qn", queries, matrix, optimize=False)
@@ -541,7 +498,7 @@ def _merge(
     return _top_k(scores, rows, k)
 
 
-# -- building helpers -----------------------------------------------------------------
+# -- input validation -----------------------------------------------------------------
 def _matrix(array: np.ndarray, name: str, dim: int | None = None, copy: bool = False) -> np.ndarray:
     """A C-contiguous float32 (rows, dim) matrix of finite values, or a ValueError."""
     array = np.asarray(array)
@@ -565,126 +522,3 @@ def _matrix(array: np.ndarray, name: str, dim: int | None = None, copy: bool = F
             f"({(~finite).sum()} such rows): fix or drop them"
         )
     return array
-
-
-def _sweep_queries(vectors, queries, config: IndexConfig, rng) -> np.ndarray:
-    if queries is None:
-        picks = rng.choice(len(vectors), min(len(vectors), config.sweep_queries), replace=False)
-        # Near the items but not on them, so no factory is rewarded for finding duplicates.
-        noise = rng.normal(
-            scale=0.1 * float(vectors[picks].std()), size=(len(picks), vectors.shape[1])
-        )
-        return (vectors[picks] + noise).astype(np.float32)
-    queries = _matrix(queries, "queries", vectors.shape[1])
-    if len(queries) == 0:
-        raise ValueError("build got an empty queries array: pass None for default sweep queries")
-    if len(queries) > config.sweep_queries:
-        queries = queries[rng.choice(len(queries), config.sweep_queries, replace=False)]
-    return queries
-
-
-def _nlist(rows: int) -> int:
-    """About 4 sqrt(rows) inverted lists, at most one per MIN_POINTS_PER_LIST rows."""
-    return max(1, min(round(4 * math.sqrt(rows)), rows // MIN_POINTS_PER_LIST))
-
-
-def _new_faiss(factory: str, vectors: np.ndarray, seed: int, progress: bool):
-    """(index, seconds): `factory` trained and filled with `vectors` as ids 0..N-1."""
-    start = time.perf_counter()
-    try:
-        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as error:
-        raise ValueError(
-            f"faiss cannot build {factory!r} ({error}): fix IndexConfig.factories"
-        ) from error
-    if not isinstance(index, faiss.IndexIVF | faiss.IndexHNSW):
-        raise ValueError(f"unsupported factory {factory!r}: use an IVF... or HNSW... string")
-    if isinstance(index, faiss.IndexIVF):
-        train, limit = vectors, TRAIN_POINTS_PER_LIST * index.nlist
-        if len(vectors) > limit:
-            train = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), limit, False))]
-        index.train(train)
-    with tqdm(total=len(vectors), unit="rows", desc=factory, disable=not progress) as bar:
-        for first in range(0, len(vectors), ADD_CHUNK):
-            _faiss_add(index, vectors[first : first + ADD_CHUNK], first)
-            bar.update(min(ADD_CHUNK, len(vectors) - first))
-    return index, time.perf_counter() - start
-
-
-def _faiss_add(index: faiss.Index, vectors: np.ndarray, first_row: int) -> None:
-    if isinstance(index, faiss.IndexHNSW):  # ids are insertion order, which is row order
-        index.add(vectors)
-    else:  # IVF ids are explicit, which lets `update` remove and re-add rows
-        index.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors)))
-
-
-def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) true top rows (unordered) for measuring recall; BLAS speed, ties arbitrary."""
-    k = min(k, len(vectors))
-    block = max(1, SCORE_BLOCK // len(vectors))
-    parts = [
-        np.argpartition(-(queries[s : s + block] @ vectors.T), k - 1, axis=1)[:, :k]
-        for s in range(0, len(queries), block)
-    ]
-    return np.concatenate(parts)
-
-
-def _calibrate(index, queries: np.ndarray, truth: np.ndarray, config: IndexConfig):
-    """(breadth, recall@10, ms per query): the smallest breadth reaching target_recall."""
-    if isinstance(index, faiss.IndexHNSW):
-        breadths, make = EF_SEARCH, lambda b: faiss.SearchParametersHNSW(efSearch=b)
-    else:
-        breadths = [2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist]
-        breadths, make = [*breadths, index.nlist], lambda b: faiss.SearchParametersIVF(nprobe=b)
-    faiss.omp_set_num_threads(config.threads)  # time queries as serving runs them
-    try:
-        for breadth in breadths:
-            start = time.perf_counter()
-            _, found = index.search(queries, truth.shape[1], params=make(breadth))
-            seconds = time.perf_counter() - start
-            hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
-            recall = hits / truth.size
-            if recall >= config.target_recall:
-                break
-    finally:
-        faiss.omp_set_num_threads(_HOST_THREADS)
-    return breadth, recall, 1000 * seconds / len(queries)
-
-
-def _sweep(sample: np.ndarray, queries: np.ndarray, config: IndexConfig, full_rows: int):
-    """(records, winning factory template, its index on the sample, its breadth)."""
-    nlist, n = _nlist(len(sample)), len(sample)
-    truth = _exact_top(sample, queries, RECALL_AT)
-    growth = full_rows / n * math.log(max(full_rows, 2)) / math.log(max(n, 2))
-    records, built = [], {}
-    for template in config.factories:
-        index, seconds = _new_faiss(template.format(nlist=nlist), sample, config.seed, False)
-        measured = _calibrate(index, queries, truth, config)
-        record = _record("sample", template.format(nlist=nlist), n, seconds, *measured)
-        records.append({**record, "projected_build_s": round(seconds * growth, 1)})
-        built[template] = (index, measured[0])
-    sampled = dict(zip(config.factories, records, strict=True))
-    fits = {t: r for t, r in sampled.items() if r["projected_build_s"] <= config.max_build_s}
-    fits = fits or sampled
-    meeting = {t: r for t, r in fits.items() if r["recall"] >= config.target_recall}
-    if meeting:
-        best = min(meeting, key=lambda t: meeting[t]["query_ms"])
-    else:
-        best = max(fits, key=lambda t: fits[t]["recall"])
-        factory, recall = fits[best]["factory"], fits[best]["recall"]
-        logger.warning("no factory reached the target recall; best: %s at %.4f", factory, recall)
-    return records, best, *built[best]
-
-
-def _record(stage: str, factory: str, rows: int, build_s: float, *measured) -> dict:
-    breadth, recall, query_ms = measured
-    values = stage, factory, rows, round(build_s, 3), breadth, round(recall, 4), round(query_ms, 4)
-    return dict(zip(SWEEP_COLUMNS, values, strict=False))
-
-
-def format_sweep(records: Sequence[dict]) -> str:
-    """The sweep records as a text table (for logs and reports)."""
-    cells = [SWEEP_COLUMNS, *([str(r.get(c, "")) for c in SWEEP_COLUMNS] for r in records)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(SWEEP_COLUMNS))]
-    lines = ("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
-    return "\n".join(lines)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+from starsrec.calendar import DAY
 from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.index import IndexConfig, ItemIndex
 from starsrec.items import HashingEncoder, SentenceTransformerEncoder, embed_items
@@ -98,7 +99,7 @@ class RecommendationService:
         index: ItemIndex,
         store: EventStore,
         items: ItemTable,
-        memories: dict[str, tuple[np.ndarray, float]],
+        memories: dict[str, np.ndarray],  # user id -> u_L (D,) from the offline stage
         event_types: list[dict],
         allow_repeats: bool,
         encoder: OnnxUserEncoder | EagerUserEncoder,
@@ -110,7 +111,7 @@ class RecommendationService:
         self.store = store
         self.items = items
         self.memories = memories
-        self.event_codes = {t["name"]: code for code, t in enumerate(event_types)}
+        self.event_codes = {t["name"]: number for number, t in enumerate(event_types)}
         self.target_types = {t["name"] for t in event_types if t.get("target", True)}
         # The type an event gets when a client omits it: the first target type.
         self.main_event_type = next(
@@ -120,8 +121,6 @@ class RecommendationService:
         self.encoder = encoder
         self.config = config
         self.version = 0  # bumped by every catalogue change: keys the filter caches
-        model = self.model
-        self.calendar_offsets = model.calendar_offsets.detach().numpy()
         self.tag_names = np.array(tag_vocabulary(recommender), dtype=object)
         self._encoder = None  # the text encoder, loaded at the first added product
         self._centroids: np.ndarray | None = None
@@ -140,10 +139,7 @@ class RecommendationService:
         meta = json.loads((serving / SERVING_FILE).read_text())
         recommender = StarsRecommender.load(root)
         arrays = load_file(serving / MEMORY_FILE)
-        memories = {
-            user: (arrays["long"][u], float(arrays["as_of"][u]))
-            for u, user in enumerate(meta["users"])
-        }
+        memories = dict(zip(meta["users"], arrays["long"], strict=True))
         items = item_table(recommender)
         encoder = (
             OnnxUserEncoder(serving / ENCODER_FILE, config.threads)
@@ -234,7 +230,7 @@ class RecommendationService:
         ):
             # A dormant user with no event since the offline pass: u = u_L exactly as the
             # encoder would compute it, so skip the encoder.
-            return self._augment(memory[0] + self._context(at), active), zeros, memory[0], zeros
+            return self._augment(memory + self._context(at), active), zeros, memory, zeros
         window = rows[-model.config.max_length :]
         last = history[-len(window) :]
         batch = featurize_events(
@@ -317,7 +313,7 @@ class RecommendationService:
         with torch.no_grad():
             bonus = self.model.repeat_bonus(
                 torch.from_numpy(counts.astype(np.float32)),
-                torch.from_numpy(((at - last) / 86400.0).astype(np.float32)),
+                torch.from_numpy(((at - last) / DAY).astype(np.float32)),
             ).numpy()
         exact = self.index.vectors[seen] @ query + bonus
         others = (found >= 0) & ~np.isin(found, seen)
