@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from starsrec.calendar import DAY
+from starsrec.calendar import DAY, time_parts
 from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.index import IndexConfig, ItemIndex
 from starsrec.items import HashingEncoder, SentenceTransformerEncoder, embed_items
@@ -122,6 +122,13 @@ class RecommendationService:
         self.config = config
         self.version = 0  # bumped by every catalogue change: keys the filter caches
         self.tag_names = np.array(tag_vocabulary(recommender), dtype=object)
+        model = self.model
+        self._hour, self._weekday, self._month = (
+            table.weight.detach().numpy()
+            for table in (model.request_hour, model.request_weekday, model.request_month)
+        )
+        offsets = model.calendar_offsets.detach().numpy()
+        self._calendar_offsets = offsets if model.config.use_calendar_offsets else 0 * offsets
         self._encoder = None  # the text encoder, loaded at the first added product
         self._centroids: np.ndarray | None = None
         self._scopes: dict[tuple, np.ndarray | None] = {}
@@ -130,6 +137,7 @@ class RecommendationService:
     @classmethod
     def load(cls, artifact_dir: str | Path, config: ServingConfig = ServingConfig()):
         """Open an artifact whose serving files `starsrec index` has written."""
+        torch.set_num_threads(config.threads)  # one thread per serving worker
         root = Path(artifact_dir)
         serving = root / SERVING_DIR
         if not (serving / SERVING_FILE).exists():
@@ -215,7 +223,9 @@ class RecommendationService:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The augmented query [u + q(c), 1, offsets] and u_S, u_L, g behind it."""
         model = self.model
-        active = self.recommender.calendar.active(np.array([int(at)]))  # (1, K)
+        calendar = self.recommender.calendar
+        # (1, K) active events; one always-off column when there are none (as in training)
+        active = calendar.active(np.array([int(at)])) if calendar.names else np.zeros((1, 1))
         zeros = np.zeros(model.config.dim, np.float32)
         if not len(history):  # no history: context and popularity (bias, offsets) only
             return self._augment(self._context(at), active), zeros, zeros, zeros
@@ -245,24 +255,18 @@ class RecommendationService:
         query = self._augment(out["query"][0], active)
         return query, out["short"][0], out["long"][0], out["gate"][0]
 
-    @torch.no_grad()
     def _context(self, at: float) -> np.ndarray:
-        """q(c) (D,) for a request at `at`."""
-        model = self.model
-        if not model.config.use_context:
-            return np.zeros(model.config.dim, np.float32)
-        empty = np.full((1, 1), -1)
-        batch = featurize_events(
-            empty, empty, empty, np.array([int(at)]), self.recommender.calendar, 0.0
-        )
-        return model.context_offset(batch)[0, -1].numpy()
+        """q(c) (D,) for a request at `at`: the model's request embeddings, read as arrays
+        (the same sum as `STARS.context_offset`, without a tensor round trip)."""
+        if not self.model.config.use_context:
+            return np.zeros(self.model.config.dim, np.float32)
+        hour, weekday, month = (int(part[0]) for part in time_parts(np.array([int(at)])))
+        return self._hour[hour] + self._weekday[weekday] + self._month[month]
 
-    @torch.no_grad()
     def _augment(self, query: np.ndarray, active: np.ndarray) -> np.ndarray:
-        augmented = self.model.retrieval_queries(
-            torch.from_numpy(np.asarray(query, np.float32)[None]), torch.from_numpy(active)
-        )
-        return augmented[0].numpy()
+        """[u + q(c), 1, Σ_k active_k o[k, ·]] as `STARS.retrieval_queries` builds it."""
+        offsets = active[0] @ self._calendar_offsets
+        return np.concatenate([query, np.ones(1, np.float32), offsets]).astype(np.float32)
 
     def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
         """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
