@@ -3,6 +3,7 @@ synthetic catalogue of `--items` products (default 1,000,000) at the model width
 
     python benchmarks/serving.py --artifact artifacts/demo-stars           # about 5 minutes
     python benchmarks/serving.py --artifact artifacts/demo-stars --items 100000 --duration 10
+    python benchmarks/serving.py --artifact artifacts/demo-stars --items 0   # its own catalogue
 
 The synthetic products keep the real catalogue's geometry: each is a real product's text
 embedding plus noise, turned into a token by the model's own item path (like any product
@@ -64,6 +65,7 @@ def synthetic_catalogue(base: RecommendationService, n_items: int, seed: int = 0
     rng = np.random.default_rng(seed)
     model, features = base.model, base.recommender.features
     real = len(base.items)
+    n_items = max(n_items, real)  # --items 0: the artifact's own catalogue only
     text = features["text"]
     tokens = np.empty((n_items, model.config.dim), np.float32)
     tokens[:real] = base.items.tokens
@@ -339,7 +341,7 @@ def main() -> None:
     service = synthetic_service(base, arrays, index, args.artifact)
     bodies = requests(service, args.requests)
     record = {
-        "items": args.items,
+        "items": len(arrays["tokens"]),
         "dim": int(vectors.shape[1]),
         "index": index.kind,
         "breadth": index.breadth,
@@ -365,9 +367,8 @@ def main() -> None:
         "commit": source_revision(),
     }
     records = json.loads(args.out.read_text()) if args.out.exists() else []
-    records = [
-        r for r in records if (r["items"], r["artifact"]) != (args.items, str(args.artifact))
-    ]
+    key = (record["items"], record["artifact"])
+    records = [r for r in records if (r["items"], r["artifact"]) != key]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([*records, record], indent=2) + "\n")
     print(table(record))
