@@ -3,8 +3,8 @@
 Writes, inside the artifact's `serving/` folder, everything the online service reads:
 - `index/`: every item's retrieval vector [e_i, b_i, onehot(class(i))] in an `ItemIndex`
   (exact search for small catalogues, a faiss index chosen by a recall sweep above that);
-- `memories.safetensors`: each user's long-term memory u_L after their whole history, with
-  the time of their last event (the service uses it as is while nothing newer arrived);
+- `memories.safetensors`: each user's long-term memory u_L after their whole history (the
+  service uses it as is for a dormant user with no event since);
 - `events.sqlite`: the event store, seeded with each user's last `history_limit` events;
 - `encoder.onnx`: the exported user encoder;
 - `serving.json`: event types, the dataset's repeat convention, the users, sizes, timings.
@@ -99,7 +99,7 @@ def write_serving_files(
     timings = {}
     started = time.perf_counter()
     vectors = retrieval_vectors(recommender)
-    memories, as_of = long_term_memories(recommender, log, progress)
+    memories = long_term_memories(recommender, log, progress)
     queries = np.concatenate([memories, np.ones((len(memories), 1), np.float32)], axis=1)
     queries = np.pad(queries, ((0, 0), (0, vectors.shape[1] - queries.shape[1])))
     index = ItemIndex.build(vectors, config.index, queries=queries[:2000], progress=progress)
@@ -107,7 +107,7 @@ def write_serving_files(
     timings["index"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    save_file({"long": memories, "as_of": as_of}, out / f"{MEMORY_FILE}.tmp")
+    save_file({"long": memories}, out / f"{MEMORY_FILE}.tmp")
     (out / f"{MEMORY_FILE}.tmp").replace(out / MEMORY_FILE)
     timings["memories"] = time.perf_counter() - started
 
@@ -141,15 +141,14 @@ def write_serving_files(
 @torch.no_grad()
 def long_term_memories(
     recommender: StarsRecommender, log: EventLog, progress: bool = True, batch: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """(U, D) u_L of every user of `log` after their last event, and (U,) that event's time."""
+) -> np.ndarray:
+    """(U, D) u_L of every user of `log` after their last event."""
     model = recommender.model
     model.eval()
     queries = Queries.for_users(log, list(log.user_ids))
     # Computed as for a request made once the user is dormant: exact for any such request.
     queries.time[:] = queries.time + int(model.dormant_seconds) + 1
     memories = np.zeros((len(queries), model.config.dim), dtype=np.float32)
-    last = np.zeros(len(queries))
     for lo in tqdm(range(0, len(queries), batch), desc="user memories", disable=not progress):
         part = queries[lo : lo + batch]
         rows = query_windows(part, model.config.max_length)
@@ -158,9 +157,7 @@ def long_term_memories(
         )
         _, long, _ = model.memories(events)
         memories[lo : lo + len(part)] = long[:, -1].numpy()
-        ends = np.maximum(part.end - 1, 0)
-        last[lo : lo + len(part)] = np.where(part.lengths > 0, log.timestamp[ends], np.inf)
-    return memories, last
+    return memories
 
 
 def history_events(log: EventLog, recommender: StarsRecommender, limit: int) -> list[Event]:
