@@ -266,3 +266,31 @@ def test_invalid_requests_get_4xx_naming_the_field(client, method, path, body, f
     response = getattr(client, method)(path, **kwargs)
     assert 400 <= response.status_code < 500, response.text
     assert field in response.text
+
+
+def test_writes_need_the_api_key_when_one_is_set(world, tmp_path) -> None:
+    service = fresh_service(world, tmp_path)
+    event = {"user_id": "u0001", "item_id": "s1-n3", "event_id": "k1"}
+    with TestClient(create_app(service=service, api_key="s3cret")) as client:
+        assert client.post("/v1/events", json=event).status_code == 401
+        wrong = {"Authorization": "Bearer guess"}
+        response = client.post("/v1/events", json=event, headers=wrong)
+        assert response.status_code == 401 and "Bearer" in response.json()["detail"]
+        right = {"Authorization": "Bearer s3cret"}
+        assert client.post("/v1/events", json=event, headers=right).status_code == 200
+        product = {"item_id": "n", "text": "product 1 of line 1"}
+        assert client.put("/v1/items", json=product).status_code == 401
+        assert client.post("/v1/recommend", json={"k": 2}).status_code == 200  # reads open
+    with TestClient(create_app(service=service, api_key="s3cret", protect_reads=True)) as client:
+        assert client.post("/v1/recommend", json={"k": 2}).status_code == 401
+        assert client.get("/healthz").status_code == 200  # liveness stays open
+
+
+def test_oversized_bodies_are_refused(world, tmp_path) -> None:
+    service = fresh_service(world, tmp_path)
+    stored = service.store.count()
+    with TestClient(create_app(service=service, max_body_bytes=1000)) as client:
+        events = [{"user_id": "u", "item_id": "s0-n1", "event_id": str(n)} for n in range(100)]
+        response = client.post("/v1/events", json=events)
+        assert response.status_code == 413 and "bytes" in response.json()["detail"]
+        assert service.store.count() == stored  # nothing half-written

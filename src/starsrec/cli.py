@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("artifact_dir", help="an artifact indexed by `starsrec index`")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key-env",
+        default="STARSREC_API_KEY",
+        help="environment variable holding the API key that writes need (default "
+        "STARSREC_API_KEY; unset = no key). Never pass keys on the command line.",
+    )
+    serve.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
     return parser
 
 
@@ -165,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
 
         from starsrec.serve import create_app
 
-        app = create_app(args.artifact_dir)
+        key = os.environ.get(args.api_key_env) or None
+        if args.protect_reads and key is None:
+            raise ValueError(f"--protect-reads needs an API key in ${args.api_key_env}")
+        app = create_app(args.artifact_dir, api_key=key, protect_reads=args.protect_reads)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     raise AssertionError(f"unhandled command {args.command}")

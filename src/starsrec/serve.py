@@ -16,6 +16,7 @@ answered 4xx with a message naming the field (pydantic's 422s, and the service's
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -106,6 +107,18 @@ class ProductIn(Strict):
     in_stock: bool = True
 
 
+def _refuse_body(request: Request, limit: int) -> JSONResponse | None:
+    """413 for a declared body over `limit`; 411 for a body of undeclared length (chunked),
+    which could otherwise grow without bound before validation sees it."""
+    length = request.headers.get("content-length")
+    if length is None and "chunked" in request.headers.get("transfer-encoding", ""):
+        return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        detail = f"request body over {limit} bytes: send fewer events or items per request"
+        return JSONResponse({"detail": detail}, status_code=413)
+    return None
+
+
 class Metrics:
     """Prometheus metrics in a registry of their own (one per app, so tests stay apart)."""
 
@@ -131,12 +144,39 @@ def create_app(
     artifact_dir: str | Path | None = None,
     service: RecommendationService | None = None,
     config: ServingConfig = ServingConfig(),
+    api_key: str | None = None,
+    protect_reads: bool = False,
+    max_body_bytes: int = 1 << 20,
 ) -> FastAPI:
     """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
-    app's lifespan (so importing or creating the app does no work)."""
+    app's lifespan (so importing or creating the app does no work).
+
+    With an `api_key`, writes (events, items) need `Authorization: Bearer KEY`; reads too
+    when `protect_reads`. Bodies over `max_body_bytes` are refused with 413."""
     if (artifact_dir is None) == (service is None):
         raise ValueError("create_app needs exactly one of artifact_dir or service")
     metrics = Metrics()
+
+    def authorised(request: Request, write: bool) -> None:
+        if api_key is None or not (write or protect_reads):
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        # Constant-time comparison: response timing must not reveal how much of a guess
+        # matched.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise RequestError(
+                "authorization",
+                "authorization: send the API key as 'Authorization: Bearer KEY'",
+                status=401,
+            )
+
+    async def writer(request: Request) -> None:
+        authorised(request, write=True)
+
+    async def reader(request: Request) -> None:
+        authorised(request, write=False)
+
     state: dict[str, RecommendationService] = {}
 
     @asynccontextmanager
@@ -144,14 +184,15 @@ def create_app(
         state["service"] = service or RecommendationService.load(artifact_dir, config)
         logger.info("serving %s items", state["service"].index.size)
         yield
-        state["service"].store.close()
+        if service is None:  # the app closes only what it opened
+            state["service"].store.close()
 
     app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
         started = time.perf_counter()
-        response = await call_next(request)
+        response = _refuse_body(request, max_body_bytes) or await call_next(request)
         route = request.scope.get("route")
         name = route.path if route is not None else "unmatched"
         metrics.latency.labels(name).observe(time.perf_counter() - started)
@@ -162,7 +203,7 @@ def create_app(
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(error), "field": error.field}, status_code=error.status)
 
-    @app.post("/v1/events")
+    @app.post("/v1/events", dependencies=[Depends(writer)])
     async def post_events(body: EventIn | list[EventIn]) -> dict:
         svc = state["service"]
         batch = body if isinstance(body, list) else [body]
@@ -182,7 +223,7 @@ def create_app(
         metrics.events.inc(stored)
         return {"received": len(events), "stored": stored}
 
-    @app.post("/v1/recommend")
+    @app.post("/v1/recommend", dependencies=[Depends(reader)])
     async def recommend(body: RecommendIn) -> dict:
         svc = state["service"]
         started = time.perf_counter()
@@ -212,12 +253,12 @@ def create_app(
             "took_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
 
-    @app.get("/v1/items/{item_id}/similar")
+    @app.get("/v1/items/{item_id}/similar", dependencies=[Depends(reader)])
     async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> dict:
         results = state["service"].similar(item_id, k)
         return {"items": [dataclasses.asdict(r) for r in results]}
 
-    @app.put("/v1/items")
+    @app.put("/v1/items", dependencies=[Depends(writer)])
     async def put_items(body: ProductIn | list[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
         if len(batch) > MAX_BATCH:
@@ -235,7 +276,7 @@ def create_app(
         svc = state["service"]
         return {"status": "ok", "items": svc.index.size, "events": svc.store.count()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(reader)])
     async def prometheus() -> PlainTextResponse:
         metrics.index_size.set(state["service"].index.size)
         return PlainTextResponse(generate_latest(metrics.registry).decode())
