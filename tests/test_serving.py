@@ -201,6 +201,7 @@ def client(world, tmp_path):
     service = fresh_service(world, tmp_path)
     with TestClient(create_app(service=service)) as client:
         yield client
+    service.store.close()
 
 
 def test_http_round_trip(client) -> None:
@@ -284,6 +285,7 @@ def test_writes_need_the_api_key_when_one_is_set(world, tmp_path) -> None:
     with TestClient(create_app(service=service, api_key="s3cret", protect_reads=True)) as client:
         assert client.post("/v1/recommend", json={"k": 2}).status_code == 401
         assert client.get("/healthz").status_code == 200  # liveness stays open
+    service.store.close()
 
 
 def test_oversized_bodies_are_refused(world, tmp_path) -> None:
@@ -294,3 +296,4 @@ def test_oversized_bodies_are_refused(world, tmp_path) -> None:
         response = client.post("/v1/events", json=events)
         assert response.status_code == 413 and "bytes" in response.json()["detail"]
         assert service.store.count() == stored  # nothing half-written
+    service.store.close()
