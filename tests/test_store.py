@@ -1,4 +1,7 @@
-"""Tests for the SQLite event store: ordering, idempotency, durability, threads, validation."""
+"""Tests for the event stores: ordering, idempotency, durability, threads, validation.
+
+The behaviour tests (those taking the `store` fixture) run on both backends, SQLite and Redis
+(the Redis cases skip when redis-server is not installed); the rest are SQLite's own."""
 
 from __future__ import annotations
 
@@ -8,11 +11,12 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
-from starsrec.store import SCHEMA_VERSION, Event, SQLiteEventStore
+from starsrec.store import SCHEMA_VERSION, Event, EventStore, SQLiteEventStore
 
 
 def ev(
@@ -21,13 +25,20 @@ def ev(
     return Event(event_id=event_id, user_id=user, item_id=item, event_type=kind, timestamp=ts)
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with SQLiteEventStore(tmp_path / "events.db") as s:
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path: Path):
+    if request.param == "sqlite":
+        with SQLiteEventStore(tmp_path / "events.db") as s:
+            yield s
+        return
+    from starsrec.redis_store import RedisEventStore
+
+    url = request.getfixturevalue("redis_url")  # skips when redis-server is missing
+    with RedisEventStore(url, prefix=f"test-{uuid.uuid4().hex}:") as s:
         yield s
 
 
-def test_recent_orders_by_time_then_arrival_and_limits(store: SQLiteEventStore) -> None:
+def test_recent_orders_by_time_then_arrival_and_limits(store: EventStore) -> None:
     store.append([ev("c", ts=30), ev("a", ts=10), ev("b1", ts=20), ev("x", user="u2", ts=5)])
     store.append([ev("b2", ts=20), ev("d", ts=40)])
     assert [e.event_id for e in store.recent("u1", 10)] == ["a", "b1", "b2", "c", "d"]
@@ -37,7 +48,7 @@ def test_recent_orders_by_time_then_arrival_and_limits(store: SQLiteEventStore) 
     assert isinstance(store.recent("u1", 1)[0].timestamp, float)
 
 
-def test_recent_many_latest_time_count_contains(store: SQLiteEventStore) -> None:
+def test_recent_many_latest_time_count_contains(store: EventStore) -> None:
     store.append([ev("a", "u1", 1), ev("b", "u1", 2), ev("c", "u2", 3), ev("d", "u1", 0.5)])
     got = store.recent_many(["u2", "u1", "ghost", "u1"], 2)
     assert list(got) == ["u2", "u1", "ghost"]
@@ -53,19 +64,19 @@ def test_recent_many_latest_time_count_contains(store: SQLiteEventStore) -> None
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, True])
-def test_limit_must_be_positive_int(store: SQLiteEventStore, limit: object) -> None:
+def test_limit_must_be_positive_int(store: EventStore, limit: object) -> None:
     with pytest.raises(ValueError, match="limit must be an integer >= 1"):
         store.recent("u1", limit)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
         store.recent_many(["u1"], limit)  # type: ignore[arg-type]
 
 
-def test_recent_many_rejects_a_bare_string(store: SQLiteEventStore) -> None:
+def test_recent_many_rejects_a_bare_string(store: EventStore) -> None:
     with pytest.raises(ValueError, match="not one string"):
         store.recent_many("u1", 3)
 
 
-def test_append_is_idempotent_first_write_wins(store: SQLiteEventStore) -> None:
+def test_append_is_idempotent_first_write_wins(store: EventStore) -> None:
     assert store.append([ev("a", ts=1, item="first"), ev("a", ts=2, item="dup"), ev("b")]) == 2
     assert store.append([ev("a", ts=9, item="retry"), ev("c")]) == 1
     assert store.append([ev("a"), ev("b"), ev("c")]) == 0
@@ -115,7 +126,7 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
         assert [e.event_id for e in store.recent("u", 2)] == ["e4-18", "e4-19"]
 
 
-def test_concurrent_appends_lose_nothing(store: SQLiteEventStore) -> None:
+def test_concurrent_appends_lose_nothing(store: EventStore) -> None:
     errors: list[BaseException] = []
 
     def writer(t: int) -> None:
@@ -152,9 +163,7 @@ def test_concurrent_appends_lose_nothing(store: SQLiteEventStore) -> None:
         ({"event_id": "x"}, "expected an Event, got dict"),
     ],
 )
-def test_invalid_event_rejects_whole_batch(
-    store: SQLiteEventStore, bad: object, message: str
-) -> None:
+def test_invalid_event_rejects_whole_batch(store: EventStore, bad: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         store.append([ev("ok1"), bad, ev("ok2")])  # type: ignore[list-item]
     with pytest.raises(ValueError, match=message):
@@ -196,7 +205,7 @@ def test_closed_store_raises(tmp_path: Path) -> None:
         s.count()
 
 
-def test_bulk_load_with_duplicates(store: SQLiteEventStore) -> None:
+def test_bulk_load_with_duplicates(store: EventStore) -> None:
     store.append([ev("e0", ts=0, item="live")])
     history = (ev(f"e{i % 500}", user=f"u{i % 7}", ts=float(i)) for i in range(1200))
     assert store.load(history, progress=False, batch_size=64) == 499
@@ -207,3 +216,14 @@ def test_bulk_load_with_duplicates(store: SQLiteEventStore) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         store.load([], batch_size=0)
     assert [e.item_id for e in store.recent("u1", 1000) if e.event_id == "e0"] == ["live"]
+
+
+def test_ties_keep_arrival_order_across_many_events(store: EventStore) -> None:
+    """Arrival numbers past 9, 99, 999 (and Redis's 1000-event script chunks) keep their order."""
+    for i in range(120):
+        store.append([ev(f"a{i}", ts=5.0)])
+    assert [e.event_id for e in store.recent("u1", 200)] == [f"a{i}" for i in range(120)]
+    assert store.load([ev(f"b{i}", ts=5.0) for i in range(2500)], progress=False) == 2500
+    got = [e.event_id for e in store.recent("u1", 3000)]
+    assert got == [f"a{i}" for i in range(120)] + [f"b{i}" for i in range(2500)]
+    assert store.recent("u1", 2)[0].event_id == "b2498"

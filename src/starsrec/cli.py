@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         "STARSREC_API_KEY; unset = no key). Never pass keys on the command line.",
     )
     serve.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
+    serve.add_argument(
+        "--store-url",
+        metavar="URL",
+        help="shared Redis event store for several replicas, e.g. redis://127.0.0.1:6379/0 "
+        "(default: the artifact's SQLite file)",
+    )
     return parser
 
 
@@ -172,11 +178,15 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from starsrec.serve import create_app
+        from starsrec.service import ServingConfig
 
         key = os.environ.get(args.api_key_env) or None
         if args.protect_reads and key is None:
             raise ValueError(f"--protect-reads needs an API key in ${args.api_key_env}")
-        app = create_app(args.artifact_dir, api_key=key, protect_reads=args.protect_reads)
+        config = ServingConfig(store_url=args.store_url)
+        app = create_app(
+            args.artifact_dir, config=config, api_key=key, protect_reads=args.protect_reads
+        )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     raise AssertionError(f"unhandled command {args.command}")

@@ -42,6 +42,7 @@ from starsrec.itemtable import (
     item_tags,
     tag_vocabulary,
 )
+from starsrec.redis_store import RedisEventStore
 from starsrec.sequences import featurize_events
 from starsrec.stars import HASHING_ENCODER, StarsRecommender
 from starsrec.store import Event, EventStore, SQLiteEventStore
@@ -67,6 +68,9 @@ class ServingConfig:
     use_onnx: bool = True
     use_offline_memory: bool = True
     index: IndexConfig = field(default_factory=IndexConfig)
+    # None: the artifact's SQLite event store; a redis:// URL: a Redis store shared by several
+    # replicas (live events only: see starsrec.redis_store).
+    store_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,9 @@ class RecommendationService:
         return cls(
             recommender,
             ItemIndex.load(serving / INDEX_DIR),
-            SQLiteEventStore(serving / STORE_FILE),
+            SQLiteEventStore(serving / STORE_FILE)
+            if config.store_url is None
+            else RedisEventStore(config.store_url),
             items,
             memories,
             meta["event_types"],

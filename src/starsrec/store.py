@@ -1,9 +1,9 @@
 """The serving stage's event store: shopper events persisted for short-term session memory.
 
 The online service appends each shopper event here, and the very next recommendation request
-reads the user's recent events back. `EventStore` is the backend-neutral interface (a Redis
-backend shared by several server replicas is planned); `SQLiteEventStore` is the single-host
-implementation.
+reads the user's recent events back. `EventStore` is the backend-neutral interface;
+`SQLiteEventStore` is the single-host implementation and `redis_store.RedisEventStore` the one
+several server replicas share.
 
 Design of the SQLite backend:
 
