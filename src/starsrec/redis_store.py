@@ -49,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
 
-from starsrec.store import Event, EventStore, _check_limit, _row
+from starsrec.store import Event, EventStore, check_limit, validated_row
 
 try:
     import redis
@@ -170,7 +170,7 @@ class RedisEventStore(EventStore):
         return self._script(keys=keys, args=args, client=self._db() if client is None else client)
 
     def append(self, events: Sequence[Event]) -> int:
-        rows = [_row(e) for e in events]  # validate all before writing any
+        rows = [validated_row(e) for e in events]  # validate all before writing any
         if not rows:
             return 0
         return int(self._call(rows))
@@ -184,7 +184,7 @@ class RedisEventStore(EventStore):
         and running it again completes it)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        rows = [_row(e) for e in events]
+        rows = [validated_row(e) for e in events]
         added = 0
         with tqdm(total=len(rows), desc="load events", unit="ev", disable=not progress) as bar:
             for lo in range(0, len(rows), batch_size):
@@ -203,7 +203,7 @@ class RedisEventStore(EventStore):
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
         if isinstance(user_ids, str):
             raise ValueError("user_ids must be a sequence of ids, not one string: use recent()")
-        _check_limit(limit)
+        check_limit(limit)
         client = self._db()
         users = list(dict.fromkeys(user_ids))
         if not users:

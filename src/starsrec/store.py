@@ -63,7 +63,7 @@ class Event:
     timestamp: float  # unix seconds (UTC)
 
 
-def _row(event: object) -> tuple[str, str, str, str, float]:
+def validated_row(event: object) -> tuple[str, str, str, str, float]:
     """Validate one event and return its table row; raises ValueError naming the problem."""
     if not isinstance(event, Event):
         raise ValueError(f"expected an Event, got {type(event).__name__}: build Event(...) objects")
@@ -99,7 +99,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _check_limit(limit: int) -> None:
+def check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
 
@@ -218,7 +218,7 @@ class SQLiteEventStore(EventStore):
         return self._conn
 
     def append(self, events: Sequence[Event]) -> int:
-        rows = [_row(e) for e in events]  # validate all before writing any
+        rows = [validated_row(e) for e in events]  # validate all before writing any
         if not rows:
             return 0
         with self._lock:
@@ -246,7 +246,7 @@ class SQLiteEventStore(EventStore):
                 _transaction(conn),
             ):
                 while batch := list(islice(iterator, batch_size)):
-                    conn.executemany(_INSERT, [_row(e) for e in batch])
+                    conn.executemany(_INSERT, [validated_row(e) for e in batch])
                     bar.update(len(batch))
             added = conn.total_changes - before
         logger.info("loaded %d new events into %s", added, self.path)
@@ -258,7 +258,7 @@ class SQLiteEventStore(EventStore):
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
         if isinstance(user_ids, str):
             raise ValueError("user_ids must be a sequence of ids, not one string: use recent()")
-        _check_limit(limit)
+        check_limit(limit)
         out: dict[str, list[Event]] = {}
         with self._lock:
             conn = self._db()
