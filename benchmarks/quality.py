@@ -7,8 +7,9 @@
 Writes (merging with what is there: a rerun replaces the same dataset/protocol/model/seed)
 benchmarks/results/quality.json, a list of records {"dataset", "protocol", "model", "seed",
 "metrics", "slices", "train_s", "eval_s", "date", "machine", ...}, and the Markdown table
-benchmarks/results/quality.md, and prints the table. Seeded models run once per seed;
-deterministic ones once.
+benchmarks/results/quality.md with figures under benchmarks/results/figures/ (per dataset
+and protocol: quality-*-metric-vs-k.png, -slices.png, -ablations.png; linked from the
+Markdown), and prints the table. Seeded models run once per seed; deterministic ones once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from starsrec.baselines import BASELINES
 from starsrec.datasets import DATASETS, prepare
+from starsrec.plots import markdown_images, write_figures
 from starsrec.report import markdown_table, run_models
 from starsrec.splits import PROTOCOLS
 
@@ -53,9 +55,16 @@ def main() -> None:
             records = [r for r in records if key(r) not in replaced] + new
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(records, indent=2) + "\n")  # saved as we go
-    table = markdown_table(sorted(records, key=key))
-    args.out.with_suffix(".md").write_text(table + "\n")
+    records = sorted(records, key=key)
+    table = markdown_table(records)
+    markdown = args.out.with_suffix(".md")
+    markdown.write_text(table + "\n")
+    figures = write_figures(records, args.out.parent / "figures", "quality")
+    if figures:
+        links = markdown_images(figures, markdown.parent)
+        markdown.write_text(f"{table}\n\n## Figures\n\n{links}\n")
     print(table)
+    print(f"\nwrote {markdown} and {len(figures)} figures in {args.out.parent / 'figures'}/")
 
 
 if __name__ == "__main__":

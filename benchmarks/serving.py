@@ -14,7 +14,9 @@ Measures: index build time and memory; in-process `recommend` latency p50/p99 wi
 filter, 10% and 1% filters (each request carries two live session events, so the encoder
 runs); recall@10 of the index against exact filtered search; then the same mix over HTTP on
 loopback with `wrk` (one server process, one thread) for `--duration` seconds: p50/p99,
-requests/s and errors. Writes benchmarks/results/serving.json and prints a table.
+requests/s and errors. Writes benchmarks/results/serving.json, the empirical CDF of the
+in-process latencies as benchmarks/results/figures/serving-latency-{items}.png (the record's
+"latency_figure"), and prints a table.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from safetensors.numpy import load_file, save_file
 
 from starsrec.index import IndexConfig, ItemIndex
 from starsrec.itemtable import ItemTable
+from starsrec.plots import latency_cdf
 from starsrec.report import machine_description, source_revision
 from starsrec.service import SERVING_DIR, SERVING_FILE, RecommendationService, RequestFilters
 from starsrec.store import Event
@@ -156,8 +159,8 @@ def _filters_json(filters: RequestFilters) -> dict:
     return {"classes": list(filters.classes), "subclasses": list(filters.subclasses)}
 
 
-def in_process(service: RecommendationService, bodies: list[dict]) -> dict:
-    """p50/p99 ms of `recommend` per filter, after a warm-up."""
+def latencies(service: RecommendationService, bodies: list[dict]) -> dict[str, list[float]]:
+    """Milliseconds of each `recommend` call per filter, after a warm-up of 50 requests."""
     timings: dict[str, list[float]] = {name: [] for name in FILTERS}
     for warm, body in enumerate(bodies[:50] + bodies):
         events = [
@@ -168,6 +171,11 @@ def in_process(service: RecommendationService, bodies: list[dict]) -> dict:
         service.recommend(body["user_id"], events, body["k"], None, FILTERS[body["_filter"]])
         if warm >= 50:
             timings[body["_filter"]].append((time.perf_counter() - started) * 1e3)
+    return timings
+
+
+def latency_summary(timings: dict[str, list[float]]) -> dict:
+    """p50/p99 ms and the count per filter (the record's "in_process")."""
     return {
         name: {
             "p50_ms": float(np.percentile(t, 50)),
@@ -176,6 +184,11 @@ def in_process(service: RecommendationService, bodies: list[dict]) -> dict:
         }
         for name, t in timings.items()
     }
+
+
+def in_process(service: RecommendationService, bodies: list[dict]) -> dict:
+    """p50/p99 ms of `recommend` per filter, after a warm-up."""
+    return latency_summary(latencies(service, bodies))
 
 
 def recall(service: RecommendationService, queries: np.ndarray, k: int = 10) -> dict:
@@ -340,6 +353,7 @@ def main() -> None:
     build_s, index_mib = time.perf_counter() - started, rss_mib() - rss_before
     service = synthetic_service(base, arrays, index, args.artifact)
     bodies = requests(service, args.requests)
+    timings = latencies(service, bodies)
     record = {
         "items": len(arrays["tokens"]),
         "dim": int(vectors.shape[1]),
@@ -347,9 +361,16 @@ def main() -> None:
         "breadth": index.breadth,
         "build_s": build_s,
         "index_rss_mib": index_mib,
-        "in_process": in_process(service, bodies),
+        "in_process": latency_summary(timings),
         "recall": recall(service, queries[-500:]),
     }
+    figure = args.out.parent / "figures" / f"serving-latency-{record['items']}.png"
+    title = (
+        f"In-process recommend latency: {record['items']:,} items x {record['dim']} "
+        f"({record['index']}), k = 10, two live session events"
+    )
+    latency_cdf(timings, figure, title)
+    record["latency_figure"] = Path(os.path.relpath(figure, args.out.parent)).as_posix()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         save_file(

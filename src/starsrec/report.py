@@ -23,6 +23,7 @@ import numpy as np
 from starsrec.baselines import BASELINES
 from starsrec.data import Dataset
 from starsrec.evaluate import EvaluationConfig, evaluate
+from starsrec.plots import markdown_images, write_figures
 from starsrec.recommender import Recommender, TrainingData
 from starsrec.splits import Split, split_dataset
 from starsrec.stars import VARIANTS, StarsConfig, stars_variant
@@ -201,7 +202,8 @@ def markdown_table(records: Sequence[dict]) -> str:
 
 
 def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Path:
-    """Write results.json and report.md into `out_dir`; returns the report path."""
+    """Write results.json, report.md and its figures (report-*.png, linked from report.md)
+    into `out_dir`; returns the report path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(list(records), indent=2) + "\n")
@@ -218,6 +220,9 @@ def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Pa
         markdown_table(records),
         "",
     ]
+    figures = write_figures(records, out, "report")
+    if figures:
+        notes += ["## Figures", "", markdown_images(figures, out), ""]
     path = out / "report.md"
     path.write_text("\n".join(notes))
     return path
