@@ -199,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # faiss logs every CPU-specific build it fails to find at INFO: noise to a user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return run(args)
     except (DataError, ValueError, FileNotFoundError) as error:
