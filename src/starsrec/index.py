@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from starsrec.index_sweep import add_rows, build_faiss, format_sweep
+from starsrec.index_sweep import add_rows, build_faiss, format_sweep, l2_items, l2_queries
 
 __all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
 
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 META_FILE = "index.json"
 VECTORS_FILE = "vectors.safetensors"
 FAISS_FILE = "faiss.index"
-FORMAT = 1
+FORMAT = 2  # 2: faiss holds the MIPS-to-L2 transform of the vectors
 MAX_EF_SEARCH = 4096
 SCOPE_CACHE_SIZE = 64
 SCORE_BLOCK = 1 << 24  # scores held at once by exact scans (64 MiB of float32)
@@ -60,7 +60,7 @@ class IndexConfig:
     """How `ItemIndex.build` chooses and sizes its index (the rule: `starsrec.index_sweep`),
     and how search runs.
 
-    factories are faiss.index_factory strings (IVF... or HNSW..., inner-product metric),
+    factories are faiss.index_factory strings (IVF... or HNSW..., over L2 after a MIPS transform),
     `{nlist}` filled in. max_build_s caps a factory's projected full build: HNSW took 176 s
     on 1M rows here. threads: faiss threads at search, one per serving worker (2 threads made
     single-query search 2.3x slower in our measurements).
@@ -100,8 +100,10 @@ class ItemIndex:
         breadth: int = 0,
         sweep: Sequence[dict] = (),
         stale: np.ndarray | None = None,
+        norm: float = 0.0,
     ) -> None:
         self.config = config
+        self._norm = norm  # M of the MIPS-to-L2 transform the faiss index holds
         self._buffer = vectors  # rows [0, size) are the index; spare rows make `add` cheap
         self._size = len(vectors)
         self._faiss = faiss_index
@@ -129,8 +131,8 @@ class ItemIndex:
         if n <= config.exact_threshold:
             logger.info("%d rows <= exact_threshold %d: exact search", n, config.exact_threshold)
             return cls(vectors, config)
-        index, factory, breadth, records = build_faiss(vectors, queries, config, progress)
-        return cls(vectors, config, index, factory, breadth, records)
+        index, factory, breadth, records, norm = build_faiss(vectors, queries, config, progress)
+        return cls(vectors, config, index, factory, breadth, records, norm=norm)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -222,7 +224,8 @@ class ItemIndex:
             breadth = math.ceil(self._breadth * self._faiss.ntotal / searchable)
             base = None if subset.ann_bitmap is None else faiss.IDSelectorBitmap(subset.ann_bitmap)
             if exclude is None:
-                _, found = self._faiss.search(queries, k, params=self._params(k, breadth, base))
+                params = self._params(k, breadth, base)
+                _, found = self._faiss.search(l2_queries(queries), k, params=params)
             for q, banned in enumerate(exclude or ()):
                 selector = base
                 if banned.size:
@@ -231,7 +234,8 @@ class ItemIndex:
                     negated = faiss.IDSelectorNot(batch)
                     selector = negated if base is None else faiss.IDSelectorAnd(base, negated)
                 params = self._params(k, breadth, selector)
-                _, found[q : q + 1] = self._faiss.search(queries[q : q + 1], k, params=params)
+                one = l2_queries(queries[q : q + 1])
+                _, found[q : q + 1] = self._faiss.search(one, k, params=params)
         safe = np.maximum(found, 0)
         scores = _inner(queries, self._vectors[safe])
         scores[found < 0] = -np.inf
@@ -292,8 +296,8 @@ class ItemIndex:
         self._buffer[start:end] = vectors
         if self._faiss is not None:
             faiss.omp_set_num_threads(self.config.threads)
-            add_rows(self._faiss, vectors, start)
-        self._stale = np.concatenate([self._stale, np.zeros(len(vectors), dtype=bool)])
+            add_rows(self._faiss, vectors, start, self._norm)
+        self._stale = np.concatenate([self._stale, self._too_long(vectors)])
         self._size = end
         self._scopes.clear()
         return np.arange(start, end, dtype=np.int64)
@@ -317,9 +321,17 @@ class ItemIndex:
         elif self._faiss is not None:
             faiss.omp_set_num_threads(self.config.threads)
             self._faiss.remove_ids(rows)
-            self._faiss.add_with_ids(vectors, rows)
+            self._faiss.add_with_ids(l2_items(vectors, self._norm), rows)
+            self._stale[rows] = self._too_long(vectors)
         self._vectors[rows] = vectors
         self._scopes.clear()
+
+    def _too_long(self, vectors: np.ndarray) -> np.ndarray:
+        """(M,) rows longer than the transform's bound M, which the L2 space cannot place
+        right: kept out of ANN results and scanned exactly, like stale HNSW rows."""
+        if self._faiss is None:
+            return np.zeros(len(vectors), dtype=bool)
+        return np.einsum("ij,ij->i", vectors, vectors) > self._norm**2
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -331,6 +343,7 @@ class ItemIndex:
             "config": asdict(self.config),
             "kind": self._kind,
             "breadth": self._breadth,
+            "norm": self._norm,
             "sweep": self._sweep,
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -348,14 +361,18 @@ class ItemIndex:
             raise ValueError(f"{path} holds no ItemIndex ({META_FILE} missing): use save() first")
         meta = json.loads((path / META_FILE).read_text())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: index format {meta.get('format')}, expected {FORMAT}")
+            raise ValueError(
+                f"{path}: index format {meta.get('format')}, expected {FORMAT}: rebuild it with "
+                "`starsrec index ARTIFACT_DIR`"
+            )
         config = IndexConfig(**{**meta["config"], "factories": tuple(meta["config"]["factories"])})
         state = load_file(str(path / VECTORS_FILE))
         vectors = np.require(state["vectors"], np.float32, ["C", "W"])
         index = None if meta["kind"] == "exact" else faiss.read_index(str(path / FAISS_FILE))
         faiss.omp_set_num_threads(config.threads)
         stale = state["stale"].astype(bool)
-        return cls(vectors, config, index, meta["kind"], meta["breadth"], meta["sweep"], stale)
+        kind, breadth, sweep = meta["kind"], meta["breadth"], meta["sweep"]
+        return cls(vectors, config, index, kind, breadth, sweep, stale, meta["norm"])
 
     # -- validation -------------------------------------------------------------------
     def _check(

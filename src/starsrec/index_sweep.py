@@ -39,6 +39,7 @@ CALIBRATION_QUERIES = 300
 MIN_POINTS_PER_LIST = 39  # faiss k-means warns with fewer training points per centroid
 TRAIN_POINTS_PER_LIST = 64  # plenty for IVF centroids; faiss's 256 makes 1M-row training 4x slower
 ADD_CHUNK = 65_536
+NORM_MARGIN = 1.1  # products added later may be a little longer than today's
 EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
 TRUTH_BLOCK = 1 << 24  # scores held at once when finding the true top rows (64 MiB of float32)
 # Read before anything changes it, so OMP_NUM_THREADS caps the threads used for building.
@@ -55,12 +56,33 @@ SWEEP_COLUMNS = (
 )
 
 
+def max_norm(vectors: np.ndarray) -> float:
+    """The norm bound M of the MIPS-to-L2 transform, with room for products added later."""
+    return NORM_MARGIN * float(np.sqrt(np.einsum("ij,ij->i", vectors, vectors).max()))
+
+
+def l2_items(vectors: np.ndarray, norm: float) -> np.ndarray:
+    """[x, sqrt(M^2 - |x|^2)]: nearest neighbours of [q, 0] among these are the largest
+    inner products <q, x> (Bachrach et al. 2014). IVF clusters and HNSW graphs built on
+    inner products of non-normalised vectors lose recall badly here: item vectors carry a
+    bias column, so norms differ a lot; in L2 after the transform they do not."""
+    squared = np.maximum(norm**2 - np.einsum("ij,ij->i", vectors, vectors), 0.0)
+    return np.hstack([vectors, np.sqrt(squared)[:, None]]).astype(np.float32)
+
+
+def l2_queries(queries: np.ndarray) -> np.ndarray:
+    """[q, 0]: the query side of `l2_items`."""
+    return np.hstack([queries, np.zeros((len(queries), 1), np.float32)]).astype(np.float32)
+
+
 def build_faiss(
     vectors: np.ndarray, queries: np.ndarray | None, config: IndexConfig, progress: bool
-) -> tuple[faiss.Index, str, int, list[dict]]:
-    """(index, factory with nlist filled in, breadth, sweep records) for validated (N, D)
-    float32 `vectors` and sweep `queries` (None: the default ones); see the module docstring."""
+) -> tuple[faiss.Index, str, int, list[dict], float]:
+    """(index, factory with nlist filled in, breadth, sweep records, norm bound M) for
+    validated (N, D) float32 `vectors` and sweep `queries` (None: the default ones); the
+    faiss index holds `l2_items(vectors, M)`. See the module docstring."""
     n = len(vectors)
+    norm = max_norm(vectors)
     rng = np.random.default_rng(config.seed)
     queries = _sweep_queries(vectors, queries, config.sweep_queries, rng)
     faiss.omp_set_num_threads(_HOST_THREADS)  # building may use every core
@@ -69,11 +91,11 @@ def build_faiss(
         if n > config.sweep_rows:
             sample = np.sort(rng.choice(n, config.sweep_rows, replace=False))
         records, template, index, breadth = _sweep(
-            vectors if sample is None else vectors[sample], queries, config, n
+            vectors if sample is None else vectors[sample], queries, config, n, norm
         )
         factory = template.format(nlist=_nlist(n))
         if sample is not None:  # else the sweep's index already holds every row
-            index, seconds = _new_faiss(factory, vectors, config.seed, progress)
+            index, seconds = _new_faiss(factory, vectors, norm, config.seed, progress)
             queries = queries[:CALIBRATION_QUERIES]
             truth = _exact_top(vectors, queries, RECALL_AT)
             breadth, recall, query_ms = _calibrate(index, queries, truth, config)
@@ -86,11 +108,12 @@ def build_faiss(
     finally:
         faiss.omp_set_num_threads(config.threads)
     logger.info("index sweep:\n%s", format_sweep(records))
-    return index, factory, breadth, records
+    return index, factory, breadth, records, norm
 
 
-def add_rows(index: faiss.Index, vectors: np.ndarray, first_row: int) -> None:
-    """Add `vectors` to `index` as rows first_row, first_row + 1, ..."""
+def add_rows(index: faiss.Index, vectors: np.ndarray, first_row: int, norm: float) -> None:
+    """Add `vectors` to `index` as rows first_row, first_row + 1, ... (transformed)."""
+    vectors = l2_items(vectors, norm)
     if isinstance(index, faiss.IndexHNSW):  # ids are insertion order, which is row order
         index.add(vectors)
     else:  # IVF ids are explicit, which lets `ItemIndex.update` remove and re-add rows
@@ -123,14 +146,16 @@ def _sweep_queries(
     return queries
 
 
-def _sweep(sample: np.ndarray, queries: np.ndarray, config: IndexConfig, full_rows: int):
+def _sweep(
+    sample: np.ndarray, queries: np.ndarray, config: IndexConfig, full_rows: int, norm: float
+):
     """(records, winning factory template, its index on the sample, its breadth)."""
     nlist, n = _nlist(len(sample)), len(sample)
     truth = _exact_top(sample, queries, RECALL_AT)
     growth = full_rows / n * math.log(max(full_rows, 2)) / math.log(max(n, 2))
     records, built = [], {}
     for template in config.factories:
-        index, seconds = _new_faiss(template.format(nlist=nlist), sample, config.seed, False)
+        index, seconds = _new_faiss(template.format(nlist=nlist), sample, norm, config.seed, False)
         measured = _calibrate(index, queries, truth, config)
         record = _record("sample", template.format(nlist=nlist), n, seconds, *measured)
         records.append({**record, "projected_build_s": round(seconds * growth, 1)})
@@ -155,6 +180,7 @@ def _calibrate(index, queries: np.ndarray, truth: np.ndarray, config: IndexConfi
     else:
         breadths = [2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist]
         breadths, make = [*breadths, index.nlist], lambda b: faiss.SearchParametersIVF(nprobe=b)
+    queries = l2_queries(queries)
     faiss.omp_set_num_threads(config.threads)  # time queries as serving runs them
     try:
         for breadth in breadths:
@@ -170,11 +196,12 @@ def _calibrate(index, queries: np.ndarray, truth: np.ndarray, config: IndexConfi
     return breadth, recall, 1000 * seconds / len(queries)
 
 
-def _new_faiss(factory: str, vectors: np.ndarray, seed: int, progress: bool):
-    """(index, seconds): `factory` trained and filled with `vectors` as ids 0..N-1."""
+def _new_faiss(factory: str, vectors: np.ndarray, norm: float, seed: int, progress: bool):
+    """(index, seconds): `factory` trained and filled with `vectors` as ids 0..N-1, in the
+    L2 space of `l2_items`."""
     start = time.perf_counter()
     try:
-        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(vectors.shape[1] + 1, factory, faiss.METRIC_L2)
     except RuntimeError as error:
         raise ValueError(
             f"faiss cannot build {factory!r} ({error}): fix IndexConfig.factories"
@@ -185,10 +212,10 @@ def _new_faiss(factory: str, vectors: np.ndarray, seed: int, progress: bool):
         train, limit = vectors, TRAIN_POINTS_PER_LIST * index.nlist
         if len(vectors) > limit:
             train = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), limit, False))]
-        index.train(train)
+        index.train(l2_items(train, norm))
     with tqdm(total=len(vectors), unit="rows", desc=factory, disable=not progress) as bar:
         for first in range(0, len(vectors), ADD_CHUNK):
-            add_rows(index, vectors[first : first + ADD_CHUNK], first)
+            add_rows(index, vectors[first : first + ADD_CHUNK], first, norm)
             bar.update(min(ADD_CHUNK, len(vectors) - first))
     return index, time.perf_counter() - start
 
