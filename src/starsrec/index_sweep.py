@@ -12,6 +12,11 @@ The choice rule (`build_faiss`; the fields named are `IndexConfig`'s):
    there on the first CALIBRATION_QUERIES queries: the breadth a sample needs does not carry
    over to the full index. A catalogue that fits in the sample keeps the sweep's index.
 
+Every factory is built over L2 on the MIPS-to-L2 transform of the rows (`l2_items`): item
+vectors carry a bias column, so their norms differ a lot, and IVF clustering by inner product
+on them needed every list opened to reach the target here; after the transform it needs about
+half (see docs/benchmarks.md, Serving).
+
 Sweep queries are the caller's (e.g. user vectors), at most `sweep_queries` of them, or rows of
 the catalogue plus small gaussian noise. Each factory tried and the full build leave a record
 (SWEEP_COLUMNS), which the index keeps and `format_sweep` prints.
