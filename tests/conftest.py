@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway Redis server for the Redis event store tests."""
+"""Shared fixtures: a tiny served STARS artifact, and a throwaway Redis server for the
+Redis event store tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+from starsrec.interactions import Catalogue, EventLog
+from starsrec.model import ModelConfig
+from starsrec.offline import write_serving_files
+from starsrec.recommender import TrainingData
+from starsrec.service import SERVING_DIR
+from starsrec.stars import StarsConfig, StarsRecommender
+from starsrec.toyworld import make_toy_world
+from starsrec.train import TrainConfig
+
+TINY_STARS = StarsConfig(
+    model=ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4),
+    train=TrainConfig(
+        epochs=2, batch_size=16, uniform_negatives=8, subclass_negatives=8, progress=False
+    ),
+    text_encoder="hashing",
+    embedding_cache=None,
+    derived_subclasses=4,
+    derived_classes=2,
+)
+
+
+@pytest.fixture(scope="session")
+def served_artifact(tmp_path_factory) -> tuple[StarsRecommender, EventLog, Path]:
+    """A tiny STARS (2 epochs: quality is not the point) on the toy world, saved with its
+    serving files: (recommender, the toy log, artifact directory). Copy before changing."""
+    torch.set_num_threads(1)
+    dataset = make_toy_world(n_users=40)
+    catalogue = Catalogue.from_items(dataset.items)
+    log = EventLog.from_dataset(dataset, catalogue)
+    recommender = StarsRecommender(TINY_STARS).fit(TrainingData(log, catalogue, "GB"))
+    artifact = recommender.save(tmp_path_factory.mktemp("served"), {"note": "test"})
+    write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
+    return recommender, log, artifact
+
 
 # The SQLite store's guarantee: every acknowledged write is fsynced before the reply.
 DURABLE = ("--appendonly", "yes", "--appendfsync", "always")

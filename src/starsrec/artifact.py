@@ -1,9 +1,10 @@
 """Artifact directories: train STARS into one, evaluate one in the shared harness.
 
-An artifact holds what `Recommender.save` writes (config.json, state.safetensors,
-items.parquet, calendar.json) plus meta.json: the dataset it was trained on (path and a
-fingerprint of its tables), the protocol, the variant, validation metrics and the
-training history, so `starsrec evaluate ARTIFACT_DIR` can rebuild the same split and
+An artifact holds what `Recommender.save` writes: config.json, state.safetensors,
+items.parquet, calendar.json, and last meta.json with their checksums (verified at load,
+`starsrec.integrity`). meta.json also records the dataset it was trained on (path and a
+fingerprint of its tables), the protocol, the variant, validation metrics and the training
+history, so `starsrec evaluate ARTIFACT_DIR` can rebuild the same split and
 refuse a dataset that changed.
 """
 
@@ -21,13 +22,13 @@ from typing import Any
 import pandas as pd
 
 from starsrec.data import DataError, Dataset, load_prepared
+from starsrec.integrity import ArtifactError, read_manifest
+from starsrec.recommender import META_FILE
 from starsrec.report import evaluation_record, machine_description, training_data
 from starsrec.splits import split_dataset
 from starsrec.stars import StarsConfig, StarsRecommender, stars_variant
 
 logger = logging.getLogger(__name__)
-
-META_FILE = "meta.json"
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -75,7 +76,6 @@ def train_artifact(
     started = time.perf_counter()
     model.fit(training_data(dataset, split, not dataset.allow_repeats))
     train_s = time.perf_counter() - started
-    out = model.save(out_dir)
     meta = {
         "dataset": dataset.name,
         "data_dir": str(Path(data_dir).resolve()),
@@ -91,7 +91,7 @@ def train_artifact(
         "machine": machine_description(),
         "config": dataclasses.asdict(model.config),
     }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    out = model.save(out_dir, meta)
     logger.info("wrote artifact %s (validation ndcg@10 %.4f)", out, meta["validation_ndcg@10"])
     return out
 
@@ -100,16 +100,28 @@ def is_artifact(path: str | Path) -> bool:
     return (Path(path) / META_FILE).exists()
 
 
-def evaluate_artifact(artifact_dir: str | Path, data_dir: str | Path | None = None) -> dict:
-    """Evaluate an artifact on the test queries of the split it was trained with."""
+def artifact_dataset(
+    artifact_dir: str | Path, data_dir: str | Path | None = None
+) -> tuple[dict, Dataset]:
+    """(meta.json, the prepared dataset it was trained on), refusing a changed dataset."""
     root = Path(artifact_dir)
-    meta = json.loads((root / META_FILE).read_text())
+    remedy = f"train it with `starsrec train DATA_DIR --out {root}`"
+    meta = read_manifest(root / META_FILE, remedy)
+    if not {"data_dir", "fingerprint", "dataset"} <= meta.keys():
+        raise ArtifactError(f"{root}/{META_FILE} has no training record: {remedy}")
     dataset = load_prepared(data_dir or meta["data_dir"])
     if fingerprint(dataset) != meta["fingerprint"]:
         raise DataError(
             f"{root} was trained on another version of dataset {meta['dataset']!r} "
             f"(fingerprint {meta['fingerprint']}, now {fingerprint(dataset)}); retrain it"
         )
+    return meta, dataset
+
+
+def evaluate_artifact(artifact_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+    """Evaluate an artifact on the test queries of the split it was trained with."""
+    root = Path(artifact_dir)
+    meta, dataset = artifact_dataset(root, data_dir)
     split = split_dataset(dataset, meta["protocol"])
     model = StarsRecommender.load(root)
     return evaluation_record(

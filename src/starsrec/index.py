@@ -40,6 +40,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from starsrec.index_sweep import add_rows, build_faiss, format_sweep, l2_items, l2_queries
+from starsrec.integrity import write_atomic, write_json_atomic
 
 __all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
 
@@ -335,9 +336,16 @@ class ItemIndex:
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write index.json, vectors.safetensors and (for ANN kinds) faiss.index."""
+        """Write vectors.safetensors, (for ANN kinds) faiss.index, then index.json, each
+        atomically."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        state = {"vectors": self._vectors, "stale": self._stale.astype(np.uint8)}
+        write_atomic(out / VECTORS_FILE, lambda temporary: save_file(state, str(temporary)))
+        if self._faiss is not None:
+            write_atomic(
+                out / FAISS_FILE, lambda temporary: faiss.write_index(self._faiss, str(temporary))
+            )
         meta = {
             "format": FORMAT,
             "config": asdict(self.config),
@@ -346,11 +354,7 @@ class ItemIndex:
             "norm": self._norm,
             "sweep": self._sweep,
         }
-        (out / META_FILE).write_text(json.dumps(meta, indent=2))
-        state = {"vectors": self._vectors, "stale": self._stale.astype(np.uint8)}
-        save_file(state, str(out / VECTORS_FILE))
-        if self._faiss is not None:
-            faiss.write_index(self._faiss, str(out / FAISS_FILE))
+        write_json_atomic(out / META_FILE, meta)
         return out
 
     @classmethod

@@ -10,13 +10,14 @@ Writes, inside the artifact's `serving/` folder, everything the online service r
 - `serving.json`: event types, the dataset's repeat convention, the users, sizes, timings.
 Every file is written to a temporary name and renamed, and the folder is built beside the
 final one and swapped in, so an interrupted run never leaves a half-written serving folder.
+serving.json, written last, records every file's checksum (the live event store aside) and
+the checksum of the model state they were built from; the service verifies both at load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import shutil
 import time
@@ -27,12 +28,19 @@ import torch
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from starsrec.artifact import META_FILE, fingerprint
-from starsrec.data import DataError, load_prepared
+from starsrec.artifact import artifact_dataset
 from starsrec.export import export_onnx
 from starsrec.index import ItemIndex
+from starsrec.integrity import (
+    CHECKSUMS_KEY,
+    checksums,
+    sha256_file,
+    write_atomic,
+    write_json_atomic,
+)
 from starsrec.interactions import EventLog, Queries
 from starsrec.itemtable import retrieval_vectors
+from starsrec.recommender import STATE_FILE
 from starsrec.sequences import featurize, query_windows
 from starsrec.service import (
     ENCODER_FILE,
@@ -58,14 +66,7 @@ def build_serving(
 ) -> Path:
     """Run the offline stage for an artifact on the events of its dataset (see module doc)."""
     root = Path(artifact_dir)
-    if not (root / META_FILE).exists():
-        raise FileNotFoundError(f"{root} is not an artifact directory (no {META_FILE})")
-    meta = json.loads((root / META_FILE).read_text())
-    dataset = load_prepared(data_dir or meta["data_dir"])
-    if fingerprint(dataset) != meta["fingerprint"]:
-        raise DataError(
-            f"{root} was trained on another version of dataset {meta['dataset']!r}; retrain it"
-        )
+    meta, dataset = artifact_dataset(root, data_dir)
     recommender = StarsRecommender.load(root)
     log = EventLog.from_dataset(dataset, recommender.catalogue)
     building = root / f"{SERVING_DIR}.building"
@@ -107,8 +108,7 @@ def write_serving_files(
     timings["index"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    save_file({"long": memories}, out / f"{MEMORY_FILE}.tmp")
-    (out / f"{MEMORY_FILE}.tmp").replace(out / MEMORY_FILE)
+    write_atomic(out / MEMORY_FILE, lambda temporary: save_file({"long": memories}, temporary))
     timings["memories"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -131,9 +131,16 @@ def write_serving_files(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "users": [str(u) for u in log.user_ids],
     }
-    temporary = out / f"{SERVING_FILE}.tmp"
-    temporary.write_text(json.dumps(meta, indent=2) + "\n")
-    temporary.replace(out / SERVING_FILE)
+    # Checksums of every file but the live event store, and of the model they were built
+    # from (the artifact's state, beside this folder), verified by RecommendationService.load.
+    files = [
+        p.relative_to(out).as_posix()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not p.name.startswith(STORE_FILE)
+    ]
+    meta["model_checksum"] = sha256_file(out.parent / STATE_FILE)
+    meta[CHECKSUMS_KEY] = checksums(out, files)
+    write_json_atomic(out / SERVING_FILE, meta)
     logger.info("serving files: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return meta
 

@@ -12,7 +12,6 @@ evaluator's ranks and every run agree exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,11 +22,22 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
+from starsrec.integrity import (
+    CHECKSUMS_KEY,
+    ArtifactError,
+    checksums,
+    read_manifest,
+    verify,
+    write_atomic,
+    write_json_atomic,
+)
 from starsrec.interactions import Catalogue, EventLog, Queries
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
 ITEMS_FILE = "items.parquet"
+META_FILE = "meta.json"  # written last: the checksums of the files above (starsrec.integrity)
+ARTIFACT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -112,27 +122,51 @@ class Recommender(ABC):
     def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
         """Inverse of `_state` (`path` for models that keep extra files there)."""
 
-    def save(self, path: str | Path) -> Path:
-        """Write config JSON, safetensors state and the item table into directory `path`."""
+    def _save_extra(self, out: Path) -> list[str]:
+        """Write model-specific files into `out` (atomically); return their names."""
+        return []
+
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        """Write config JSON, safetensors state and the item table into directory `path`,
+        each atomically, then meta.json: `meta` plus the format and every file's checksum."""
         catalogue = self._fitted_catalogue()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        config = {"model": self.name, "config": asdict(self.config)}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        save_file({k: np.ascontiguousarray(v) for k, v in self._state().items()}, out / STATE_FILE)
-        save_catalogue(catalogue, out / ITEMS_FILE)
+        write_json_atomic(out / CONFIG_FILE, {"model": self.name, "config": asdict(self.config)})
+        state = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
+        write_atomic(out / STATE_FILE, lambda temporary: save_file(state, temporary))
+        write_atomic(out / ITEMS_FILE, lambda temporary: save_catalogue(catalogue, temporary))
+        names = [CONFIG_FILE, STATE_FILE, ITEMS_FILE, *self._save_extra(out)]
+        record = {**(meta or {}), "format": ARTIFACT_FORMAT, "model": self.name}
+        write_json_atomic(out / META_FILE, {**record, CHECKSUMS_KEY: checksums(out, names)})
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        """Rebuild a model written by `save`."""
+        """Rebuild a model written by `save`, after checking its files against meta.json.
+
+        A missing, corrupt, truncated or incompatible artifact raises ArtifactError."""
         root = Path(path)
-        meta = json.loads((root / CONFIG_FILE).read_text())
-        if meta.get("model") != cls.name:
-            raise ValueError(f"{root} holds a {meta.get('model')!r} model, not {cls.name!r}")
-        model = cls(cls.config_class(**meta["config"]))
-        model.catalogue = load_catalogue(root / ITEMS_FILE)
-        model._restore(load_file(root / STATE_FILE), root)
+        remedy = f"save it again, or retrain it (`starsrec train ... --out {root}`)"
+        if not root.is_dir():
+            raise ArtifactError(f"{root} is not a directory: give a saved model's directory")
+        if (root / META_FILE).exists():
+            manifest = read_manifest(root / META_FILE, remedy)
+            if manifest.get("format", ARTIFACT_FORMAT) != ARTIFACT_FORMAT:
+                raise ArtifactError(
+                    f"{root} has artifact format {manifest['format']}, this starsrec reads "
+                    f"{ARTIFACT_FORMAT}: use the starsrec version that wrote it, or {remedy}"
+                )
+            verify(root, manifest, META_FILE, remedy)
+        config = read_manifest(root / CONFIG_FILE, remedy)
+        if config.get("model") != cls.name:
+            raise ArtifactError(f"{root} holds a {config.get('model')!r} model, not {cls.name!r}")
+        try:
+            model = cls(cls.config_class(**config["config"]))
+            model.catalogue = load_catalogue(root / ITEMS_FILE)
+            model._restore(load_file(root / STATE_FILE), root)
+        except Exception as error:  # every way a damaged file can fail to parse
+            raise ArtifactError(f"{root} could not be loaded ({error}): {remedy}") from error
         return model
 
 

@@ -4,6 +4,7 @@
     POST /v1/recommend           user id and/or recent events, k, time, filters
     GET  /v1/items/{id}/similar  items nearest to one item
     PUT  /v1/items               add or change products (recommendable at once)
+    POST /v1/admin/reload        load the artifact again (also on SIGHUP), swap it in live
     GET  /healthz                liveness and sizes
     GET  /metrics                Prometheus text: requests, latencies, index size
 
@@ -15,12 +16,14 @@ answered 4xx with a message naming the field (pydantic's 422s, and the service's
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import logging
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +60,17 @@ def _check_time(value: datetime | float) -> datetime | float:
 
 
 Timestamp = Annotated[datetime | float, AfterValidator(_check_time)]
+
+
+def _on_hangup(callback) -> Callable[[], None]:
+    """Run `callback` on SIGHUP (the usual "reload your files" signal); returns the undo.
+    Only the main thread can own signals, so elsewhere (tests, embedded apps) it is a no-op."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, callback)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / Windows
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _seconds(value: Timestamp | None) -> float:
@@ -178,12 +192,39 @@ def create_app(
         authorised(request, write=False)
 
     state: dict[str, RecommendationService] = {}
+    reloading = asyncio.Lock()
+
+    async def reload() -> RecommendationService:
+        """Load the artifact again in a worker thread while requests go on, then swap.
+
+        Handlers run on the event loop and never await mid-request, so a request is served
+        entirely by the old service or entirely by the new one; closing the old store after
+        the swap cannot cut one short. A failed load (corrupt or half-written artifact)
+        raises and leaves the old service serving."""
+        if artifact_dir is None:
+            raise RequestError(
+                "reload", "reload: this app serves a service object, not an artifact", 409
+            )
+        async with reloading:
+            fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config)
+            old, state["service"] = state["service"], fresh
+            old.store.close()
+        logger.info("reloaded %s: serving %s items", artifact_dir, fresh.index.size)
+        return fresh
+
+    async def reload_on_signal() -> None:
+        try:
+            await reload()
+        except Exception:  # a signal has nobody to answer: log and keep serving
+            logger.exception("reload on SIGHUP failed; still serving the previous artifact")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["service"] = service or RecommendationService.load(artifact_dir, config)
         logger.info("serving %s items", state["service"].index.size)
+        hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
         yield
+        hangup()
         if service is None:  # the app closes only what it opened
             state["service"].store.close()
 
@@ -270,6 +311,19 @@ def create_app(
                 {"item_id": p.item_id, "status": o} for p, o in zip(products, outcome, strict=True)
             ]
         }
+
+    @app.post("/v1/admin/reload", dependencies=[Depends(writer)])
+    async def admin_reload() -> dict:
+        started = time.perf_counter()
+        try:
+            fresh = await reload()
+        except RequestError:
+            raise
+        except (ValueError, OSError) as error:  # ArtifactError, an old index format, ...
+            message = f"reload refused, still serving the previous artifact: {error}"
+            raise RequestError("artifact", message, 409) from error
+        took = round(time.perf_counter() - started, 3)
+        return {"status": "reloaded", "items": fresh.index.size, "took_s": took}
 
     @app.get("/healthz")
     async def healthz() -> dict:

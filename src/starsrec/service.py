@@ -18,7 +18,6 @@ item), go into the index at once and are recommendable by the next request.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from safetensors.numpy import load_file
 from starsrec.calendar import DAY, time_parts
 from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.index import IndexConfig, ItemIndex
+from starsrec.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
 from starsrec.items import HashingEncoder, SentenceTransformerEncoder, embed_items
 from starsrec.itemtable import (
     ItemTable,
@@ -42,6 +42,7 @@ from starsrec.itemtable import (
     item_tags,
     tag_vocabulary,
 )
+from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
 from starsrec.sequences import featurize_events
 from starsrec.stars import HASHING_ENCODER, StarsRecommender
@@ -148,8 +149,17 @@ class RecommendationService:
             raise FileNotFoundError(
                 f"{root} has no serving files: run `starsrec index {root}` first"
             )
-        meta = json.loads((serving / SERVING_FILE).read_text())
-        recommender = StarsRecommender.load(root)
+        remedy = f"rebuild them with `starsrec index {root}`"
+        meta = read_manifest(serving / SERVING_FILE, remedy)
+        recommender = StarsRecommender.load(root)  # verifies the model's own checksums
+        verify(serving, meta, SERVING_FILE, remedy)
+        built_for = meta.get("model_checksum")
+        model = read_manifest(root / META_FILE, remedy).get(CHECKSUMS_KEY, {}).get(STATE_FILE)
+        if built_for and model and built_for != model:
+            raise ArtifactError(
+                f"{serving} was built for another training of {root} (model checksum "
+                f"differs): {remedy}"
+            )
         arrays = load_file(serving / MEMORY_FILE)
         memories = dict(zip(meta["users"], arrays["long"], strict=True))
         items = item_table(recommender)

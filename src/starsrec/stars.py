@@ -21,6 +21,7 @@ import torch
 
 from starsrec.calendar import DAY, CalendarEvents
 from starsrec.evaluate import EvaluationConfig, evaluate
+from starsrec.integrity import write_json_atomic
 from starsrec.interactions import Catalogue, Queries
 from starsrec.items import (
     HashingEncoder,
@@ -36,6 +37,7 @@ from starsrec.train import TrainConfig, TrainingState, train_model
 
 logger = logging.getLogger(__name__)
 
+CALENDAR_FILE = "calendar.json"
 HASHING_ENCODER = "hashing"
 
 
@@ -190,14 +192,13 @@ class StarsRecommender(Recommender):
         }
         return state
 
-    def save(self, path: str | Path) -> Path:
-        """The common files plus the calendar event names (strings live in JSON)."""
-        out = super().save(path)
-        (out / "calendar.json").write_text(json.dumps({"names": list(self.calendar.names)}) + "\n")
-        return out
+    def _save_extra(self, out: Path) -> list[str]:
+        """The calendar event names (strings live in JSON)."""
+        write_json_atomic(out / CALENDAR_FILE, {"names": list(self.calendar.names)})
+        return [CALENDAR_FILE]
 
     def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
-        names = tuple(json.loads((path / "calendar.json").read_text())["names"])
+        names = tuple(json.loads((path / CALENDAR_FILE).read_text())["names"])
         self.calendar = CalendarEvents(
             names, state["calendar.event"], state["calendar.first_day"], state["calendar.last_day"]
         )

@@ -23,6 +23,7 @@ import numpy as np
 
 from starsrec.baselines.popularity import with_fallback
 from starsrec.baselines.ranking_features import FeatureGenerators, LambdaMARTConfig
+from starsrec.integrity import write_atomic, write_json_atomic
 from starsrec.interactions import EventLog, Queries
 from starsrec.recommender import Recommender, TrainingData
 
@@ -136,16 +137,15 @@ class LambdaMARTRecommender(Recommender):
     def _state(self) -> dict[str, np.ndarray]:
         return self.generators.state()
 
-    def save(self, path: str | Path) -> Path:
-        """The common files plus the booster in LightGBM's own text format."""
-        out = super().save(path)
-        self.booster.save_model(str(out / BOOSTER_FILE))
+    def _save_extra(self, out: Path) -> list[str]:
+        """The booster in LightGBM's own text format, and the context generators need."""
+        write_atomic(out / BOOSTER_FILE, lambda temporary: self.booster.save_model(str(temporary)))
         context = {
             "country": self.generators.country,
             "allow_repeats": self.generators.allow_repeats,
         }
-        (out / CONTEXT_FILE).write_text(json.dumps(context) + "\n")
-        return out
+        write_json_atomic(out / CONTEXT_FILE, context)
+        return [BOOSTER_FILE, CONTEXT_FILE]
 
     def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
         context = json.loads((path / CONTEXT_FILE).read_text())

@@ -1,0 +1,197 @@
+"""Artifacts are safe: atomic writes, checksums verified at load, damaged or incompatible
+artifacts refused with a clear error, never a pickle, and hot reload of the serving app."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from starsrec.baselines import BASELINES
+from starsrec.integrity import ArtifactError, sha256_file, write_atomic, write_json_atomic
+from starsrec.interactions import Catalogue, EventLog
+from starsrec.recommender import META_FILE, TrainingData
+from starsrec.serve import create_app
+from starsrec.service import MEMORY_FILE, SERVING_DIR, SERVING_FILE, RecommendationService
+from starsrec.stars import StarsRecommender
+from starsrec.toyworld import make_toy_world
+
+
+def copy_of(artifact: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(artifact, tmp_path / "copy"))
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    write_json_atomic(target, {"version": 1})
+
+    def crash(temporary: Path) -> None:
+        temporary.write_text('{"version": 2, "trunc')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, crash)
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+# --- checksums -------------------------------------------------------------------------------
+def test_save_records_every_file_checksum_and_keeps_the_callers_meta(served_artifact) -> None:
+    _, _, artifact = served_artifact
+    meta = json.loads((artifact / META_FILE).read_text())
+    assert meta["note"] == "test" and meta["model"] == "stars" and meta["format"] == 1
+    assert set(meta["checksums"]) == {
+        "config.json",
+        "state.safetensors",
+        "items.parquet",
+        "calendar.json",
+    }
+    for name, digest in meta["checksums"].items():
+        assert sha256_file(artifact / name) == digest
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda a: flip_a_byte(a / "state.safetensors"), "does not match the checksum"),
+        (lambda a: truncate(a / "items.parquet"), "does not match the checksum"),
+        (lambda a: (a / "calendar.json").unlink(), "calendar.json is missing"),
+        (lambda a: (a / META_FILE).write_text("{not json"), "meta.json is unreadable"),
+        (
+            lambda a: write_json_atomic(
+                a / META_FILE, {**json.loads((a / META_FILE).read_text()), "format": 99}
+            ),
+            "artifact format 99, this starsrec reads 1",
+        ),
+    ],
+    ids=["corrupt-state", "truncated-items", "missing-file", "garbled-meta", "newer-format"],
+)
+def test_damaged_or_incompatible_artifacts_are_refused(
+    served_artifact, tmp_path, damage, message
+) -> None:
+    _, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    damage(copy)
+    with pytest.raises(ArtifactError, match=message) as error:
+        StarsRecommender.load(copy)
+    assert "retrain it" in str(error.value)  # the message says how to fix it
+
+
+def test_unparseable_files_without_checksums_are_refused_clearly(served_artifact, tmp_path) -> None:
+    """An artifact from before checksums (no meta.json) still gets a clear error."""
+    _, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    (copy / META_FILE).unlink()
+    truncate(copy / "state.safetensors")
+    with pytest.raises(ArtifactError, match="could not be loaded"):
+        StarsRecommender.load(copy)
+
+
+def test_baselines_save_their_own_files_with_checksums(tmp_path: Path) -> None:
+    dataset = make_toy_world(n_users=30)
+    catalogue = Catalogue.from_items(dataset.items)
+    log = EventLog.from_dataset(dataset, catalogue)
+    model = BASELINES["lambdamart"]().fit(TrainingData(log, catalogue, "GB"))
+    path = model.save(tmp_path / "lambdamart")
+    recorded = json.loads((path / META_FILE).read_text())["checksums"]
+    assert set(recorded) == {
+        "config.json",
+        "state.safetensors",
+        "items.parquet",
+        "booster.txt",
+        "context.json",
+    }
+    flip_a_byte(path / "state.safetensors")
+    with pytest.raises(ArtifactError, match="does not match the checksum"):
+        type(model).load(path)
+
+
+def test_loading_never_unpickles(served_artifact, monkeypatch) -> None:
+    _, _, artifact = served_artifact
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (torch, "load")]:
+        monkeypatch.setattr(module, name, refuse)
+    service = RecommendationService.load(artifact)
+    service.store.close()
+
+
+def test_serving_files_are_verified_and_tied_to_their_model(served_artifact, tmp_path) -> None:
+    recommender, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    flip_a_byte(copy / SERVING_DIR / MEMORY_FILE)
+    with pytest.raises(ArtifactError, match=r"memories\.safetensors does not match"):
+        RecommendationService.load(copy)
+
+    retrained = copy_of(artifact, tmp_path / "again")
+    with torch.no_grad():
+        recommender.model.repeat_weights.add_(1.0)  # "another training" of the same model
+    try:
+        recommender.save(retrained)
+    finally:
+        with torch.no_grad():
+            recommender.model.repeat_weights.sub_(1.0)
+    with pytest.raises(ArtifactError, match="built for another training"):
+        RecommendationService.load(retrained)
+    serving = json.loads((artifact / SERVING_DIR / SERVING_FILE).read_text())
+    assert "events.sqlite" not in serving["checksums"]  # the live store changes by design
+
+
+# --- hot reload ------------------------------------------------------------------------------
+def test_reload_swaps_in_the_new_artifact_and_refuses_a_broken_one(
+    served_artifact, tmp_path
+) -> None:
+    _, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    body = {"user_id": "u0000", "k": 3}
+    with TestClient(create_app(copy, api_key="secret")) as client:
+        assert client.post("/v1/recommend", json=body).status_code == 200
+        assert client.post("/v1/admin/reload").status_code == 401  # admin needs the key
+        auth = {"Authorization": "Bearer secret"}
+        reloaded = client.post("/v1/admin/reload", headers=auth)
+        assert reloaded.status_code == 200 and reloaded.json()["status"] == "reloaded"
+
+        flip_a_byte(copy / SERVING_DIR / MEMORY_FILE)
+        refused = client.post("/v1/admin/reload", headers=auth)
+        assert refused.status_code == 409
+        assert "still serving" in refused.json()["detail"]
+        assert client.post("/v1/recommend", json=body).status_code == 200
+
+
+def test_reload_needs_an_artifact_directory(served_artifact) -> None:
+    _, _, artifact = served_artifact
+    service = RecommendationService.load(artifact)
+    with TestClient(create_app(service=service)) as client:
+        answer = client.post("/v1/admin/reload")
+        assert answer.status_code == 409 and answer.json()["field"] == "reload"
+    service.store.close()
+
+
+def test_the_known_users_are_the_same_after_reload(served_artifact, tmp_path) -> None:
+    _, _, artifact = served_artifact
+    body = {"user_id": "u0001", "k": 5}
+    with TestClient(create_app(copy_of(artifact, tmp_path))) as client:
+        before = client.post("/v1/recommend", json=body).json()["items"]
+        client.post("/v1/admin/reload").raise_for_status()
+        after = client.post("/v1/recommend", json=body).json()["items"]
+    assert [i["item_id"] for i in before] == [i["item_id"] for i in after]
+    assert np.allclose([i["score"] for i in before], [i["score"] for i in after])
