@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import math
 import signal
 import time
 import uuid
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -42,19 +45,18 @@ from starsrec.service import (
     RequestFilters,
     ServingConfig,
 )
-from starsrec.store import Event
+from starsrec.store import Event, is_timestamp
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_BATCH = 10_000
 Id = Annotated[str, Field(min_length=1, max_length=512)]
-MAX_SECONDS = 1e11  # about the year 5138: later "timestamps" are mistakes (milliseconds?)
 
 
 def _check_time(value: datetime | float) -> datetime | float:
     seconds = value.timestamp() if isinstance(value, datetime) else value
-    if not 0 <= seconds < MAX_SECONDS:  # also rejects NaN
+    if not is_timestamp(seconds):
         raise ValueError("timestamp must be unix seconds (or ISO 8601) from 1970 on, not ms")
     return value
 
@@ -71,6 +73,17 @@ def _on_hangup(callback) -> Callable[[], None]:
     except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / Windows
         return lambda: None
     return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _json_safe(value: object) -> object:
+    """`value` with NaN and infinities written as strings, which strict JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _seconds(value: Timestamp | None) -> float:
@@ -191,7 +204,9 @@ def create_app(
     async def reader(request: Request) -> None:
         authorised(request, write=False)
 
-    state: dict[str, RecommendationService] = {}
+    # A given service is ready now (nothing to load), which also lets in-process clients
+    # that never run the lifespan (schema fuzzers) call the app.
+    state: dict[str, RecommendationService] = {} if service is None else {"service": service}
     reloading = asyncio.Lock()
 
     async def reload() -> RecommendationService:
@@ -220,7 +235,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["service"] = service or RecommendationService.load(artifact_dir, config)
+        if service is None:
+            state["service"] = RecommendationService.load(artifact_dir, config)
         logger.info("serving %s items", state["service"].index.size)
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
         yield
@@ -243,6 +259,21 @@ def create_app(
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(error), "field": error.field}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input back, and an input of NaN or Infinity
+        # (which Python's JSON parser accepts) then fails to serialise: a 500.
+        detail = [
+            {
+                "loc": e["loc"],
+                "msg": e["msg"],
+                "type": e["type"],
+                "input": _json_safe(e.get("input")),
+            }
+            for e in error.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
     @app.post("/v1/events", dependencies=[Depends(writer)])
     async def post_events(body: EventIn | list[EventIn]) -> dict:

@@ -19,6 +19,7 @@ item), go into the index at once and are recommendable by the next request.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
 from starsrec.sequences import featurize_events
 from starsrec.stars import HASHING_ENCODER, StarsRecommender
-from starsrec.store import Event, EventStore, SQLiteEventStore
+from starsrec.store import Event, EventStore, SQLiteEventStore, is_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +214,20 @@ class RecommendationService:
         filters: RequestFilters = RequestFilters(),
     ) -> list[Recommendation]:
         """Top-k items for a user (stored events) and/or an anonymous list of events, at
-        time `at` (unix seconds; now when None), under `filters`."""
-        at = time.time() if at is None else float(at)
+        time `at` (unix seconds; now when None), under `filters`. At most the catalogue's
+        size come back, however large `k`."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
+        k = min(int(k), self.index.size)
+        at = time.time() if at is None else at
+        if not is_timestamp(at):
+            raise RequestError(
+                "timestamp", f"timestamp: must be unix seconds from 1970 on, got {at!r}"
+            )
+        bad = [e.timestamp for e in events if not is_timestamp(e.timestamp)]
+        if bad:
+            raise RequestError("events", f"events: timestamps must be unix seconds, got {bad[:3]}")
+        at = float(at)
         history = list(self.store.recent(user_id, self.config.history_limit)) if user_id else []
         history += [e for e in events if e.item_id in self.items.row_of]
         history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)

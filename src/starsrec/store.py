@@ -42,6 +42,7 @@ from typing import Self
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
+MAX_TIMESTAMP = 1e11  # about the year 5138: later "timestamps" are milliseconds by mistake
 
 SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 10.0
@@ -63,6 +64,17 @@ class Event:
     timestamp: float  # unix seconds (UTC)
 
 
+def is_timestamp(value: object) -> bool:
+    """Unix seconds in [0, MAX_TIMESTAMP): finite, not a bool (True is always a bug), and not
+    milliseconds by mistake."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value < MAX_TIMESTAMP
+    )
+
+
 def validated_row(event: object) -> tuple[str, str, str, str, float]:
     """Validate one event and return its table row; raises ValueError naming the problem."""
     if not isinstance(event, Event):
@@ -75,10 +87,10 @@ def validated_row(event: object) -> tuple[str, str, str, str, float]:
             )
     ts = event.timestamp
     # bool is an int subclass, and True as a timestamp is always a bug.
-    if isinstance(ts, bool) or not isinstance(ts, numbers.Real) or not math.isfinite(ts):
+    if not is_timestamp(ts):
         raise ValueError(
-            f"event {event.event_id!r}: timestamp must be a finite number of unix seconds, "
-            f"got {ts!r}"
+            f"event {event.event_id!r}: timestamp must be unix seconds from 1970 on (not "
+            f"milliseconds), got {ts!r}"
         )
     return event.event_id, event.user_id, event.item_id, event.event_type, float(ts)
 
