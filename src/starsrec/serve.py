@@ -6,6 +6,8 @@
     PUT  /v1/items               add or change products (recommendable at once)
     GET  /healthz                liveness and sizes
     GET  /metrics                Prometheus text: requests, latencies, index size
+    GET  /                       the explorer page and its read-only endpoints
+                                 (users, items, audiences: see starsrec.explorer)
 
 Handlers are `async def` and call the service directly: a request is about a millisecond
 of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
@@ -32,6 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from starsrec import __version__
+from starsrec.browse import CatalogueBrowser
+from starsrec.explorer import explorer_router
 from starsrec.service import (
     Product,
     RecommendationService,
@@ -178,10 +182,12 @@ def create_app(
         authorised(request, write=False)
 
     state: dict[str, RecommendationService] = {}
+    browsers: dict[str, CatalogueBrowser] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["service"] = service or RecommendationService.load(artifact_dir, config)
+        browsers["browser"] = CatalogueBrowser(state["service"])
         logger.info("serving %s items", state["service"].index.size)
         yield
         if service is None:  # the app closes only what it opened
@@ -270,6 +276,8 @@ def create_app(
                 {"item_id": p.item_id, "status": o} for p, o in zip(products, outcome, strict=True)
             ]
         }
+
+    app.include_router(explorer_router(lambda: browsers["browser"], reader))
 
     @app.get("/healthz")
     async def healthz() -> dict:
