@@ -232,7 +232,8 @@ function card(item, rank) {
       {
         type: "button",
         class: "add",
-        "aria-label": `Add ${item.text} to the session`,
+        // The visible words first (WCAG "label in name"), then which item.
+        "aria-label": `Add to session: ${item.text}`,
         onclick: () => postEvent(item.item_id, item.text),
       },
       "Add to session",
