@@ -90,6 +90,20 @@ def test_explorer_endpoints_answer_4xx_naming_the_field(client, path, status, fi
     assert field in response.text
 
 
+def test_explorer_reads_honour_protect_reads(world, tmp_path) -> None:  # noqa: F811
+    service = fresh_service(world, tmp_path)
+    app = create_app(service=service, api_key="s3cret", protect_reads=True)
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200  # the page holds no data
+        for path in ("/v1/catalogue", "/v1/users", "/v1/users/u0001", "/v1/items"):
+            response = client.get(path)
+            assert response.status_code == 401 and response.json()["field"] == "authorization"
+        assert client.get("/v1/items/s0-n1/audience").status_code == 401
+        key = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v1/users", headers=key).json()["users"][:2] == ["u0000", "u0001"]
+    service.store.close()
+
+
 def test_items_are_searched_by_text_and_id(client) -> None:
     found = client.get("/v1/items", params={"query": "OF LINE 4", "limit": 3}).json()["items"]
     assert [i["item_id"] for i in found] == ["s4-n0", "s4-n1", "s4-n2"]

@@ -52,10 +52,13 @@ class HistoryEvent:
 class UserSummary:
     """A shopper's stored history up to a time: its size and span, the classes and tags it
     holds most, and the current session (the trailing events with no gap over the model's
-    session gap, when the last of them is within that gap of the request time)."""
+    session gap, when the last of them is within that gap of the request time). Like a
+    recommendation request, it reads the last `ServingConfig.history_limit` stored events;
+    `truncated` says there may be older ones."""
 
     user_id: str
     events: int
+    truncated: bool
     first_timestamp: float | None
     last_timestamp: float | None
     has_long_term_memory: bool
@@ -141,6 +144,7 @@ class CatalogueBrowser:
         return UserSummary(
             user_id=user_id,
             events=len(history),
+            truncated=len(stored) == service.config.history_limit,
             first_timestamp=history[0].timestamp if history else None,
             last_timestamp=history[-1].timestamp if history else None,
             has_long_term_memory=known,

@@ -85,10 +85,15 @@ async function loadCatalogue() {
     `${info.users.toLocaleString()} shoppers with a long-term memory, ` +
     `${info.events.toLocaleString()} stored events`;
   for (const select of [$("filter-class"), $("product-class")]) {
+    // Keep the first option ("All classes" / "Let the model decide"): loading runs again
+    // when an API key is entered.
+    select.replaceChildren(select.options[0]);
     for (const name of info.classes) select.append(el("option", { value: name, text: name }));
   }
   $("filter-purchased").checked = !info.allow_repeats;
-  for (const name of info.event_types) $("event-type").append(el("option", { value: name, text: name }));
+  $("event-type").replaceChildren(
+    ...info.event_types.map((name) => el("option", { value: name, text: name })),
+  );
   $("event-type").value = info.main_event_type;
 }
 
@@ -142,7 +147,8 @@ async function showSummary() {
   }
   if (summary.last_timestamp) state.lastTimestamp = summary.last_timestamp;
   const span = summary.events
-    ? `${summary.events} events, ${formatTime(summary.first_timestamp)} to ` +
+    ? `${summary.truncated ? "last " : ""}${summary.events} events, ` +
+      `${formatTime(summary.first_timestamp)} to ` +
       `${formatTime(summary.last_timestamp)}`
     : "no events before this request time";
   const session = summary.session.length
@@ -374,6 +380,12 @@ async function start() {
   }
   $("item-form").addEventListener("submit", searchItems);
   $("product-form").addEventListener("submit", addProduct);
+  // With --protect-reads every request needs the key: loading starts over once it is given.
+  $("api-key").addEventListener("change", load);
+  await load();
+}
+
+async function load() {
   try {
     await loadCatalogue();
     await searchUsers();
