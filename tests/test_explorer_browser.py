@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from playwright.sync_api import expect, sync_playwright
 
 from starsrec.serve import create_app
 from test_serving import fresh_service, world  # noqa: F401  (world is a fixture)
@@ -69,13 +70,9 @@ def card_ids(page) -> list[str]:
 
 def test_pick_a_shopper_add_an_item_and_add_a_product(server) -> None:
     executable = chromium()
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'"
-    )
-    expect = sync_api.expect
     expect.set_options(timeout=TIMEOUT_MS)
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=executable, headless=True, args=["--no-sandbox"]
         )
@@ -114,6 +111,15 @@ def test_pick_a_shopper_add_an_item_and_add_a_product(server) -> None:
         assert after != before and before[0] not in after
         expect(page.locator("#shopper-summary .session")).to_contain_text(title)
         expect(page.locator("#recommendations .badge.new").first).to_be_visible()
+
+        # Find an item by its words and add it with the keyboard alone.
+        page.get_by_label("Find an item to add to the session").fill("product 2 of line 4")
+        page.keyboard.press("Enter")
+        found = page.get_by_role("button", name="product 2 of line 4", exact=True)
+        found.focus()
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text("Added “product 2 of line 4”")
+        expect(page.locator("#shopper-summary .session")).to_contain_text("product 2 of line 4")
 
         # Add a product by its title and see which shoppers it reaches.
         page.get_by_label("Title").fill("product 7 of line 3")

@@ -21,6 +21,8 @@ from starsrec.store import Event
 
 @dataclass(frozen=True)
 class Count:
+    """A class or tag name and how often it occurs in a history (tags: summed weights)."""
+
     name: str
     count: float
 
@@ -69,6 +71,8 @@ class UserSummary:
 
 @dataclass(frozen=True)
 class AudienceMember:
+    """One shopper an item reaches (see `CatalogueBrowser.audience`)."""
+
     user_id: str
     score: float  # u_L · e_i: the user-dependent part of the retrieval score
 
