@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
 	# redis-server for the Redis event store tests (skipped without it); installs only if missing.
 	./scripts/redis-server.sh
+	# chromium for the explorer's browser test (skipped without it); installs only if missing.
+	./scripts/chromium.sh
 	touch $(STAMP)
 
 demo: setup

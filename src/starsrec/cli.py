@@ -31,7 +31,10 @@ EXAMPLES = {
         "--models popularity,lambdamart --out reports/movielens"
     ),
     "index": "example: starsrec index artifacts/movielens",
-    "serve": "example: starsrec serve artifacts/movielens --host 127.0.0.1 --port 8000",
+    "serve": (
+        "example: starsrec serve artifacts/movielens --host 127.0.0.1 --port 8000, then open "
+        "http://127.0.0.1:8000/ (the explorer page) or http://127.0.0.1:8000/docs (the API)"
+    ),
 }
 
 
@@ -114,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--data", help="the prepared dataset (default: the one it was trained on)")
 
     serve = commands.add_parser(
-        "serve", help="serve an indexed artifact over HTTP", epilog=EXAMPLES["serve"]
+        "serve",
+        help="serve an indexed artifact over HTTP: the API, and the explorer page at /",
+        description="Serve an indexed artifact over HTTP: the JSON API under /v1 and the "
+        "explorer page at / (pick a shopper, add items to their session, set the date, add "
+        "products and see the recommendations move).",
+        epilog=EXAMPLES["serve"],
     )
     serve.add_argument("artifact_dir", help="an artifact indexed by `starsrec index`")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")

@@ -7,6 +7,8 @@
     POST /v1/admin/reload        load the artifact again (also on SIGHUP), swap it in live
     GET  /healthz                liveness and sizes
     GET  /metrics                Prometheus text: requests, latencies, index size
+    GET  /                       the explorer page and its read-only endpoints
+                                 (users, items, audiences: see starsrec.explorer)
 
 Handlers are `async def` and call the service directly: a request is about a millisecond
 of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
@@ -38,6 +40,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from starsrec import __version__
+from starsrec.browse import CatalogueBrowser
+from starsrec.explorer import explorer_router
 from starsrec.service import (
     Product,
     RecommendationService,
@@ -208,6 +212,13 @@ def create_app(
     # that never run the lifespan (schema fuzzers) call the app.
     state: dict[str, RecommendationService] = {} if service is None else {"service": service}
     reloading = asyncio.Lock()
+    # The explorer's searches over the current service (built lazily, so swapping is cheap).
+    browsers: list[CatalogueBrowser] = []
+
+    def browser() -> CatalogueBrowser:
+        if not browsers or browsers[0].service is not state["service"]:
+            browsers[:] = [CatalogueBrowser(state["service"])]
+        return browsers[0]
 
     async def reload() -> RecommendationService:
         """Load the artifact again in a worker thread while requests go on, then swap.
@@ -355,6 +366,8 @@ def create_app(
             raise RequestError("artifact", message, 409) from error
         took = round(time.perf_counter() - started, 3)
         return {"status": "reloaded", "items": fresh.index.size, "took_s": took}
+
+    app.include_router(explorer_router(browser, reader))
 
     @app.get("/healthz")
     async def healthz() -> dict:
