@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from starsrec import __version__
+from starsrec import __version__, distributed
 from starsrec.artifact import evaluate_artifact, is_artifact, load_config, train_artifact
 from starsrec.baselines import BASELINES
 from starsrec.data import DataError, format_summary, load_prepared, save_prepared, summarize
@@ -24,7 +24,15 @@ EXAMPLES = {
     "prepare": "example: starsrec data prepare online-retail --out data/online-retail",
     "train": (
         "example: starsrec train data/movielens-100k --set model.dim=64 --set train.epochs=20 "
-        "--out artifacts/movielens"
+        "--out artifacts/movielens\n\n"
+        "data parallel on this machine (2 processes, gloo on CPU):\n"
+        "  starsrec train data/movielens-100k --nproc 2 --out artifacts/movielens\n"
+        "several machines: start the same torchrun command on every node (paths on a shared "
+        "filesystem):\n"
+        "  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-id stars1 --rdzv-backend c10d \\\n"
+        "    --rdzv-endpoint HEAD_NODE:29500 -m starsrec.cli train data/shop \\\n"
+        "    --checkpoints checkpoints/shop --out artifacts/shop\n"
+        "resuming from --checkpoints is bit-exact at the same world size and valid at another"
     ),
     "evaluate": (
         "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
@@ -56,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="directory to write the Parquet tables to")
 
     train = commands.add_parser(
-        "train", help="train STARS into an artifact directory", epilog=EXAMPLES["train"]
+        "train",
+        help="train STARS into an artifact directory",
+        epilog=EXAMPLES["train"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("data_dir", help="a directory written by `starsrec data prepare`")
     train.add_argument("--config", help="a JSON file of StarsConfig fields (model, train, ...)")
@@ -71,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--protocol", choices=PROTOCOLS, default="leave-one-out")
     train.add_argument("--variant", default="stars", help="stars, sasrec or an ablation")
     train.add_argument("--out", required=True, help="the artifact directory to write")
+    train.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="checkpoint every epoch into DIR and resume from the checkpoint found there",
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel with N local processes (re-launches itself under torchrun)",
+    )
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -135,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.command == "data":
         dataset = prepare(args.source)
         out = save_prepared(dataset, args.out)
@@ -143,9 +165,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nwrote {out}/")
         return 0
     if args.command == "train":
+        if args.nproc > 1 and not distributed.launched_by_torchrun():
+            return distributed.relaunch(args.nproc, without_option(argv, "--nproc"))
         config = load_config(args.config, args.overrides)
-        out = train_artifact(args.data_dir, args.out, config, args.protocol, args.variant)
-        print(f"wrote {out}/")
+        rank = distributed.init_from_environment()
+        try:
+            out = train_artifact(
+                args.data_dir, args.out, config, args.protocol, args.variant, args.checkpoints
+            )
+        finally:
+            distributed.shutdown()
+        if rank.is_main:
+            print(f"wrote {out}/")
         return 0
     if args.command == "evaluate" and is_artifact(args.data_dir):
         record = evaluate_artifact(args.data_dir)
@@ -192,17 +223,34 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """`argv` less `option VALUE` / `option=VALUE` (torchrun would take `--nproc` for its
+    own `--nproc-per-node`, and the workers must not re-launch themselves)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # Under torchrun only rank 0 reports progress; the other ranks speak up on problems.
+    quiet = int(os.environ.get("RANK", "0")) > 0
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
+        level=logging.DEBUG if args.debug else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     # faiss logs every CPU-specific build it fails to find at INFO: noise to a user.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
-        return run(args)
+        return run(args, argv)
     except (DataError, ValueError, FileNotFoundError) as error:
         if args.debug:
             raise
