@@ -38,7 +38,16 @@ EXAMPLES = {
         "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
         "--models popularity,lambdamart --out reports/movielens"
     ),
-    "index": "example: starsrec index artifacts/movielens",
+    "index": (
+        "example: starsrec index artifacts/movielens\n\n"
+        "sharded, one job per shard on any machines sharing the artifact directory, then "
+        "the merge:\n"
+        "  starsrec index artifacts/shop --shards 8 --shard 0   # ... --shard 7\n"
+        "  starsrec index artifacts/shop                        # merges, builds serving/\n"
+        "the same as 4 local torchrun ranks (or torchrun -m starsrec.cli index ... on "
+        "several nodes):\n"
+        "  starsrec index artifacts/shop --nproc 4"
+    ),
     "serve": "example: starsrec serve artifacts/movielens --host 127.0.0.1 --port 8000",
 }
 
@@ -131,9 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline stage: item index, user memories, event store and exported encoder "
         "inside the artifact",
         epilog=EXAMPLES["index"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     index.add_argument("artifact_dir", help="an artifact from `starsrec train`")
     index.add_argument("--data", help="the prepared dataset (default: the one it was trained on)")
+    index.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="compute only the item vectors and user memories of shard --shard of N",
+    )
+    index.add_argument("--shard", type=int, metavar="I", help="which shard, 0 to N - 1")
+    index.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="compute N shards as N local processes under torchrun, then merge",
+    )
 
     serve = commands.add_parser(
         "serve", help="serve an indexed artifact over HTTP", epilog=EXAMPLES["serve"]
@@ -200,11 +223,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         print(f"wrote {report} and {report.parent / 'results.json'}")
         return 0
     if args.command == "index":
-        from starsrec.offline import build_serving
-
-        out = build_serving(args.artifact_dir, args.data)
-        print(f"wrote {out}/; start the service with: starsrec serve {args.artifact_dir}")
-        return 0
+        return run_index(args, argv)
     if args.command == "serve":
         import uvicorn
 
@@ -221,6 +240,45 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def run_index(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`starsrec index`: whole, one shard, sharded under torchrun, or merging shards."""
+    from shutil import rmtree
+
+    from starsrec import offline_shards
+    from starsrec.offline import build_serving
+
+    root = args.artifact_dir
+    if (args.shards is None) != (args.shard is None):
+        raise ValueError("--shards N and --shard I go together")
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return distributed.relaunch(args.nproc, without_option(argv, "--nproc"))
+    rank = distributed.init_from_environment()
+    if rank.distributed:
+        try:
+            if rank.is_main:  # shards of an earlier, different split must not be merged
+                rmtree(f"{root}/{offline_shards.SHARDS_DIR}", ignore_errors=True)
+            distributed.barrier()
+            offline_shards.compute_shard(
+                root, rank.world_size, rank.rank, args.data, progress=rank.is_main
+            )
+            distributed.barrier()
+        finally:
+            distributed.shutdown()
+        if not rank.is_main:
+            return 0
+        out = offline_shards.build_serving_from_shards(root, args.data)
+    elif args.shards is not None:
+        path = offline_shards.compute_shard(root, args.shards, args.shard, args.data)
+        print(f"wrote {path}; once all {args.shards} shards exist: starsrec index {root}")
+        return 0
+    elif offline_shards.has_shards(root):
+        out = offline_shards.build_serving_from_shards(root, args.data)
+    else:
+        out = build_serving(root, args.data)
+    print(f"wrote {out}/; start the service with: starsrec serve {root}")
+    return 0
 
 
 def without_option(argv: Sequence[str], option: str) -> list[str]:
