@@ -135,22 +135,18 @@ def train_model(
     optimizer = _optimizer(model, config)
     step = LossModule(model)
     if rank.distributed:
-        # Buffers (frozen text vectors, tags) never change: broadcasting them every step
-        # would be pure traffic. Switched-off components leave parameters without
-        # gradients, which DDP must be told to expect.
-        step = DistributedDataParallel(step, broadcast_buffers=False, find_unused_parameters=True)
+        # Buffers (frozen text vectors, tags) are the same on every rank and never change:
+        # syncing them every forward would be pure traffic. Switched-off components leave
+        # parameters without gradients, which DDP must be told to expect.
+        step = DistributedDataParallel(
+            step, forward_sync_buffers=False, find_unused_parameters=True
+        )
     state = TrainingState(history=[])
     best_weights = {k: v.clone() for k, v in model.state_dict().items()}
     if checkpoint_dir is not None and (checkpoint_dir / "trainer.json").exists():
         state, rng = _load_checkpoint(checkpoint_dir, model, optimizer, best_weights)
         logger.info("resumed from %s at epoch %d", checkpoint_dir, state.epoch)
-    logger.info(
-        "training on %d windows of up to %d events (rank %d of %d)",
-        len(windows),
-        length,
-        rank.rank,
-        rank.world_size,
-    )
+    logger.info("training on %d windows of up to %d events, rank %s", len(windows), length, rank)
     while state.epoch < config.epochs and state.stale_epochs < config.patience:
         started = time.perf_counter()
         sample_rng = rng
