@@ -41,10 +41,12 @@ def data_dir(tmp_path_factory) -> Path:
     return save_prepared(make_toy_world(n_users=200), tmp_path_factory.mktemp("toy") / "data")
 
 
-def train_two_processes(data_dir: Path, out: Path, epochs: int, checkpoints: Path) -> dict:
+def train_two_processes(
+    data_dir: Path, out: Path, epochs: int, checkpoints: Path, variant: str = "stars"
+) -> dict:
     """`starsrec train --nproc 2` in a subprocess; the artifact's meta.json."""
     overrides = [arg for value in [*TINY, f"train.epochs={epochs}"] for arg in ("--set", value)]
-    argv = ["train", str(data_dir), *overrides, "--nproc", "2"]
+    argv = ["train", str(data_dir), *overrides, "--nproc", "2", "--variant", variant]
     argv += ["--checkpoints", str(checkpoints), "--out", str(out)]
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "starsrec.cli", *argv]
@@ -93,6 +95,14 @@ def test_checkpoints_resume_exactly_at_the_same_world_size(data_dir, tmp_path) -
     train_artifact(data_dir, tmp_path / "d", config, checkpoint_dir=single)
     shapes = {k: v.shape for k, v in load_file(single / "checkpoint.safetensors").items()}
     assert shapes == {k: v.shape for k, v in expected.items()}
+
+
+def test_switched_off_components_train_under_ddp(data_dir, tmp_path) -> None:
+    """SASRec switches most STARS components off: their parameters get no gradient, which
+    DDP only accepts with find_unused_parameters (it raises at the second step otherwise)."""
+    meta = train_two_processes(data_dir, tmp_path / "sasrec", 1, tmp_path / "c", "sasrec")
+    assert meta["variant"] == "sasrec" and meta["world_size"] == 2
+    assert meta["history"][0]["events"] > 0 and 0 <= meta["validation_ndcg@10"] <= 1
 
 
 def test_shards_cover_every_row_once() -> None:
