@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc",
         type=int,
         default=1,
+        metavar="N",
         help="train data-parallel with N local processes (re-launches itself under torchrun)",
     )
 
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc",
         type=int,
         default=1,
+        metavar="N",
         help="compute N shards as N local processes under torchrun, then merge",
     )
 
