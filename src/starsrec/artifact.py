@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from starsrec import distributed
 from starsrec.data import DataError, Dataset, load_prepared
 from starsrec.integrity import ArtifactError, read_manifest
 from starsrec.recommender import META_FILE
@@ -68,14 +69,24 @@ def train_artifact(
     config: StarsConfig = StarsConfig(),
     protocol: str = "leave-one-out",
     variant: str = "stars",
+    checkpoint_dir: str | Path | None = None,
 ) -> Path:
-    """Train a STARS variant on a prepared dataset and write the artifact directory."""
+    """Train a STARS variant on a prepared dataset and write the artifact directory.
+
+    With `checkpoint_dir`, training checkpoints there every epoch and resumes from the
+    checkpoint it finds. In a process group every rank trains (see `starsrec.train`) and
+    rank 0 alone writes the artifact while the others wait for it."""
     dataset = load_prepared(data_dir)
     split = split_dataset(dataset, protocol)
     model = stars_variant(variant, config)
+    model.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     started = time.perf_counter()
     model.fit(training_data(dataset, split, not dataset.allow_repeats))
     train_s = time.perf_counter() - started
+    rank = distributed.current()
+    if not rank.is_main:
+        distributed.barrier()
+        return Path(out_dir)
     meta = {
         "dataset": dataset.name,
         "data_dir": str(Path(data_dir).resolve()),
@@ -87,12 +98,14 @@ def train_artifact(
         "validation_ndcg@10": model.training_state.best_metric,
         "history": model.training_state.history,
         "train_s": round(train_s, 3),
+        "world_size": rank.world_size,
         "date": dt.date.today().isoformat(),
         "machine": machine_description(),
         "config": dataclasses.asdict(model.config),
     }
     out = model.save(out_dir, meta)
     logger.info("wrote artifact %s (validation ndcg@10 %.4f)", out, meta["validation_ndcg@10"])
+    distributed.barrier()
     return out
 
 

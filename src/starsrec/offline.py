@@ -12,6 +12,10 @@ Every file is written to a temporary name and renamed, and the folder is built b
 final one and swapped in, so an interrupted run never leaves a half-written serving folder.
 serving.json, written last, records every file's checksum (the live event store aside) and
 the checksum of the model state they were built from; the service verifies both at load.
+
+The two costs that grow with the catalogue and the user base, item vectors and user
+memories, can run as shards on many machines first (`starsrec.offline_shards`); this stage
+then merges them instead of computing them.
 """
 
 from __future__ import annotations
@@ -58,22 +62,36 @@ from starsrec.store import Event, SQLiteEventStore
 logger = logging.getLogger(__name__)
 
 
+def load_offline_inputs(
+    artifact_dir: str | Path, data_dir: str | Path | None = None
+) -> tuple[dict, StarsRecommender, EventLog, bool]:
+    """An artifact's meta.json, recommender, event log and repeat convention, refusing a
+    dataset that changed since training."""
+    root = Path(artifact_dir)
+    meta, dataset = artifact_dataset(root, data_dir)
+    recommender = StarsRecommender.load(root)
+    log = EventLog.from_dataset(dataset, recommender.catalogue)
+    return meta, recommender, log, dataset.allow_repeats
+
+
 def build_serving(
     artifact_dir: str | Path,
     data_dir: str | Path | None = None,
     config: ServingConfig = ServingConfig(),
     progress: bool = True,
+    precomputed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Run the offline stage for an artifact on the events of its dataset (see module doc)."""
+    """Run the offline stage for an artifact on the events of its dataset (see module doc).
+
+    `precomputed`: every item's retrieval vector and every user's memory (merged shards),
+    used instead of computing them here."""
     root = Path(artifact_dir)
-    meta, dataset = artifact_dataset(root, data_dir)
-    recommender = StarsRecommender.load(root)
-    log = EventLog.from_dataset(dataset, recommender.catalogue)
+    meta, recommender, log, allow_repeats = load_offline_inputs(root, data_dir)
     building = root / f"{SERVING_DIR}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
     write_serving_files(
-        recommender, log, building, dataset.allow_repeats, config, progress, meta["dataset"]
+        recommender, log, building, allow_repeats, config, progress, meta["dataset"], precomputed
     )
     final = root / SERVING_DIR
     old = root / f"{SERVING_DIR}.old"
@@ -93,14 +111,25 @@ def write_serving_files(
     config: ServingConfig = ServingConfig(),
     progress: bool = True,
     dataset_name: str = "",
+    precomputed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Index, memories, store, encoder and serving.json for `recommender` with history
-    `log`, into directory `out`. Returns the serving.json record (with seconds per step)."""
+    `log`, into directory `out`. Returns the serving.json record (with seconds per step).
+    `precomputed`: (item retrieval vectors, user memories) to use instead of computing."""
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     started = time.perf_counter()
-    vectors = retrieval_vectors(recommender)
-    memories = long_term_memories(recommender, log, progress)
+    if precomputed is None:
+        vectors = retrieval_vectors(recommender)
+        memories = long_term_memories(recommender, log, progress)
+    else:
+        vectors, memories = precomputed
+        if (len(vectors), len(memories)) != (recommender.catalogue.size, log.n_users):
+            raise ValueError(
+                f"precomputed vectors for {len(vectors)} items and memories for "
+                f"{len(memories)} users, but the artifact has {recommender.catalogue.size} "
+                f"items and {log.n_users} users"
+            )
     queries = np.concatenate([memories, np.ones((len(memories), 1), np.float32)], axis=1)
     queries = np.pad(queries, ((0, 0), (0, vectors.shape[1] - queries.shape[1])))
     index = ItemIndex.build(vectors, config.index, queries=queries[:2000], progress=progress)
@@ -147,12 +176,16 @@ def write_serving_files(
 
 @torch.no_grad()
 def long_term_memories(
-    recommender: StarsRecommender, log: EventLog, progress: bool = True, batch: int = 256
+    recommender: StarsRecommender,
+    log: EventLog,
+    progress: bool = True,
+    batch: int = 256,
+    users: slice = slice(None),
 ) -> np.ndarray:
-    """(U, D) u_L of every user of `log` after their last event."""
+    """(U, D) u_L of every user of `log` (or of the `users` slice) after their last event."""
     model = recommender.model
     model.eval()
-    queries = Queries.for_users(log, list(log.user_ids))
+    queries = Queries.for_users(log, list(log.user_ids[users]))
     # Computed as for a request made once the user is dormant: exact for any such request.
     queries.time[:] = queries.time + int(model.dormant_seconds) + 1
     memories = np.zeros((len(queries), model.config.dim), dtype=np.float32)

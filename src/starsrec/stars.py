@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from starsrec import distributed
 from starsrec.calendar import DAY, CalendarEvents
 from starsrec.evaluate import EvaluationConfig, evaluate
 from starsrec.integrity import write_json_atomic
@@ -109,11 +110,14 @@ class StarsRecommender(Recommender):
         self.calendar: CalendarEvents | None = None
         self.n_event_types = 1
         self.training_state: TrainingState | None = None  # set by fit, not saved
+        # Where fit checkpoints every epoch and resumes from (None: no checkpoints).
+        self.checkpoint_dir: Path | None = None
 
     def _fit(self, data: TrainingData) -> None:
         config = self.config
         torch.manual_seed(config.seed)
-        self.features = item_features(data.catalogue, config)
+        with distributed.main_first():  # rank 0 fills the embedding cache, the rest read it
+            self.features = item_features(data.catalogue, config)
         warm = np.bincount(data.train.item, minlength=data.catalogue.size) > 0
         self.features["warm"] = warm.astype(np.float32)
         years = data.train.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(int)
@@ -139,6 +143,7 @@ class StarsRecommender(Recommender):
             self.calendar,
             dataclasses.replace(config.train, seed=config.seed),
             validate=validate,
+            checkpoint_dir=self.checkpoint_dir,
         )
 
     def _build(self) -> STARS:

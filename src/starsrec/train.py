@@ -7,6 +7,15 @@ the log-Q correction: each candidate's logit is reduced by the log of how often 
 sampler proposes it, so popular items are not over-penalised. Positives are weighted by
 their event type's engagement weight. AdamW, early stopping on validation NDCG@10, a
 checkpoint after every epoch that resumes exactly (model, optimiser, RNG states).
+
+Under torchrun (world size W > 1) the same loop runs as DistributedDataParallel: every
+rank draws the same shuffled epoch order from the shared seeded generator, takes every
+W-th window of each global batch (so a step covers the same `batch_size` windows as one
+process does), samples its negatives and dropout from a stream derived from (seed, epoch,
+rank), and DDP averages the gradients. Rank 0 validates and broadcasts the metric, so
+early stopping is decided once; rank 0 alone writes checkpoints. The checkpoint holds the
+same tensors at any world size: resuming at the same W is bit-exact, at another W valid
+(the model, optimiser and epoch carry over; the negative samples differ).
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from starsrec import distributed
 from starsrec.calendar import CalendarEvents
 from starsrec.interactions import EventLog
 from starsrec.model import PAD, STARS, EventBatch
@@ -109,32 +121,73 @@ def train_model(
     validate: Callable[[STARS], float] | None = None,
     checkpoint_dir: Path | None = None,
 ) -> TrainingState:
-    """Train `model` in place on `log`; keeps the weights of the best validation epoch."""
-    torch.set_num_threads(config.threads)
+    """Train `model` in place on `log`; keeps the weights of the best validation epoch.
+
+    In a process group (see module doc) every rank calls this with the same arguments;
+    `validate` runs on rank 0 only and `checkpoint_dir` must be readable by every rank."""
+    rank = distributed.current()
+    torch.set_num_threads(1 if rank.distributed else config.threads)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the epoch order: identical on every rank
     length = model.config.max_length
     windows = training_windows(log, length)
     sampler = Sampler(log, subclass, config)
     optimizer = _optimizer(model, config)
+    step = LossModule(model)
+    if rank.distributed:
+        # Buffers (frozen text vectors, tags) are the same on every rank and never change:
+        # syncing them every forward would be pure traffic. Switched-off components leave
+        # parameters without gradients, which DDP must be told to expect.
+        step = DistributedDataParallel(
+            step, forward_sync_buffers=False, find_unused_parameters=True
+        )
     state = TrainingState(history=[])
     best_weights = {k: v.clone() for k, v in model.state_dict().items()}
     if checkpoint_dir is not None and (checkpoint_dir / "trainer.json").exists():
         state, rng = _load_checkpoint(checkpoint_dir, model, optimizer, best_weights)
         logger.info("resumed from %s at epoch %d", checkpoint_dir, state.epoch)
-    logger.info("training on %d windows of up to %d events", len(windows), length)
+    logger.info("training on %d windows of up to %d events, rank %s", len(windows), length, rank)
     while state.epoch < config.epochs and state.stale_epochs < config.patience:
         started = time.perf_counter()
-        loss, events = _epoch(model, log, windows, sampler, calendar, optimizer, rng, config, state)
-        metric = validate(model) if validate is not None else -loss
+        sample_rng = rng
+        if rank.distributed:
+            # Per-rank streams derived from the epoch, so a checkpoint need not hold them.
+            sample_rng = np.random.default_rng([config.seed, state.epoch, rank.rank])
+            torch.manual_seed(int(sample_rng.integers(2**62)))
+        loss, events = _epoch(
+            step,
+            model,
+            log,
+            windows,
+            sampler,
+            calendar,
+            optimizer,
+            (rng, sample_rng),
+            config,
+            state,
+        )
+        loss_sum, events = distributed.all_reduce_sum([loss * events, events])
+        loss, events = loss_sum / max(events, 1), int(events)
+        seconds = time.perf_counter() - started  # training only, validation excluded
+        if validate is None:
+            metric = -loss
+        else:
+            metric = distributed.broadcast_float(validate(model) if rank.is_main else 0.0)
         state.epoch += 1
         if metric > state.best_metric:
             state.best_metric, state.best_epoch, state.stale_epochs = metric, state.epoch, 0
             best_weights = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             state.stale_epochs += 1
-        seconds = time.perf_counter() - started
-        state.history.append({"epoch": state.epoch, "loss": loss, "validation": metric})
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "loss": loss,
+                "validation": metric,
+                "events": events,
+                "seconds": round(seconds, 3),
+            }
+        )
         logger.info(
             "epoch %d: loss %.4f, validation ndcg@10 %.4f, %.0f events/s",
             state.epoch,
@@ -143,7 +196,9 @@ def train_model(
             events / seconds,
         )
         if checkpoint_dir is not None:
-            _save_checkpoint(checkpoint_dir, model, optimizer, state, rng, best_weights)
+            if rank.is_main:
+                _save_checkpoint(checkpoint_dir, model, optimizer, state, rng, best_weights)
+            distributed.barrier()  # no rank runs ahead of a checkpoint it may resume from
     model.load_state_dict(best_weights)
     model.eval()
     return state
@@ -166,24 +221,51 @@ def _optimizer(model: STARS, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
 
 
+class LossModule(nn.Module):
+    """The training loss as a module's forward, the shape DistributedDataParallel wraps
+    (it hooks `forward` only, and the loss calls several methods of STARS)."""
+
+    def __init__(self, model: STARS) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: object) -> torch.Tensor:
+        """`_loss(model, *args)`."""
+        return _loss(self.model, *args)
+
+
 def _epoch(
+    step: nn.Module,
     model: STARS,
     log: EventLog,
     windows: np.ndarray,
     sampler: Sampler,
     calendar: CalendarEvents,
     optimizer: torch.optim.Optimizer,
-    rng: np.random.Generator,
+    rngs: tuple[np.random.Generator, np.random.Generator],  # epoch order, negatives
     config: TrainConfig,
     state: TrainingState,
 ) -> tuple[float, int]:
+    """One pass over this rank's share of the windows: (mean loss, target events)."""
     model.train()
-    order = rng.permutation(len(windows))
+    rank = distributed.current()
+    order_rng, sample_rng = rngs
+    order = order_rng.permutation(len(windows))
+    # A window can predict something when a position has an input and a target event.
+    targets_ok = (windows[:, 1:] >= 0) & log.is_target[np.maximum(windows[:, 1:], 0)]
+    useful = (targets_ok & (windows[:, :-1] >= 0)).any(axis=1)
     total_loss, total_events = 0.0, 0
     batches = range(0, len(order), config.batch_size)
-    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not config.progress)
+    show = config.progress and rank.is_main
+    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not show)
     for lo in bar:
-        window = windows[order[lo : lo + config.batch_size]]  # (B, T+1)
+        chosen = order[lo : lo + config.batch_size]
+        # Every rank decides alike whether the step happens (DDP needs all or none); at
+        # world size 1 this is the batch having any target.
+        shares = [chosen[r :: rank.world_size] for r in range(rank.world_size)]
+        if not all(useful[share].any() for share in shares):
+            continue
+        window = windows[shares[rank.rank]]  # (B / W, T+1)
         inputs, target_rows = window[:, :-1], window[:, 1:]
         batch = featurize(
             log,
@@ -195,11 +277,9 @@ def _epoch(
         valid = (target_rows >= 0) & (inputs >= 0)
         safe = np.maximum(target_rows, 0)
         valid &= log.is_target[safe]
-        if not valid.any():
-            continue
         targets = log.item[safe]
-        candidates, log_q = sampler.sample(targets[valid], rng)
-        loss = _loss(model, batch, targets, valid, log.weight[safe], candidates, log_q)
+        candidates, log_q = sampler.sample(targets[valid], sample_rng)
+        loss = step(batch, targets, valid, log.weight[safe], candidates, log_q)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
