@@ -157,9 +157,19 @@ def summarise(samples, memory, args: argparse.Namespace) -> dict:
     base, end = (warm[0], memory[-1][1]) if warm else (memory[0][1], memory[-1][1])
     ms = np.array([s[2] for s in samples])
     errors = [s for s in samples if not 200 <= s[3] < 300]
+    by_kind = {
+        kind: {
+            "requests": len(times),
+            "p50_ms": float(np.percentile(times, 50)),
+            "p99_ms": float(np.percentile(times, 99)),
+        }
+        for kind, _ in MIX
+        if (times := [s[2] for s in samples if s[1] == kind])
+    }
     return {
         "requests": len(samples),
         "errors": len(errors),
+        "by_kind": by_kind,
         "error_statuses": sorted({s[3] for s in errors}),
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
@@ -177,6 +187,9 @@ def table(record: dict) -> str:
             f"| {w['from_s']:.0f} | {w['requests']} | {w['errors']} | {w['p50_ms']:.2f} "
             f"| {w['p99_ms']:.2f} | {w['rss_mib']:.0f} |"
         )
+    lines.append("\n| request | count | p50 ms | p99 ms |\n|---|---|---|---|")
+    for kind, k in record["by_kind"].items():
+        lines.append(f"| {kind} | {k['requests']} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} |")
     lines.append(
         f"\n{record['requests']} requests, {record['errors']} errors, p50 "
         f"{record['p50_ms']:.2f} ms, p99 {record['p99_ms']:.2f} ms; server RSS "

@@ -18,7 +18,13 @@ from starsrec.integrity import ArtifactError, sha256_file, write_atomic, write_j
 from starsrec.interactions import Catalogue, EventLog
 from starsrec.recommender import META_FILE, TrainingData
 from starsrec.serve import create_app
-from starsrec.service import MEMORY_FILE, SERVING_DIR, SERVING_FILE, RecommendationService
+from starsrec.service import (
+    MEMORY_FILE,
+    PRODUCTS_FILE,
+    SERVING_DIR,
+    SERVING_FILE,
+    RecommendationService,
+)
 from starsrec.stars import StarsRecommender
 from starsrec.toyworld import make_toy_world
 
@@ -195,3 +201,33 @@ def test_the_known_users_are_the_same_after_reload(served_artifact, tmp_path) ->
         after = client.post("/v1/recommend", json=body).json()["items"]
     assert [i["item_id"] for i in before] == [i["item_id"] for i in after]
     assert np.allclose([i["score"] for i in before], [i["score"] for i in after])
+
+
+# --- products put while serving ---------------------------------------------------------------
+def test_products_put_while_serving_survive_reload_restart_and_reindex_log(
+    served_artifact, tmp_path
+) -> None:
+    _, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    new = {"item_id": "added-live", "text": "product 3 of line 2, new edition"}
+    with TestClient(create_app(copy)) as client:
+        client.put("/v1/items", json=new).raise_for_status()
+        client.put("/v1/items", json={**new, "in_stock": False}).raise_for_status()
+        client.post("/v1/admin/reload").raise_for_status()
+        assert client.get("/v1/items/added-live/similar").status_code == 200
+    log = copy / SERVING_DIR / PRODUCTS_FILE
+    assert len(log.read_text().splitlines()) == 1  # compacted to the latest version
+    log.write_text(log.read_text() + '{"item_id": "cut-sh')  # a crash mid-append
+    service = RecommendationService.load(copy)  # a restart
+    row = service.items.row_of["added-live"]
+    assert not service.items.in_stock[row]  # the latest version won
+    assert "cut-sh" not in log.read_text()
+    service.store.close()
+
+
+def test_a_garbled_product_log_line_is_refused_clearly(served_artifact, tmp_path) -> None:
+    _, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    (copy / SERVING_DIR / PRODUCTS_FILE).write_text('{"nope": 1}\n{"item_id": "a", "text": "b"}\n')
+    with pytest.raises(ArtifactError, match=r"products\.jsonl:1 is not a product record"):
+        RecommendationService.load(copy)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from starsrec.stars import StarsRecommender
-from starsrec.tags import LexiconTagger
+from starsrec.tags import default_tagger
 
 
 class RequestError(ValueError):
@@ -95,12 +95,12 @@ class ItemTable:
 def item_tags(recommender: StarsRecommender, texts: Sequence[str]) -> np.ndarray:
     """(N, G) tags as the model was trained with them (lexicon tags, or one empty column)."""
     if recommender.config.use_lexicon_tags:
-        return LexiconTagger().extract(list(texts)).astype(np.float32)
+        return default_tagger().extract(list(texts)).astype(np.float32)
     return np.zeros((len(texts), 1), dtype=np.float32)
 
 
 def tag_vocabulary(recommender: StarsRecommender) -> tuple[str, ...]:
-    return LexiconTagger().vocabulary if recommender.config.use_lexicon_tags else ("",)
+    return default_tagger().vocabulary if recommender.config.use_lexicon_tags else ("",)
 
 
 @torch.no_grad()

@@ -51,6 +51,7 @@ from starsrec.service import (
     HISTORY_PREFIX,
     INDEX_DIR,
     MEMORY_FILE,
+    PRODUCTS_FILE,
     SERVING_DIR,
     SERVING_FILE,
     STORE_FILE,
@@ -94,6 +95,8 @@ def build_serving(
         recommender, log, building, allow_repeats, config, progress, meta["dataset"], precomputed
     )
     final = root / SERVING_DIR
+    if (final / PRODUCTS_FILE).exists():  # products put while serving outlive a re-index
+        shutil.copy2(final / PRODUCTS_FILE, building / PRODUCTS_FILE)
     old = root / f"{SERVING_DIR}.old"
     if final.exists():
         final.replace(old)
@@ -160,12 +163,12 @@ def write_serving_files(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "users": [str(u) for u in log.user_ids],
     }
-    # Checksums of every file but the live event store, and of the model they were built
-    # from (the artifact's state, beside this folder), verified by RecommendationService.load.
+    # Checksums of every file but the live event store and product log, and of the model built
+    # them (the artifact's state, beside this folder), verified by RecommendationService.load.
     files = [
         p.relative_to(out).as_posix()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and not p.name.startswith(STORE_FILE)
+        if p.is_file() and not p.name.startswith(STORE_FILE) and p.name != PRODUCTS_FILE
     ]
     meta["model_checksum"] = sha256_file(out.parent / STATE_FILE)
     meta[CHECKSUMS_KEY] = checksums(out, files)

@@ -43,6 +43,7 @@ from starsrec.itemtable import (
     item_tags,
     tag_vocabulary,
 )
+from starsrec.product_log import ProductLog
 from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
 from starsrec.sequences import featurize_events
@@ -56,6 +57,8 @@ ENCODER_FILE = "encoder.onnx"
 MEMORY_FILE = "memories.safetensors"
 SERVING_FILE = "serving.json"
 STORE_FILE = "events.sqlite"
+PRODUCTS_FILE = "products.jsonl"  # products put while serving (starsrec.product_log)
+PRODUCT_REPLAY_BATCH = 1000
 INDEX_DIR = "index"
 HISTORY_PREFIX = "history:"  # ids of the events the offline stage seeded the store with
 
@@ -110,8 +113,10 @@ class RecommendationService:
         allow_repeats: bool,
         encoder: OnnxUserEncoder | EagerUserEncoder,
         config: ServingConfig = ServingConfig(),
+        product_log: ProductLog | None = None,
     ) -> None:
         self.recommender = recommender
+        self.product_log = product_log  # where acknowledged upserts are made durable
         self.model = recommender.model
         self.index = index
         self.store = store
@@ -169,7 +174,7 @@ class RecommendationService:
             if config.use_onnx
             else EagerUserEncoder(recommender.model)
         )
-        return cls(
+        service = cls(
             recommender,
             ItemIndex.load(serving / INDEX_DIR),
             SQLiteEventStore(serving / STORE_FILE)
@@ -182,6 +187,17 @@ class RecommendationService:
             encoder,
             config,
         )
+        # Products put into earlier runs: replayed (latest version each), then the log is
+        # rewritten compacted and new upserts are appended to it.
+        log = ProductLog(serving / PRODUCTS_FILE)
+        products = log.read()
+        for first in range(0, len(products), PRODUCT_REPLAY_BATCH):
+            service.upsert_items(products[first : first + PRODUCT_REPLAY_BATCH])
+        if products:
+            log.compact(products)
+            logger.info("replayed %d products put while serving", len(products))
+        service.product_log = log
+        return service
 
     # -- events -------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
@@ -457,6 +473,8 @@ class RecommendationService:
                 assert int(added[0]) == row, "index rows and item rows must stay aligned"
         self.version += 1
         self._scopes.clear()
+        if self.product_log is not None:
+            self.product_log.append(products)
         logger.info(
             "catalogue: %s",
             ", ".join(f"{p.item_id} {o}" for p, o in zip(products, outcome, strict=True)),

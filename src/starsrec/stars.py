@@ -33,7 +33,7 @@ from starsrec.items import (
 from starsrec.model import STARS, ModelConfig
 from starsrec.recommender import Recommender, TrainingData, rebuild_nested_configs
 from starsrec.sequences import featurize, query_windows
-from starsrec.tags import LexiconTagger
+from starsrec.tags import default_tagger
 from starsrec.train import TrainConfig, TrainingState, train_model
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.nda
     cache = Path(config.embedding_cache) if config.embedding_cache else None
     text = embed_items(texts, encoder, cache_dir=cache)
     if config.use_lexicon_tags:
-        tags = LexiconTagger().extract(texts)
+        tags = default_tagger().extract(texts)
     else:
         tags = np.zeros((len(texts), 1), dtype=np.float32)
     subclass = catalogue.subclass

@@ -20,6 +20,7 @@ Every tagger is a `TagExtractor`: `vocabulary` (tag names, in column order) and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -124,6 +125,14 @@ class TagExtractor(Protocol):
 
 def _whole_words(patterns: Sequence[str]) -> str:
     return r"(?<![a-z0-9])(?:" + "|".join(f"(?:{p})" for p in patterns) + r")(?![a-z0-9])"
+
+
+@functools.cache
+def default_tagger() -> LexiconTagger:
+    """The shipped vocabulary's tagger, built once per process: building one loads the
+    vocabulary and compiles about 2,000 regexes (~0.1 s), which per added product made
+    `PUT /v1/items` take 80 ms here."""
+    return LexiconTagger()
 
 
 class LexiconTagger:
