@@ -37,6 +37,7 @@ demo: setup
 	@echo "Serve it:      $(BIN)/starsrec serve artifacts/demo-stars --port 8000"
 	@echo "Then ask it:   curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' \\"
 	@echo "                 -d '{\"user_id\": \"1\", \"k\": 5}'"
+	@echo "Explorer page: http://127.0.0.1:8000/"
 	@echo "API docs:      http://127.0.0.1:8000/docs"
 
 test: setup lint
