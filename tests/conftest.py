@@ -23,6 +23,20 @@ from starsrec.stars import StarsConfig, StarsRecommender
 from starsrec.toyworld import make_toy_world
 from starsrec.train import TrainConfig
 
+# `--set` overrides for a tiny, fast STARS through the CLI or `load_config`.
+TINY_OVERRIDES = [
+    "text_encoder=hashing",
+    "embedding_cache=null",
+    "derived_subclasses=4",
+    "derived_classes=2",
+    "model.dim=16",
+    "model.layers=1",
+    "model.max_length=8",
+    "train.epochs=2",
+    "train.progress=false",
+    "train.uniform_negatives=8",
+    "train.subclass_negatives=8",
+]
 TINY_STARS = StarsConfig(
     model=ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4),
     train=TrainConfig(

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import TINY_OVERRIDES
 from starsrec.cli import main
 from starsrec.serve import create_app
 from starsrec.toyworld import make_toy_world
@@ -88,20 +89,7 @@ def test_train_then_evaluate_the_artifact(shop: Path, tmp_path: Path, capsys) ->
     data_dir = tmp_path / "prepared"
     assert main(["data", "prepare", str(shop), "--out", str(data_dir)]) == 0
     artifact = tmp_path / "artifact"
-    tiny = [
-        "text_encoder=hashing",
-        "embedding_cache=null",
-        "derived_subclasses=4",
-        "derived_classes=2",
-        "model.dim=16",
-        "model.layers=1",
-        "model.max_length=8",
-        "train.epochs=2",
-        "train.progress=false",
-        "train.uniform_negatives=8",
-        "train.subclass_negatives=8",
-    ]
-    overrides = [arg for value in tiny for arg in ("--set", value)]
+    overrides = [arg for value in TINY_OVERRIDES for arg in ("--set", value)]
     argv = ["train", str(data_dir), *overrides, "--out", str(artifact)]
     assert main(argv) == 0
     meta = json.loads((artifact / "meta.json").read_text())

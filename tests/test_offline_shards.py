@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import TINY_OVERRIDES
 from starsrec.artifact import load_config, train_artifact
 from starsrec.cli import main
 from starsrec.data import save_prepared
@@ -22,26 +23,12 @@ from starsrec.offline import load_offline_inputs, long_term_memories
 from starsrec.offline_shards import SHARDS_DIR, compute_shard, has_shards, merge_shards
 from starsrec.toyworld import make_toy_world
 
-TINY = [
-    "text_encoder=hashing",
-    "embedding_cache=null",
-    "derived_subclasses=4",
-    "derived_classes=2",
-    "model.dim=16",
-    "model.layers=1",
-    "model.max_length=8",
-    "train.epochs=2",
-    "train.progress=false",
-    "train.uniform_negatives=8",
-    "train.subclass_negatives=8",
-]
-
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shards")
     data = save_prepared(make_toy_world(n_users=90), root / "data")
-    return train_artifact(data, root / "artifact", load_config(None, TINY))
+    return train_artifact(data, root / "artifact", load_config(None, TINY_OVERRIDES))
 
 
 def test_sharded_vectors_and_memories_equal_the_whole(artifact) -> None:

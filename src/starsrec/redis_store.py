@@ -49,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
 
-from starsrec.store import Event, EventStore, check_limit, validated_row
+from starsrec.store import Event, EventStore, check_recent_many, validated_row
 
 try:
     import redis
@@ -197,13 +197,8 @@ class RedisEventStore(EventStore):
         logger.info("loaded %d new events into %s (prefix %r)", added, self.url, self.prefix)
         return added
 
-    def recent(self, user_id: str, limit: int) -> list[Event]:
-        return self.recent_many([user_id], limit)[user_id]
-
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
-        if isinstance(user_ids, str):
-            raise ValueError("user_ids must be a sequence of ids, not one string: use recent()")
-        check_limit(limit)
+        check_recent_many(user_ids, limit)
         client = self._db()
         users = list(dict.fromkeys(user_ids))
         if not users:

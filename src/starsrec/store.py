@@ -116,6 +116,13 @@ def check_limit(limit: int) -> None:
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
 
 
+def check_recent_many(user_ids: Sequence[str], limit: int) -> None:
+    """The argument checks both backends' `recent_many` share."""
+    if isinstance(user_ids, str):
+        raise ValueError("user_ids must be a sequence of ids, not one string: use recent()")
+    check_limit(limit)
+
+
 class EventStore(ABC):
     """Backend-neutral interface of the event store (see the module docstring)."""
 
@@ -128,9 +135,9 @@ class EventStore(ABC):
         this returns, the events are durable (acknowledged = persisted).
         """
 
-    @abstractmethod
     def recent(self, user_id: str, limit: int) -> list[Event]:
         """The user's last `limit` events, oldest first, ordered by (timestamp, arrival order)."""
+        return self.recent_many([user_id], limit)[user_id]
 
     @abstractmethod
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
@@ -264,13 +271,8 @@ class SQLiteEventStore(EventStore):
         logger.info("loaded %d new events into %s", added, self.path)
         return added
 
-    def recent(self, user_id: str, limit: int) -> list[Event]:
-        return self.recent_many([user_id], limit)[user_id]
-
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
-        if isinstance(user_ids, str):
-            raise ValueError("user_ids must be a sequence of ids, not one string: use recent()")
-        check_limit(limit)
+        check_recent_many(user_ids, limit)
         out: dict[str, list[Event]] = {}
         with self._lock:
             conn = self._db()
