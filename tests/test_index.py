@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from starsrec.index import IndexConfig, ItemIndex, _merge, format_sweep
+from starsrec.exact_topk import merge_top_k
+from starsrec.index import IndexConfig, ItemIndex, format_sweep
 
 DIM = 16
 FAISS_CONFIG = IndexConfig(
@@ -196,7 +197,7 @@ def test_ties_go_to_the_lower_row() -> None:
 def test_merge_keeps_best_first_and_ties_by_lower_row() -> None:
     first = np.array([[7, 2, -1]]), np.array([[5.0, 1.0, -np.inf]], np.float32)
     second = np.array([[3, 9, 4]]), np.array([[5.0, 2.0, 1.0]], np.float32)
-    rows, scores = _merge(first, second, 4)
+    rows, scores = merge_top_k(first, second, 4)
     assert rows.tolist() == [[3, 7, 9, 2]] and scores.tolist() == [[5.0, 5.0, 2.0, 1.0]]
 
 

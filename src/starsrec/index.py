@@ -15,7 +15,7 @@ Design:
   key); otherwise faiss searches with the filters as C++ selectors (allowed bitmap AND NOT
   the query's exclusions) and a breadth raised by 1/selectivity. A query the ANN leaves with
   fewer than min(k, qualifying rows) results is answered by exact search instead.
-- Every returned score is recomputed from the stored matrix by `_inner`, whose sum order per
+- Every returned score is recomputed from the stored matrix by `inner_scores`, whose sum order per
   element does not depend on which rows are scored together (BLAS sgemm's does), so all paths
   agree bit for bit with `exact_search` and merged lists order exactly.
 - `add` appends rows to faiss at once. `update` removes and re-adds rows on IVF; HNSW cannot
@@ -39,6 +39,7 @@ import faiss
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from starsrec.exact_topk import inner_scores, merge_top_k, scan_top_k, top_k_rows
 from starsrec.index_sweep import add_rows, build_faiss, format_sweep, l2_items, l2_queries
 from starsrec.integrity import write_atomic, write_json_atomic
 
@@ -52,7 +53,6 @@ FAISS_FILE = "faiss.index"
 FORMAT = 2  # 2: faiss holds the MIPS-to-L2 transform of the vectors
 MAX_EF_SEARCH = 4096
 SCOPE_CACHE_SIZE = 64
-SCORE_BLOCK = 1 << 24  # scores held at once by exact scans (64 MiB of float32)
 _ALL = object()  # scope-cache key of the "every row allowed" subset
 
 
@@ -198,7 +198,7 @@ class ItemIndex:
         queries, exclude = self._check(queries, k, exclude)
         subset = self._subset(self._check_allowed(allowed), scope)
         if self._plan(subset) == "exact":
-            return _scan(queries, k, subset.rows, subset.matrix, exclude)
+            return scan_top_k(queries, k, subset.rows, subset.matrix, exclude)
         return self._ann_search(queries, k, subset, exclude)
 
     def exact_search(
@@ -212,7 +212,7 @@ class ItemIndex:
         """The reference for `search` (same arguments and results; `scope` is ignored):
         scores every row, masks disallowed and excluded rows, takes the top k."""
         queries, exclude = self._check(queries, k, exclude)
-        return _scan(queries, k, None, self._vectors, exclude, self._check_allowed(allowed))
+        return scan_top_k(queries, k, None, self._vectors, exclude, self._check_allowed(allowed))
 
     def _ann_search(
         self, queries: np.ndarray, k: int, subset: _Subset, exclude: list[np.ndarray] | None
@@ -238,13 +238,13 @@ class ItemIndex:
                 one = l2_queries(queries[q : q + 1])
                 _, found[q : q + 1] = self._faiss.search(one, k, params=params)
         safe = np.maximum(found, 0)
-        scores = _inner(queries, self._vectors[safe])
+        scores = inner_scores(queries, self._vectors[safe])
         scores[found < 0] = -np.inf
-        rows, scores = _top_k(scores, found, k)
+        rows, scores = top_k_rows(scores, found, k)
         if subset.stale_rows.size:  # HNSW rows updated since build: their new vectors, exactly
             matrix = self._vectors[subset.stale_rows]
-            stale = _scan(queries, k, subset.stale_rows, matrix, exclude)
-            rows, scores = _merge((rows, scores), stale, k)
+            stale = scan_top_k(queries, k, subset.stale_rows, matrix, exclude)
+            rows, scores = merge_top_k((rows, scores), stale, k)
         available = np.full(len(queries), subset.count)
         for q, banned in enumerate(exclude or ()):
             banned = np.unique(banned)
@@ -253,7 +253,7 @@ class ItemIndex:
         if short.size:  # rare: the ANN ran out of candidates (large k, heavy exclusions)
             logger.debug("%d of %d queries short of results: exact search", short.size, len(rows))
             banned = None if exclude is None else [exclude[q] for q in short]
-            rows[short], scores[short] = _scan(
+            rows[short], scores[short] = scan_top_k(
                 queries[short], k, None, self._vectors, banned, subset.allowed
             )
         return rows, scores
@@ -450,73 +450,6 @@ class _Subset:
             return None
         usable = ~self._stale if self.allowed is None else self.allowed & ~self._stale
         return np.packbits(usable, bitorder="little")
-
-
-# -- scoring and top-k ----------------------------------------------------------------
-def _inner(queries: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """(Q, M) scores against (M, D) rows, or (Q, K) against per-query (Q, K, D) candidates;
-    einsum without BLAS, for the bit-identical scores the module docstring promises."""
-    if matrix.ndim == 3:
-        return np.einsum("qkd,qd->qk", matrix, queries, optimize=False)
-    return np.einsum("qd,nd->qn", queries, matrix, optimize=False)
-
-
-def _scan(
-    queries: np.ndarray,
-    k: int,
-    rows: np.ndarray | None,
-    matrix: np.ndarray,
-    exclude: list[np.ndarray] | None,
-    allowed: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top k over `matrix`, whose rows are the sorted row ids `rows` (None: 0..M-1)."""
-    results = [np.empty((0, k), np.int64)], [np.empty((0, k), np.float32)]
-    block = max(1, SCORE_BLOCK // max(1, len(matrix)))
-    for start in range(0, len(queries), block):
-        scores = _inner(queries[start : start + block], matrix)
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        for q, banned in enumerate((exclude or [])[start : start + block]):
-            if rows is not None:  # row ids -> positions in the subset
-                positions = np.searchsorted(rows, banned)
-                inside = positions < len(rows)
-                positions, banned = positions[inside], banned[inside]
-                banned = positions[rows[positions] == banned]
-            scores[q, banned] = -np.inf
-        for part, out in zip(_top_k(scores, rows, k), results, strict=True):
-            out.append(part)
-    return np.concatenate(results[0]), np.concatenate(results[1])
-
-
-def _top_k(scores: np.ndarray, rows: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best k entries per query of (Q, M) `scores`, ties by lower row; -inf entries are absent.
-    rows: (M,) or (Q, M) row ids of the columns, None for 0..M-1."""
-    count, m = scores.shape
-    out_rows = np.full((count, k), -1, dtype=np.int64)
-    out_scores = np.full((count, k), -np.inf, dtype=np.float32)
-    take = min(k, m)
-    if take == 0:
-        return out_rows, out_scores
-    labels = np.broadcast_to(np.arange(m) if rows is None else rows, scores.shape)
-    # The take-th best value per query; everything at least as good is a candidate, so ties
-    # at the boundary are settled by row, not by where partition happened to put them.
-    kth = np.partition(scores, m - take, axis=1)[:, m - take]
-    for q in range(count):
-        candidates = np.flatnonzero((scores[q] >= kth[q]) & (scores[q] > -np.inf))
-        order = np.lexsort((labels[q, candidates], -scores[q, candidates]))[:take]
-        chosen = candidates[order]
-        out_rows[q, : len(chosen)] = labels[q, chosen]
-        out_scores[q, : len(chosen)] = scores[q, chosen]
-    return out_rows, out_scores
-
-
-def _merge(
-    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top k of two (rows, scores) lists over disjoint rows: best first, ties by lower row."""
-    rows = np.concatenate([first[0], second[0]], axis=1)
-    scores = np.concatenate([first[1], second[1]], axis=1)
-    return _top_k(scores, rows, k)
 
 
 # -- input validation -----------------------------------------------------------------
