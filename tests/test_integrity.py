@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from starsrec.baselines import BASELINES
 from starsrec.integrity import ArtifactError, sha256_file, write_atomic, write_json_atomic
 from starsrec.interactions import Catalogue, EventLog
+from starsrec.itemtable import Product
 from starsrec.recommender import META_FILE, TrainingData
 from starsrec.serve import create_app
 from starsrec.service import (
@@ -216,12 +217,13 @@ def test_products_put_while_serving_survive_reload_restart_and_reindex_log(
         client.post("/v1/admin/reload").raise_for_status()
         assert client.get("/v1/items/added-live/similar").status_code == 200
     log = copy / SERVING_DIR / PRODUCTS_FILE
-    assert len(log.read_text().splitlines()) == 1  # compacted to the latest version
+    assert len(log.read_text().splitlines()) == 2  # a reload does not compact (see below)
     log.write_text(log.read_text() + '{"item_id": "cut-sh')  # a crash mid-append
     service = RecommendationService.load(copy)  # a restart
     row = service.items.row_of["added-live"]
     assert not service.items.in_stock[row]  # the latest version won
     assert "cut-sh" not in log.read_text()
+    assert len(log.read_text().splitlines()) == 1  # a restart compacts to the latest version
     service.store.close()
 
 
@@ -231,3 +233,22 @@ def test_a_garbled_product_log_line_is_refused_clearly(served_artifact, tmp_path
     (copy / SERVING_DIR / PRODUCTS_FILE).write_text('{"nope": 1}\n{"item_id": "a", "text": "b"}\n')
     with pytest.raises(ArtifactError, match=r"products\.jsonl:1 is not a product record"):
         RecommendationService.load(copy)
+
+
+def test_products_put_while_a_reload_loads_reach_the_new_service(served_artifact, tmp_path):
+    """The reload's sequence: the new service loads (no compaction) while the old one takes
+    a product; after the swap the new one replays what the log gained meanwhile."""
+    _, _, artifact = served_artifact
+    copy = copy_of(artifact, tmp_path)
+    old = RecommendationService.load(copy)
+    fresh = RecommendationService.load(copy, compact_products=False)
+    old.upsert_items([Product("during-reload", "product 1 of line 2, put during a reload")])
+    assert "during-reload" not in fresh.items.row_of
+    assert [p.item_id for p in fresh.replay_products()] == ["during-reload"]
+    assert "during-reload" in fresh.items.row_of
+    restarted = RecommendationService.load(copy)
+    assert "during-reload" in restarted.items.row_of
+    log = (copy / SERVING_DIR / PRODUCTS_FILE).read_text().splitlines()
+    assert len(log) == 1  # replaying did not log the product twice; the restart compacted
+    for service in (old, fresh, restarted):
+        service.store.close()

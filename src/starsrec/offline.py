@@ -163,8 +163,8 @@ def write_serving_files(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "users": [str(u) for u in log.user_ids],
     }
-    # Checksums of every file but the live event store and product log, and of the model built
-    # them (the artifact's state, beside this folder), verified by RecommendationService.load.
+    # Checksums of every file but the live event store and product log, and of the model state
+    # they were built from (beside this folder), verified by RecommendationService.load.
     files = [
         p.relative_to(out).as_posix()
         for p in sorted(out.rglob("*"))

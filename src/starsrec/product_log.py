@@ -5,7 +5,8 @@ memory; this log makes it outlive restarts, reloads and a re-run of `starsrec in
 acknowledged upsert is appended as one JSON line and fsynced before the service answers.
 `RecommendationService.load` replays the log in order (the last version of each product
 wins) and rewrites it compacted, atomically, so it grows with the catalogue, not with the
-number of updates.
+number of updates. A hot reload does not compact (the previous service may still append);
+after its swap the new service reads only the lines the previous one added meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ProductLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lines_read = 0
 
     def append(self, products: Sequence[Product]) -> None:
         """Write `products` and fsync: after this returns they survive a crash."""
@@ -37,14 +39,16 @@ class ProductLog:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def read(self) -> list[Product]:
-        """The latest version of every logged product, in first-logged order. A last line
-        cut short by a crash (never acknowledged) is skipped with a warning."""
+    def read_new(self) -> list[Product]:
+        """The latest version of every product logged since the last `read_new` or
+        `compact` of this object (every product, the first time), in first-logged order.
+        A last line cut short by a crash (never acknowledged) is skipped with a warning."""
         if not self.path.exists():
             return []
         latest: dict[str, Product] = {}
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
+        start, self._lines_read = self._lines_read, len(lines)
+        for number, line in enumerate(lines[start:], start=start + 1):
             try:
                 product = Product(**json.loads(line))
             except (json.JSONDecodeError, TypeError) as error:
@@ -62,6 +66,7 @@ class ProductLog:
         """Replace the log by `products` (one line each), atomically."""
         lines = _lines(products)
         write_atomic(self.path, lambda temporary: temporary.write_text(lines, encoding="utf-8"))
+        self._lines_read = len(products)
 
 
 def _lines(products: Sequence[Product]) -> str:

@@ -232,9 +232,10 @@ def create_app(
                 "reload", "reload: this app serves a service object, not an artifact", 409
             )
         async with reloading:
-            fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config)
+            fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config, False)
             old, state["service"] = state["service"], fresh
             old.store.close()
+            fresh.replay_products()  # products the old service took while this one loaded
         logger.info("reloaded %s: serving %s items", artifact_dir, fresh.index.size)
         return fresh
 

@@ -146,8 +146,14 @@ class RecommendationService:
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
-    def load(cls, artifact_dir: str | Path, config: ServingConfig = ServingConfig()):
-        """Open an artifact whose serving files `starsrec index` has written."""
+    def load(
+        cls,
+        artifact_dir: str | Path,
+        config: ServingConfig = ServingConfig(),
+        compact_products: bool = True,
+    ):
+        """Open an artifact whose serving files `starsrec index` has written. A hot reload
+        passes compact_products=False: the service it replaces may still log products."""
         torch.set_num_threads(config.threads)  # one thread per serving worker
         root = Path(artifact_dir)
         serving = root / SERVING_DIR
@@ -188,16 +194,26 @@ class RecommendationService:
             config,
         )
         # Products put into earlier runs: replayed (latest version each), then the log is
-        # rewritten compacted and new upserts are appended to it.
-        log = ProductLog(serving / PRODUCTS_FILE)
-        products = log.read()
-        for first in range(0, len(products), PRODUCT_REPLAY_BATCH):
-            service.upsert_items(products[first : first + PRODUCT_REPLAY_BATCH])
-        if products:
-            log.compact(products)
-            logger.info("replayed %d products put while serving", len(products))
-        service.product_log = log
+        # rewritten compacted (which also drops a line a crash cut short).
+        service.product_log = ProductLog(serving / PRODUCTS_FILE)
+        products = service.replay_products()
+        if compact_products and service.product_log.path.exists():
+            service.product_log.compact(products)
         return service
+
+    def replay_products(self) -> list[Product]:
+        """Apply the products the log gained since this service last read it (all of them
+        at load; after a hot reload's swap, those the previous service took meanwhile)."""
+        log, self.product_log = self.product_log, None  # they are in the log already
+        try:
+            products = log.read_new()
+            for first in range(0, len(products), PRODUCT_REPLAY_BATCH):
+                self.upsert_items(products[first : first + PRODUCT_REPLAY_BATCH])
+        finally:
+            self.product_log = log
+        if products:
+            logger.info("replayed %d products put while serving", len(products))
+        return products
 
     # -- events -------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
