@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from starsrec.calendar import CalendarEvents
-from starsrec.interactions import Catalogue, EventLog
+from starsrec.interactions import Catalogue, EventLog, Queries
 from starsrec.model import PAD, STARS, ModelConfig
 from starsrec.recommender import TrainingData
+from starsrec.repeats import carried_repeats, history_counts, history_repeats
 from starsrec.sequences import featurize, query_windows, training_windows
 from starsrec.splits import split_dataset
 from starsrec.stars import StarsConfig, StarsRecommender
 from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig, history_repeats, train_model, window_repeats
+from starsrec.train import TrainConfig, train_model
 
 TINY = ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4, dropout=0.1)
 
@@ -117,12 +118,12 @@ def test_training_resumes_exactly(world, tmp_path) -> None:
 
 def test_serving_scores_match_the_training_path() -> None:
     """The fast full-catalogue `score` (whole-history repeat counts, one matrix product)
-    equals the training computation (window repeat counts, candidate scoring) for
-    histories shorter than the window."""
+    equals the training computation (window + carried-in repeat counts, candidate scoring),
+    also for histories longer than the window."""
     dataset = make_toy_world(n_users=40)
     split = split_dataset(dataset, "leave-one-out")
     config = StarsConfig(
-        model=replace(TINY, max_length=12),
+        model=replace(TINY, max_length=4),
         train=TrainConfig(epochs=1, batch_size=16, progress=False),
         text_encoder="hashing",
         embedding_cache=None,
@@ -131,40 +132,55 @@ def test_serving_scores_match_the_training_path() -> None:
     )
     recommender = StarsRecommender(config).fit(TrainingData(split.train, split.catalogue, "GB"))
     queries = split.test
-    assert queries.lengths.max() <= 12
+    assert queries.lengths.max() > 4
     served = recommender.score(queries)
 
     model = recommender.model
-    rows = query_windows(queries, 12)
+    rows = query_windows(queries, 4)
     batch = featurize(queries.log, rows, queries.time, recommender.calendar, 30.0)
     slots = torch.arange(1, split.catalogue.size + 1)
+    last = torch.zeros(rows.shape, dtype=torch.bool)
+    last[:, -1] = True
+    carried = carried_repeats(queries.log, rows, slots)
+    entries, columns, count, age = history_repeats(batch, slots, last, carried)
     with torch.no_grad():
         query = model.user_vectors(batch)[:, -1]
         logits = model.score(query, slots, batch.request_events[:, -1])
-        count, age = window_repeats(batch, slots)
-        logits = logits + model.repeat_bonus(count[:, -1], age[:, -1])
+        bonus = model.repeat_bonus(count, age)
+        logits = logits.index_put((entries, columns), bonus, accumulate=True)
     np.testing.assert_allclose(served, logits.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_sparse_history_repeats_match_the_dense_reference() -> None:
-    """Training's sparse repeat counts equal the dense (B, T, C) reference at every masked
-    position, including repeated items and candidates absent from the window."""
+def test_training_repeat_counts_match_whole_history_counts() -> None:
+    """Training's sparse repeat counts at every masked position of every window (the
+    window's own events plus those carried in from before it) equal scoring's dense counts
+    over the user's whole history up to that position, for the candidates sampled."""
     dataset = make_toy_world(n_users=30)
     split = split_dataset(dataset, "leave-one-out")
     log = split.train
-    windows = training_windows(log, 10)[:, :-1]
+    windows = training_windows(log, 3)
+    inputs = windows[:, :-1]
     calendar = CalendarEvents.build("GB", 2019, 2021)
-    batch = featurize(log, windows, log.timestamp[windows[:, -1]], calendar, 30.0)
+    batch = featurize(log, inputs, log.timestamp[windows[:, -1]], calendar, 30.0)
     generator = np.random.default_rng(0)
     slots = torch.from_numpy(np.unique(generator.integers(1, log.item.max() + 2, 40)))
-    mask = torch.from_numpy((windows >= 0) & (generator.random(windows.shape) < 0.7))
-    count, age = window_repeats(batch, slots)
-    rows, columns, sparse_count, sparse_age = history_repeats(batch, slots, mask)
-    dense_count = torch.zeros(int(mask.sum()), len(slots)).index_put((rows, columns), sparse_count)
-    dense_age = torch.full_like(dense_count, torch.inf).index_put((rows, columns), sparse_age)
-    assert sparse_count.min() >= 1 and len(rows) > len(slots)
-    torch.testing.assert_close(dense_count, count[mask])
-    torch.testing.assert_close(dense_age, age[mask])
+    mask = (windows[:, 1:] >= 0) & (inputs >= 0) & (generator.random(inputs.shape) < 0.7)
+    carried = carried_repeats(log, inputs, slots)
+    assert (carried.slots != PAD).any(), "no window has history before it"
+    rows, columns, count, age = history_repeats(batch, slots, torch.from_numpy(mask), carried)
+
+    b, t = mask.nonzero()  # the reference: one whole-history query per masked position
+    user = log.user[inputs[b, t]]
+    reference = Queries(
+        log, log.offsets[user], inputs[b, t] + 1, log.timestamp[windows[b, t + 1]], user
+    )
+    want_count, want_age = history_counts(reference, log.item.max() + 1)
+    columns_of_slots = slots.numpy() - 1
+    dense_count = torch.zeros(len(b), len(slots)).index_put((rows, columns), count)
+    dense_age = torch.full_like(dense_count, torch.inf).index_put((rows, columns), age)
+    assert count.min() >= 1 and len(rows) > len(slots)
+    np.testing.assert_array_equal(dense_count.numpy(), want_count[:, columns_of_slots])
+    np.testing.assert_allclose(dense_age.numpy(), want_age[:, columns_of_slots], atol=1e-2)
 
 
 def test_training_without_validation_keeps_the_trained_weights(world) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from starsrec import distributed
-from starsrec.calendar import DAY, CalendarEvents
+from starsrec.calendar import CalendarEvents
 from starsrec.evaluate import EvaluationConfig, evaluate
 from starsrec.integrity import write_json_atomic
 from starsrec.interactions import Catalogue, Queries
@@ -32,6 +32,7 @@ from starsrec.items import (
 )
 from starsrec.model import STARS, ModelConfig
 from starsrec.recommender import Recommender, TrainingData, rebuild_nested_configs
+from starsrec.repeats import history_counts
 from starsrec.sequences import featurize, query_windows
 from starsrec.tags import default_tagger
 from starsrec.train import TrainConfig, TrainingState, train_model
@@ -180,7 +181,7 @@ class StarsRecommender(Recommender):
             query = torch.where(empty[:, None], context * torch.ones_like(query), query)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             block = query @ vectors.T + bias + offsets  # (B, N)
-            counts, age = _history_counts(part, vectors.shape[0])
+            counts, age = history_counts(part, vectors.shape[0])
             block = block + model.repeat_bonus(torch.from_numpy(counts), torch.from_numpy(age))
             scores[lo : lo + len(part)] = block.numpy()
         return scores
@@ -220,18 +221,6 @@ class StarsRecommender(Recommender):
             }
         )
         self.model.eval()
-
-
-def _history_counts(queries: Queries, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, N) how often each item occurs in each query's whole history, and the days from
-    its last occurrence to the request (inf when never)."""
-    query, rows = queries.flat_history()
-    last = np.full((len(queries), n_items), -np.inf)
-    np.maximum.at(last, (query, queries.log.item[rows]), queries.log.timestamp[rows].astype(float))
-    age = ((queries.time[:, None] - last) / DAY).astype(np.float32)
-    counts = np.zeros((len(queries), n_items), dtype=np.float32)
-    np.add.at(counts, (query, queries.log.item[rows]), 1.0)
-    return counts, age
 
 
 # Named configurations for the benchmark's ablation table: (model switches, training

@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from starsrec import distributed
 from starsrec.calendar import CalendarEvents
 from starsrec.interactions import EventLog
-from starsrec.model import PAD, STARS, EventBatch
+from starsrec.model import STARS, EventBatch
+from starsrec.repeats import CarriedRepeats, carried_repeats, history_repeats
 from starsrec.sequences import featurize, training_windows
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,8 @@ def _epoch(
         valid &= log.is_target[safe]
         targets = log.item[safe]
         candidates, log_q = sampler.sample(targets[valid], sample_rng)
-        loss = step(batch, targets, valid, log.weight[safe], candidates, log_q)
+        carried = carried_repeats(log, inputs, torch.from_numpy(candidates + 1))
+        loss = step(batch, carried, targets, valid, log.weight[safe], candidates, log_q)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -294,6 +296,7 @@ def _epoch(
 def _loss(
     model: STARS,
     batch: EventBatch,
+    carried: CarriedRepeats,  # what each window's user had before the window
     targets: np.ndarray,  # (B, T) item index of the event after each input
     valid: np.ndarray,  # (B, T) positions that have a target to predict
     weights: np.ndarray,  # (B, T) engagement weight of each target
@@ -305,7 +308,7 @@ def _loss(
     query = query[mask]  # (P, D)
     slots = torch.from_numpy(candidates + 1)
     logits = model.score(query, slots, batch.request_events[mask])  # (P, C)
-    rows, columns, count, age = history_repeats(batch, slots, mask)
+    rows, columns, count, age = history_repeats(batch, slots, mask, carried)
     bonus = model.repeat_bonus(count, age)
     logits = logits.index_put((rows, columns), bonus, accumulate=True)
     logits = logits - torch.from_numpy(log_q).float()
@@ -313,41 +316,6 @@ def _loss(
     per_event = F.cross_entropy(logits, label, reduction="none")
     weight = torch.from_numpy(weights[valid].astype(np.float32))
     return (per_event * weight).sum() / weight.sum()
-
-
-def window_repeats(batch: EventBatch, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, C) how often each candidate occurs among the inputs up to each position, and
-    the days from its last occurrence to that position's request (inf when never).
-
-    The plain reference for `history_repeats`, which training uses."""
-    same = batch.items[:, :, None] == slots[None, None, :]
-    count = same.float().cumsum(dim=1)
-    last = torch.where(same, batch.event_days[:, :, None], -torch.inf).cummax(dim=1).values
-    return count, batch.request_days[:, :, None] - last
-
-
-def history_repeats(
-    batch: EventBatch, slots: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The non-zero entries of `window_repeats` at the (B, T) `mask`ed positions, as
-    (E,) rows into the masked positions, columns into the sorted `slots`, counts and ages.
-
-    A window holds at most T distinct items, so this works on (B, T, T) pairs of events
-    instead of (B, T, C) event-candidate pairs: about C / T times less memory and time."""
-    items = batch.items  # (B, T)
-    length = items.shape[1]
-    same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, :, None]  # (B, S, S')
-    earlier = torch.ones(length, length, dtype=torch.bool).tril(-1)  # s' < s
-    first = ~(same & earlier).any(-1)  # (B, S): the item's first occurrence in the window
-    column = torch.searchsorted(slots, items).clamp(max=len(slots) - 1)  # (B, S)
-    candidate = slots[column] == items
-    count = same.float().cumsum(-1)  # (B, S, T): occurrences of item s up to position t
-    last = torch.where(same, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
-    upto = torch.ones(length, length, dtype=torch.bool).triu()  # s <= t
-    keep = (first & candidate)[:, :, None] & upto & mask[:, None, :]
-    b, s, t = keep.nonzero(as_tuple=True)
-    row = (mask.flatten().cumsum(0) - 1).view_as(mask)[b, t]
-    return row, column[b, s], count[b, s, t], batch.request_days[b, t] - last[b, s, t]
 
 
 # -- checkpoints: safetensors for tensors, JSON for the rest (never pickles) -------------
