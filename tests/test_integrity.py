@@ -13,6 +13,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from starsrec import stars
 from starsrec.baselines import BASELINES
 from starsrec.integrity import ArtifactError, sha256_file, write_atomic, write_json_atomic
 from starsrec.interactions import Catalogue, EventLog
@@ -252,3 +253,15 @@ def test_products_put_while_a_reload_loads_reach_the_new_service(served_artifact
     assert len(log) == 1  # replaying did not log the product twice; the restart compacted
     for service in (old, fresh, restarted):
         service.store.close()
+
+
+def test_a_stars_model_of_another_format_is_refused_with_the_fix(
+    served_artifact, tmp_path, monkeypatch
+) -> None:
+    """Parameters that changed shape or meaning must not load into the new model."""
+    recommender, _, _ = served_artifact
+    monkeypatch.setattr(stars, "MODEL_FORMAT", stars.MODEL_FORMAT + 1)
+    recommender.save(tmp_path / "future")
+    monkeypatch.undo()
+    with pytest.raises(ArtifactError, match=r"model format .* retrain it with starsrec train"):
+        StarsRecommender.load(tmp_path / "future")

@@ -146,7 +146,7 @@ def test_serving_scores_match_the_training_path() -> None:
     with torch.no_grad():
         query = model.user_vectors(batch)[:, -1]
         logits = model.score(query, slots, batch.request_events[:, -1])
-        bonus = model.repeat_bonus(count, age)
+        bonus = model.repeat_bonus(count, age, slots[columns])
         logits = logits.index_put((entries, columns), bonus, accumulate=True)
     np.testing.assert_allclose(served, logits.numpy(), rtol=1e-5, atol=1e-5)
 

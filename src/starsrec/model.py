@@ -8,8 +8,10 @@
    summary of the whole history; u = g * u_S + (1 - g) * u_L with a learned gate, and
    u = u_L when the request comes after the session gap (no current session).
 4. Scoring: score(u, i, c) = <u + q(c), e_i> + b_i + sum_k active_k(c) o[k, class(i)]
-   + a learned bonus for items in the user's own history (repeat purchases; applied as a
-   re-scoring step, outside the inner product).
+   (an item without training events: e_i from text and tags, b_i the learned new-item
+   bias; in training, so is every item before its first event) + a learned bonus for
+   items in the user's own history (repeat purchases; applied as a re-scoring step,
+   outside the inner product).
 
 Every component has a switch in `ModelConfig`; all off but `use_item_id` is SASRec.
 Shapes: B batch, T events, N items, D model width, K calendar events, C candidates.
@@ -44,6 +46,11 @@ class ModelConfig:
     # Give items without their own bias (cold, or dropped) one learned shared bias instead
     # of 0, so text-only items compete with warm items' learned biases.
     use_cold_bias: bool = False
+    # Score an item that did not exist yet at a training request (its first event comes
+    # later) the way serving scores a product without training events: text and tags
+    # only, plus one learned new-item bias. That bias learns how often shoppers buy a
+    # product nobody has bought before, which is what ranks new products (cold start).
+    use_new_item_bias: bool = True
     repeat_half_life_days: float = 30.0
     use_text: bool = True
     use_delta: bool = True
@@ -201,12 +208,17 @@ class STARS(nn.Module):
         warm: torch.Tensor,  # (N,) bool, items seen in training
         n_event_types: int,
         n_calendar_events: int,
+        first_day: torch.Tensor | None = None,  # (N,) day of each item's first training event
     ) -> None:
         super().__init__()
         self.config = config
         dim = config.dim
         self.n_classes = int(item_class.max()) + 1 if len(item_class) else 1
         self.register_buffer("item_class", torch.cat([item_class.new_zeros(1), item_class]))
+        if first_day is None:  # no times given: warm items existed all along
+            first_day = torch.where(warm.bool(), -torch.inf, torch.inf)
+        first_day = torch.cat([torch.full((1,), torch.inf), first_day.float()])
+        self.register_buffer("first_day", first_day, persistent=False)  # (N+1,)
         # 1. item tokens
         self.item_tokens = ItemTokens(config, text, tags, warm)
         # 2. event tokens and the encoder
@@ -229,8 +241,12 @@ class STARS(nn.Module):
         self.item_bias = nn.Embedding(len(item_class) + 1, 1)
         nn.init.zeros_(self.item_bias.weight)
         self.cold_bias = nn.Parameter(torch.zeros(()))
+        self.new_item_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
-        self.repeat_weights = nn.Parameter(torch.zeros(3))  # log1p(count), seen, recency
+        # log1p(count), seen, recency, in the current session (the basket being filled)
+        self.repeat_weights = nn.Parameter(torch.zeros(4))
+        self.item_repeat = nn.Embedding(len(item_class) + 1, 1)  # per-item rebuy propensity
+        nn.init.zeros_(self.item_repeat.weight)
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
         for embedding in (self.request_hour, self.request_weekday, self.request_month):
@@ -316,10 +332,13 @@ class STARS(nn.Module):
         owned: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
-        owned = self.item_tokens.warm[slots] if owned is None else owned
-        bias = self.item_bias(slots).squeeze(-1) * owned
-        if self.config.use_cold_bias:
-            bias = bias + self.cold_bias * (1 - owned)
+        warm = self.item_tokens.warm[slots]
+        owned = warm if owned is None else owned
+        # Without its own bias, a warm item dropped in training takes the shared cold bias
+        # and an item never seen in training the new-item bias.
+        shared = self.cold_bias if self.config.use_cold_bias else torch.zeros(())
+        cold = torch.where(warm > 0, shared, self._new_item_bias(shared))
+        bias = self.item_bias(slots).squeeze(-1) * owned + cold * (1 - owned)
         if not self.config.use_item_bias:
             bias = torch.zeros_like(bias)
         if not self.config.use_calendar_offsets:
@@ -327,23 +346,53 @@ class STARS(nn.Module):
         offsets = request_events @ self.calendar_offsets  # (..., n_classes)
         return bias, offsets[..., self.item_class[slots]]
 
-    def repeat_bonus(self, count: torch.Tensor, age_days: torch.Tensor) -> torch.Tensor:
+    def repeat_bonus(
+        self, count: torch.Tensor, age_days: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor:
         """Learned score for items already in the user's history, from how often and how
-        long ago (days; inf when never) the user had them."""
+        long ago (days; inf when never) the user had them, whether that was in the current
+        session (a grocery basket rarely holds an item twice) and how readily shoppers
+        rebuy the item itself. count, age_days and item `slots` broadcast together."""
         if not self.config.use_repeat_score:
             return torch.zeros_like(count)
-        recency = 1.0 / (1.0 + age_days.clamp(min=0) / self.config.repeat_half_life_days)
+        age = age_days.clamp(min=0)
+        recency = 1.0 / (1.0 + age / self.config.repeat_half_life_days)
+        in_session = age * 24 * 60 <= self.config.session_gap_minutes
+        seen = (count > 0).float()
         w = self.repeat_weights
-        return w[0] * torch.log1p(count) + w[1] * (count > 0) + w[2] * recency
+        propensity = self.item_repeat(slots).squeeze(-1)
+        return (
+            w[0] * torch.log1p(count)
+            + (w[1] + propensity) * seen
+            + w[2] * recency
+            + w[3] * in_session
+        )
+
+    def _new_item_bias(self, shared: torch.Tensor) -> torch.Tensor:
+        """The bias of an item nobody had bought yet (`shared` when switched off)."""
+        return self.new_item_bias if self.config.use_new_item_bias else shared
 
     def score(
-        self, query: torch.Tensor, slots: torch.Tensor, request_events: torch.Tensor
+        self,
+        query: torch.Tensor,
+        slots: torch.Tensor,
+        request_events: torch.Tensor,
+        request_days: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(..., D) queries x (C,) candidate slots -> (..., C) scores before repeat bonus."""
+        """(..., D) queries x (C,) candidate slots -> (..., C) scores before repeat bonus.
+        With the (...,) `request_days` (training), an item whose first event is at or after
+        the request did not exist yet: it is scored as a new item, from text and tags with
+        the new-item bias, as serving scores a product added after training."""
         owned = self.item_tokens.owned(slots)  # one cold-dropout draw for vector and bias
         vectors = self.item_vectors(slots, owned)  # (C, D)
         bias, offsets = self.item_terms(slots, request_events, owned)
-        return query @ vectors.T + bias + offsets
+        scores = query @ vectors.T + bias + offsets
+        if request_days is None or not self.config.use_new_item_bias:
+            return scores
+        unseen = self.first_day[slots] >= request_days[..., None]  # (..., C)
+        new_vectors = self.item_vectors(slots, torch.zeros_like(owned))  # (C, D)
+        new_bias = self.new_item_bias if self.config.use_item_bias else 0.0
+        return torch.where(unseen, query @ new_vectors.T + new_bias + offsets, scores)
 
     # -- 5. the same score as one inner product, for MIPS serving (DESIGN 1.3) ----------
     def retrieval_items(
@@ -380,9 +429,10 @@ class STARS(nn.Module):
     @property
     def cold_item_bias(self) -> float:
         """The bias of an item without its own (a product added after training)."""
-        if self.config.use_item_bias and self.config.use_cold_bias:
-            return float(self.cold_bias)
-        return 0.0
+        if not self.config.use_item_bias:
+            return 0.0
+        shared = self.cold_bias if self.config.use_cold_bias else torch.zeros(())
+        return float(self._new_item_bias(shared))
 
 
 def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:

@@ -379,6 +379,7 @@ class RecommendationService:
             bonus = self.model.repeat_bonus(
                 torch.from_numpy(counts.astype(np.float32)),
                 torch.from_numpy(((at - last) / DAY).astype(np.float32)),
+                torch.from_numpy(seen + 1),
             ).numpy()
         exact = self.index.vectors[seen] @ query + bonus
         others = (found >= 0) & ~np.isin(found, seen)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from starsrec import distributed
-from starsrec.calendar import CalendarEvents
+from starsrec.calendar import DAY, CalendarEvents
 from starsrec.evaluate import EvaluationConfig, evaluate
-from starsrec.integrity import write_json_atomic
+from starsrec.integrity import ArtifactError, write_json_atomic
 from starsrec.interactions import Catalogue, Queries
 from starsrec.items import (
     HashingEncoder,
@@ -40,6 +40,9 @@ from starsrec.train import TrainConfig, TrainingState, train_model
 logger = logging.getLogger(__name__)
 
 CALENDAR_FILE = "calendar.json"
+# Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
+# repeat propensity and the in-session repeat weight.
+MODEL_FORMAT = 2
 HASHING_ENCODER = "hashing"
 
 
@@ -121,6 +124,9 @@ class StarsRecommender(Recommender):
             self.features = item_features(data.catalogue, config)
         warm = np.bincount(data.train.item, minlength=data.catalogue.size) > 0
         self.features["warm"] = warm.astype(np.float32)
+        first_day = np.full(data.catalogue.size, np.inf)
+        np.minimum.at(first_day, data.train.item, data.train.timestamp / DAY)
+        self.features["first_day"] = first_day.astype(np.float32)
         years = data.train.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(int)
         first, last = (int(years.min()) + 1970, int(years.max()) + 1971) if len(years) else (0, 0)
         self.calendar = CalendarEvents.build(data.country, first - 1, last + 1)
@@ -157,6 +163,7 @@ class StarsRecommender(Recommender):
             warm=torch.from_numpy(features["warm"] > 0),
             n_event_types=self.n_event_types,
             n_calendar_events=len(self.calendar.names),
+            first_day=torch.from_numpy(features["first_day"]) if "first_day" in features else None,
         )
 
     @torch.no_grad()
@@ -182,7 +189,9 @@ class StarsRecommender(Recommender):
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             block = query @ vectors.T + bias + offsets  # (B, N)
             counts, age = history_counts(part, vectors.shape[0])
-            block = block + model.repeat_bonus(torch.from_numpy(counts), torch.from_numpy(age))
+            block = block + model.repeat_bonus(
+                torch.from_numpy(counts), torch.from_numpy(age), all_slots
+            )
             scores[lo : lo + len(part)] = block.numpy()
         return scores
 
@@ -195,6 +204,7 @@ class StarsRecommender(Recommender):
             "calendar.first_day": calendar.first_day,
             "calendar.last_day": calendar.last_day,
             "n_event_types": np.array([self.n_event_types]),
+            "model_format": np.array([MODEL_FORMAT]),
         }
         return state
 
@@ -212,6 +222,12 @@ class StarsRecommender(Recommender):
             k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")
         }
         self.n_event_types = int(state["n_event_types"][0])
+        written = int(state.get("model_format", [1])[0])
+        if written != MODEL_FORMAT:
+            raise ArtifactError(
+                f"{path} holds STARS model format {written}; this starsrec reads format "
+                f"{MODEL_FORMAT} (its parameters changed): retrain it with starsrec train"
+            )
         self.model = self._build()
         self.model.load_state_dict(
             {
@@ -240,6 +256,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
             "use_calendar_offsets": False,
             "use_item_bias": False,
             "use_repeat_score": False,
+            "use_new_item_bias": False,
         },
         {"subclass_negatives": 0},
     ),
@@ -250,6 +267,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "stars-no-calendar": ({"use_calendar_offsets": False}, {}),
     "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
     "stars-no-repeat": ({"use_repeat_score": False}, {}),
+    "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
 }
 
 
