@@ -33,21 +33,20 @@ from starsrec.calendar import DAY, time_parts
 from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.index import IndexConfig, ItemIndex
 from starsrec.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
-from starsrec.items import HashingEncoder, SentenceTransformerEncoder, embed_items
 from starsrec.itemtable import (
     ItemTable,
     Product,
     RequestError,
     code,
     item_table,
-    item_tags,
     tag_vocabulary,
 )
 from starsrec.product_log import ProductLog
+from starsrec.product_tokens import ProductTokenizer
 from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
 from starsrec.sequences import featurize_events
-from starsrec.stars import HASHING_ENCODER, StarsRecommender
+from starsrec.stars import StarsRecommender
 from starsrec.store import Event, EventStore, SQLiteEventStore, is_timestamp
 
 logger = logging.getLogger(__name__)
@@ -140,8 +139,7 @@ class RecommendationService:
         )
         offsets = model.calendar_offsets.detach().numpy()
         self._calendar_offsets = offsets if model.config.use_calendar_offsets else 0 * offsets
-        self._encoder = None  # the text encoder, loaded at the first added product
-        self._centroids: np.ndarray | None = None
+        self.tokenizer = ProductTokenizer(recommender)  # tokens for products put live
         self._scopes: dict[tuple, np.ndarray | None] = {}
 
     # -- loading ------------------------------------------------------------------------
@@ -458,20 +456,16 @@ class RecommendationService:
                         f"items[{position}].{name}: this catalogue has no {name} taxonomy; "
                         "omit the field",
                     )
-        texts = [p.text for p in products]
-        text = embed_items(texts, self._text_encoder(), cache_dir=None, progress=False)
-        tags = item_tags(self.recommender, texts)
+        tokenizer = self.tokenizer
+        text, tags = tokenizer.features([p.text for p in products])
         outcome = []
         for p, product in enumerate(products):
             row = items.row_of.get(product.item_id)
             trained = row is not None and row < self.recommender.catalogue.size
-            token, bias = self._token(text[p], tags[p], row if trained else None)
+            token, bias = tokenizer.token(text[p], tags[p], row if trained else None)
             item_class = code(items.class_names, product.item_class)
-            model_class = self._model_class(item_class, text[p])
-            with torch.no_grad():
-                vector = self.model.retrieval_items(
-                    torch.from_numpy(token[None]), torch.tensor([bias]), torch.tensor([model_class])
-                )[0].numpy()
+            model_class = tokenizer.model_class(item_class, text[p])
+            vector = tokenizer.index_vector(token, bias, model_class)
             outcome.append("added" if row is None else "updated")
             row = items.put(
                 product.item_id,
@@ -497,41 +491,3 @@ class RecommendationService:
             ", ".join(f"{p.item_id} {o}" for p, o in zip(products, outcome, strict=True)),
         )
         return outcome
-
-    @torch.no_grad()
-    def _token(
-        self, text: np.ndarray, tags: np.ndarray, row: int | None
-    ) -> tuple[np.ndarray, float]:
-        """Token and bias of a product: its learned delta and bias when it was trained."""
-        model = self.model
-        delta, bias = None, model.cold_item_bias
-        if row is not None:
-            slot = row + 1
-            bias = float(model.item_biases()[row])
-            if model.config.use_text and model.config.use_delta:
-                delta = model.item_tokens.delta.weight[slot] * model.item_tokens.warm[slot]
-        token = model.item_tokens.combine(torch.from_numpy(text), torch.from_numpy(tags), delta)
-        return token.numpy(), bias
-
-    def _model_class(self, item_class: int, text: np.ndarray) -> int:
-        """The calendar-offset class: the catalogue class the model knows, else the class
-        whose items' mean text embedding is nearest."""
-        if 0 <= item_class < self.model.n_classes and self.recommender.catalogue.class_names:
-            return item_class
-        if self._centroids is None:
-            features = self.recommender.features
-            sums = np.zeros((self.model.n_classes, features["text"].shape[1]))
-            np.add.at(sums, features["item_class"], features["text"])
-            self._centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-9)
-        return int(np.argmax(self._centroids @ text))
-
-    def _text_encoder(self):
-        if self._encoder is None:
-            name = self.recommender.config.text_encoder
-            if name == HASHING_ENCODER:
-                self._encoder = HashingEncoder(dim=64, seed=self.recommender.config.seed)
-            elif name == "all-MiniLM-L6-v2":
-                self._encoder = SentenceTransformerEncoder()
-            else:
-                self._encoder = SentenceTransformerEncoder(path=name)
-        return self._encoder

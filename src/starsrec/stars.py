@@ -71,17 +71,20 @@ class StarsConfig:
         rebuild_nested_configs(self)
 
 
+def text_encoder(config: StarsConfig) -> HashingEncoder | SentenceTransformerEncoder:
+    """The text encoder `config.text_encoder` names (see StarsConfig)."""
+    if config.text_encoder == HASHING_ENCODER:
+        return HashingEncoder(dim=64, seed=config.seed)
+    if config.text_encoder == "all-MiniLM-L6-v2":
+        return SentenceTransformerEncoder()
+    return SentenceTransformerEncoder(path=config.text_encoder)
+
+
 def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
     """Text embeddings, tags, subclass and class of every item (arrays over the catalogue)."""
     texts = list(catalogue.texts)
-    if config.text_encoder == HASHING_ENCODER:
-        encoder = HashingEncoder(dim=64, seed=config.seed)
-    elif config.text_encoder == "all-MiniLM-L6-v2":
-        encoder = SentenceTransformerEncoder()
-    else:
-        encoder = SentenceTransformerEncoder(path=config.text_encoder)
     cache = Path(config.embedding_cache) if config.embedding_cache else None
-    text = embed_items(texts, encoder, cache_dir=cache)
+    text = embed_items(texts, text_encoder(config), cache_dir=cache)
     if config.use_lexicon_tags:
         tags = default_tagger().extract(texts)
     else:
