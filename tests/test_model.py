@@ -133,7 +133,6 @@ def test_serving_scores_match_the_training_path() -> None:
     recommender = StarsRecommender(config).fit(TrainingData(split.train, split.catalogue, "GB"))
     queries = split.test
     assert queries.lengths.max() > 4
-    served = recommender.score(queries)
 
     model = recommender.model
     rows = query_windows(queries, 4)
@@ -141,13 +140,18 @@ def test_serving_scores_match_the_training_path() -> None:
     slots = torch.arange(1, split.catalogue.size + 1)
     last = torch.zeros(rows.shape, dtype=torch.bool)
     last[:, -1] = True
-    carried = carried_repeats(queries.log, rows, slots)
-    entries, columns, count, age = history_repeats(batch, slots, last, carried)
+    carried = carried_repeats(queries.log, rows, slots, 30.0)
+    repeats = history_repeats(batch, slots, last, carried)
     with torch.no_grad():
+        model.user_repeat.weight.normal_()  # a per-user part that matters in the check
+        served = recommender.score(queries)
         query = model.user_vectors(batch)[:, -1]
         logits = model.score(query, slots, batch.request_events[:, -1])
-        bonus = model.repeat_bonus(count, age, slots[columns])
-        logits = logits.index_put((entries, columns), bonus, accumulate=True)
+        weights = model.user_repeat_weights(query)[repeats.rows]
+        bonus = model.repeat_bonus(
+            repeats.counts, repeats.age_days, slots[repeats.columns], repeats.sessions, weights
+        )
+        logits = logits.index_put((repeats.rows, repeats.columns), bonus, accumulate=True)
     np.testing.assert_allclose(served, logits.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -165,22 +169,26 @@ def test_training_repeat_counts_match_whole_history_counts() -> None:
     generator = np.random.default_rng(0)
     slots = torch.from_numpy(np.unique(generator.integers(1, log.item.max() + 2, 40)))
     mask = (windows[:, 1:] >= 0) & (inputs >= 0) & (generator.random(inputs.shape) < 0.7)
-    carried = carried_repeats(log, inputs, slots)
+    carried = carried_repeats(log, inputs, slots, 30.0)
     assert (carried.slots != PAD).any(), "no window has history before it"
-    rows, columns, count, age = history_repeats(batch, slots, torch.from_numpy(mask), carried)
+    rows, columns, count, age, sessions = history_repeats(
+        batch, slots, torch.from_numpy(mask), carried
+    )
 
     b, t = mask.nonzero()  # the reference: one whole-history query per masked position
     user = log.user[inputs[b, t]]
     reference = Queries(
         log, log.offsets[user], inputs[b, t] + 1, log.timestamp[windows[b, t + 1]], user
     )
-    want_count, want_age = history_counts(reference, log.item.max() + 1)
+    want_count, want_age, want_sessions = history_counts(reference, log.item.max() + 1, 30.0)
     columns_of_slots = slots.numpy() - 1
     dense_count = torch.zeros(len(b), len(slots)).index_put((rows, columns), count)
     dense_age = torch.full_like(dense_count, torch.inf).index_put((rows, columns), age)
     assert count.min() >= 1 and len(rows) > len(slots)
     np.testing.assert_array_equal(dense_count.numpy(), want_count[:, columns_of_slots])
     np.testing.assert_allclose(dense_age.numpy(), want_age[:, columns_of_slots], atol=1e-2)
+    assert want_sessions.min() >= 1 and want_sessions.max() > 1
+    np.testing.assert_array_equal(sessions.numpy(), want_sessions[rows.numpy()])
 
 
 def test_training_without_validation_keeps_the_trained_weights(world) -> None:

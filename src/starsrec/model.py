@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 RECENCY_BUCKETS = 16
+REPEAT_FEATURES = 5  # see STARS.repeat_bonus
 PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
 
 
@@ -243,8 +244,12 @@ class STARS(nn.Module):
         self.cold_bias = nn.Parameter(torch.zeros(()))
         self.new_item_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
-        # log1p(count), seen, recency, in the current session (the basket being filled)
-        self.repeat_weights = nn.Parameter(torch.zeros(4))
+        # log1p(count), seen, recency, in the current session (the basket being filled),
+        # times per basket; plus a per-user part read from the query (how much this
+        # shopper rebuys), zero at the start so training begins from the shared weights.
+        self.repeat_weights = nn.Parameter(torch.zeros(REPEAT_FEATURES))
+        self.user_repeat = nn.Linear(dim, REPEAT_FEATURES, bias=False)
+        nn.init.zeros_(self.user_repeat.weight)
         self.item_repeat = nn.Embedding(len(item_class) + 1, 1)  # per-item rebuy propensity
         nn.init.zeros_(self.item_repeat.weight)
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
@@ -346,27 +351,39 @@ class STARS(nn.Module):
         offsets = request_events @ self.calendar_offsets  # (..., n_classes)
         return bias, offsets[..., self.item_class[slots]]
 
+    def user_repeat_weights(self, query: torch.Tensor) -> torch.Tensor:
+        """(..., D) queries -> (..., F) repeat-bonus weights: shared plus per user."""
+        return self.repeat_weights + self.user_repeat(query)
+
     def repeat_bonus(
-        self, count: torch.Tensor, age_days: torch.Tensor, slots: torch.Tensor
+        self,
+        count: torch.Tensor,
+        age_days: torch.Tensor,
+        slots: torch.Tensor,
+        sessions: torch.Tensor,
+        weights: torch.Tensor,
     ) -> torch.Tensor:
         """Learned score for items already in the user's history, from how often and how
         long ago (days; inf when never) the user had them, whether that was in the current
-        session (a grocery basket rarely holds an item twice) and how readily shoppers
-        rebuy the item itself. count, age_days and item `slots` broadcast together."""
+        session (a grocery basket rarely holds an item twice), how many of the user's
+        `sessions` (baskets) held them on average, and how readily shoppers rebuy the item
+        itself. count, age_days, item `slots`, sessions and weights[..., f] (from
+        `user_repeat_weights`) broadcast together."""
         if not self.config.use_repeat_score:
             return torch.zeros_like(count)
         age = age_days.clamp(min=0)
-        recency = 1.0 / (1.0 + age / self.config.repeat_half_life_days)
-        in_session = age * 24 * 60 <= self.config.session_gap_minutes
         seen = (count > 0).float()
-        w = self.repeat_weights
-        propensity = self.item_repeat(slots).squeeze(-1)
-        return (
-            w[0] * torch.log1p(count)
-            + (w[1] + propensity) * seen
-            + w[2] * recency
-            + w[3] * in_session
+        features = (
+            torch.log1p(count),
+            seen,
+            1.0 / (1.0 + age / self.config.repeat_half_life_days),
+            (age * 24 * 60 <= self.config.session_gap_minutes).float(),
+            count / sessions.clamp(min=1),
         )
+        bonus = self.item_repeat(slots).squeeze(-1) * seen  # per-item rebuy propensity
+        for k, feature in enumerate(features):
+            bonus = bonus + weights[..., k] * feature
+        return bonus
 
     def _new_item_bias(self, shared: torch.Tensor) -> torch.Tensor:
         """The bias of an item nobody had bought yet (`shared` when switched off)."""

@@ -1,4 +1,5 @@
-"""Repeat-purchase features: how often, and how many days ago, a shopper had each item.
+"""Repeat-purchase features: how often, and how many days ago, a shopper had each item,
+and how many sessions (baskets) the shopper's history holds.
 
 The model turns them into a learned bonus (`STARS.repeat_bonus`). Scoring reads them over
 the shopper's whole history (`history_counts`, dense (Q, N)). Training needs the same
@@ -12,6 +13,7 @@ on long repeat-heavy histories (Instacart) are several times larger.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,16 +23,31 @@ from starsrec.interactions import EventLog, Queries
 from starsrec.model import PAD, EventBatch
 
 
-def history_counts(queries: Queries, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, N) how often each item occurs in each query's whole history, and the days from
-    its last occurrence to the request (inf when never)."""
+def session_opens(
+    timestamps: np.ndarray, rows: np.ndarray, first: np.ndarray | int, gap_minutes: float
+) -> np.ndarray:
+    """Whether each row (>= 0; any shape) of the time-ordered `timestamps` opens a session:
+    it is the first row of its history (`first`) or comes more than the session gap after
+    the row before it."""
+    stamps = np.append(timestamps, 0)  # padded: an empty log still indexes
+    gap = stamps[rows] - stamps[np.maximum(rows - 1, 0)]
+    return (rows == first) | (gap > gap_minutes * 60)
+
+
+def history_counts(
+    queries: Queries, n_items: int, gap_minutes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Q, N) how often each item occurs in each query's whole history, the days from
+    its last occurrence to the request (inf when never), and (Q,) the sessions in it."""
     query, rows = queries.flat_history()
     last = np.full((len(queries), n_items), -np.inf)
     np.maximum.at(last, (query, queries.log.item[rows]), queries.log.timestamp[rows].astype(float))
     age = ((queries.time[:, None] - last) / DAY).astype(np.float32)
     counts = np.zeros((len(queries), n_items), dtype=np.float32)
     np.add.at(counts, (query, queries.log.item[rows]), 1.0)
-    return counts, age
+    opens = session_opens(queries.log.timestamp, rows, queries.start[query], gap_minutes)
+    sessions = np.bincount(query, weights=opens, minlength=len(queries))
+    return counts, age, sessions.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -40,11 +57,25 @@ class CarriedRepeats:
     slots: torch.Tensor  # (B, K) item slots, PAD where a window has fewer than K
     counts: torch.Tensor  # (B, K) float: occurrences before the window
     last_days: torch.Tensor  # (B, K) float: day of the last of them
+    sessions: torch.Tensor  # (B, T) float: sessions in the user's history up to each row
 
 
-def carried_repeats(log: EventLog, rows: np.ndarray, slots: torch.Tensor) -> CarriedRepeats:
+class RepeatEntries(NamedTuple):
+    """Sparse repeat features at the masked positions of a batch (E entries)."""
+
+    rows: torch.Tensor  # (E,) index of the masked position
+    columns: torch.Tensor  # (E,) index into the sorted candidate slots
+    counts: torch.Tensor  # (E,) occurrences in the history up to the position
+    age_days: torch.Tensor  # (E,) days from the last of them to the request
+    sessions: torch.Tensor  # (E,) sessions in that history
+
+
+def carried_repeats(
+    log: EventLog, rows: np.ndarray, slots: torch.Tensor, gap_minutes: float
+) -> CarriedRepeats:
     """The candidate `slots` (sorted) that each window's user had in the log rows before
-    the window's `rows` (B, T; -1 = left padding), with counts and last days."""
+    the window's `rows` (B, T; -1 = left padding), with counts and last days; and the
+    sessions in the user's history up to each row."""
     has_rows = (rows >= 0).any(axis=1)
     first = np.where(rows >= 0, rows, log.size).min(axis=1)  # (B,) first row of each window
     user = log.user[np.where(has_rows, first, 0)] if log.size else np.zeros(len(rows), int)
@@ -52,6 +83,12 @@ def carried_repeats(log: EventLog, rows: np.ndarray, slots: torch.Tensor) -> Car
     lengths = np.where(has_rows, first - start, 0)
     window = np.repeat(np.arange(len(rows)), lengths)
     before = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    opened = session_opens(log.timestamp, before, np.repeat(start, lengths), gap_minutes)
+    sessions_before = np.bincount(window, weights=opened, minlength=len(rows))
+    inside = session_opens(log.timestamp, np.maximum(rows, 0), start[:, None], gap_minutes) & (
+        rows >= 0
+    )
+    sessions = sessions_before[:, None] + inside.cumsum(axis=1)
     slot = log.item[before] + 1
     candidates = slots.numpy()
     column = np.searchsorted(candidates, slot).clip(max=len(candidates) - 1)
@@ -72,15 +109,16 @@ def carried_repeats(log: EventLog, rows: np.ndarray, slots: torch.Tensor) -> Car
         torch.from_numpy(table[0].astype(np.int64)),
         torch.from_numpy(table[1].astype(np.float32)),
         torch.from_numpy(table[2].astype(np.float32)),
+        torch.from_numpy(sessions.astype(np.float32)),
     )
 
 
 def history_repeats(
     batch: EventBatch, slots: torch.Tensor, mask: torch.Tensor, carried: CarriedRepeats
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """At the (B, T) `mask`ed positions, every candidate the user had up to that position:
-    (E,) rows into the masked positions, columns into the sorted `slots`, counts and ages
-    in days. The same numbers as `history_counts` over the user's history up to there.
+) -> RepeatEntries:
+    """At the (B, T) `mask`ed positions, every candidate the user had up to that position,
+    with its count, age and the history's sessions: the same numbers as `history_counts`
+    over the user's history up to there.
 
     A window holds at most T distinct items, so its part works on (B, T, T) pairs of events
     instead of (B, T, C) event-candidate pairs: about C / T times less memory and time;
@@ -117,4 +155,7 @@ def history_repeats(
         count[b, s, t],
         batch.request_days[b, t] - last[b, s, t],
     )
-    return tuple(torch.cat(pair) for pair in zip(carried_entries, window_entries, strict=True))
+    rows, columns, counts, age = (
+        torch.cat(pair) for pair in zip(carried_entries, window_entries, strict=True)
+    )
+    return RepeatEntries(rows, columns, counts, age, carried.sessions[mask][rows])

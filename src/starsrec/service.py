@@ -45,6 +45,7 @@ from starsrec.product_log import ProductLog
 from starsrec.product_tokens import ProductTokenizer
 from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
+from starsrec.repeats import session_opens
 from starsrec.sequences import featurize_events
 from starsrec.stars import StarsRecommender
 from starsrec.store import Event, EventStore, SQLiteEventStore, is_timestamp
@@ -373,11 +374,17 @@ class RecommendationService:
         np.maximum.at(last, np.searchsorted(seen, rows), [e.timestamp for e in history])
         keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
         seen, counts, last = seen[keep], counts[keep], last[keep]
+        stamps = np.array([e.timestamp for e in history], dtype=np.float64)
+        sessions = session_opens(
+            stamps, np.arange(len(stamps)), 0, self.model.config.session_gap_minutes
+        )
         with torch.no_grad():
             bonus = self.model.repeat_bonus(
                 torch.from_numpy(counts.astype(np.float32)),
                 torch.from_numpy(((at - last) / DAY).astype(np.float32)),
                 torch.from_numpy(seen + 1),
+                torch.tensor(float(sessions.sum())),
+                self.model.user_repeat_weights(torch.from_numpy(query[: self.model.config.dim])),
             ).numpy()
         exact = self.index.vectors[seen] @ query + bonus
         others = (found >= 0) & ~np.isin(found, seen)

@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 CALENDAR_FILE = "calendar.json"
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
-# repeat propensity and the in-session repeat weight.
-MODEL_FORMAT = 2
+# repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
+# repeat weights.
+MODEL_FORMAT = 3
 HASHING_ENCODER = "hashing"
 
 
@@ -191,9 +192,15 @@ class StarsRecommender(Recommender):
             query = torch.where(empty[:, None], context * torch.ones_like(query), query)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             block = query @ vectors.T + bias + offsets  # (B, N)
-            counts, age = history_counts(part, vectors.shape[0])
+            counts, age, sessions = history_counts(
+                part, vectors.shape[0], model.config.session_gap_minutes
+            )
             block = block + model.repeat_bonus(
-                torch.from_numpy(counts), torch.from_numpy(age), all_slots
+                torch.from_numpy(counts),
+                torch.from_numpy(age),
+                all_slots,
+                torch.from_numpy(sessions)[:, None],
+                model.user_repeat_weights(query)[:, None, :],
             )
             scores[lo : lo + len(part)] = block.numpy()
         return scores

@@ -280,7 +280,9 @@ def _epoch(
         valid &= log.is_target[safe]
         targets = log.item[safe]
         candidates, log_q = sampler.sample(targets[valid], sample_rng)
-        carried = carried_repeats(log, inputs, torch.from_numpy(candidates + 1))
+        carried = carried_repeats(
+            log, inputs, torch.from_numpy(candidates + 1), model.config.session_gap_minutes
+        )
         loss = step(batch, carried, targets, valid, log.weight[safe], candidates, log_q)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -308,9 +310,15 @@ def _loss(
     query = query[mask]  # (P, D)
     slots = torch.from_numpy(candidates + 1)
     logits = model.score(query, slots, batch.request_events[mask], batch.request_days[mask])
-    rows, columns, count, age = history_repeats(batch, slots, mask, carried)
-    bonus = model.repeat_bonus(count, age, slots[columns])
-    logits = logits.index_put((rows, columns), bonus, accumulate=True)
+    repeats = history_repeats(batch, slots, mask, carried)
+    bonus = model.repeat_bonus(
+        repeats.counts,
+        repeats.age_days,
+        slots[repeats.columns],
+        repeats.sessions,
+        model.user_repeat_weights(query)[repeats.rows],
+    )
+    logits = logits.index_put((repeats.rows, repeats.columns), bonus, accumulate=True)
     logits = logits - torch.from_numpy(log_q).float()
     label = torch.from_numpy(np.searchsorted(candidates, targets[valid]))
     per_event = F.cross_entropy(logits, label, reduction="none")
