@@ -201,3 +201,27 @@ def test_training_without_validation_keeps_the_trained_weights(world) -> None:
     state = train_model(model, log, subclass, calendar, config)
     assert state.best_epoch >= 1
     assert state.history[-1]["loss"] < state.history[0]["loss"]
+
+
+@pytest.mark.parametrize("allow_repeats", [True, False])
+def test_new_item_bias_is_decided_by_the_kind_of_log(world, tmp_path, allow_repeats) -> None:
+    """Left unset, the new-item bias is on for shop logs and off for rating logs (a film's
+    first rating is not its release); the decision is saved with the model, and an
+    explicit setting is kept."""
+    catalogue, log, _ = world
+    config = StarsConfig(
+        model=TINY,
+        train=TrainConfig(epochs=1, batch_size=16, progress=False),
+        text_encoder="hashing",
+        embedding_cache=None,
+        derived_classes=2,
+        derived_subclasses=4,
+    )
+    data = TrainingData(log, catalogue, "GB", allow_repeats=allow_repeats)
+    decided = StarsRecommender(config).fit(data)
+    assert decided.config.model.use_new_item_bias is allow_repeats
+    loaded = StarsRecommender.load(decided.save(tmp_path / "artifact"))
+    assert loaded.config.model.use_new_item_bias is allow_repeats
+    explicit = replace(config, model=replace(TINY, use_new_item_bias=not allow_repeats))
+    kept = StarsRecommender(explicit).fit(data)
+    assert kept.config.model.use_new_item_bias is (not allow_repeats)

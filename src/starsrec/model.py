@@ -51,7 +51,12 @@ class ModelConfig:
     # later) the way serving scores a product without training events: text and tags
     # only, plus one learned new-item bias. That bias learns how often shoppers buy a
     # product nobody has bought before, which is what ranks new products (cold start).
-    use_new_item_bias: bool = True
+    # None: the training data decides (StarsRecommender.fit): on for shop logs, where
+    # shoppers rebuy and an item's first sale follows its launch; off for rating logs,
+    # where each item is rated once and a film's first rating is not its release
+    # (measured over 3 seeds: MovieLens NDCG@10 0.1205 without, 0.1142 with). A model
+    # built without training data to decide treats None as on.
+    use_new_item_bias: bool | None = None
     repeat_half_life_days: float = 30.0
     use_text: bool = True
     use_delta: bool = True
@@ -388,9 +393,14 @@ class STARS(nn.Module):
             bonus = bonus + weights[..., k] * feature
         return bonus
 
+    @property
+    def _new_items(self) -> bool:
+        """Whether items before their first event are scored as new (see ModelConfig)."""
+        return self.config.use_new_item_bias is not False
+
     def _new_item_bias(self, shared: torch.Tensor) -> torch.Tensor:
         """The bias of an item nobody had bought yet (`shared` when switched off)."""
-        return self.new_item_bias if self.config.use_new_item_bias else shared
+        return self.new_item_bias if self._new_items else shared
 
     def score(
         self,
@@ -407,7 +417,7 @@ class STARS(nn.Module):
         vectors = self.item_vectors(slots, owned)  # (C, D)
         bias, offsets = self.item_terms(slots, request_events, owned)
         scores = query @ vectors.T + bias + offsets
-        if request_days is None or not self.config.use_new_item_bias:
+        if request_days is None or not self._new_items:
             return scores
         unseen = self.first_day[slots] >= request_days[..., None]  # (..., C)
         new_vectors = self.item_vectors(slots, torch.zeros_like(owned))  # (C, D)

@@ -122,6 +122,14 @@ class StarsRecommender(Recommender):
         self.checkpoint_dir: Path | None = None
 
     def _fit(self, data: TrainingData) -> None:
+        if self.config.model.use_new_item_bias is None:  # decided here, saved with the model
+            model = dataclasses.replace(self.config.model, use_new_item_bias=data.allow_repeats)
+            self.config = dataclasses.replace(self.config, model=model)
+            logger.info(
+                "new-item bias %s (%s log)",
+                "on" if data.allow_repeats else "off",
+                "shop" if data.allow_repeats else "rating",
+            )
         config = self.config
         torch.manual_seed(config.seed)
         with distributed.main_first():  # rank 0 fills the embedding cache, the rest read it
