@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 RECENCY_BUCKETS = 16
-REPEAT_FEATURES = 6  # see STARS.repeat_bonus
+REPEAT_FEATURES = 5  # see STARS.repeat_bonus
 PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
 
 
@@ -250,7 +250,7 @@ class STARS(nn.Module):
         self.new_item_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
         # log1p(count), seen, recency, in the current session (the basket being filled),
-        # times per basket, item bias; plus a per-user part read from the query (how much this
+        # times per basket; plus a per-user part read from the query (how much this
         # shopper rebuys), zero at the start so training begins from the shared weights.
         self.repeat_weights = nn.Parameter(torch.zeros(REPEAT_FEATURES))
         self.user_repeat = nn.Linear(dim, REPEAT_FEATURES, bias=False)
@@ -384,9 +384,6 @@ class STARS(nn.Module):
             1.0 / (1.0 + age / self.config.repeat_half_life_days),
             (age * 24 * 60 <= self.config.session_gap_minutes).float(),
             count / sessions.clamp(min=1),
-            # The item's popularity bias again: a shopper's own long-tail staple should not
-            # lose to a popular item by its low bias (the weight can undo the bias).
-            self.item_bias(slots).squeeze(-1) * seen,
         )
         bonus = self.item_repeat(slots).squeeze(-1) * seen  # per-item rebuy propensity
         for k, feature in enumerate(features):
