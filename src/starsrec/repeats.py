@@ -70,10 +70,12 @@ class RepeatEntries(NamedTuple):
     sessions: torch.Tensor  # (E,) sessions in that history
 
 
-def rows_before(log: EventLog, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For windows of log `rows` (B, T; -1 = left padding): (window index, log row) of
-    every row of the window's user before the window, in order, and (B,) the user's first
-    row."""
+def carried_repeats(
+    log: EventLog, rows: np.ndarray, slots: torch.Tensor, gap_minutes: float
+) -> CarriedRepeats:
+    """The candidate `slots` (sorted) that each window's user had in the log rows before
+    the window's `rows` (B, T; -1 = left padding), with counts and last days; and the
+    sessions in the user's history up to each row."""
     has_rows = (rows >= 0).any(axis=1)
     first = np.where(rows >= 0, rows, log.size).min(axis=1)  # (B,) first row of each window
     user = log.user[np.where(has_rows, first, 0)] if log.size else np.zeros(len(rows), int)
@@ -81,17 +83,7 @@ def rows_before(log: EventLog, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     lengths = np.where(has_rows, first - start, 0)
     window = np.repeat(np.arange(len(rows)), lengths)
     before = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-    return window, before, start
-
-
-def carried_repeats(
-    log: EventLog, rows: np.ndarray, slots: torch.Tensor, gap_minutes: float
-) -> CarriedRepeats:
-    """The candidate `slots` (sorted) that each window's user had in the log rows before
-    the window's `rows` (B, T; -1 = left padding), with counts and last days; and the
-    sessions in the user's history up to each row."""
-    window, before, start = rows_before(log, rows)
-    opened = session_opens(log.timestamp, before, start[window], gap_minutes)
+    opened = session_opens(log.timestamp, before, np.repeat(start, lengths), gap_minutes)
     sessions_before = np.bincount(window, weights=opened, minlength=len(rows))
     inside = session_opens(log.timestamp, np.maximum(rows, 0), start[:, None], gap_minutes) & (
         rows >= 0

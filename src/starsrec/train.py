@@ -40,7 +40,7 @@ from starsrec import distributed
 from starsrec.calendar import CalendarEvents
 from starsrec.interactions import EventLog
 from starsrec.model import STARS, EventBatch
-from starsrec.repeats import CarriedRepeats, carried_repeats, history_repeats, rows_before
+from starsrec.repeats import CarriedRepeats, carried_repeats, history_repeats
 from starsrec.sequences import featurize, training_windows
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ class TrainConfig:
     delta_weight_decay: float = 0.1  # pulls the per-item residuals towards the text vector
     uniform_negatives: int = 256
     subclass_negatives: int = 256
-    # Up to this many of the items the batch's shoppers had before their windows join the
-    # candidates: a repeat-heavy ranking is decided among a shopper's own past items, which
-    # random negatives rarely include. 0: none.
-    history_negatives: int = 4096
     patience: int = 8
     threads: int = 1
     seed: int = 0
@@ -100,26 +96,19 @@ class Sampler:
         self.config = config
 
     def sample(
-        self, targets: np.ndarray, rng: np.random.Generator, history: np.ndarray | None = None
+        self, targets: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(C,) sorted unique candidate item indices and (C,) log expected draw counts;
-        `history`: items the batch's shoppers had before (history negatives)."""
+        """(C,) sorted unique candidate item indices and (C,) log expected draw counts."""
         config = self.config
         uniform = rng.integers(0, self.n_items, config.uniform_negatives)
         anchors = targets[rng.integers(0, len(targets), config.subclass_negatives)]
         offsets = (rng.random(len(anchors)) * self.subclass_size[anchors]).astype(np.int64)
         hard = self.by_subclass[self.subclass_start[anchors] + offsets]
-        had = np.unique(history) if history is not None else np.zeros(0, np.int64)
-        chosen = had
-        if len(had) > config.history_negatives:
-            chosen = rng.choice(had, config.history_negatives, replace=False)
-        candidates = np.unique(np.concatenate([targets, uniform, hard, chosen]))
+        candidates = np.unique(np.concatenate([targets, uniform, hard]))
         expected = (
             len(targets) * self.popularity[candidates]
             + config.uniform_negatives / self.n_items
             + config.subclass_negatives * self.hard_probability[candidates]
-            # a history item is drawn with probability (chosen / had) per batch
-            + np.isin(candidates, had) * (len(chosen) / max(len(had), 1))
         )
         return candidates, np.log(expected)
 
@@ -290,10 +279,7 @@ def _epoch(
         safe = np.maximum(target_rows, 0)
         valid &= log.is_target[safe]
         targets = log.item[safe]
-        history = None
-        if config.history_negatives:
-            history = log.item[rows_before(log, inputs)[1]]
-        candidates, log_q = sampler.sample(targets[valid], sample_rng, history)
+        candidates, log_q = sampler.sample(targets[valid], sample_rng)
         carried = carried_repeats(
             log, inputs, torch.from_numpy(candidates + 1), model.config.session_gap_minutes
         )
