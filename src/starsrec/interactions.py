@@ -140,6 +140,17 @@ class EventLog:
         )
 
 
+def session_opens(
+    timestamps: np.ndarray, rows: np.ndarray, first: np.ndarray | int, gap_minutes: float
+) -> np.ndarray:
+    """Whether each row (>= 0; any shape) of the time-ordered `timestamps` opens a session:
+    it is the first row of its history (`first`) or comes more than the session gap after
+    the row before it."""
+    stamps = np.append(timestamps, 0)  # padded: an empty log still indexes
+    gap = stamps[rows] - stamps[np.maximum(rows - 1, 0)]
+    return (rows == first) | (gap > gap_minutes * 60)
+
+
 @dataclass(frozen=True)
 class Queries:
     """A batch of requests: history slices of `log`, request times and known users."""

@@ -33,6 +33,7 @@ from starsrec.calendar import DAY, time_parts
 from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.index import IndexConfig, ItemIndex
 from starsrec.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
+from starsrec.interactions import session_opens
 from starsrec.itemtable import (
     ItemTable,
     Product,
@@ -45,7 +46,6 @@ from starsrec.product_log import ProductLog
 from starsrec.product_tokens import ProductTokenizer
 from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
-from starsrec.repeats import session_opens
 from starsrec.sequences import featurize_events
 from starsrec.stars import StarsRecommender
 from starsrec.store import Event, EventStore, SQLiteEventStore, is_timestamp
@@ -370,11 +370,11 @@ class RecommendationService:
             keep = found >= 0
             return found[keep], scores[keep]
         seen, counts = np.unique(rows, return_counts=True)
+        stamps = np.array([e.timestamp for e in history], dtype=np.float64)
         last = np.full(len(seen), -np.inf)
-        np.maximum.at(last, np.searchsorted(seen, rows), [e.timestamp for e in history])
+        np.maximum.at(last, np.searchsorted(seen, rows), stamps)
         keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
         seen, counts, last = seen[keep], counts[keep], last[keep]
-        stamps = np.array([e.timestamp for e in history], dtype=np.float64)
         sessions = session_opens(
             stamps, np.arange(len(stamps)), 0, self.model.config.session_gap_minutes
         )

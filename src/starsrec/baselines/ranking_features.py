@@ -19,7 +19,7 @@ from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceReco
 from starsrec.baselines.popularity import DAY, popularity, with_fallback
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
 from starsrec.calendar import calendar_features
-from starsrec.interactions import Catalogue, Queries
+from starsrec.interactions import Catalogue, Queries, session_opens
 from starsrec.recommender import TrainingData, rebuild_nested_configs
 
 NEVER = 10_000.0  # "days since" / "events since" for something that never happened
@@ -241,8 +241,9 @@ class FeatureGenerators:
         seen = last_row >= 0
         safe = np.maximum(last_row, 0)
         stamps = np.append(log.timestamp, 0)  # padded: an empty log still indexes
-        gap = self.config.session_gap_minutes * 60
-        opens = (rows == queries.start[query]) | (stamps[rows] - stamps[rows - 1] > gap)
+        opens = session_opens(
+            log.timestamp, rows, queries.start[query], self.config.session_gap_minutes
+        )
         session_starts = np.zeros(shape)
         np.add.at(session_starts, (query[opens], item[opens]), 1.0)
         # Sessions containing the item: count each (query, item, session) once.
