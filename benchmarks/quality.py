@@ -3,6 +3,7 @@
     python benchmarks/quality.py                      # everything (about 15 minutes)
     python benchmarks/quality.py --datasets movielens-100k --protocols leave-one-out
     python benchmarks/quality.py --table-only         # rewrite the table from the JSON
+    python benchmarks/quality.py --models stars --threads 2   # alone on a 2-core machine
 
 Writes (merging with what is there: a rerun replaces the same dataset/protocol/model/seed)
 benchmarks/results/quality.json, a list of records {"dataset", "protocol", "model", "seed",
@@ -38,6 +39,13 @@ def main() -> None:
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--models", default=",".join(BASELINES))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads each model trains with (1 while other jobs share the cores; "
+        "the machine's core count for training times of a run alone)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
     parser.add_argument(
         "--table-only", action="store_true", help="only rewrite the table from the JSON"
@@ -50,7 +58,14 @@ def main() -> None:
     for name in [] if args.table_only else args.datasets.split(","):
         dataset = prepare(name)
         for protocol in args.protocols.split(","):
-            new = run_models(dataset, protocol, args.models.split(","), seeds, progress=False)
+            new = run_models(
+                dataset,
+                protocol,
+                args.models.split(","),
+                seeds,
+                progress=False,
+                threads=args.threads,
+            )
             replaced = {key(r) for r in new}
             records = [r for r in records if key(r) not in replaced] + new
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Report figures: each plot writes a PNG of the expected size, `write_figures` picks the
+"""Report figures and tables: each plot writes a PNG of the expected size, `write_figures` picks the
 figures that apply, and `write_report` links the ones it wrote."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starsrec.plots import (
     slice_bars,
     write_figures,
 )
-from starsrec.report import write_report
+from starsrec.report import make_model, markdown_table, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -133,6 +133,17 @@ def test_write_report_links_its_figures(records, tmp_path):
     for link in links:
         assert_png(report.parent / link)
     assert (report.parent / "results.json").exists()
+
+
+def test_training_threads_reach_the_models_and_the_table():
+    assert make_model("stars", seed=1, threads=2).config.train.threads == 2
+    assert make_model("lambdamart", seed=1, threads=2).config.threads == 2
+    assert make_model("popularity", seed=1, threads=2) is not None  # no threads: ignored
+    alone = [record("stars", s, 0.3) | {"threads": 2} for s in (0, 1)]
+    shared = [record("popularity", 0, 0.1)]  # older records carry no thread count: one
+    rows = markdown_table(alone + shared).splitlines()
+    assert rows[2].endswith("| 0.1 (2 threads) | 0.0 |")
+    assert rows[3].endswith("| 0.1 | 0.0 |")
 
 
 def test_importing_starsrec_does_not_import_matplotlib():

@@ -27,6 +27,7 @@ from starsrec.plots import markdown_images, write_figures
 from starsrec.recommender import Recommender, TrainingData
 from starsrec.splits import Split, split_dataset
 from starsrec.stars import VARIANTS, StarsConfig, stars_variant
+from starsrec.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +73,21 @@ def source_revision() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def make_model(name: str, seed: int) -> Recommender:
-    """A model by name with its default config (and `seed` where it has one): a baseline
-    or a STARS variant (full STARS, ID-only SASRec, the ablations)."""
+def make_model(name: str, seed: int, threads: int = 1) -> Recommender:
+    """A model by name with its default config (and `seed` and `threads` where it has them):
+    a baseline or a STARS variant (full STARS, ID-only SASRec, the ablations). `threads` is
+    the CPU threads training may use: 1 when several jobs share the cores."""
     if name in VARIANTS:
-        return stars_variant(name, StarsConfig(seed=seed))
+        return stars_variant(name, StarsConfig(seed=seed, train=TrainConfig(threads=threads)))
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     model_class = BASELINES[name]
     config = model_class.config_class()
-    if any(f.name == "seed" for f in dataclasses.fields(config)):
-        config = dataclasses.replace(config, seed=seed)
-    return model_class(config)
+    fields = {f.name for f in dataclasses.fields(config)}
+    settings = {"seed": seed, "threads": threads}
+    return model_class(
+        dataclasses.replace(config, **{k: v for k, v in settings.items() if k in fields})
+    )
 
 
 def is_seeded(name: str) -> bool:
@@ -145,10 +149,12 @@ def run_models(
     exclude_seen: bool | None = None,
     split: Split | None = None,
     progress: bool = True,
+    threads: int = 1,
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
-    `exclude_seen` defaults to the dataset's own rule (`not dataset.allow_repeats`).
+    `exclude_seen` defaults to the dataset's own rule (`not dataset.allow_repeats`);
+    `threads` is what each model may train with (see `make_model`), kept in the record.
     """
     split = split or split_dataset(dataset, protocol)
     if exclude_seen is None:
@@ -157,15 +163,14 @@ def run_models(
     records = []
     for name in models:
         for seed in seeds if is_seeded(name) else seeds[:1]:
-            model = make_model(name, seed)
+            model = make_model(name, seed, threads)
             started = time.perf_counter()
             model.fit(data)
             train_s = time.perf_counter() - started
-            records.append(
-                evaluation_record(
-                    model, name, seed, dataset, split, exclude_seen, train_s, progress
-                )
+            record = evaluation_record(
+                model, name, seed, dataset, split, exclude_seen, train_s, progress
             )
+            records.append(record | {"threads": threads})
     return records
 
 
@@ -195,7 +200,11 @@ def markdown_table(records: Sequence[dict]) -> str:
         for name, metric in TABLE_SLICES:
             count = runs[0]["slices"][name]["queries"]
             cells.append(f"{_mean_std(r['slices'][name][metric] for r in runs)} (n={count})")
-        cells += [f"{np.mean([r['train_s'] for r in runs]):.1f}"]
+        threads = {r.get("threads", 1) for r in runs}  # older records trained with one
+        train_s = f"{np.mean([r['train_s'] for r in runs]):.1f}"
+        cells += [
+            train_s if threads == {1} else f"{train_s} ({'/'.join(map(str, threads))} threads)"
+        ]
         cells += [f"{np.mean([r['eval_s'] for r in runs]):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
