@@ -78,17 +78,28 @@ def fresh_service(world, tmp_path) -> RecommendationService:
 
 @pytest.mark.parametrize("days_later", [1, 60])
 @pytest.mark.parametrize("use_onnx", [True, False])
-def test_service_ranks_like_the_offline_scorer(world, days_later, use_onnx) -> None:
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_service_ranks_like_the_offline_scorer(world, days_later, use_onnx, exclude_seen) -> None:
     """Same top 10 as `StarsRecommender.recommend` on the whole history, through the
-    encoder (a request a day later) and through the offline long-term memory (60 days)."""
+    encoder (a request a day later) and through the offline long-term memory (60 days);
+    with the user's own items allowed, the service's repeat bonus is the scorer's."""
     recommender, log, artifact = world
     service = RecommendationService.load(artifact, ServingConfig(use_onnx=use_onnx))
     users = list(log.user_ids[:25])
     at = int(log.timestamp.max()) + days_later * DAY
     queries = Queries.for_users(log, users, time=at)
-    expected, expected_scores = recommender.recommend(queries, 10, Filters(exclude_seen=True))
+    expected, expected_scores = recommender.recommend(
+        queries, 10, Filters(exclude_seen=exclude_seen)
+    )
+    if not exclude_seen:  # the check needs the user's own items among the top 10
+        own = [
+            np.isin([service.items.row_of[i] for i in expected[q]], log.item[queries.history(q)])
+            for q in range(len(users))
+        ]
+        assert np.sum(own) >= 5
+    filters = RequestFilters(exclude_purchased=exclude_seen)
     for q, user in enumerate(users):
-        results = service.recommend(user, k=10, at=at)
+        results = service.recommend(user, k=10, at=at, filters=filters)
         assert [r.item_id for r in results] == list(expected[q]), user
         np.testing.assert_allclose(
             [r.score for r in results], expected_scores[q], rtol=1e-4, atol=1e-4

@@ -272,7 +272,13 @@ class RecommendationService:
                 r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
             ]
             exclude = np.union1d(exclude, np.array(targets, dtype=np.int64))
-        found, scores = self.index.search(query[None], k, allowed, [exclude], scope)
+        # The user's own items are scored exactly, with their repeat bonus, by
+        # _merge_history: the index supplies the best k others (had it returned own items
+        # among its k, fewer than k others would be left to merge with them).
+        own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
+        found, scores = self.index.search(
+            query[None], k, allowed, [np.union1d(exclude, own)], scope
+        )
         found, scores = self._merge_history(
             query, found[0], scores[0], history, rows, at, allowed, exclude, k
         )
@@ -387,7 +393,7 @@ class RecommendationService:
                 self.model.user_repeat_weights(torch.from_numpy(query[: self.model.config.dim])),
             ).numpy()
         exact = self.index.vectors[seen] @ query + bonus
-        others = (found >= 0) & ~np.isin(found, seen)
+        others = found >= 0  # never the user's own items (see recommend)
         rows_all = np.concatenate([found[others], seen])
         scores_all = np.concatenate([scores[others], exact.astype(np.float32)])
         order = np.lexsort((rows_all, -scores_all))[:k]
