@@ -1,5 +1,6 @@
-"""Report figures and tables: each plot writes a PNG of the expected size, `write_figures` picks the
-figures that apply, and `write_report` links the ones it wrote."""
+"""Report figures and tables: each plot writes a PNG of the expected size, `write_figures`
+picks the figures that apply, `write_report` links the ones it wrote, and the table shows
+the training threads."""
 
 from __future__ import annotations
 

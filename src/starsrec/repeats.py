@@ -2,7 +2,8 @@
 and how many sessions (baskets) the shopper's history holds.
 
 The model turns them into a learned bonus (`STARS.repeat_bonus`). Scoring reads them over
-the shopper's whole history (`history_counts`, dense (Q, N)). Training needs the same
+the shopper's whole history (`history_counts`, dense (Q, N)), serving over one live
+request's history (`request_counts`, its distinct items only). Training needs the same
 quantity at every position of a window, for its sampled candidates only
 (`history_repeats`, sparse): the occurrences inside the window plus those carried in
 from the user's rows before it (`carried_repeats`). Without the carried-in part the
@@ -37,6 +38,19 @@ def history_counts(
     opens = session_opens(queries.log.timestamp, rows, queries.start[query], gap_minutes)
     sessions = np.bincount(query, weights=opens, minlength=len(queries))
     return counts, age, sessions.astype(np.float32)
+
+
+def request_counts(
+    rows: np.ndarray, timestamps: np.ndarray, at: float, gap_minutes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """`history_counts` for one live request, sparse: from the history's time-ordered item
+    `rows` and unix `timestamps` at request time `at`, the distinct items, their counts,
+    the days from the last of each to the request, and the sessions in the history."""
+    seen, counts = np.unique(rows, return_counts=True)
+    last = np.full(len(seen), -np.inf)
+    np.maximum.at(last, np.searchsorted(seen, rows), timestamps)
+    sessions = session_opens(timestamps, np.arange(len(timestamps)), 0, gap_minutes)
+    return seen, counts.astype(np.float32), ((at - last) / DAY).astype(np.float32), sessions.sum()
 
 
 @dataclass(frozen=True)

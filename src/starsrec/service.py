@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from starsrec.calendar import DAY, time_parts
+from starsrec.calendar import time_parts
 from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.index import IndexConfig, ItemIndex
 from starsrec.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
-from starsrec.interactions import session_opens
 from starsrec.itemtable import (
     ItemTable,
     Product,
@@ -46,6 +45,7 @@ from starsrec.product_log import ProductLog
 from starsrec.product_tokens import ProductTokenizer
 from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
+from starsrec.repeats import request_counts
 from starsrec.sequences import featurize_events
 from starsrec.stars import StarsRecommender
 from starsrec.store import Event, EventStore, SQLiteEventStore, is_timestamp
@@ -375,21 +375,18 @@ class RecommendationService:
         if not len(rows) or not self.model.config.use_repeat_score:
             keep = found >= 0
             return found[keep], scores[keep]
-        seen, counts = np.unique(rows, return_counts=True)
         stamps = np.array([e.timestamp for e in history], dtype=np.float64)
-        last = np.full(len(seen), -np.inf)
-        np.maximum.at(last, np.searchsorted(seen, rows), stamps)
-        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
-        seen, counts, last = seen[keep], counts[keep], last[keep]
-        sessions = session_opens(
-            stamps, np.arange(len(stamps)), 0, self.model.config.session_gap_minutes
+        seen, counts, age, sessions = request_counts(
+            rows, stamps, at, self.model.config.session_gap_minutes
         )
+        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+        seen, counts, age = seen[keep], counts[keep], age[keep]
         with torch.no_grad():
             bonus = self.model.repeat_bonus(
-                torch.from_numpy(counts.astype(np.float32)),
-                torch.from_numpy(((at - last) / DAY).astype(np.float32)),
+                torch.from_numpy(counts),
+                torch.from_numpy(age),
                 torch.from_numpy(seen + 1),
-                torch.tensor(float(sessions.sum())),
+                torch.tensor(float(sessions)),
                 self.model.user_repeat_weights(torch.from_numpy(query[: self.model.config.dim])),
             ).numpy()
         exact = self.index.vectors[seen] @ query + bonus
