@@ -46,6 +46,7 @@ from starsrec.product_tokens import ProductTokenizer
 from starsrec.recommender import META_FILE, STATE_FILE
 from starsrec.redis_store import RedisEventStore
 from starsrec.repeats import request_counts
+from starsrec.request_filters import FilterScopes, RequestFilters
 from starsrec.sequences import featurize_events
 from starsrec.stars import StarsRecommender
 from starsrec.store import Event, EventStore, SQLiteEventStore, is_timestamp
@@ -76,17 +77,6 @@ class ServingConfig:
     # None: the artifact's SQLite event store; a redis:// URL: a Redis store shared by several
     # replicas (live events only: see starsrec.redis_store).
     store_url: str | None = None
-
-
-@dataclass(frozen=True)
-class RequestFilters:
-    """What a request may return. exclude_purchased None = the dataset's default."""
-
-    in_stock_only: bool = True
-    classes: tuple[str, ...] = ()
-    subclasses: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    exclude_purchased: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +131,7 @@ class RecommendationService:
         offsets = model.calendar_offsets.detach().numpy()
         self._calendar_offsets = offsets if model.config.use_calendar_offsets else 0 * offsets
         self.tokenizer = ProductTokenizer(recommender)  # tokens for products put live
-        self._scopes: dict[tuple, np.ndarray | None] = {}
+        self._scopes = FilterScopes()
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -336,28 +326,7 @@ class RecommendationService:
 
     def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
         """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
-        items = self.items
-        scope = (self.version, filters.in_stock_only, filters.classes, filters.subclasses)
-        cached = self._scopes.get(scope)
-        if cached is not None or scope in self._scopes:
-            return cached, scope
-        allowed = (
-            items.in_stock.copy() if filters.in_stock_only else np.ones(len(items.texts), bool)
-        )
-        for name, wanted, codes, names in (
-            ("filters.classes", filters.classes, items.item_class, items.class_names),
-            ("filters.subclasses", filters.subclasses, items.subclass, items.subclass_names),
-        ):
-            if wanted:
-                unknown = sorted(set(wanted) - set(names))
-                if unknown:
-                    raise RequestError(name, f"{name}: unknown {unknown[:5]}; known: {names[:20]}")
-                allowed &= np.isin(codes, [names.index(w) for w in wanted])
-        result = None if allowed.all() else allowed
-        if len(self._scopes) > 256:  # scopes are few in practice; never grow unbounded
-            self._scopes.clear()
-        self._scopes[scope] = result
-        return result, scope
+        return self._scopes.allowed(self.items, self.version, filters)
 
     def _merge_history(
         self,
