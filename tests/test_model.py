@@ -191,6 +191,26 @@ def test_training_repeat_counts_match_whole_history_counts() -> None:
     np.testing.assert_array_equal(sessions.numpy(), want_sessions[rows.numpy()])
 
 
+def test_own_item_calibration_keeps_the_best_validation_pair(world) -> None:
+    """The grid search leaves the pair with the best validation metric, and no change
+    (taste 1, offset 0) when nothing beats it; the pair changes own items' scores only."""
+    catalogue, _, calendar = world
+    recommender = StarsRecommender(StarsConfig())
+    recommender.model = build(catalogue, calendar).eval()
+    model = recommender.model
+
+    def peaked(m: STARS) -> float:  # best at (0.25, 4.0)
+        return -abs(float(m.own_item_taste) - 0.25) - abs(float(m.own_item_offset) - 4.0)
+
+    recommender.calibrate_own_items(peaked)
+    assert (float(model.own_item_taste), float(model.own_item_offset)) == (0.25, 4.0)
+    taste = torch.tensor([[3.0, -1.0]])
+    adjusted = model.own_item_adjustment(taste, torch.tensor([[1.0, 0.0]]))
+    np.testing.assert_allclose(adjusted.numpy(), [[0.25 * 3.0 - 3.0 + 4.0, 0.0]])
+    recommender.calibrate_own_items(lambda m: 0.5)
+    assert (float(model.own_item_taste), float(model.own_item_offset)) == (1.0, 0.0)
+
+
 def test_training_without_validation_keeps_the_trained_weights(world) -> None:
     """With no validation set the metric is -loss: every improvement must count (a bug once
     compared it with a -1 starting point and kept the untrained weights)."""

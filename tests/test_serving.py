@@ -53,6 +53,10 @@ def world(tmp_path_factory):
     catalogue = Catalogue.from_items(dataset.items)
     log = EventLog.from_dataset(dataset, catalogue)
     recommender = StarsRecommender(CONFIG).fit(TrainingData(log, catalogue, "GB"))
+    # A non-identity own-item re-scoring (no validation here to calibrate one), so the
+    # parity tests cover it; mild enough that own items still reach the top 10.
+    recommender.model.own_item_taste.fill_(1.25)
+    recommender.model.own_item_offset.fill_(-0.5)
     artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
     write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
     return recommender, log, artifact

@@ -11,7 +11,9 @@
    (an item without training events: e_i from text and tags, b_i the learned new-item
    bias; in training, so is every item before its first event) + a learned bonus for
    items in the user's own history (repeat purchases; applied as a re-scoring step,
-   outside the inner product).
+   outside the inner product). For those own items the taste term <u + q(c), e_i> is
+   then re-weighted and offset by two scalars fitted on validation after training
+   (`own_item_adjustment`): how far a shopper's own items follow taste or history.
 
 Every component has a switch in `ModelConfig`; all off but `use_item_id` is SASRec.
 Shapes: B batch, T events, N items, D model width, K calendar events, C candidates.
@@ -68,6 +70,9 @@ class ModelConfig:
     use_calendar_offsets: bool = True
     use_item_bias: bool = True
     use_repeat_score: bool = True
+    # Fit the own-item re-scoring (own_item_taste, own_item_offset) on validation after
+    # training; off keeps them at 1 and 0 (no change). Only where repeats are allowed.
+    use_own_item_calibration: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_tags or self.use_item_id):
@@ -257,6 +262,9 @@ class STARS(nn.Module):
         nn.init.zeros_(self.user_repeat.weight)
         self.item_repeat = nn.Embedding(len(item_class) + 1, 1)  # per-item rebuy propensity
         nn.init.zeros_(self.item_repeat.weight)
+        # Own-item re-scoring: not trained (identity in training), fitted on validation.
+        self.register_buffer("own_item_taste", torch.ones(()))
+        self.register_buffer("own_item_offset", torch.zeros(()))
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
         for embedding in (self.request_hour, self.request_weekday, self.request_month):
@@ -389,6 +397,14 @@ class STARS(nn.Module):
         for k, feature in enumerate(features):
             bonus = bonus + weights[..., k] * feature
         return bonus
+
+    def own_item_adjustment(self, taste: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """What re-scoring adds to the items the user had (`seen`, 1/0): their `taste`
+        term <u + q(c), e_i> becomes own_item_taste x taste, plus own_item_offset. Sampled
+        training sees few of a shopper's own items at once, so the taste term (learned for
+        all items) can drown the repeat bonus among them; on Instacart ordering own items
+        by the bonus alone lifted validation NDCG@10 0.160 -> 0.185 (see docs)."""
+        return seen * ((self.own_item_taste - 1.0) * taste + self.own_item_offset)
 
     @property
     def _new_items(self) -> bool:

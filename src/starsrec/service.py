@@ -340,7 +340,8 @@ class RecommendationService:
         exclude: np.ndarray,
         k: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Score the user's own items exactly with the repeat bonus and merge them in."""
+        """Score the user's own items exactly (repeat bonus, own-item re-scoring) and merge
+        them in."""
         if not len(rows) or not self.model.config.use_repeat_score:
             keep = found >= 0
             return found[keep], scores[keep]
@@ -350,15 +351,17 @@ class RecommendationService:
         )
         keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
         seen, counts, age = seen[keep], counts[keep], age[keep]
+        dim = self.model.config.dim
+        taste = self.index.vectors[seen, :dim] @ query[:dim]  # <u + q(c), e_i>
         with torch.no_grad():
             bonus = self.model.repeat_bonus(
                 torch.from_numpy(counts),
                 torch.from_numpy(age),
                 torch.from_numpy(seen + 1),
                 torch.tensor(float(sessions)),
-                self.model.user_repeat_weights(torch.from_numpy(query[: self.model.config.dim])),
-            ).numpy()
-        exact = self.index.vectors[seen] @ query + bonus
+                self.model.user_repeat_weights(torch.from_numpy(query[:dim])),
+            ) + self.model.own_item_adjustment(torch.from_numpy(taste), torch.ones(()))
+        exact = self.index.vectors[seen] @ query + bonus.numpy()
         others = found >= 0  # never the user's own items (see recommend)
         rows_all = np.concatenate([found[others], seen])
         scores_all = np.concatenate([scores[others], exact.astype(np.float32)])

@@ -11,8 +11,10 @@ their text and tags alone (their delta stays 0): that is the cold-start path.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +44,13 @@ logger = logging.getLogger(__name__)
 CALENDAR_FILE = "calendar.json"
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
 # repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
-# repeat weights.
-MODEL_FORMAT = 3
+# repeat weights; 4: the own-item re-scoring buffers.
+MODEL_FORMAT = 4
+# The own-item re-scoring grid (`StarsRecommender.calibrate_own_items`): the taste term's
+# weight for the user's own items, and an offset in score units (the taste term's spread
+# among a shopper's own items is about 2 on Instacart, so 8 puts them all first).
+OWN_ITEM_TASTES = (1.0, 0.5, 0.25, 0.0)
+OWN_ITEM_OFFSETS = (0.0, 1.0, 2.0, 4.0, 8.0)
 HASHING_ENCODER = "hashing"
 
 
@@ -164,6 +171,39 @@ class StarsRecommender(Recommender):
             validate=validate,
             checkpoint_dir=self.checkpoint_dir,
         )
+        model_config = config.model
+        # Own items are re-scored where they can be recommended and are scored apart.
+        if (
+            validate
+            and data.allow_repeats
+            and model_config.use_repeat_score
+            and model_config.use_own_item_calibration
+        ):
+            self.calibrate_own_items(validate)
+
+    @torch.no_grad()
+    def calibrate_own_items(self, validate: Callable[[STARS], float]) -> None:
+        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) by grid search on the
+        validation metric; (1, 0), no change, unless a pair does strictly better."""
+        model = self.model
+        best, best_metric = (1.0, 0.0), validate(model)
+        start = best_metric
+        for taste, offset in itertools.product(OWN_ITEM_TASTES, OWN_ITEM_OFFSETS):
+            if (taste, offset) == (1.0, 0.0):
+                continue
+            model.own_item_taste.fill_(taste)
+            model.own_item_offset.fill_(offset)
+            metric = validate(model)
+            if metric > best_metric:
+                best, best_metric = (taste, offset), metric
+        model.own_item_taste.fill_(best[0])
+        model.own_item_offset.fill_(best[1])
+        logger.info(
+            "own items: taste x %.2f, offset %.1f (validation ndcg@10 %.4f -> %.4f)",
+            *best,
+            start,
+            best_metric,
+        )
 
     def _build(self) -> STARS:
         features = self.features
@@ -199,10 +239,12 @@ class StarsRecommender(Recommender):
             context = model.context_offset(batch)[:, -1] if model.config.use_context else 0.0
             query = torch.where(empty[:, None], context * torch.ones_like(query), query)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
-            block = query @ vectors.T + bias + offsets  # (B, N)
+            taste = query @ vectors.T  # (B, N)
             counts, age, sessions = history_counts(
                 part, vectors.shape[0], model.config.session_gap_minutes
             )
+            seen = torch.from_numpy(counts > 0).float()
+            block = taste + bias + offsets + model.own_item_adjustment(taste, seen)
             block = block + model.repeat_bonus(
                 torch.from_numpy(counts),
                 torch.from_numpy(age),
@@ -275,6 +317,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
             "use_item_bias": False,
             "use_repeat_score": False,
             "use_new_item_bias": False,
+            "use_own_item_calibration": False,
         },
         {"subclass_negatives": 0},
     ),
@@ -286,6 +329,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
     "stars-no-repeat": ({"use_repeat_score": False}, {}),
     "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
+    "stars-no-own-item-calibration": ({"use_own_item_calibration": False}, {}),
 }
 
 
