@@ -352,7 +352,8 @@ class RecommendationService:
         keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
         seen, counts, age = seen[keep], counts[keep], age[keep]
         dim = self.model.config.dim
-        taste = self.index.vectors[seen, :dim] @ query[:dim]  # <u + q(c), e_i>
+        own = self.index.vectors[seen]  # rows [e_i, b_i, onehot(class(i))]
+        taste = own[:, :dim] @ query[:dim]  # <u + q(c), e_i>
         with torch.no_grad():
             bonus = self.model.repeat_bonus(
                 torch.from_numpy(counts),
@@ -361,7 +362,7 @@ class RecommendationService:
                 torch.tensor(float(sessions)),
                 self.model.user_repeat_weights(torch.from_numpy(query[:dim])),
             ) + self.model.own_item_adjustment(torch.from_numpy(taste), torch.ones(()))
-        exact = self.index.vectors[seen] @ query + bonus.numpy()
+        exact = own @ query + bonus.numpy()
         others = found >= 0  # never the user's own items (see recommend)
         rows_all = np.concatenate([found[others], seen])
         scores_all = np.concatenate([scores[others], exact.astype(np.float32)])
