@@ -9,7 +9,8 @@
    u = u_L when the request comes after the session gap (no current session).
 4. Scoring: score(u, i, c) = <u + q(c), e_i> + b_i + sum_k active_k(c) o[k, class(i)]
    (an item without training events: e_i from text and tags, b_i the learned new-item
-   bias; in training, so is every item before its first event) + a learned bonus for
+   bias, moved after training to its maximum-likelihood value on validation; in
+   training, so is every item before its first event) + a learned bonus for
    items in the user's own history (repeat purchases; applied as a re-scoring step,
    outside the inner product). For those own items the taste term <u + q(c), e_i> is
    then re-weighted and offset by two scalars fitted on validation after training
@@ -73,6 +74,10 @@ class ModelConfig:
     # Fit the own-item re-scoring (own_item_taste, own_item_offset) on validation after
     # training; off keeps them at 1 and 0 (no change). Only where repeats are allowed.
     use_own_item_calibration: bool = True
+    # Fit the new-item bias on validation after training (`calibration.new_item_offset`):
+    # new items then get the share of the model's probability that new products have of
+    # validation purchases. Only with the new-item bias, and enough new-item targets.
+    use_new_item_calibration: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_tags or self.use_item_id):
@@ -407,13 +412,13 @@ class STARS(nn.Module):
         return seen * ((self.own_item_taste - 1.0) * taste + self.own_item_offset)
 
     @property
-    def _new_items(self) -> bool:
+    def scores_new_items(self) -> bool:
         """Whether items before their first event are scored as new (see ModelConfig)."""
         return self.config.use_new_item_bias is not False
 
     def _new_item_bias(self, shared: torch.Tensor) -> torch.Tensor:
         """The bias of an item nobody had bought yet (`shared` when switched off)."""
-        return self.new_item_bias if self._new_items else shared
+        return self.new_item_bias if self.scores_new_items else shared
 
     def score(
         self,
@@ -430,7 +435,7 @@ class STARS(nn.Module):
         vectors = self.item_vectors(slots, owned)  # (C, D)
         bias, offsets = self.item_terms(slots, request_events, owned)
         scores = query @ vectors.T + bias + offsets
-        if request_days is None or not self._new_items:
+        if request_days is None or not self.scores_new_items:
             return scores
         unseen = self.first_day[slots] >= request_days[..., None]  # (..., C)
         new_vectors = self.item_vectors(slots, torch.zeros_like(owned))  # (C, D)
@@ -475,7 +480,7 @@ class STARS(nn.Module):
         if not self.config.use_item_bias:
             return 0.0
         shared = self.cold_bias if self.config.use_cold_bias else torch.zeros(())
-        return float(self._new_item_bias(shared))
+        return float(self._new_item_bias(shared).detach())
 
 
 def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:

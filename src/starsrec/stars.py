@@ -5,7 +5,9 @@ k-means where the catalogue has no taxonomy, builds the calendar events of the c
 and trains the model with early stopping on validation NDCG@10. `score` encodes each
 query's recent history and scores every item with one inner product plus the item bias,
 the calendar offsets and the repeat bonus. Items never seen in training are scored from
-their text and tags alone (their delta stays 0): that is the cold-start path.
+their text and tags alone (their delta stays 0): that is the cold-start path. After
+training, the new-item bias and the own-item re-scoring are fitted on validation
+(`starsrec.calibration`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from starsrec import distributed
 from starsrec.calendar import DAY, CalendarEvents
+from starsrec.calibration import grid_search, new_item_log_odds, new_item_offset
 from starsrec.evaluate import EvaluationConfig, evaluate
 from starsrec.integrity import ArtifactError, write_json_atomic
 from starsrec.interactions import Catalogue, Queries
@@ -33,7 +36,13 @@ from starsrec.items import (
     embed_items,
 )
 from starsrec.model import STARS, ModelConfig
-from starsrec.recommender import Recommender, TrainingData, rebuild_nested_configs
+from starsrec.recommender import (
+    Filters,
+    Recommender,
+    TrainingData,
+    apply_filters,
+    rebuild_nested_configs,
+)
 from starsrec.repeats import history_counts
 from starsrec.sequences import featurize, query_windows
 from starsrec.tags import default_tagger
@@ -172,38 +181,52 @@ class StarsRecommender(Recommender):
             checkpoint_dir=self.checkpoint_dir,
         )
         model_config = config.model
+        if validate is None:
+            return
+        if (
+            model_config.use_new_item_calibration
+            and model_config.use_item_bias
+            and self.model.scores_new_items
+        ):
+            self.calibrate_new_items(queries, targets, exclude_seen=not data.allow_repeats)
         # Own items are re-scored where they can be recommended and are scored apart.
         if (
-            validate
-            and data.allow_repeats
+            data.allow_repeats
             and model_config.use_repeat_score
             and model_config.use_own_item_calibration
         ):
             self.calibrate_own_items(validate)
 
     @torch.no_grad()
+    def calibrate_new_items(
+        self, queries: Queries, targets: np.ndarray, exclude_seen: bool
+    ) -> None:
+        """Move the new-item bias by the maximum-likelihood offset on validation
+        (`calibration.new_item_offset`); unchanged when too few targets are new items."""
+        new_items = self.features["warm"] == 0
+        filters = Filters(exclude_seen=exclude_seen)
+        log_odds = []
+        for lo in range(0, len(queries), self.config.score_batch):
+            part = queries[lo : lo + self.config.score_batch]
+            scores = self.score(part)
+            apply_filters(scores, part, self.catalogue, filters)
+            log_odds.append(new_item_log_odds(scores, new_items))
+        offset = new_item_offset(np.concatenate(log_odds), new_items[targets])
+        if offset is not None:
+            self.model.new_item_bias += offset
+
+    @torch.no_grad()
     def calibrate_own_items(self, validate: Callable[[STARS], float]) -> None:
         """Fit the own-item re-scoring (`STARS.own_item_adjustment`) by grid search on the
         validation metric; (1, 0), no change, unless a pair does strictly better."""
         model = self.model
-        best, best_metric = (1.0, 0.0), validate(model)
-        start = best_metric
-        for taste, offset in itertools.product(OWN_ITEM_TASTES, OWN_ITEM_OFFSETS):
-            if (taste, offset) == (1.0, 0.0):
-                continue
-            model.own_item_taste.fill_(taste)
-            model.own_item_offset.fill_(offset)
-            metric = validate(model)
-            if metric > best_metric:
-                best, best_metric = (taste, offset), metric
-        model.own_item_taste.fill_(best[0])
-        model.own_item_offset.fill_(best[1])
-        logger.info(
-            "own items: taste x %.2f, offset %.1f (validation ndcg@10 %.4f -> %.4f)",
-            *best,
-            start,
-            best_metric,
-        )
+
+        def apply(pair: tuple[float, float]) -> None:
+            model.own_item_taste.fill_(pair[0])
+            model.own_item_offset.fill_(pair[1])
+
+        grid = list(itertools.product(OWN_ITEM_TASTES, OWN_ITEM_OFFSETS))  # (1, 0) first
+        grid_search("own items (taste weight, offset)", lambda: validate(model), grid, apply)
 
     def _build(self) -> STARS:
         features = self.features
@@ -318,6 +341,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
             "use_repeat_score": False,
             "use_new_item_bias": False,
             "use_own_item_calibration": False,
+            "use_new_item_calibration": False,
         },
         {"subclass_negatives": 0},
     ),
@@ -330,6 +354,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "stars-no-repeat": ({"use_repeat_score": False}, {}),
     "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
     "stars-no-own-item-calibration": ({"use_own_item_calibration": False}, {}),
+    "stars-no-new-item-calibration": ({"use_new_item_calibration": False}, {}),
 }
 
 

@@ -1,0 +1,118 @@
+"""Calibration after training: a few scalars of a trained model fitted on validation.
+
+Two steps, both only re-scoring (the trained weights stay as they are):
+
+- **New items** (`new_item_offset`): an item without training events is scored from its
+  text and tags plus the learned new-item bias. Training learns that bias from items
+  *before their first event*, most of which were not on sale yet, so it comes out low
+  (Online Retail: -2.1 against a warm mean of -0.1) and the model gives new products
+  almost no probability (0.1% of its mass on validation, where 5% of purchases are of
+  new products). The offset that maximises the validation log-likelihood solves one
+  equation: the model's average probability on new items equals the share of validation
+  targets that are new items (the log-likelihood is concave in the offset, and this is
+  where its derivative is zero). Adding it to the bias keeps the score one inner product,
+  so the index and the service serve the calibrated bias unchanged.
+- **Own items** (`grid_search`, used by `StarsRecommender.calibrate_own_items`): the taste
+  weight and offset of a shopper's own items, chosen by grid search on validation NDCG@10.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Setting = TypeVar("Setting")
+
+# Fewer new-item validation targets than this leave the learned bias as it is: the share
+# they estimate is too noisy to fit (leave-one-out splits have a handful at most).
+MIN_NEW_ITEM_TARGETS = 20
+_BISECTION_STEPS = 60
+
+
+def new_item_log_odds(scores: np.ndarray, new_items: np.ndarray) -> np.ndarray:
+    """(Q,) per query, the log of (softmax mass on new items / mass on the others).
+
+    scores (Q, N): scores, -inf where an item may not be returned; new_items (N,) bool:
+    items scored as new (no training events). Adding d to every new item's score adds d
+    to these log-odds, so `new_item_offset` can search offsets without rescoring.
+    """
+    new_items = np.asarray(new_items, dtype=bool)
+    with np.errstate(invalid="ignore"):  # -inf - -inf for a query with nothing allowed
+        return _logsumexp(scores[:, new_items]) - _logsumexp(scores[:, ~new_items])
+
+
+def new_item_offset(log_odds: np.ndarray, target_is_new: np.ndarray) -> float | None:
+    """The offset to add to every new item's score so that the model's mean softmax
+    probability on new items equals the share of validation targets that are new items:
+    the maximum-likelihood offset (see module doc). None when fewer than
+    MIN_NEW_ITEM_TARGETS targets are new items (too few to estimate the share).
+
+    log_odds (Q,): `new_item_log_odds` of the validation queries; target_is_new (Q,) bool.
+    """
+    target_is_new = np.asarray(target_is_new, dtype=bool)
+    usable = np.isfinite(log_odds)
+    gap = log_odds[usable].astype(np.float64)
+    hits = int(target_is_new[usable].sum())
+    if hits < MIN_NEW_ITEM_TARGETS:
+        return None
+    share = hits / len(gap)
+
+    def mass(offset: float) -> float:
+        with np.errstate(over="ignore"):  # exp overflows to inf: that query's mass is 0
+            return float(np.mean(1.0 / (1.0 + np.exp(-(gap + offset)))))
+
+    # The mass rises monotonically from 0 to 1 with the offset: bisect within a bracket
+    # wide enough for every query's gap.
+    low, high = -float(gap.max()) - 50.0, -float(gap.min()) + 50.0
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mass(middle) < share else (low, middle)
+    offset = (low + high) / 2
+    logger.info(
+        "new items: %d of %d validation targets (%.1f%%); the model gave them %.2f%% of its "
+        "probability, %.2f%% after an offset of %+.2f",
+        hits,
+        len(gap),
+        100 * share,
+        100 * mass(0.0),
+        100 * mass(offset),
+        offset,
+    )
+    return offset
+
+
+def grid_search(
+    what: str,
+    validate: Callable[[], float],
+    settings: Sequence[Setting],
+    apply: Callable[[Setting], None],
+) -> Setting:
+    """Apply each of `settings` in turn and keep the one with the best `validate()`; the
+    first setting (meant to be "no change") unless another does strictly better."""
+    best = settings[0]
+    apply(best)
+    start = best_metric = validate()
+    for setting in settings[1:]:
+        apply(setting)
+        metric = validate()
+        if metric > best_metric:
+            best, best_metric = setting, metric
+    apply(best)
+    logger.info("%s: %s (validation ndcg@10 %.4f -> %.4f)", what, best, start, best_metric)
+    return best
+
+
+def _logsumexp(scores: np.ndarray) -> np.ndarray:
+    """(Q, M) -> (Q,) log(sum(exp(row))) in float64, -inf for an empty or all -inf row."""
+    if scores.shape[1] == 0:
+        return np.full(scores.shape[0], -np.inf)
+    scores = scores.astype(np.float64)
+    top = scores.max(axis=1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(scores - safe[:, None]).sum(axis=1)) + safe
