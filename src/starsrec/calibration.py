@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 Setting = TypeVar("Setting")
 
 # Fewer new-item validation targets than this leave the learned bias as it is: the share
-# they estimate is too noisy to fit (leave-one-out splits have a handful at most).
+# they estimate is too noisy to fit (MovieLens leave-one-out has 3 among its test targets;
+# Instacart leave-one-out has 31 in validation, Online Retail temporal 41).
 MIN_NEW_ITEM_TARGETS = 20
 _BISECTION_STEPS = 60
 
