@@ -13,11 +13,10 @@ from starsrec.calibration import (
     new_item_log_odds,
     new_item_offset,
 )
-from starsrec.model import STARS
 from starsrec.splits import split_dataset
 from starsrec.stars import StarsConfig, StarsRecommender
 from starsrec.toyworld import make_toy_world
-from test_model import TINY
+from test_model import TINY, build
 
 
 def mean_new_item_mass(scores: np.ndarray, new_items: np.ndarray) -> float:
@@ -89,17 +88,7 @@ def test_calibrate_new_items_moves_the_bias_of_new_items_only() -> None:
     recommender.catalogue = catalogue
     recommender.calendar = CalendarEvents.build("GB", 2023, 2025)
     recommender.features = {"warm": warm.astype(np.float32)}
-    torch.manual_seed(0)
-    n = catalogue.size
-    recommender.model = STARS(
-        TINY,
-        torch.nn.functional.normalize(torch.randn(n, 12), dim=1),
-        (torch.rand(n, 5) > 0.7).float(),
-        torch.from_numpy(np.maximum(catalogue.item_class, 0).astype(np.int64)),
-        torch.from_numpy(warm),
-        1,
-        len(recommender.calendar.names),
-    ).eval()
+    recommender.model = build(catalogue, recommender.calendar, warm=torch.from_numpy(warm)).eval()
     model = recommender.model
     before = model.item_biases().detach().numpy().copy()
 

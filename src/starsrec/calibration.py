@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
+from scipy.special import expit, logsumexp
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ def new_item_log_odds(scores: np.ndarray, new_items: np.ndarray) -> np.ndarray:
     to these log-odds, so `new_item_offset` can search offsets without rescoring.
     """
     new_items = np.asarray(new_items, dtype=bool)
+    scores = scores.astype(np.float64)
     with np.errstate(invalid="ignore"):  # -inf - -inf for a query with nothing allowed
-        return _logsumexp(scores[:, new_items]) - _logsumexp(scores[:, ~new_items])
+        return logsumexp(scores[:, new_items], axis=1) - logsumexp(scores[:, ~new_items], axis=1)
 
 
 def new_item_offset(log_odds: np.ndarray, target_is_new: np.ndarray) -> float | None:
@@ -64,8 +66,7 @@ def new_item_offset(log_odds: np.ndarray, target_is_new: np.ndarray) -> float | 
     share = hits / len(gap)
 
     def mass(offset: float) -> float:
-        with np.errstate(over="ignore"):  # exp overflows to inf: that query's mass is 0
-            return float(np.mean(1.0 / (1.0 + np.exp(-(gap + offset)))))
+        return float(np.mean(expit(gap + offset)))
 
     # The mass rises monotonically from 0 to 1 with the offset: bisect within a bracket
     # wide enough for every query's gap.
@@ -106,14 +107,3 @@ def grid_search(
     apply(best)
     logger.info("%s: %s (validation ndcg@10 %.4f -> %.4f)", what, best, start, best_metric)
     return best
-
-
-def _logsumexp(scores: np.ndarray) -> np.ndarray:
-    """(Q, M) -> (Q,) log(sum(exp(row))) in float64, -inf for an empty or all -inf row."""
-    if scores.shape[1] == 0:
-        return np.full(scores.shape[0], -np.inf)
-    scores = scores.astype(np.float64)
-    top = scores.max(axis=1)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.exp(scores - safe[:, None]).sum(axis=1)) + safe
