@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from starsrec.interactions import Queries
-from starsrec.itemtable import retrieval_vectors
-from starsrec.offline import load_offline_inputs
-from starsrec.report import machine_description, source_revision
-from starsrec.sequences import featurize, query_windows
-from starsrec.stars import StarsRecommender
-from starsrec.store import Event, SQLiteEventStore
+from starsrec.data.interactions import Queries
+from starsrec.experiments.report import machine_description, source_revision
+from starsrec.serving.catalogue import retrieval_vectors
+from starsrec.serving.offline import load_offline_inputs
+from starsrec.serving.store import Event, SQLiteEventStore
+from starsrec.stars.recommender import StarsRecommender
+from starsrec.stars.sequences import featurize, query_windows
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,7 +54,7 @@ def redis_bytes_per_event(events: list[Event], directory: Path) -> float | None:
         return None
     import redis
 
-    from starsrec.redis_store import RedisEventStore
+    from starsrec.serving.redis_store import RedisEventStore
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,10 +21,10 @@ import logging
 from pathlib import Path
 
 from starsrec.baselines import BASELINES
-from starsrec.datasets import DATASETS, prepare
-from starsrec.plots import markdown_images, write_figures
-from starsrec.report import markdown_table, run_models
-from starsrec.splits import PROTOCOLS
+from starsrec.data.loaders import DATASETS, prepare
+from starsrec.data.splits import PROTOCOLS
+from starsrec.experiments.plots import markdown_images, write_figures
+from starsrec.experiments.report import markdown_table, run_models
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -38,12 +38,14 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from starsrec.index import IndexConfig, ItemIndex
-from starsrec.itemtable import ItemTable
-from starsrec.plots import latency_cdf
-from starsrec.report import machine_description, source_revision
-from starsrec.service import SERVING_DIR, SERVING_FILE, RecommendationService, RequestFilters
-from starsrec.store import Event
+from starsrec.data.files import SERVING_DIR, SERVING_FILE
+from starsrec.experiments.plots import latency_cdf
+from starsrec.experiments.report import machine_description, source_revision
+from starsrec.index.config import IndexConfig
+from starsrec.index.item_index import ItemIndex
+from starsrec.serving.catalogue import ItemTable
+from starsrec.serving.service import RecommendationService, RequestFilters
+from starsrec.serving.store import Event
 
 RESULTS = Path(__file__).parent / "results"
 CLASSES, SUBCLASSES = 10, 100
@@ -307,7 +309,7 @@ def child(workdir: Path, artifact: Path, port: int) -> None:
     """The server process: the synthetic service behind the real app, one worker."""
     import uvicorn
 
-    from starsrec.serve import create_app
+    from starsrec.web.app import create_app
 
     base = RecommendationService.load(artifact)
     arrays = load_file(workdir / "catalogue.safetensors")

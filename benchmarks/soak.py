@@ -36,9 +36,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from starsrec.recommender import ITEMS_FILE
-from starsrec.report import machine_description, source_revision
-from starsrec.service import SERVING_DIR, SERVING_FILE
+from starsrec.data.files import ITEMS_FILE, SERVING_DIR, SERVING_FILE
+from starsrec.experiments.report import machine_description, source_revision
 
 RESULTS = Path(__file__).parent / "results"
 MIX = (("recommend", 0.60), ("anonymous", 0.10), ("event", 0.20), ("similar", 0.05), ("put", 0.05))

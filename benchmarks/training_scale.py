@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from starsrec.report import machine_description, source_revision
+from starsrec.experiments.report import machine_description, source_revision
 
 RESULTS = Path(__file__).parent / "results"
 logger = logging.getLogger("training-scale-benchmark")

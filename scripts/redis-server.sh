@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian `redis-server` package when `redis-server` is missing (`make setup` runs
 # this). It only installs: the tests start their own loopback server, and a production Redis
-# for `starsrec serve --store-url` is configured by its operator (see src/starsrec/redis_store.py).
+# for `starsrec serve --store-url` is configured by its operator (see src/starsrec/serving/redis_store.py).
 set -euo pipefail
 
 if command -v redis-server >/dev/null 2>&1; then

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from starsrec.interactions import Catalogue, EventLog
-from starsrec.model import ModelConfig
-from starsrec.offline import write_serving_files
+from starsrec.data.files import SERVING_DIR
+from starsrec.data.interactions import Catalogue, EventLog
+from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
-from starsrec.service import SERVING_DIR
-from starsrec.stars import StarsConfig, StarsRecommender
-from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig
+from starsrec.serving.offline import write_serving_files
+from starsrec.stars.config import ModelConfig
+from starsrec.stars.recommender import StarsConfig, StarsRecommender
+from starsrec.stars.train import TrainConfig
 
 # `--set` overrides for a tiny, fast STARS through the CLI or `load_config`.
 TINY_OVERRIDES = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from starsrec.cli import build_parser
-from starsrec.serve import create_app
-from starsrec.service import RecommendationService
+from starsrec.serving.service import RecommendationService
+from starsrec.web.app import create_app
 
 
 def test_serve_binds_to_loopback_by_default() -> None:

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from conftest import free_port
-from starsrec.serve import create_app
-from starsrec.service import RecommendationService
+from starsrec.serving.service import RecommendationService
+from starsrec.web.app import create_app
 
 # The document only: an app over an artifact loads nothing until its lifespan starts.
 schema = schemathesis.openapi.from_dict(create_app(artifact_dir="never-loaded").openapi())

@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from starsrec.data import DataError, Dataset, EventType
-from starsrec.itemtable import RequestError
-from starsrec.serve import create_app
-from starsrec.service import RecommendationService
-from starsrec.store import Event
-from starsrec.validation import validate
+from starsrec.data.dataset import DataError, Dataset, EventType
+from starsrec.data.validation import validate
+from starsrec.serving.catalogue import RequestError
+from starsrec.serving.service import RecommendationService
+from starsrec.serving.store import Event
+from starsrec.web.app import create_app
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None

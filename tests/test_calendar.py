@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starsrec.calendar import MAX_DAYS, calendar_features
+from starsrec.data.calendar import MAX_DAYS, calendar_features
 
 
 def seconds(*stamps: str) -> np.ndarray:

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from starsrec.calendar import CalendarEvents
-from starsrec.calibration import (
+from starsrec.data.calendar import CalendarEvents
+from starsrec.data.splits import split_dataset
+from starsrec.data.toyworld import make_toy_world
+from starsrec.stars.calibration import (
     MIN_NEW_ITEM_TARGETS,
     grid_search,
     new_item_log_odds,
     new_item_offset,
 )
-from starsrec.splits import split_dataset
-from starsrec.stars import StarsConfig, StarsRecommender
-from starsrec.toyworld import make_toy_world
+from starsrec.stars.recommender import StarsConfig, StarsRecommender
 from test_model import TINY, build
 
 

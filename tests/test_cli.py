@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from conftest import TINY_OVERRIDES
 from starsrec.cli import main
-from starsrec.serve import create_app
-from starsrec.toyworld import make_toy_world
+from starsrec.data.toyworld import make_toy_world
+from starsrec.web.app import create_app
 
 
 @pytest.fixture()

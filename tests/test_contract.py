@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from starsrec.baselines import BASELINES
-from starsrec.data import Dataset
-from starsrec.interactions import Queries
-from starsrec.model import ModelConfig
+from starsrec.data.dataset import Dataset
+from starsrec.data.interactions import Queries
+from starsrec.data.splits import Split, split_dataset
+from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, Recommender, TrainingData
-from starsrec.splits import Split, split_dataset
-from starsrec.stars import StarsConfig, stars_variant
-from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig
+from starsrec.stars.config import ModelConfig
+from starsrec.stars.recommender import StarsConfig, stars_variant
+from starsrec.stars.train import TrainConfig
 
 DAY = 86_400
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from starsrec.data import (
+from starsrec.data.dataset import (
     DataError,
     Dataset,
     EventType,
@@ -19,8 +19,8 @@ from starsrec.data import (
     save_prepared,
     summarize,
 )
-from starsrec.userfiles import read_user_files
-from starsrec.validation import validate
+from starsrec.data.userfiles import read_user_files
+from starsrec.data.validation import validate
 
 EVENTS_CSV = """user_id,item_id,timestamp,event_type
 u1,a,2024-01-01 10:00:00,view
@@ -195,7 +195,7 @@ def test_unknown_items_are_counted_logged_and_dropped(caplog: pytest.LogCaptureF
         }
     )
     items = pd.DataFrame({"item_id": ["a"], "text": ["A"]})
-    with caplog.at_level(logging.WARNING, logger="starsrec.validation"):
+    with caplog.at_level(logging.WARNING, logger="starsrec.data.validation"):
         dataset = validate(Dataset("t", events, items, (EventType("v"),)))
     assert dataset.unknown_item_events == 3
     assert dataset.events["item_id"].tolist() == ["a"]

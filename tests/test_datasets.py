@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from starsrec.data import DataError, Dataset, summarize
-from starsrec.datasets import (
+from starsrec.data.dataset import DataError, Dataset, summarize
+from starsrec.data.loaders import (
     DATASETS,
     RETAIL_NON_PRODUCTS,
     load_instacart,

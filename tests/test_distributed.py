@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from starsrec.artifact import load_config, train_artifact
 from starsrec.cli import without_option
-from starsrec.data import save_prepared
-from starsrec.distributed import shard_range, torchrun_command
-from starsrec.toyworld import make_toy_world
+from starsrec.data.dataset import save_prepared
+from starsrec.data.toyworld import make_toy_world
+from starsrec.experiments.artifact import load_config, train_artifact
+from starsrec.stars.distributed import shard_range, torchrun_command
 
 TINY = [
     "text_encoder=hashing",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from starsrec.browse import CatalogueBrowser
-from starsrec.serve import create_app
-from starsrec.store import Event
+from starsrec.serving.store import Event
+from starsrec.web.app import create_app
+from starsrec.web.browse import CatalogueBrowser
 from test_serving import fresh_service, world  # noqa: F401  (world is a fixture)
 
 DAY = 86_400

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
-from starsrec.serve import create_app
+from starsrec.web.app import create_app
 from test_serving import fresh_service, world  # noqa: F401  (world is a fixture)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from starsrec.exact_topk import merge_top_k
-from starsrec.index import IndexConfig, ItemIndex, format_sweep
+from starsrec.index.config import IndexConfig
+from starsrec.index.exact import merge_top_k
+from starsrec.index.item_index import ItemIndex, format_sweep
 
 DIM = 16
 FAISS_CONFIG = IndexConfig(

@@ -13,22 +13,17 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from starsrec import stars
 from starsrec.baselines import BASELINES
-from starsrec.integrity import ArtifactError, sha256_file, write_atomic, write_json_atomic
-from starsrec.interactions import Catalogue, EventLog
-from starsrec.itemtable import Product
-from starsrec.recommender import META_FILE, TrainingData
-from starsrec.serve import create_app
-from starsrec.service import (
-    MEMORY_FILE,
-    PRODUCTS_FILE,
-    SERVING_DIR,
-    SERVING_FILE,
-    RecommendationService,
-)
-from starsrec.stars import StarsRecommender
-from starsrec.toyworld import make_toy_world
+from starsrec.data.files import MEMORY_FILE, META_FILE, PRODUCTS_FILE, SERVING_DIR, SERVING_FILE
+from starsrec.data.integrity import ArtifactError, sha256_file, write_atomic, write_json_atomic
+from starsrec.data.interactions import Catalogue, EventLog
+from starsrec.data.toyworld import make_toy_world
+from starsrec.recommender import TrainingData
+from starsrec.serving.catalogue import Product
+from starsrec.serving.service import RecommendationService
+from starsrec.stars import recommender as stars
+from starsrec.stars.recommender import StarsRecommender
+from starsrec.web.app import create_app
 
 
 def copy_of(artifact: Path, tmp_path: Path) -> Path:

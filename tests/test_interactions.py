@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from starsrec.interactions import UNKNOWN_USER, Catalogue, EventLog, Queries
-from starsrec.toyworld import make_toy_world
+from starsrec.data.interactions import UNKNOWN_USER, Catalogue, EventLog, Queries
+from starsrec.data.toyworld import make_toy_world
 
 
 def test_event_log_groups_users_in_time_order() -> None:

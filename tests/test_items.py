@@ -9,17 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starsrec.interactions import Catalogue
-from starsrec.items import (
+from starsrec.data.interactions import Catalogue
+from starsrec.features.encoders import (
     HashingEncoder,
     PrecomputedVectors,
     SentenceTransformerEncoder,
     TextEncoder,
-    cache_slug,
-    derive_subclasses,
-    embed_catalogue,
-    embed_items,
 )
+from starsrec.features.text import cache_slug, derive_subclasses, embed_catalogue, embed_items
 
 
 class CountingEncoder:

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starsrec.data import Dataset, EventType
-from starsrec.evaluate import EvaluationConfig, evaluate
-from starsrec.interactions import Catalogue, EventLog, Queries
-from starsrec.metrics import coverage, metrics_from_ranks
+from starsrec.data.dataset import Dataset, EventType
+from starsrec.data.interactions import Catalogue, EventLog, Queries
+from starsrec.data.validation import validate
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
+from starsrec.evaluation.metrics import coverage, metrics_from_ranks
 from starsrec.recommender import Recommender, TrainingData, ranks_of, top_k
-from starsrec.validation import validate
 
 # --- metrics_from_ranks -------------------------------------------------------------------
 

@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from starsrec.calendar import CalendarEvents
-from starsrec.interactions import Catalogue, EventLog, Queries
-from starsrec.model import PAD, STARS, ModelConfig
+from starsrec.data.calendar import CalendarEvents
+from starsrec.data.interactions import Catalogue, EventLog, Queries
+from starsrec.data.splits import split_dataset
+from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
-from starsrec.repeats import carried_repeats, history_counts, history_repeats
-from starsrec.sequences import featurize, query_windows, training_windows
-from starsrec.splits import split_dataset
-from starsrec.stars import StarsConfig, StarsRecommender
-from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig, train_model
+from starsrec.stars.batch import PAD
+from starsrec.stars.config import ModelConfig
+from starsrec.stars.model import STARS
+from starsrec.stars.recommender import StarsConfig, StarsRecommender
+from starsrec.stars.repeats import carried_repeats, history_counts, history_repeats
+from starsrec.stars.sequences import featurize, query_windows, training_windows
+from starsrec.stars.train import TrainConfig, train_model
 
 TINY = ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4, dropout=0.1)
 

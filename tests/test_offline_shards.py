@@ -15,13 +15,14 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import TINY_OVERRIDES
-from starsrec.artifact import load_config, train_artifact
 from starsrec.cli import main
-from starsrec.data import save_prepared
-from starsrec.itemtable import retrieval_vectors
-from starsrec.offline import load_offline_inputs, long_term_memories
-from starsrec.offline_shards import SHARDS_DIR, compute_shard, has_shards, merge_shards
-from starsrec.toyworld import make_toy_world
+from starsrec.data.dataset import save_prepared
+from starsrec.data.files import SHARDS_DIR
+from starsrec.data.toyworld import make_toy_world
+from starsrec.experiments.artifact import load_config, train_artifact
+from starsrec.serving.catalogue import retrieval_vectors
+from starsrec.serving.offline import load_offline_inputs, long_term_memories
+from starsrec.serving.shards import compute_shard, has_shards, merge_shards
 
 
 @pytest.fixture(scope="module")

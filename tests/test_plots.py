@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from starsrec.plots import (
+from starsrec.experiments.plots import (
     ablation_bars,
     latency_cdf,
     markdown_images,
@@ -18,7 +18,7 @@ from starsrec.plots import (
     slice_bars,
     write_figures,
 )
-from starsrec.report import make_model, markdown_table, write_report
+from starsrec.experiments.report import make_model, markdown_table, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -148,5 +148,7 @@ def test_training_threads_reach_the_models_and_the_table():
 
 
 def test_importing_starsrec_does_not_import_matplotlib():
-    code = "import sys, starsrec, starsrec.plots; assert 'matplotlib' not in sys.modules"
+    code = (
+        "import sys, starsrec, starsrec.experiments.plots; assert 'matplotlib' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

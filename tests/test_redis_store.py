@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 
 from conftest import RedisServer, free_port, start_redis
 from starsrec.cli import build_parser
-from starsrec.redis_store import RedisEventStore
-from starsrec.serve import create_app
-from starsrec.service import RecommendationService, ServingConfig
-from starsrec.store import Event
+from starsrec.serving.redis_store import RedisEventStore
+from starsrec.serving.service import RecommendationService, ServingConfig
+from starsrec.serving.store import Event
+from starsrec.web.app import create_app
 from test_serving import DAY, world  # noqa: F401  (the toy-world artifact fixture)
 
 redis = pytest.importorskip("redis")
@@ -117,7 +117,7 @@ def test_acknowledged_events_survive_a_server_kill(tmp_path) -> None:
 
 
 def test_weak_persistence_is_warned_about(tmp_path, redis_url, caplog) -> None:
-    with caplog.at_level(logging.WARNING, "starsrec.redis_store"):
+    with caplog.at_level(logging.WARNING, "starsrec.serving.redis_store"):
         RedisEventStore(redis_url).close()  # the durable test server: no warning
         assert not caplog.records
         server = start_redis(tmp_path / "weak", options=("--appendonly", "no"))

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from conftest import free_port
-from starsrec.service import SERVING_DIR, STORE_FILE
-from starsrec.store import SQLiteEventStore
+from starsrec.data.files import SERVING_DIR, STORE_FILE
+from starsrec.serving.store import SQLiteEventStore
 
 BATCH = 20
 

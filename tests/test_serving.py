@@ -12,25 +12,20 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from starsrec.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
-from starsrec.interactions import Catalogue, EventLog, Queries
-from starsrec.itemtable import RequestError
-from starsrec.model import ModelConfig
-from starsrec.offline import write_serving_files
+from starsrec.data.files import SERVING_DIR
+from starsrec.data.interactions import Catalogue, EventLog, Queries
+from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, TrainingData
-from starsrec.sequences import featurize, query_windows
-from starsrec.serve import create_app
-from starsrec.service import (
-    SERVING_DIR,
-    Product,
-    RecommendationService,
-    RequestFilters,
-    ServingConfig,
-)
-from starsrec.stars import StarsConfig, StarsRecommender
-from starsrec.store import Event
-from starsrec.toyworld import make_toy_world
-from starsrec.train import TrainConfig
+from starsrec.serving.catalogue import RequestError
+from starsrec.serving.offline import write_serving_files
+from starsrec.serving.service import Product, RecommendationService, RequestFilters, ServingConfig
+from starsrec.serving.store import Event
+from starsrec.stars.config import ModelConfig
+from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
+from starsrec.stars.recommender import StarsConfig, StarsRecommender
+from starsrec.stars.sequences import featurize, query_windows
+from starsrec.stars.train import TrainConfig
+from starsrec.web.app import create_app
 
 DAY = 86_400
 CONFIG = StarsConfig(

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starsrec.data import Dataset, EventType, TemporalCuts
-from starsrec.interactions import Queries, to_seconds
-from starsrec.splits import Split, split_dataset
-from starsrec.toyworld import make_toy_world
-from starsrec.validation import validate
+from starsrec.data.dataset import Dataset, EventType, TemporalCuts
+from starsrec.data.interactions import Queries, to_seconds
+from starsrec.data.splits import Split, split_dataset
+from starsrec.data.toyworld import make_toy_world
+from starsrec.data.validation import validate
 
 EVENT_TYPES = (EventType("purchase"), EventType("return", weight=0.0, target=False))
 ITEMS = pd.DataFrame({"item_id": [f"i{n}" for n in range(1, 7)], "text": ["x"] * 6})

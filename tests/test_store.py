@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from starsrec.store import SCHEMA_VERSION, Event, EventStore, SQLiteEventStore
+from starsrec.serving.store import SCHEMA_VERSION, Event, EventStore, SQLiteEventStore
 
 
 def ev(
@@ -31,7 +31,7 @@ def store(request, tmp_path: Path):
         with SQLiteEventStore(tmp_path / "events.db") as s:
             yield s
         return
-    from starsrec.redis_store import RedisEventStore
+    from starsrec.serving.redis_store import RedisEventStore
 
     url = request.getfixturevalue("redis_url")  # skips when redis-server is missing
     with RedisEventStore(url, prefix=f"test-{uuid.uuid4().hex}:") as s:
@@ -110,7 +110,7 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal
-        from starsrec.store import Event, SQLiteEventStore
+        from starsrec.serving.store import Event, SQLiteEventStore
         store = SQLiteEventStore({str(path)!r})
         for batch in range(5):
             events = [Event(f"e{{batch}}-{{i}}", "u", "item", "view", batch * 100 + i)

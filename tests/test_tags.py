@@ -12,12 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from starsrec.items import HashingEncoder
-from starsrec.tags import (
+from starsrec.features.encoders import HashingEncoder
+from starsrec.features.llm_tagger import LLMTagger, TaggingError
+from starsrec.features.tags import (
     LexiconTagger,
-    LLMTagger,
     TagExtractor,
-    TaggingError,
     ZeroShotTagger,
     load_vocabulary,
     tag_names,
@@ -184,7 +183,7 @@ def test_llm_tagger_validates_and_caches(stub, tmp_path, caplog):
     texts = ["Organic Oat Milk", "CHRISTMAS TREE", "plain bread", "Organic Oat Milk"]
     tagger = make_llm(base_url, cache_dir=tmp_path, batch_size=2)
     assert isinstance(tagger, TagExtractor)
-    with caplog.at_level(logging.WARNING, logger="starsrec.tags"):
+    with caplog.at_level(logging.WARNING, logger="starsrec.features.llm_tagger"):
         m = tagger.extract(texts)
     assert [set(t) for t in tag_names(m, tagger.vocabulary)] == [
         {"organic", "dairy-free"},

@@ -12,13 +12,19 @@ import os
 import sys
 from collections.abc import Sequence
 
-from starsrec import __version__, distributed
-from starsrec.artifact import evaluate_artifact, is_artifact, load_config, train_artifact
+from starsrec import __version__
 from starsrec.baselines import BASELINES
-from starsrec.data import DataError, format_summary, load_prepared, save_prepared, summarize
-from starsrec.datasets import DATASETS, prepare
-from starsrec.report import MODEL_NAMES, run_models, write_report
-from starsrec.splits import PROTOCOLS
+from starsrec.data.dataset import DataError, format_summary, load_prepared, save_prepared, summarize
+from starsrec.data.loaders import DATASETS, prepare
+from starsrec.data.splits import PROTOCOLS
+from starsrec.experiments.artifact import (
+    evaluate_artifact,
+    is_artifact,
+    load_config,
+    train_artifact,
+)
+from starsrec.experiments.report import MODEL_NAMES, run_models, write_report
+from starsrec.stars import distributed
 
 EXAMPLES = {
     "prepare": "example: starsrec data prepare online-retail --out data/online-retail",
@@ -237,8 +243,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.command == "serve":
         import uvicorn
 
-        from starsrec.serve import create_app
-        from starsrec.service import ServingConfig
+        from starsrec.serving.service import ServingConfig
+        from starsrec.web.app import create_app
 
         key = os.environ.get(args.api_key_env) or None
         if args.protect_reads and key is None:
@@ -256,8 +262,8 @@ def run_index(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """`starsrec index`: whole, one shard, sharded under torchrun, or merging shards."""
     from shutil import rmtree
 
-    from starsrec import offline_shards
-    from starsrec.offline import build_serving
+    from starsrec.serving import shards as offline_shards
+    from starsrec.serving.offline import build_serving
 
     root = args.artifact_dir
     if (args.shards is None) != (args.shard is None):

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from starsrec.integrity import (
+from starsrec.data.files import CONFIG_FILE, ITEMS_FILE, META_FILE, STATE_FILE
+from starsrec.data.integrity import (
     CHECKSUMS_KEY,
     ArtifactError,
     checksums,
@@ -31,12 +32,8 @@ from starsrec.integrity import (
     write_atomic,
     write_json_atomic,
 )
-from starsrec.interactions import Catalogue, EventLog, Queries
+from starsrec.data.interactions import Catalogue, EventLog, Queries
 
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.safetensors"
-ITEMS_FILE = "items.parquet"
-META_FILE = "meta.json"  # written last: the checksums of the files above (starsrec.integrity)
 ARTIFACT_FORMAT = 1
 
 

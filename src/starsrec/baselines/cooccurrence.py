@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from starsrec.baselines.popularity import popularity, with_fallback
-from starsrec.interactions import EventLog, Queries
+from starsrec.data.interactions import EventLog, Queries
 from starsrec.recommender import Recommender, TrainingData
 
 

@@ -23,14 +23,12 @@ import numpy as np
 
 from starsrec.baselines.popularity import with_fallback
 from starsrec.baselines.ranking_features import FeatureGenerators, LambdaMARTConfig
-from starsrec.integrity import write_atomic, write_json_atomic
-from starsrec.interactions import EventLog, Queries
+from starsrec.data.files import BOOSTER_FILE, CONTEXT_FILE
+from starsrec.data.integrity import write_atomic, write_json_atomic
+from starsrec.data.interactions import EventLog, Queries
 from starsrec.recommender import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
-
-BOOSTER_FILE = "booster.txt"
-CONTEXT_FILE = "context.json"
 
 
 class LambdaMARTRecommender(Recommender):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from starsrec.interactions import EventLog, Queries
+from starsrec.data.interactions import EventLog, Queries
 from starsrec.recommender import Recommender, TrainingData
 
 DAY = 86_400

@@ -18,8 +18,8 @@ import numpy as np
 from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceRecommender
 from starsrec.baselines.popularity import DAY, popularity, with_fallback
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
-from starsrec.calendar import calendar_features
-from starsrec.interactions import Catalogue, Queries, session_opens
+from starsrec.data.calendar import calendar_features
+from starsrec.data.interactions import Catalogue, Queries, session_opens
 from starsrec.recommender import TrainingData, rebuild_nested_configs
 
 NEVER = 10_000.0  # "days since" / "events since" for something that never happened

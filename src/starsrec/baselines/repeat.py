@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from starsrec.baselines.popularity import DAY, popularity, with_fallback
-from starsrec.interactions import Queries
+from starsrec.data.interactions import Queries
 from starsrec.recommender import Recommender, TrainingData
 
 

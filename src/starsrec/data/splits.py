@@ -1,0 +1,172 @@
+"""Evaluation protocols (DESIGN section 3): leave-one-out and a global temporal split.
+
+Both produce a `Split`: the events a model may fit on, and validation and test queries
+whose histories are slices of the full event log ending just before the target event.
+So a target's history holds everything the user did before it (for a test target, the
+validation-period events too), exactly as a live system would see it; the model weights
+only ever learn from `train`. Both are deterministic: no randomness is involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from starsrec.data.dataset import Dataset
+from starsrec.data.interactions import Catalogue, EventLog, Queries, to_seconds
+
+LEAVE_ONE_OUT = "leave-one-out"
+TEMPORAL = "temporal"
+PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train events plus validation and test queries with their target items."""
+
+    protocol: str
+    catalogue: Catalogue
+    log: EventLog  # every event; queries slice it
+    train: EventLog  # the events models fit on
+    validation: Queries
+    validation_target: np.ndarray  # (Qv,) item index
+    test: Queries
+    test_target: np.ndarray  # (Qt,) item index
+    description: str
+
+    @property
+    def train_end(self) -> int:
+        """Timestamp (seconds) of the last training event."""
+        return int(self.train.timestamp.max()) if self.train.size else 0
+
+
+def split_dataset(
+    dataset: Dataset,
+    protocol: str,
+    *,
+    validation_cut: str | None = None,
+    test_cut: str | None = None,
+    max_targets_per_user: int = 1,
+) -> Split:
+    """Split `dataset` by `protocol` ("leave-one-out" or "temporal").
+
+    For the temporal protocol the cut dates default to the dataset's own
+    (`dataset.temporal_cuts`); `max_targets_per_user` bounds how many of a user's
+    post-cut target events are evaluated (the earliest ones).
+    """
+    catalogue = Catalogue.from_items(dataset.items)
+    log = EventLog.from_dataset(dataset, catalogue)
+    if protocol == LEAVE_ONE_OUT:
+        return leave_one_out(log, catalogue)
+    if protocol == TEMPORAL:
+        cuts = dataset.temporal_cuts
+        validation_cut = validation_cut or (cuts.validation if cuts else None)
+        test_cut = test_cut or (cuts.test if cuts else None)
+        if validation_cut is None or test_cut is None:
+            raise ValueError(
+                f"dataset {dataset.name!r} has no default temporal cut dates; "
+                "pass validation_cut and test_cut (e.g. '2011-10-15' and '2011-11-01')"
+            )
+        return temporal(log, catalogue, validation_cut, test_cut, max_targets_per_user)
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def leave_one_out(log: EventLog, catalogue: Catalogue) -> Split:
+    """Per user: last target event = test, the one before = validation, earlier = train.
+
+    Users with fewer than three target events stay wholly in train and are not evaluated.
+    Non-target events (returns, say) between the validation and test targets are part of
+    the test history but not of train.
+    """
+    target_rows = np.flatnonzero(log.is_target)
+    per_user = np.bincount(log.user[target_rows], minlength=log.n_users)
+    last = np.full(log.n_users, -1)
+    second = np.full(log.n_users, -1)
+    # Rows are sorted by user then time, so the last write per user wins.
+    last[log.user[target_rows]] = target_rows
+    before_last = target_rows[target_rows != last[log.user[target_rows]]]
+    second[log.user[before_last]] = before_last
+    evaluated = np.flatnonzero(per_user >= 3)
+
+    cutoff = np.full(log.n_users, np.iinfo(np.int64).max)
+    cutoff[evaluated] = second[evaluated]
+    train = log.select(np.arange(log.size) < cutoff[log.user])
+
+    validation = _queries(log, evaluated, second[evaluated])
+    test = _queries(log, evaluated, last[evaluated])
+    return Split(
+        protocol=LEAVE_ONE_OUT,
+        catalogue=catalogue,
+        log=log,
+        train=train,
+        validation=validation,
+        validation_target=log.item[second[evaluated]],
+        test=test,
+        test_target=log.item[last[evaluated]],
+        description=(
+            "leave-one-out: per user with >= 3 target events, the last is test, the one "
+            "before it validation, earlier events train"
+        ),
+    )
+
+
+def temporal(
+    log: EventLog,
+    catalogue: Catalogue,
+    validation_cut: str,
+    test_cut: str,
+    max_targets_per_user: int = 1,
+) -> Split:
+    """Train before `validation_cut`; targets are each user's first target events after it.
+
+    Validation targets fall in [validation_cut, test_cut), test targets at or after
+    `test_cut`. A target needs at least one earlier event of the same user as history.
+    """
+    if max_targets_per_user < 1:
+        raise ValueError(f"max_targets_per_user must be >= 1, got {max_targets_per_user}")
+    cut_v, cut_t = (int(to_seconds(pd.DatetimeIndex([c]))[0]) for c in (validation_cut, test_cut))
+    if cut_v >= cut_t:
+        raise ValueError(f"validation cut {validation_cut} must be before test cut {test_cut}")
+    train = log.select(log.timestamp < cut_v)
+    has_history = np.arange(log.size) > log.offsets[log.user]
+    eligible = log.is_target & has_history
+
+    def window(lo: int, hi: int) -> tuple[Queries, np.ndarray]:
+        rows = np.flatnonzero(eligible & (log.timestamp >= lo) & (log.timestamp < hi))
+        # Rank of each row among its user's rows in the window; keep the earliest few.
+        first_of_user = np.r_[True, log.user[rows][1:] != log.user[rows][:-1]]
+        group_start = np.maximum.accumulate(np.where(first_of_user, np.arange(len(rows)), 0))
+        rows = rows[np.arange(len(rows)) - group_start < max_targets_per_user]
+        return _queries(log, log.user[rows], rows), log.item[rows]
+
+    validation, validation_target = window(cut_v, cut_t)
+    test, test_target = window(cut_t, np.iinfo(np.int64).max)
+    return Split(
+        protocol=TEMPORAL,
+        catalogue=catalogue,
+        log=log,
+        train=train,
+        validation=validation,
+        validation_target=validation_target,
+        test=test,
+        test_target=test_target,
+        description=(
+            f"temporal: train before {validation_cut}, validation targets in "
+            f"[{validation_cut}, {test_cut}), test targets from {test_cut}; the first "
+            f"{max_targets_per_user} target event(s) per user in each window"
+        ),
+    )
+
+
+def _queries(log: EventLog, users: np.ndarray, target_rows: np.ndarray) -> Queries:
+    """Queries whose history is everything the user did before each target row."""
+    users = np.asarray(users, dtype=np.int64)
+    return Queries(
+        log=log,
+        start=log.offsets[users],
+        end=np.asarray(target_rows, dtype=np.int64),
+        time=log.timestamp[target_rows],
+        user=users,
+    )

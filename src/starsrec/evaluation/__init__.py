@@ -1,0 +1,1 @@
+"""Full-ranking metrics and the evaluation harness every `Recommender` runs through."""

@@ -1,0 +1,2 @@
+"""Running models into reports and artifacts: the benchmark records, their figures, and
+`starsrec train` / `starsrec evaluate ARTIFACT` directories."""

@@ -1,0 +1,246 @@
+"""PNG figures for the evaluation and benchmark reports (matplotlib, Agg, no display).
+
+Records are those of `starsrec.experiments.report` ({"dataset", "protocol", "model", "seed",
+"metrics", "slices", ...}). `write_figures` draws, per (dataset, protocol): Hit@K and NDCG@K
+against K, Hit@10 on the hard slices, and the STARS ablations when there are any;
+`latency_cdf` draws the serving benchmark's per-request latencies. matplotlib is imported
+inside the functions, through its object-oriented API (no pyplot state, no backend switch), so
+importing this module or `starsrec` stays cheap. Figures are 1200x700 px, colours from "tab10".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+KS = (5, 10, 20)
+SLICES = {"cold": "cold-start items", "long_tail": "long-tail items", "repeat": "repeat items"}
+KINDS = {
+    "metric-vs-k": "Hit@K and NDCG@K",
+    "slices": "Hit@10 on the hard slices",
+    "ablations": "NDCG@10 of the STARS ablations",
+}
+MARKERS = "osD^vP*Xph<>"
+
+
+def _figure(title: str, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 7), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(title, fontsize=15)
+    return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
+def _save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _colour(index: int):
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](index % 10)
+
+
+def _is_ablation(model: str) -> bool:
+    return model.startswith("stars-")
+
+
+def _by_model(records: Sequence[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record["model"], []).append(record)
+    return groups
+
+
+def _main_models(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """Models for the line and slice figures: the ablations have a figure of their own."""
+    groups = _by_model(records)
+    main = {m: runs for m, runs in groups.items() if not _is_ablation(m)}
+    return main or groups
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = np.asarray([v for v in values if v is not None and not np.isnan(v)], np.float64)
+    if len(values) == 0:
+        return float("nan"), 0.0
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _seeds(runs: Sequence[dict]) -> str:
+    return f"{len(runs)} seeds" if len(runs) > 1 else "1 run"
+
+
+def metric_vs_k(records: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Hit@K and NDCG@K for K in 5/10/20, one line per model (mean ± std over seeds)."""
+    figure, axes = _figure(title, ncols=2)
+    for i, (model, runs) in enumerate(_main_models(records).items()):
+        for ax, metric in zip(axes, ("hit", "ndcg"), strict=True):
+            stats = [_mean_std(r["metrics"].get(f"{metric}@{k}") for r in runs) for k in KS]
+            means, stds = zip(*stats, strict=True)
+            ax.errorbar(
+                KS,
+                means,
+                yerr=stds if len(runs) > 1 else None,
+                color=_colour(i),
+                marker=MARKERS[i % len(MARKERS)],
+                capsize=4,
+                linewidth=2,
+                label=f"{model} ({_seeds(runs)})",
+            )
+    for ax, name in zip(axes, ("Hit@K", "NDCG@K"), strict=True):
+        ax.set(xlabel="K (length of the recommendation list)", ylabel=name, xticks=KS)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", title="model")
+    return _save(figure, path)
+
+
+def _present_slices(records: Sequence[dict]) -> dict[str, int]:
+    """Slices with queries in them: name -> n."""
+    counts = {
+        name: (records[0].get("slices") or {}).get(name, {}).get("queries", 0) for name in SLICES
+    }
+    return {name: n for name, n in counts.items() if n}
+
+
+def slice_bars(records: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Grouped bars of Hit@10 per model on the cold, long-tail and repeat slices."""
+    present = _present_slices(records)
+    if not present:
+        raise ValueError("no records with a non-empty cold, long-tail or repeat slice")
+    models = _main_models(records)
+    figure, (ax,) = _figure(title)
+    width = 0.8 / len(models)
+    centres = np.arange(len(present))
+    for i, (model, runs) in enumerate(models.items()):
+        stats = [_mean_std(r["slices"][name]["hit@10"] for r in runs) for name in present]
+        means, stds = zip(*stats, strict=True)
+        bars = ax.bar(
+            centres - 0.4 + width * (i + 0.5),
+            means,
+            width,
+            color=_colour(i),
+            yerr=stds if len(runs) > 1 else None,
+            capsize=3,
+            label=f"{model} ({_seeds(runs)})",
+        )
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, rotation=90, padding=3)
+    ax.set_xticks(centres, [f"{SLICES[name]}\n(n = {n:,} queries)" for name, n in present.items()])
+    ax.set(ylabel="Hit@10 on the slice", xlabel="slice of the test queries")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the value labels
+    ax.grid(axis="y", alpha=0.3)
+    figure.legend(loc="outside right upper", title="model")
+    return _save(figure, path)
+
+
+def ablation_bars(records: Sequence[dict], path: str | Path, title: str) -> Path:
+    """NDCG@10 of full STARS, its "stars-*" ablations and SASRec: horizontal bars, sorted,
+    with full STARS as a vertical reference line."""
+    groups = {
+        m: runs
+        for m, runs in _by_model(records).items()
+        if m in ("stars", "sasrec") or _is_ablation(m)
+    }
+    if not any(_is_ablation(m) for m in groups):
+        raise ValueError("no STARS ablation records (models named stars-*)")
+    stats = {m: _mean_std(r["metrics"]["ndcg@10"] for r in runs) for m, runs in groups.items()}
+    order = sorted(stats, key=lambda m: np.nan_to_num(stats[m][0], nan=-1.0))  # best on top
+    kinds = {"stars": ("full STARS", 0), "sasrec": ("SASRec (ID only)", 1)}
+    figure, (ax,) = _figure(title)
+    means = np.array([stats[m][0] for m in order])
+    colours = [_colour(kinds.get(m, ("", 7))[1]) for m in order]
+    ax.barh(order, means, color=colours)
+    for y, m in enumerate(order):
+        mean, std = stats[m]
+        if len(groups[m]) > 1:
+            ax.errorbar(mean, y, xerr=std, color="black", capsize=5)
+        label = f"{mean:.4f}" + (f" ± {std:.4f}" if len(groups[m]) > 1 else "")
+        ax.annotate(label, (mean + std, y), xytext=(6, 0), textcoords="offset points", va="center")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_colour(c), label=name) for m, (name, c) in kinds.items() if m in stats]
+    handles.append(Patch(color=_colour(7), label="ablation (stars-no-*)"))
+    if "stars" in stats:
+        handles.append(ax.axvline(stats["stars"][0], color="black", linestyle="--"))
+        handles[-1].set_label("full STARS NDCG@10")
+    ax.legend(handles=handles, loc="lower right")
+    ax.set(xlabel="NDCG@10 (mean ± std over seeds)", ylabel="model")
+    ax.set_xlim(0, max(np.nanmax(means), 1e-9) * 1.25)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
+def _minor_label(value: float, _position) -> str:
+    """Plain-number labels at 2, 3 and 5 times a power of ten (log axes)."""
+    return f"{value:g}" if round(value / 10 ** np.floor(np.log10(value))) in (2, 3, 5) else ""
+
+
+def latency_cdf(latencies_ms: Mapping[str, Sequence[float]], path: str | Path, title: str) -> Path:
+    """Empirical CDF of per-request latency, one curve per filter, p50 and p99 marked."""
+    from matplotlib.ticker import FuncFormatter
+
+    figure, (ax,) = _figure(title)
+    for i, (name, values) in enumerate(latencies_ms.items()):
+        values = np.sort(np.asarray(values, np.float64))
+        if len(values) == 0:
+            continue
+        share = np.arange(1, len(values) + 1) / len(values)
+        p50, p99 = np.percentile(values, [50, 99])
+        label = f"{name} (n = {len(values):,}): p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        ax.step(values, share, where="post", color=_colour(i), linewidth=2, label=label)
+        ax.plot([p50, p99], [0.5, 0.99], "o", color=_colour(i), markersize=8)
+    for level in (0.5, 0.99):
+        ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+    ax.set(xlabel="latency per request (ms, log scale)", ylabel="share of requests (CDF)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", title="filter (dots: p50, p99)")
+    return _save(figure, path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", str(text)).strip("-")
+
+
+def write_figures(records: Sequence[dict], directory: str | Path, stem: str) -> list[Path]:
+    """The figures that apply to each (dataset, protocol) of `records`, written into
+    `directory` as `{stem}-{dataset}-{protocol}-{kind}.png`; returns their paths."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["dataset"], record["protocol"]), []).append(record)
+    paths = []
+    for (dataset, protocol), group in groups.items():
+        prefix = Path(directory) / f"{_slug(stem)}-{_slug(dataset)}-{_slug(protocol)}"
+        name = f"{dataset}, {protocol}"
+        paths.append(metric_vs_k(group, f"{prefix}-metric-vs-k.png", f"{name}: Hit@K and NDCG@K"))
+        if _present_slices(group):
+            title = f"{name}: Hit@10 on the hard slices"
+            paths.append(slice_bars(group, f"{prefix}-slices.png", title))
+        if any(_is_ablation(r["model"]) for r in group):
+            title = f"{name}: STARS ablations, NDCG@10"
+            paths.append(ablation_bars(group, f"{prefix}-ablations.png", title))
+    return paths
+
+
+def markdown_images(paths: Sequence[Path], relative_to: str | Path) -> str:
+    """Markdown image links to `paths`, relative to the directory `relative_to`."""
+    lines = []
+    for path in paths:
+        kind = next((KINDS[k] for k in KINDS if path.stem.endswith(k)), path.stem)
+        link = Path(os.path.relpath(path, relative_to)).as_posix()
+        lines.append(f"![{path.stem}: {kind}]({link})")
+    return "\n\n".join(lines)

@@ -1,0 +1,237 @@
+"""Run models in the evaluation harness and report: JSON records and Markdown tables.
+
+One record per (dataset, protocol, model, seed), in the format benchmarks/quality.json
+keeps: {"dataset", "protocol", "model", "seed", "metrics", "slices", "train_s", "eval_s",
+"date", "machine", ...}. The CLI's `evaluate` and `benchmarks/quality.py` share this code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from starsrec.baselines import BASELINES
+from starsrec.data.dataset import Dataset
+from starsrec.data.splits import Split, split_dataset
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
+from starsrec.experiments.plots import markdown_images, write_figures
+from starsrec.recommender import Recommender, TrainingData
+from starsrec.stars.recommender import VARIANTS, StarsConfig, stars_variant
+from starsrec.stars.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+TABLE_METRICS = ("hit@5", "hit@10", "ndcg@10", "mrr", "coverage@10")
+TABLE_SLICES = (("cold", "hit@10"), ("long_tail", "hit@10"), ("repeat", "hit@10"))
+
+
+def machine_description() -> str:
+    """A short description of the machine numbers were measured on."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        memory = ""
+    cpu = platform.processor() or platform.machine()
+    python = platform.python_version()
+    return f"{os.cpu_count()} cores{memory}, {cpu}, {platform.system()}, Python {python}"
+
+
+MODEL_NAMES = (*BASELINES, *VARIANTS)
+
+
+def source_revision() -> str:
+    """The git commit the code ran at ("+dirty" when src/ has uncommitted changes)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def make_model(name: str, seed: int, threads: int = 1) -> Recommender:
+    """A model by name with its default config (and `seed` and `threads` where it has them):
+    a baseline or a STARS variant (full STARS, ID-only SASRec, the ablations). `threads` is
+    the CPU threads training may use: 1 when several jobs share the cores."""
+    if name in VARIANTS:
+        return stars_variant(name, StarsConfig(seed=seed, train=TrainConfig(threads=threads)))
+    if name not in BASELINES:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    model_class = BASELINES[name]
+    config = model_class.config_class()
+    fields = {f.name for f in dataclasses.fields(config)}
+    settings = {"seed": seed, "threads": threads}
+    return model_class(
+        dataclasses.replace(config, **{k: v for k, v in settings.items() if k in fields})
+    )
+
+
+def is_seeded(name: str) -> bool:
+    """Whether the model has randomness a seed controls (others run once)."""
+    if name in VARIANTS:
+        return True
+    return any(f.name == "seed" for f in dataclasses.fields(BASELINES[name].config_class))
+
+
+def training_data(dataset: Dataset, split: Split, exclude_seen: bool) -> TrainingData:
+    """What `fit` gets for a split of `dataset`."""
+    return TrainingData(
+        train=split.train,
+        catalogue=split.catalogue,
+        country=dataset.country,
+        allow_repeats=not exclude_seen,
+        validation=split.validation,
+        validation_target=split.validation_target,
+    )
+
+
+def evaluation_record(
+    model: Recommender,
+    name: str,
+    seed: int,
+    dataset: Dataset,
+    split: Split,
+    exclude_seen: bool,
+    train_s: float,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a fitted model on the split's test queries: one benchmark record."""
+    config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
+    started = time.perf_counter()
+    result = evaluate(model, split.test, split.test_target, split.train, config)
+    return {
+        "dataset": dataset.name,
+        "protocol": split.protocol,
+        "model": name,
+        "seed": seed,
+        "metrics": result["metrics"],
+        "slices": result["slices"],
+        "queries": result["queries"],
+        "exclude_seen": exclude_seen,
+        "split": split.description,
+        "train_s": round(train_s, 3),
+        "eval_s": round(time.perf_counter() - started, 3),
+        "date": dt.date.today().isoformat(),
+        "machine": machine_description(),
+        "commit": source_revision(),
+    }
+
+
+def run_models(
+    dataset: Dataset,
+    protocol: str,
+    models: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    exclude_seen: bool | None = None,
+    split: Split | None = None,
+    progress: bool = True,
+    threads: int = 1,
+) -> list[dict]:
+    """Fit and evaluate each model on the test queries of `protocol`; one record each.
+
+    `exclude_seen` defaults to the dataset's own rule (`not dataset.allow_repeats`);
+    `threads` is what each model may train with (see `make_model`), kept in the record.
+    """
+    split = split or split_dataset(dataset, protocol)
+    if exclude_seen is None:
+        exclude_seen = not dataset.allow_repeats
+    data = training_data(dataset, split, exclude_seen)
+    records = []
+    for name in models:
+        for seed in seeds if is_seeded(name) else seeds[:1]:
+            model = make_model(name, seed, threads)
+            started = time.perf_counter()
+            model.fit(data)
+            train_s = time.perf_counter() - started
+            record = evaluation_record(
+                model, name, seed, dataset, split, exclude_seen, train_s, progress
+            )
+            records.append(record | {"threads": threads})
+    return records
+
+
+def _mean_std(values: Iterable[float]) -> str:
+    values = np.asarray(list(values), dtype=np.float64)
+    if np.isnan(values).all():
+        return "–"  # an empty slice
+    if len(values) > 1:
+        return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+    return f"{values.mean():.4f}"
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+    """One row per (dataset, protocol, model): metrics as mean ± std over seeds."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["dataset"], record["protocol"], record["model"]), []).append(
+            record
+        )
+    header = ["dataset", "protocol", "model", "seeds", *TABLE_METRICS]
+    header += [f"{name} {metric}" for name, metric in TABLE_SLICES]
+    header += ["train s", "eval s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (dataset, protocol, model), runs in groups.items():
+        cells = [dataset, protocol, model, str(len(runs))]
+        cells += [_mean_std(r["metrics"][m] for r in runs) for m in TABLE_METRICS]
+        for name, metric in TABLE_SLICES:
+            count = runs[0]["slices"][name]["queries"]
+            cells.append(f"{_mean_std(r['slices'][name][metric] for r in runs)} (n={count})")
+        threads = {r.get("threads", 1) for r in runs}  # older records trained with one
+        train_s = f"{np.mean([r['train_s'] for r in runs]):.1f}"
+        cells += [
+            train_s if threads == {1} else f"{train_s} ({'/'.join(map(str, threads))} threads)"
+        ]
+        cells += [f"{np.mean([r['eval_s'] for r in runs]):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Path:
+    """Write results.json, report.md and its figures (report-*.png, linked from report.md)
+    into `out_dir`; returns the report path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(list(records), indent=2) + "\n")
+    first = records[0] if records else {}
+    notes = [
+        f"# {title}",
+        "",
+        f"Full ranking over the whole catalogue. Split: {first.get('split', '-')}.",
+        f"Already-seen items {'excluded from' if first.get('exclude_seen') else 'allowed in'} "
+        "the rankings. Slice columns: Hit@10 on that slice (n = queries in it).",
+        f"Test queries: {first.get('queries', 0)}. Measured {first.get('date', '-')} on "
+        f"{first.get('machine', '-')}.",
+        "",
+        markdown_table(records),
+        "",
+    ]
+    figures = write_figures(records, out, "report")
+    if figures:
+        notes += ["## Figures", "", markdown_images(figures, out), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(notes))
+    return path

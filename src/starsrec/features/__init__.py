@@ -1,0 +1,2 @@
+"""Item features: text embeddings (cached on disk) and attribute tags.
+Imports only `starsrec.data`."""

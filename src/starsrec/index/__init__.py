@@ -1,0 +1,2 @@
+"""Filtered maximum-inner-product search: the exact reference path, the faiss index
+and its sweep."""

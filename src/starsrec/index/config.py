@@ -1,0 +1,35 @@
+"""`IndexConfig`: how an `ItemIndex` chooses, sizes and searches its index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How `ItemIndex.build` chooses and sizes its index (the rule: `starsrec.index.sweep`),
+    and how search runs.
+
+    factories are faiss.index_factory strings (IVF... or HNSW..., over L2 after a MIPS transform),
+    `{nlist}` filled in. max_build_s caps a factory's projected full build: HNSW took 176 s
+    on 1M rows here. threads: faiss threads at search, one per serving worker (2 threads made
+    single-query search 2.3x slower in our measurements).
+    """
+
+    exact_threshold: int = 50_000
+    factories: tuple[str, ...] = ("IVF{nlist},Flat", "IVF{nlist},SQ8", "HNSW32,Flat")
+    target_recall: float = 0.995
+    sweep_rows: int = 100_000
+    sweep_queries: int = 500
+    exact_subset_rows: int = 150_000
+    threads: int = 1
+    seed: int = 0
+    max_build_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.factories:
+            raise ValueError("IndexConfig.factories is empty: give at least one factory string")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        if min(self.sweep_rows, self.sweep_queries, self.threads) < 1:
+            raise ValueError("sweep_rows, sweep_queries and threads must all be >= 1")

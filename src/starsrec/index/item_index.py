@@ -1,0 +1,387 @@
+"""Maximum-inner-product search over item rows, under stock/scope filters and exclusions.
+
+Serving scores an item by one inner product: the caller hands (N, D) float32 item vectors,
+already augmented, and (Q, D) query vectors; `ItemIndex` returns the best k rows (0..N-1)
+per query, best first, ties by lower row, among rows an `allowed` bitmap admits and minus
+per-query exclusions. Rows are padded with -1 / -inf only when fewer than k rows qualify.
+
+Design:
+- The index keeps the full float32 matrix. Catalogues of at most `exact_threshold` rows are
+  only ever scanned exactly; larger ones also get the faiss index (IVF or HNSW) that
+  `starsrec.index.sweep` chooses: the fastest factory meeting `target_recall` on a sample,
+  built on every row with its breadth (IVF nprobe, HNSW efSearch) calibrated again there.
+- A selectivity planner answers filtered queries: an allowed subset of at most
+  `exact_subset_rows` rows is scanned exactly (its row list and matrix cached per `scope`
+  key); otherwise faiss searches with the filters as C++ selectors (allowed bitmap AND NOT
+  the query's exclusions) and a breadth raised by 1/selectivity. A query the ANN leaves with
+  fewer than min(k, qualifying rows) results is answered by exact search instead.
+- Every returned score is recomputed from the stored matrix by `inner_scores`, whose sum order per
+  element does not depend on which rows are scored together (BLAS sgemm's does), so all paths
+  agree bit for bit with `exact_search` and merged lists order exactly.
+- `add` appends rows to faiss at once. `update` removes and re-adds rows on IVF; HNSW cannot
+  remove, so updated rows are marked stale: the selector keeps their old vectors out of ANN
+  results and the rows are scanned exactly and merged in. Rebuild when many are stale.
+- `save`/`load`: index.json, vectors.safetensors and faiss's own index file; never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import faiss
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from starsrec.data.files import FAISS_FILE, INDEX_META_FILE, VECTORS_FILE
+from starsrec.data.integrity import write_atomic, write_json_atomic
+from starsrec.index.config import IndexConfig
+from starsrec.index.exact import inner_scores, merge_top_k, scan_top_k, top_k_rows
+from starsrec.index.subset import Subset, checked_matrix
+from starsrec.index.sweep import add_rows, build_faiss, format_sweep, l2_items, l2_queries
+
+__all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 2  # 2: faiss holds the MIPS-to-L2 transform of the vectors
+MAX_EF_SEARCH = 4096
+SCOPE_CACHE_SIZE = 64
+_ALL = object()  # scope-cache key of the "every row allowed" subset
+
+
+class ItemIndex:
+    """Top-k inner-product search over rows 0..N-1 under filters (see the module docstring).
+
+    Get one from `build` or `load`; the constructor only stores what they computed.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        config: IndexConfig,
+        faiss_index: faiss.Index | None = None,
+        kind: str = "exact",
+        breadth: int = 0,
+        sweep: Sequence[dict] = (),
+        stale: np.ndarray | None = None,
+        norm: float = 0.0,
+    ) -> None:
+        self.config = config
+        self._norm = norm  # M of the MIPS-to-L2 transform the faiss index holds
+        self._buffer = vectors  # rows [0, size) are the index; spare rows make `add` cheap
+        self._size = len(vectors)
+        self._faiss = faiss_index
+        self._kind = kind
+        self._breadth = breadth
+        self._sweep = [dict(record) for record in sweep]
+        self._stale = np.zeros(self._size, dtype=bool) if stale is None else stale
+        self._scopes: OrderedDict[object, Subset] = OrderedDict()
+
+    # -- building ---------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        config: IndexConfig = IndexConfig(),
+        queries: np.ndarray | None = None,
+        progress: bool = True,
+    ) -> ItemIndex:
+        """Index (N, D) float32 `vectors`; `queries` (e.g. user vectors) drive the recall sweep
+        of `starsrec.index.sweep`, by default noisy rows of `vectors`."""
+        vectors = checked_matrix(vectors, "vectors", copy=True)
+        if queries is not None:
+            queries = checked_matrix(queries, "queries", vectors.shape[1])
+        n = len(vectors)
+        if n <= config.exact_threshold:
+            logger.info("%d rows <= exact_threshold %d: exact search", n, config.exact_threshold)
+            return cls(vectors, config)
+        index, factory, breadth, records, norm = build_faiss(vectors, queries, config, progress)
+        return cls(vectors, config, index, factory, breadth, records, norm=norm)
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of rows."""
+        return self._size
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._buffer.shape[1]
+
+    @property
+    def kind(self) -> str:
+        """ "exact", or the faiss factory string of the ANN index (nlist filled in)."""
+        return self._kind
+
+    @property
+    def breadth(self) -> int:
+        """Unfiltered search breadth: IVF nprobe or HNSW efSearch (0 for exact)."""
+        return self._breadth
+
+    @property
+    def sweep(self) -> list[dict]:
+        """One record per factory tried on the sample, then one for the full build."""
+        return [dict(record) for record in self._sweep]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(size, dim) the rows' vectors (a view: do not modify; use `update`)."""
+        return self._vectors
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        return self._buffer[: self._size]
+
+    # -- searching --------------------------------------------------------------------
+    def plan(self, allowed: np.ndarray | None = None, scope: Hashable | None = None) -> str:
+        """ "exact" or "ann": the path `search` takes for this bitmap."""
+        return self._plan(self._subset(self._check_allowed(allowed), scope))
+
+    def _plan(self, subset: Subset) -> str:
+        exact = self._faiss is None or subset.count <= self.config.exact_subset_rows
+        return "exact" if exact else "ann"
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        exclude: Sequence[np.ndarray] | None = None,
+        scope: Hashable | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best k rows per query: ((Q, k) int64 rows, (Q, k) float32 scores), best first,
+        ties by lower row, -1 / -inf where fewer than k rows qualify.
+
+        allowed: (N,) bool, None = every row. exclude: per query, rows never to return.
+        scope: a hashable name for `allowed` (e.g. ("in-stock", "shoes")) under which the
+        planner caches what it derives from that bitmap; a changed bitmap under the same
+        name is noticed and replaces the entry.
+        """
+        queries, exclude = self._check(queries, k, exclude)
+        subset = self._subset(self._check_allowed(allowed), scope)
+        if self._plan(subset) == "exact":
+            return scan_top_k(queries, k, subset.rows, subset.matrix, exclude)
+        return self._ann_search(queries, k, subset, exclude)
+
+    def exact_search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        exclude: Sequence[np.ndarray] | None = None,
+        scope: Hashable | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The reference for `search` (same arguments and results; `scope` is ignored):
+        scores every row, masks disallowed and excluded rows, takes the top k."""
+        queries, exclude = self._check(queries, k, exclude)
+        return scan_top_k(queries, k, None, self._vectors, exclude, self._check_allowed(allowed))
+
+    def _ann_search(
+        self, queries: np.ndarray, k: int, subset: Subset, exclude: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        faiss.omp_set_num_threads(self.config.threads)
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        searchable = subset.count - len(subset.stale_rows)
+        if searchable:
+            # A filter keeps `selectivity` of each list / neighbourhood: look that much wider.
+            breadth = math.ceil(self._breadth * self._faiss.ntotal / searchable)
+            base = None if subset.ann_bitmap is None else faiss.IDSelectorBitmap(subset.ann_bitmap)
+            if exclude is None:
+                params = self._params(k, breadth, base)
+                _, found = self._faiss.search(l2_queries(queries), k, params=params)
+            for q, banned in enumerate(exclude or ()):
+                selector = base
+                if banned.size:
+                    # Locals keep these alive during the search: And / Not do not own their parts.
+                    batch = faiss.IDSelectorBatch(banned)
+                    negated = faiss.IDSelectorNot(batch)
+                    selector = negated if base is None else faiss.IDSelectorAnd(base, negated)
+                params = self._params(k, breadth, selector)
+                one = l2_queries(queries[q : q + 1])
+                _, found[q : q + 1] = self._faiss.search(one, k, params=params)
+        safe = np.maximum(found, 0)
+        scores = inner_scores(queries, self._vectors[safe])
+        scores[found < 0] = -np.inf
+        rows, scores = top_k_rows(scores, found, k)
+        if subset.stale_rows.size:  # HNSW rows updated since build: their new vectors, exactly
+            matrix = self._vectors[subset.stale_rows]
+            stale = scan_top_k(queries, k, subset.stale_rows, matrix, exclude)
+            rows, scores = merge_top_k((rows, scores), stale, k)
+        available = np.full(len(queries), subset.count)
+        for q, banned in enumerate(exclude or ()):
+            banned = np.unique(banned)
+            available[q] -= banned.size if subset.allowed is None else subset.allowed[banned].sum()
+        short = np.flatnonzero((rows >= 0).sum(axis=1) < np.minimum(k, available))
+        if short.size:  # rare: the ANN ran out of candidates (large k, heavy exclusions)
+            logger.debug("%d of %d queries short of results: exact search", short.size, len(rows))
+            banned = None if exclude is None else [exclude[q] for q in short]
+            rows[short], scores[short] = scan_top_k(
+                queries[short], k, None, self._vectors, banned, subset.allowed
+            )
+        return rows, scores
+
+    def _params(self, k: int, breadth: int, selector: faiss.IDSelector | None):
+        if isinstance(self._faiss, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=max(k, min(breadth, MAX_EF_SEARCH)))
+        else:
+            params = faiss.SearchParametersIVF(nprobe=min(breadth, self._faiss.nlist))
+        if selector is not None:
+            params.sel = selector
+        return params
+
+    def _subset(self, allowed: np.ndarray | None, scope: Hashable | None) -> Subset:
+        key = _ALL if allowed is None else scope
+        if key is None:
+            return Subset(allowed, self._vectors, self._stale)
+        if not isinstance(key, Hashable):
+            raise ValueError(f"scope must be hashable (a str or tuple), got {type(key).__name__}")
+        cached = self._scopes.get(key)
+        if cached is None or not (allowed is None or np.array_equal(cached.allowed, allowed)):
+            # A copy: callers may edit their bitmap in place and reuse the scope name.
+            cached = Subset(None if allowed is None else allowed.copy(), self._vectors, self._stale)
+            self._scopes[key] = cached
+            if len(self._scopes) > SCOPE_CACHE_SIZE:
+                self._scopes.popitem(last=False)
+        self._scopes.move_to_end(key)
+        return cached
+
+    # -- changing ---------------------------------------------------------------------
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append (M, D) vectors as new rows, searchable at once; returns their row ids."""
+        vectors = checked_matrix(vectors, "vectors", self.dim)
+        start, end = self._size, self._size + len(vectors)
+        if end > len(self._buffer):  # grow by a quarter so repeated adds stay amortised O(1)
+            grown = np.empty((max(end, len(self._buffer) * 5 // 4), self.dim), dtype=np.float32)
+            grown[:start] = self._vectors
+            self._buffer = grown
+        self._buffer[start:end] = vectors
+        if self._faiss is not None:
+            faiss.omp_set_num_threads(self.config.threads)
+            add_rows(self._faiss, vectors, start, self._norm)
+        self._stale = np.concatenate([self._stale, self._too_long(vectors)])
+        self._size = end
+        self._scopes.clear()
+        return np.arange(start, end, dtype=np.int64)
+
+    def update(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the vectors of `rows` (unique row ids) with (len(rows), D) `vectors`."""
+        rows = self._check_rows(rows, "rows")
+        vectors = checked_matrix(vectors, "vectors", self.dim)
+        if len(np.unique(rows)) != len(rows) or len(vectors) != len(rows):
+            raise ValueError(
+                f"update needs unique rows and one vector per row, got {len(rows)} rows "
+                f"({len(np.unique(rows))} unique) and {len(vectors)} vectors"
+            )
+        if isinstance(self._faiss, faiss.IndexHNSW):
+            self._stale[rows] = True
+            if self._stale.sum() > self.config.exact_subset_rows:
+                logger.warning(
+                    "%d HNSW rows are stale and scanned exactly on every query: rebuild the index",
+                    self._stale.sum(),
+                )
+        elif self._faiss is not None:
+            faiss.omp_set_num_threads(self.config.threads)
+            self._faiss.remove_ids(rows)
+            self._faiss.add_with_ids(l2_items(vectors, self._norm), rows)
+            self._stale[rows] = self._too_long(vectors)
+        self._vectors[rows] = vectors
+        self._scopes.clear()
+
+    def _too_long(self, vectors: np.ndarray) -> np.ndarray:
+        """(M,) rows longer than the transform's bound M, which the L2 space cannot place
+        right: kept out of ANN results and scanned exactly, like stale HNSW rows."""
+        if self._faiss is None:
+            return np.zeros(len(vectors), dtype=bool)
+        return np.einsum("ij,ij->i", vectors, vectors) > self._norm**2
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write vectors.safetensors, (for ANN kinds) faiss.index, then index.json, each
+        atomically."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {"vectors": self._vectors, "stale": self._stale.astype(np.uint8)}
+        write_atomic(out / VECTORS_FILE, lambda temporary: save_file(state, str(temporary)))
+        if self._faiss is not None:
+            write_atomic(
+                out / FAISS_FILE, lambda temporary: faiss.write_index(self._faiss, str(temporary))
+            )
+        meta = {
+            "format": FORMAT,
+            "config": asdict(self.config),
+            "kind": self._kind,
+            "breadth": self._breadth,
+            "norm": self._norm,
+            "sweep": self._sweep,
+        }
+        write_json_atomic(out / INDEX_META_FILE, meta)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ItemIndex:
+        """The index `save` wrote into `directory`."""
+        path = Path(directory)
+        if not (path / INDEX_META_FILE).is_file():
+            raise ValueError(
+                f"{path} holds no ItemIndex ({INDEX_META_FILE} missing): use save() first"
+            )
+        meta = json.loads((path / INDEX_META_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{path}: index format {meta.get('format')}, expected {FORMAT}: rebuild it with "
+                "`starsrec index ARTIFACT_DIR`"
+            )
+        config = IndexConfig(**{**meta["config"], "factories": tuple(meta["config"]["factories"])})
+        state = load_file(str(path / VECTORS_FILE))
+        vectors = np.require(state["vectors"], np.float32, ["C", "W"])
+        index = None if meta["kind"] == "exact" else faiss.read_index(str(path / FAISS_FILE))
+        faiss.omp_set_num_threads(config.threads)
+        stale = state["stale"].astype(bool)
+        kind, breadth, sweep = meta["kind"], meta["breadth"], meta["sweep"]
+        return cls(vectors, config, index, kind, breadth, sweep, stale, meta["norm"])
+
+    # -- validation -------------------------------------------------------------------
+    def _check(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        queries = checked_matrix(queries, "queries", self.dim)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if exclude is None:
+            return queries, None
+        if len(exclude) != len(queries):
+            raise ValueError(
+                f"exclude has {len(exclude)} entries for {len(queries)} queries: give one "
+                "array of rows per query (an empty one for none)"
+            )
+        return queries, [self._check_rows(rows, "exclude") for rows in exclude]
+
+    def _check_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        if allowed is None:
+            return None
+        allowed = np.asarray(allowed)
+        if allowed.dtype != bool or allowed.shape != (self._size,):
+            raise ValueError(
+                f"allowed must be a bool bitmap of shape ({self._size},), one flag per row, "
+                f"got {allowed.dtype} of shape {allowed.shape}"
+            )
+        return allowed
+
+    def _check_rows(self, rows: np.ndarray, name: str) -> np.ndarray:
+        rows = np.asarray(rows).ravel()
+        if rows.size == 0:
+            return rows.astype(np.int64)
+        if rows.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer row ids, got dtype {rows.dtype}")
+        if rows.min() < 0 or rows.max() >= self._size:
+            raise ValueError(
+                f"{name} has rows outside 0..{self._size - 1}: {rows.min()}, {rows.max()}"
+            )
+        return rows.astype(np.int64)

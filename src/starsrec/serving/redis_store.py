@@ -1,0 +1,227 @@
+"""A Redis event store, so several `starsrec serve` replicas share live sessions.
+
+Same contract as `SQLiteEventStore` (see `starsrec.serving.store.EventStore`); one Redis holds the
+events of every replica, so an event posted to one replica drives the next request answered by
+any other. Select it with `starsrec serve --store-url redis://HOST:6379/0` (or
+`ServingConfig(store_url=...)`); install the client with `pip install 'starsrec[scale]'`.
+
+Keys, all under `prefix` (default "starsrec:", so several stores can share one database):
+
+- `{prefix}ids`: set of every stored event id. `count` is its size and `has` a membership test.
+- `{prefix}seq`: arrival counter, incremented once per new event.
+- `{prefix}user:{user_id}`: sorted set of the user's events, scored by timestamp, each member
+  the zero-padded arrival number followed by the event's JSON. Members of equal score sort
+  byte-wise, so the set is ordered by (timestamp, arrival) exactly like SQLite's
+  (timestamp, rowid), and `recent` is one ZREVRANGE of `limit` entries, reversed.
+
+Design:
+
+- Idempotent and atomic: `append` is one Lua script (Redis runs scripts atomically) that does
+  SADD of the id and, only when the id is new, INCR + ZADD. A retried request stores nothing
+  twice, the first write of an id wins also within one call, and concurrent appends from any
+  number of replicas never interleave inside a batch. Batches are validated whole first, with
+  the SQLite store's own validation, so an invalid event writes nothing.
+- Acknowledged = persisted only as far as the server's persistence allows: the SQLite
+  guarantee (an acknowledged event survives a crash or power loss) needs `appendonly yes` and
+  `appendfsync always`, under which Redis fsyncs the script's effects before replying. The
+  store warns at open when it can read a weaker setting (the tests' server runs with those
+  settings). `append` does not call WAIT, so an event acknowledged by a primary may be lost if
+  a replica is promoted before it received it.
+- Reads for many users (`recent_many`) are one MULTI/EXEC pipeline: one round trip and one
+  consistent snapshot, like SQLite's read transaction.
+- Thread-safe: redis-py's client keeps a connection pool; no lock is needed.
+- Nothing expires and nothing is trimmed, as in SQLite: memory grows with the event count.
+  One script touches several users' keys, so on Redis Cluster put the keys in one slot with a
+  hash-tagged prefix such as "{starsrec}:".
+
+Limitation: the offline stage (`starsrec index`) seeds the artifact's SQLite file with each
+user's history, not Redis. A Redis store holds the live events only, unless it is seeded with
+`RedisEventStore.load(events)` (e.g. `starsrec.serving.offline.history_events`); a user's
+stored history is then whatever was loaded plus what was posted since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from tqdm.auto import tqdm
+
+from starsrec.serving.store import Event, EventStore, check_recent_many, validated_row
+
+try:
+    import redis
+except ImportError:  # the optional "scale" extra
+    redis = None
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_SCHEMES = ("redis", "rediss", "unix")
+_SEQ_DIGITS = 15  # arrival numbers below 10**15: exact in Lua's doubles, sortable as text
+_SCRIPT_EVENTS = 1000  # events per script call in `load`
+# KEYS: the id set, the arrival counter, then one user key per event.
+# ARGV: per event its id, score (timestamp) and JSON payload.
+_APPEND = f"""
+local added = 0
+for n = 1, #KEYS - 2 do
+  if redis.call('SADD', KEYS[1], ARGV[3 * n - 2]) == 1 then
+    local seq = redis.call('INCR', KEYS[2])
+    local member = string.format('%0{_SEQ_DIGITS}d', seq) .. ARGV[3 * n]
+    redis.call('ZADD', KEYS[2 + n], ARGV[3 * n - 1], member)
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+def _redacted(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    if not isinstance(url, str):
+        return repr(url)
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:" if parts.username else ":"
+        return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+class RedisEventStore(EventStore):
+    """Event store in a Redis server, shared by every process that opens the same URL and
+    prefix; safe to share between threads (see the module docstring)."""
+
+    def __init__(self, url: str = DEFAULT_URL, prefix: str = "starsrec:") -> None:
+        """Connect to `url` (redis://, rediss:// or unix://) and check that the server answers;
+        raises ValueError for a bad URL or an unreachable server."""
+        self.url = _redacted(url)
+        self.prefix = prefix
+        if redis is None:
+            raise ValueError(
+                "the Redis event store needs the redis package: pip install 'starsrec[scale]'"
+            )
+        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+            raise ValueError(
+                f"store URL {self.url!r} is not a Redis URL: use redis://HOST:PORT/DB "
+                "(rediss:// for TLS, unix:///path/to/redis.sock)"
+            )
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string, got {prefix!r}")
+        try:
+            client = redis.Redis.from_url(url, decode_responses=True)
+        except ValueError as exc:
+            raise ValueError(f"bad Redis URL {self.url!r}: {exc}") from exc
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            unreachable = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+            if unreachable and not isinstance(exc, redis.AuthenticationError):
+                raise ValueError(
+                    f"cannot reach a Redis server at {self.url} ({exc}): start one, e.g. "
+                    "`redis-server --appendonly yes --appendfsync always` "
+                    "(scripts/redis-server.sh installs it on Debian), or pass another URL"
+                ) from exc
+            raise ValueError(
+                f"the Redis server at {self.url} refused the store ({exc}): check the URL's "
+                "credentials and database number"
+            ) from exc
+        self._client: redis.Redis | None = client
+        self._script = client.register_script(_APPEND)
+        self._ids = f"{prefix}ids"
+        self._seq = f"{prefix}seq"
+        self._check_persistence()
+
+    def _check_persistence(self) -> None:
+        try:
+            config = self._db().config_get("append*")
+        except redis.RedisError:  # CONFIG is often disabled on managed servers
+            logger.debug("%s: cannot read the persistence settings", self.url)
+            return
+        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+            logger.warning(
+                "%s: appendonly=%s appendfsync=%s; acknowledged events may be lost in a crash "
+                "(set appendonly yes, appendfsync always for the SQLite store's guarantee)",
+                self.url,
+                config.get("appendonly"),
+                config.get("appendfsync"),
+            )
+
+    def _db(self) -> redis.Redis:
+        if self._client is None:
+            raise ValueError(f"event store {self.url} is closed: open a new RedisEventStore")
+        return self._client
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}"
+
+    def _call(self, rows: Sequence[tuple[str, str, str, str, float]], client=None) -> object:
+        """Run the append script for validated rows (through `client`, e.g. a pipeline)."""
+        keys = [self._ids, self._seq, *(self._user_key(row[1]) for row in rows)]
+        args: list[str | float] = []
+        for row in rows:
+            args += [row[0], row[4], json.dumps(row, separators=(",", ":"))]
+        return self._script(keys=keys, args=args, client=self._db() if client is None else client)
+
+    def append(self, events: Sequence[Event]) -> int:
+        rows = [validated_row(e) for e in events]  # validate all before writing any
+        if not rows:
+            return 0
+        return int(self._call(rows))
+
+    def load(self, events: Iterable[Event], progress: bool = True, batch_size: int = 50_000) -> int:
+        """Bulk-seed history events; returns how many were new.
+
+        Same validation and idempotency as `append`. Every event is validated before any is
+        written, then each `batch_size` events go in one pipeline (atomic per script call of
+        up to 1000 events, not for the whole load: a load cut short leaves a prefix stored,
+        and running it again completes it)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rows = [validated_row(e) for e in events]
+        added = 0
+        with tqdm(total=len(rows), desc="load events", unit="ev", disable=not progress) as bar:
+            for lo in range(0, len(rows), batch_size):
+                batch = rows[lo : lo + batch_size]
+                pipe = self._db().pipeline(transaction=False)
+                for start in range(0, len(batch), _SCRIPT_EVENTS):
+                    self._call(batch[start : start + _SCRIPT_EVENTS], pipe)
+                added += sum(int(n) for n in pipe.execute())
+                bar.update(len(batch))
+        logger.info("loaded %d new events into %s (prefix %r)", added, self.url, self.prefix)
+        return added
+
+    def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+        check_recent_many(user_ids, limit)
+        client = self._db()
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+        pipe = client.pipeline(transaction=True)  # one snapshot for every user
+        for user in users:
+            pipe.zrange(self._user_key(user), 0, limit - 1, desc=True)
+        return {
+            user: [Event(*json.loads(m[_SEQ_DIGITS:])) for m in reversed(members)]
+            for user, members in zip(users, pipe.execute(), strict=True)
+        }
+
+    def latest_time(self, user_id: str) -> float | None:
+        last = self._db().zrange(self._user_key(user_id), 0, 0, desc=True, withscores=True)
+        return float(last[0][1]) if last else None
+
+    def count(self) -> int:
+        return int(self._db().scard(self._ids))
+
+    def has(self, event_id: str) -> bool:
+        return bool(self._db().sismember(self._ids, event_id))
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

@@ -1,0 +1,440 @@
+"""The online stage (DESIGN 1.5): recommendations from stored sessions, by filtered MIPS.
+
+A request is answered in five steps, each the same arithmetic as `StarsRecommender.score`:
+1. the user's recent events come from the event store (plus any the request carries);
+2. the exported encoder turns the last `max_length` of them into u_S, u_L and the gate
+   (or, for a returning user with no live session, the long-term memory computed offline
+   is used as is, with no encoder run);
+3. the query [u + q(c), 1, calendar offsets of c] is searched in the item index, whose rows
+   are [e_i, b_i, onehot(class(i))], under the request's filters;
+4. items from the user's own history are scored exactly with the repeat bonus and merged
+   (the bonus sits outside the inner product, so the index cannot rank them alone);
+5. each result gets an explanation: the tags it shares with the user's recent items and
+   which memory drove it.
+
+Products added with `upsert_items` get a token from text and tags alone (like any cold
+item), go into the index at once and are recommendable by the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from starsrec.data.calendar import time_parts
+from starsrec.data.files import (
+    ENCODER_FILE,
+    INDEX_DIR,
+    MEMORY_FILE,
+    META_FILE,
+    PRODUCTS_FILE,
+    SERVING_DIR,
+    SERVING_FILE,
+    STATE_FILE,
+    STORE_FILE,
+)
+from starsrec.data.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
+from starsrec.index.config import IndexConfig
+from starsrec.index.item_index import ItemIndex
+from starsrec.serving.catalogue import (
+    ItemTable,
+    Product,
+    RequestError,
+    code,
+    item_table,
+    tag_vocabulary,
+)
+from starsrec.serving.explain import Recommendation, explain, memory_sources
+from starsrec.serving.filters import FilterScopes, RequestFilters
+from starsrec.serving.product_log import ProductLog
+from starsrec.serving.product_tokens import ProductTokenizer
+from starsrec.serving.redis_store import RedisEventStore
+from starsrec.serving.store import Event, EventStore, SQLiteEventStore, is_timestamp
+from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
+from starsrec.stars.recommender import StarsRecommender
+from starsrec.stars.repeats import request_counts
+from starsrec.stars.sequences import featurize_events
+
+logger = logging.getLogger(__name__)
+
+PRODUCT_REPLAY_BATCH = 1000
+HISTORY_PREFIX = "history:"  # ids of the events the offline stage seeded the store with
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Online settings. history_limit: stored events read per request (repeat counts and
+    already-purchased exclusions look this far back)."""
+
+    history_limit: int = 500
+    threads: int = 1
+    use_onnx: bool = True
+    use_offline_memory: bool = True
+    index: IndexConfig = field(default_factory=IndexConfig)
+    # None: the artifact's SQLite event store; a redis:// URL: a Redis store shared by several
+    # replicas (live events only: see starsrec.serving.redis_store).
+    store_url: str | None = None
+
+
+class RecommendationService:
+    """Answers requests for one artifact directory (see module doc)."""
+
+    def __init__(
+        self,
+        recommender: StarsRecommender,
+        index: ItemIndex,
+        store: EventStore,
+        items: ItemTable,
+        memories: dict[str, np.ndarray],  # user id -> u_L (D,) from the offline stage
+        event_types: list[dict],
+        allow_repeats: bool,
+        encoder: OnnxUserEncoder | EagerUserEncoder,
+        config: ServingConfig = ServingConfig(),
+        product_log: ProductLog | None = None,
+    ) -> None:
+        self.recommender = recommender
+        self.product_log = product_log  # where acknowledged upserts are made durable
+        self.model = recommender.model
+        self.index = index
+        self.store = store
+        self.items = items
+        self.memories = memories
+        self.event_codes = {t["name"]: number for number, t in enumerate(event_types)}
+        self.target_types = {t["name"] for t in event_types if t.get("target", True)}
+        # The type an event gets when a client omits it: the first target type.
+        self.main_event_type = next(
+            (t["name"] for t in event_types if t.get("target", True)), event_types[0]["name"]
+        )
+        self.allow_repeats = allow_repeats
+        self.encoder = encoder
+        self.config = config
+        self.version = 0  # bumped by every catalogue change: keys the filter caches
+        self.tag_names = np.array(tag_vocabulary(recommender), dtype=object)
+        model = self.model
+        self._hour, self._weekday, self._month = (
+            table.weight.detach().numpy()
+            for table in (model.request_hour, model.request_weekday, model.request_month)
+        )
+        offsets = model.calendar_offsets.detach().numpy()
+        self._calendar_offsets = offsets if model.config.use_calendar_offsets else 0 * offsets
+        self.tokenizer = ProductTokenizer(recommender)  # tokens for products put live
+        self._scopes = FilterScopes()
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        artifact_dir: str | Path,
+        config: ServingConfig = ServingConfig(),
+        compact_products: bool = True,
+    ):
+        """Open an artifact whose serving files `starsrec index` has written. A hot reload
+        passes compact_products=False: the service it replaces may still log products."""
+        torch.set_num_threads(config.threads)  # one thread per serving worker
+        root = Path(artifact_dir)
+        serving = root / SERVING_DIR
+        if not (serving / SERVING_FILE).exists():
+            raise FileNotFoundError(
+                f"{root} has no serving files: run `starsrec index {root}` first"
+            )
+        remedy = f"rebuild them with `starsrec index {root}`"
+        meta = read_manifest(serving / SERVING_FILE, remedy)
+        recommender = StarsRecommender.load(root)  # verifies the model's own checksums
+        verify(serving, meta, SERVING_FILE, remedy)
+        built_for = meta.get("model_checksum")
+        model = read_manifest(root / META_FILE, remedy).get(CHECKSUMS_KEY, {}).get(STATE_FILE)
+        if built_for and model and built_for != model:
+            raise ArtifactError(
+                f"{serving} was built for another training of {root} (model checksum "
+                f"differs): {remedy}"
+            )
+        arrays = load_file(serving / MEMORY_FILE)
+        memories = dict(zip(meta["users"], arrays["long"], strict=True))
+        items = item_table(recommender)
+        encoder = (
+            OnnxUserEncoder(serving / ENCODER_FILE, config.threads)
+            if config.use_onnx
+            else EagerUserEncoder(recommender.model)
+        )
+        service = cls(
+            recommender,
+            ItemIndex.load(serving / INDEX_DIR),
+            SQLiteEventStore(serving / STORE_FILE)
+            if config.store_url is None
+            else RedisEventStore(config.store_url),
+            items,
+            memories,
+            meta["event_types"],
+            meta["allow_repeats"],
+            encoder,
+            config,
+        )
+        # Products put into earlier runs: replayed (latest version each), then the log is
+        # rewritten compacted (which also drops a line a crash cut short).
+        service.product_log = ProductLog(serving / PRODUCTS_FILE)
+        products = service.replay_products()
+        if compact_products and service.product_log.path.exists():
+            service.product_log.compact(products)
+        return service
+
+    def replay_products(self) -> list[Product]:
+        """Apply the products the log gained since this service last read it (all of them
+        at load; after a hot reload's swap, those the previous service took meanwhile)."""
+        log, self.product_log = self.product_log, None  # they are in the log already
+        try:
+            products = log.read_new()
+            for first in range(0, len(products), PRODUCT_REPLAY_BATCH):
+                self.upsert_items(products[first : first + PRODUCT_REPLAY_BATCH])
+        finally:
+            self.product_log = log
+        if products:
+            logger.info("replayed %d products put while serving", len(products))
+        return products
+
+    # -- events -------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Validate and store events (idempotent on event id); returns how many were new."""
+        for position, event in enumerate(events):
+            if event.item_id not in self.items.row_of:
+                raise RequestError(
+                    f"events[{position}].item_id",
+                    f"events[{position}].item_id: unknown item {event.item_id!r}; "
+                    "add it with PUT /v1/items first",
+                )
+            if event.event_type not in self.event_codes:
+                raise RequestError(
+                    f"events[{position}].event_type",
+                    f"events[{position}].event_type: unknown type {event.event_type!r}; "
+                    f"use one of {sorted(self.event_codes)}",
+                )
+        try:
+            return self.store.append(events)
+        except ValueError as error:
+            raise RequestError("events", str(error)) from error
+
+    # -- recommending -------------------------------------------------------------------
+    def recommend(
+        self,
+        user_id: str | None = None,
+        events: Sequence[Event] = (),
+        k: int = 10,
+        at: float | None = None,
+        filters: RequestFilters = RequestFilters(),
+    ) -> list[Recommendation]:
+        """Top-k items for a user (stored events) and/or an anonymous list of events, at
+        time `at` (unix seconds; now when None), under `filters`. At most the catalogue's
+        size come back, however large `k`."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
+        k = min(int(k), self.index.size)
+        at = time.time() if at is None else at
+        if not is_timestamp(at):
+            raise RequestError(
+                "timestamp", f"timestamp: must be unix seconds from 1970 on, got {at!r}"
+            )
+        bad = [e.timestamp for e in events if not is_timestamp(e.timestamp)]
+        if bad:
+            raise RequestError("events", f"events: timestamps must be unix seconds, got {bad[:3]}")
+        at = float(at)
+        history = list(self.store.recent(user_id, self.config.history_limit)) if user_id else []
+        history += [e for e in events if e.item_id in self.items.row_of]
+        history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
+        rows = np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
+        query, short, long, gate = self._query(user_id, history, rows, at)
+        allowed, scope = self.allowed(filters)
+        exclude = self.items.rows(list(filters.exclude), "filters.exclude")
+        purchased = filters.exclude_purchased
+        if purchased if purchased is not None else not self.allow_repeats:
+            targets = [
+                r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
+            ]
+            exclude = np.union1d(exclude, np.array(targets, dtype=np.int64))
+        # The user's own items are scored exactly, with their repeat bonus, by
+        # _merge_history: the index supplies the best k others (had it returned own items
+        # among its k, fewer than k others would be left to merge with them).
+        own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
+        found, scores = self.index.search(
+            query[None], k, allowed, [np.union1d(exclude, own)], scope
+        )
+        found, scores = self._merge_history(
+            query, found[0], scores[0], history, rows, at, allowed, exclude, k
+        )
+        memories = memory_sources(self.items.tokens[found], found, rows, short, long, gate)
+        return self._explain(found, scores, rows, memories)
+
+    def _query(
+        self, user_id: str | None, history: list[Event], rows: np.ndarray, at: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The augmented query [u + q(c), 1, offsets] and u_S, u_L, g behind it."""
+        model = self.model
+        calendar = self.recommender.calendar
+        # (1, K) active events; one always-off column when there are none (as in training)
+        active = calendar.active(np.array([int(at)])) if calendar.names else np.zeros((1, 1))
+        zeros = np.zeros(model.config.dim, np.float32)
+        if not len(history):  # no history: context and popularity (bias, offsets) only
+            return self._augment(self._context(at), active), zeros, zeros, zeros
+        memory = self.memories.get(user_id) if user_id else None
+        gap = at - history[-1].timestamp
+        if (
+            self.config.use_offline_memory
+            and memory is not None
+            and model.config.use_dual_memory
+            and gap >= model.dormant_seconds
+            and all(e.event_id.startswith(HISTORY_PREFIX) for e in history)
+        ):
+            # A dormant user with no event since the offline pass: u = u_L exactly as the
+            # encoder would compute it, so skip the encoder.
+            return self._augment(memory + self._context(at), active), zeros, memory, zeros
+        window = rows[-model.config.max_length :]
+        last = history[-len(window) :]
+        batch = featurize_events(
+            window[None],
+            np.array([[self.event_codes[e.event_type] for e in last]]),
+            np.array([[int(e.timestamp) for e in last]]),
+            np.array([int(at)]),
+            self.recommender.calendar,
+            model.config.session_gap_minutes,
+        )
+        out = self.encoder(encoder_inputs(batch, self.items.tokens[window][None]))
+        query = self._augment(out["query"][0], active)
+        return query, out["short"][0], out["long"][0], out["gate"][0]
+
+    def _context(self, at: float) -> np.ndarray:
+        """q(c) (D,) for a request at `at`: the model's request embeddings, read as arrays
+        (the same sum as `STARS.context_offset`, without a tensor round trip)."""
+        if not self.model.config.use_context:
+            return np.zeros(self.model.config.dim, np.float32)
+        hour, weekday, month = (int(part[0]) for part in time_parts(np.array([int(at)])))
+        return self._hour[hour] + self._weekday[weekday] + self._month[month]
+
+    def _augment(self, query: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """[u + q(c), 1, Σ_k active_k o[k, ·]] as `STARS.retrieval_queries` builds it."""
+        offsets = active[0] @ self._calendar_offsets
+        return np.concatenate([query, np.ones(1, np.float32), offsets]).astype(np.float32)
+
+    def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
+        """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
+        return self._scopes.allowed(self.items, self.version, filters)
+
+    def _merge_history(
+        self,
+        query: np.ndarray,
+        found: np.ndarray,
+        scores: np.ndarray,
+        history: list[Event],
+        rows: np.ndarray,
+        at: float,
+        allowed: np.ndarray | None,
+        exclude: np.ndarray,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score the user's own items exactly (repeat bonus, own-item re-scoring) and merge
+        them in."""
+        if not len(rows) or not self.model.config.use_repeat_score:
+            keep = found >= 0
+            return found[keep], scores[keep]
+        stamps = np.array([e.timestamp for e in history], dtype=np.float64)
+        seen, counts, age, sessions = request_counts(
+            rows, stamps, at, self.model.config.session_gap_minutes
+        )
+        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+        seen, counts, age = seen[keep], counts[keep], age[keep]
+        dim = self.model.config.dim
+        own = self.index.vectors[seen]  # rows [e_i, b_i, onehot(class(i))]
+        taste = own[:, :dim] @ query[:dim]  # <u + q(c), e_i>
+        with torch.no_grad():
+            bonus = self.model.repeat_bonus(
+                torch.from_numpy(counts),
+                torch.from_numpy(age),
+                torch.from_numpy(seen + 1),
+                torch.tensor(float(sessions)),
+                self.model.user_repeat_weights(torch.from_numpy(query[:dim])),
+            ) + self.model.own_item_adjustment(torch.from_numpy(taste), torch.ones(()))
+        exact = own @ query + bonus.numpy()
+        others = found >= 0  # never the user's own items (see recommend)
+        rows_all = np.concatenate([found[others], seen])
+        scores_all = np.concatenate([scores[others], exact.astype(np.float32)])
+        order = np.lexsort((rows_all, -scores_all))[:k]
+        return rows_all[order], scores_all[order]
+
+    def _explain(
+        self, found: np.ndarray, scores: np.ndarray, rows: np.ndarray, memories: list[str]
+    ) -> list[Recommendation]:
+        max_length = self.model.config.max_length
+        return explain(self.items, self.tag_names, max_length, found, scores, rows, memories)
+
+    # -- items --------------------------------------------------------------------------
+    def similar(
+        self, item_id: str, k: int = 10, in_stock_only: bool = True
+    ) -> list[Recommendation]:
+        """Items whose tokens have the largest inner product with this item's token."""
+        if item_id not in self.items.row_of:
+            raise RequestError("item_id", f"item_id: unknown item {item_id!r}", status=404)
+        row = self.items.row_of[item_id]
+        query = np.zeros(self.index.dim, np.float32)
+        query[: self.model.config.dim] = self.items.tokens[row]
+        allowed, scope = self.allowed(RequestFilters(in_stock_only=in_stock_only))
+        found, scores = self.index.search(query[None], k, allowed, [np.array([row])], scope)
+        keep = found[0] >= 0
+        found = found[0][keep]
+        return self._explain(found, scores[0][keep], np.array([row]), ["similar"] * len(found))
+
+    def upsert_items(self, products: Sequence[Product]) -> list[str]:
+        """Add new products or change existing ones; searchable by the next request.
+        A new product's token comes from its text and tags alone (a cold item); a changed
+        trained one keeps the delta and bias it learned. Returns "added"/"updated" each."""
+        items = self.items
+        for position, product in enumerate(products):
+            for name, value, known in (
+                ("class", product.item_class, items.class_names),
+                ("subclass", product.subclass, items.subclass_names),
+            ):
+                if value is not None and not known:
+                    raise RequestError(
+                        f"items[{position}].{name}",
+                        f"items[{position}].{name}: this catalogue has no {name} taxonomy; "
+                        "omit the field",
+                    )
+        tokenizer = self.tokenizer
+        text, tags = tokenizer.features([p.text for p in products])
+        outcome = []
+        for p, product in enumerate(products):
+            row = items.row_of.get(product.item_id)
+            trained = row is not None and row < self.recommender.catalogue.size
+            token, bias = tokenizer.token(text[p], tags[p], row if trained else None)
+            item_class = code(items.class_names, product.item_class)
+            model_class = tokenizer.model_class(item_class, text[p])
+            vector = tokenizer.index_vector(token, bias, model_class)
+            outcome.append("added" if row is None else "updated")
+            row = items.put(
+                product.item_id,
+                product.text,
+                item_class=item_class,
+                subclass=code(items.subclass_names, product.subclass),
+                model_class=model_class,
+                tags=tags[p],
+                tokens=token,
+                in_stock=product.in_stock,
+            )
+            if row < self.index.size:
+                self.index.update(np.array([row]), vector[None])
+            else:
+                added = self.index.add(vector[None])
+                assert int(added[0]) == row, "index rows and item rows must stay aligned"
+        self.version += 1
+        self._scopes.clear()
+        if self.product_log is not None:
+            self.product_log.append(products)
+        logger.info(
+            "catalogue: %s",
+            ", ".join(f"{p.item_id} {o}" for p, o in zip(products, outcome, strict=True)),
+        )
+        return outcome

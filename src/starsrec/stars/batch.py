@@ -1,0 +1,54 @@
+"""The model's inputs: item slots, and event windows as padded tensors (`EventBatch`).
+
+Item slot 0 is padding; catalogue item index i lives in slot i + 1 (`slots`), so an
+embedding table of N + 1 rows serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+RECENCY_BUCKETS = 16
+PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
+
+
+def slots(index: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Item slots of catalogue indices (index + 1; slot 0 is padding)."""
+    return index + 1
+
+
+@dataclass
+class EventBatch:
+    """Model inputs: left-padded event sequences and what is asked after each event.
+
+    items (B, T) long: item slot (index + 1), PAD where empty.
+    event_types, hours, weekdays, recency (B, T) long: per-event features; recency is the
+    bucketised gap from the event to the next one (to the request for the last).
+    request_hour, request_weekday, request_month (B, T) long, request_events (B, T, K)
+    float: the context of the request that follows each event.
+    new_session (B, T) bool: the request comes after the session gap (use u_L alone).
+    event_days, request_days (B, T) float: event and request times in days (repeat recency).
+    """
+
+    items: torch.Tensor
+    event_types: torch.Tensor
+    hours: torch.Tensor
+    weekdays: torch.Tensor
+    recency: torch.Tensor
+    request_hour: torch.Tensor
+    request_weekday: torch.Tensor
+    request_month: torch.Tensor
+    request_events: torch.Tensor
+    new_session: torch.Tensor
+    event_days: torch.Tensor
+    request_days: torch.Tensor
+
+
+def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:
+    """Bucketise time gaps on a log scale: 0 for < 1 minute, then doubling minutes."""
+    minutes = gap_seconds.clamp(min=0).float() / 60.0
+    bucket = torch.floor(torch.log2(1.0 + minutes))
+    return bucket.long().clamp(0, RECENCY_BUCKETS - 1)

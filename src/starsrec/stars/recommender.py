@@ -1,0 +1,368 @@
+"""STARS behind the Recommender contract: item features, training, full-catalogue scoring.
+
+`fit` embeds the catalogue's texts (cached), tags them, derives subclasses and classes by
+k-means where the catalogue has no taxonomy, builds the calendar events of the country,
+and trains the model with early stopping on validation NDCG@10. `score` encodes each
+query's recent history and scores every item with one inner product plus the item bias,
+the calendar offsets and the repeat bonus. Items never seen in training are scored from
+their text and tags alone (their delta stays 0): that is the cold-start path. After
+training, the new-item bias and the own-item re-scoring are fitted on validation
+(`starsrec.stars.calibration`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from starsrec.data.calendar import DAY, CalendarEvents
+from starsrec.data.files import CALENDAR_FILE
+from starsrec.data.integrity import ArtifactError, write_json_atomic
+from starsrec.data.interactions import Catalogue, Queries
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
+from starsrec.features.encoders import HashingEncoder, SentenceTransformerEncoder
+from starsrec.features.tags import default_tagger
+from starsrec.features.text import derive_subclasses, embed_items
+from starsrec.recommender import (
+    Filters,
+    Recommender,
+    TrainingData,
+    apply_filters,
+    rebuild_nested_configs,
+)
+from starsrec.stars import distributed
+from starsrec.stars.calibration import grid_search, new_item_log_odds, new_item_offset
+from starsrec.stars.config import ModelConfig
+from starsrec.stars.model import STARS
+from starsrec.stars.repeats import history_counts
+from starsrec.stars.sequences import featurize, query_windows
+from starsrec.stars.train import TrainConfig, TrainingState, train_model
+
+logger = logging.getLogger(__name__)
+
+# Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
+# repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
+# repeat weights; 4: the own-item re-scoring buffers.
+MODEL_FORMAT = 4
+# The own-item re-scoring grid (`StarsRecommender.calibrate_own_items`): the taste term's
+# weight for the user's own items, and an offset in score units (the taste term's spread
+# among a shopper's own items is about 2 on Instacart, so 8 puts them all first).
+OWN_ITEM_TASTES = (1.0, 0.5, 0.25, 0.0)
+OWN_ITEM_OFFSETS = (0.0, 1.0, 2.0, 4.0, 8.0)
+HASHING_ENCODER = "hashing"
+
+
+@dataclass(frozen=True)
+class StarsConfig:
+    """Model, training and item-feature settings.
+
+    text_encoder: "all-MiniLM-L6-v2" (the packaged default), "hashing" (a tiny
+    deterministic embedder for tests), or a path to a local sentence-transformers folder.
+    derived_subclasses / derived_classes: k-means cluster counts used when the catalogue
+    has no subclass / class of its own.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    text_encoder: str = "all-MiniLM-L6-v2"
+    use_lexicon_tags: bool = True
+    derived_subclasses: int = 64
+    derived_classes: int = 16
+    embedding_cache: str | None = ".cache/starsrec"
+    validation_queries: int = 2000
+    score_batch: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rebuild_nested_configs(self)
+
+
+def text_encoder(config: StarsConfig) -> HashingEncoder | SentenceTransformerEncoder:
+    """The text encoder `config.text_encoder` names (see StarsConfig)."""
+    if config.text_encoder == HASHING_ENCODER:
+        return HashingEncoder(dim=64, seed=config.seed)
+    if config.text_encoder == "all-MiniLM-L6-v2":
+        return SentenceTransformerEncoder()
+    return SentenceTransformerEncoder(path=config.text_encoder)
+
+
+def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
+    """Text embeddings, tags, subclass and class of every item (arrays over the catalogue)."""
+    texts = list(catalogue.texts)
+    cache = Path(config.embedding_cache) if config.embedding_cache else None
+    text = embed_items(texts, text_encoder(config), cache_dir=cache)
+    if config.use_lexicon_tags:
+        tags = default_tagger().extract(texts)
+    else:
+        tags = np.zeros((len(texts), 1), dtype=np.float32)
+    subclass = catalogue.subclass
+    if (subclass < 0).all():
+        subclass = derive_subclasses(text, min(config.derived_subclasses, len(texts)), config.seed)
+    item_class = catalogue.item_class
+    if (item_class < 0).all():
+        item_class = derive_subclasses(text, min(config.derived_classes, len(texts)), config.seed)
+    return {
+        "text": text.astype(np.float32),
+        "tags": tags.astype(np.float32),
+        "subclass": np.maximum(subclass, 0).astype(np.int64),
+        "item_class": np.maximum(item_class, 0).astype(np.int64),
+    }
+
+
+class StarsRecommender(Recommender):
+    """The STARS model (see module doc); ID-only SASRec is the same class with
+    `ModelConfig(use_text=False, use_tags=False, use_item_id=True, ...)`."""
+
+    name = "stars"
+    config_class = StarsConfig
+
+    def __init__(self, config: StarsConfig = StarsConfig()) -> None:
+        super().__init__(config)
+        self.model: STARS | None = None
+        self.features: dict[str, np.ndarray] = {}
+        self.calendar: CalendarEvents | None = None
+        self.n_event_types = 1
+        self.training_state: TrainingState | None = None  # set by fit, not saved
+        # Where fit checkpoints every epoch and resumes from (None: no checkpoints).
+        self.checkpoint_dir: Path | None = None
+
+    def _fit(self, data: TrainingData) -> None:
+        if self.config.model.use_new_item_bias is None:  # decided here, saved with the model
+            model = dataclasses.replace(self.config.model, use_new_item_bias=data.allow_repeats)
+            self.config = dataclasses.replace(self.config, model=model)
+            logger.info(
+                "new-item bias %s (%s log)",
+                "on" if data.allow_repeats else "off",
+                "shop" if data.allow_repeats else "rating",
+            )
+        config = self.config
+        torch.manual_seed(config.seed)
+        with distributed.main_first():  # rank 0 fills the embedding cache, the rest read it
+            self.features = item_features(data.catalogue, config)
+        warm = np.bincount(data.train.item, minlength=data.catalogue.size) > 0
+        self.features["warm"] = warm.astype(np.float32)
+        first_day = np.full(data.catalogue.size, np.inf)
+        np.minimum.at(first_day, data.train.item, data.train.timestamp / DAY)
+        self.features["first_day"] = first_day.astype(np.float32)
+        years = data.train.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(int)
+        first, last = (int(years.min()) + 1970, int(years.max()) + 1971) if len(years) else (0, 0)
+        self.calendar = CalendarEvents.build(data.country, first - 1, last + 1)
+        self.n_event_types = len(data.train.event_types)
+        self.model = self._build()
+        validate = None
+        if data.validation is not None and len(data.validation):
+            keep = slice(0, config.validation_queries)
+            queries, targets = data.validation[keep], data.validation_target[keep]
+            quiet = EvaluationConfig(exclude_seen=not data.allow_repeats, progress=False)
+
+            def validate(model: STARS) -> float:
+                model.eval()
+                result = evaluate(self, queries, targets, data.train, quiet)
+                return result["metrics"]["ndcg@10"]
+
+        self.training_state = train_model(
+            self.model,
+            data.train,
+            self.features["subclass"],
+            self.calendar,
+            dataclasses.replace(config.train, seed=config.seed),
+            validate=validate,
+            checkpoint_dir=self.checkpoint_dir,
+        )
+        model_config = config.model
+        if validate is None:
+            return
+        if (
+            model_config.use_new_item_calibration
+            and model_config.use_item_bias
+            and self.model.scores_new_items
+        ):
+            self.calibrate_new_items(queries, targets, exclude_seen=not data.allow_repeats)
+        # Own items are re-scored where they can be recommended and are scored apart.
+        if (
+            data.allow_repeats
+            and model_config.use_repeat_score
+            and model_config.use_own_item_calibration
+        ):
+            self.calibrate_own_items(validate)
+
+    @torch.no_grad()
+    def calibrate_new_items(
+        self, queries: Queries, targets: np.ndarray, exclude_seen: bool
+    ) -> None:
+        """Move the new-item bias by the maximum-likelihood offset on validation
+        (`calibration.new_item_offset`); unchanged when too few targets are new items."""
+        new_items = self.features["warm"] == 0
+        filters = Filters(exclude_seen=exclude_seen)
+        log_odds = []
+        for lo in range(0, len(queries), self.config.score_batch):
+            part = queries[lo : lo + self.config.score_batch]
+            scores = self.score(part)
+            apply_filters(scores, part, self.catalogue, filters)
+            log_odds.append(new_item_log_odds(scores, new_items))
+        offset = new_item_offset(np.concatenate(log_odds), new_items[targets])
+        if offset is not None:
+            self.model.new_item_bias += offset
+
+    @torch.no_grad()
+    def calibrate_own_items(self, validate: Callable[[STARS], float]) -> None:
+        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) by grid search on the
+        validation metric; (1, 0), no change, unless a pair does strictly better."""
+        model = self.model
+
+        def apply(pair: tuple[float, float]) -> None:
+            model.own_item_taste.fill_(pair[0])
+            model.own_item_offset.fill_(pair[1])
+
+        grid = list(itertools.product(OWN_ITEM_TASTES, OWN_ITEM_OFFSETS))  # (1, 0) first
+        grid_search("own items (taste weight, offset)", lambda: validate(model), grid, apply)
+
+    def _build(self) -> STARS:
+        features = self.features
+        return STARS(
+            self.config.model,
+            text=torch.from_numpy(features["text"]),
+            tags=torch.from_numpy(features["tags"]),
+            item_class=torch.from_numpy(features["item_class"]),
+            warm=torch.from_numpy(features["warm"] > 0),
+            n_event_types=self.n_event_types,
+            n_calendar_events=len(self.calendar.names),
+            first_day=torch.from_numpy(features["first_day"]) if "first_day" in features else None,
+        )
+
+    @torch.no_grad()
+    def score(self, queries: Queries) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("stars is not fitted: call fit() or load()")
+        model = self.model
+        model.eval()
+        vectors = model.item_vectors()  # (N, D)
+        all_slots = torch.arange(1, vectors.shape[0] + 1)
+        scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
+        for lo in range(0, len(queries), self.config.score_batch):
+            part = queries[lo : lo + self.config.score_batch]
+            rows = query_windows(part, model.config.max_length)
+            batch = featurize(
+                part.log, rows, part.time, self.calendar, model.config.session_gap_minutes
+            )
+            query = model.user_vectors(batch)[:, -1]  # (B, D)
+            empty = torch.from_numpy(part.lengths == 0)
+            # No history: the context-and-popularity fallback (q(c), bias, offsets only).
+            context = model.context_offset(batch)[:, -1] if model.config.use_context else 0.0
+            query = torch.where(empty[:, None], context * torch.ones_like(query), query)
+            bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
+            taste = query @ vectors.T  # (B, N)
+            counts, age, sessions = history_counts(
+                part, vectors.shape[0], model.config.session_gap_minutes
+            )
+            seen = torch.from_numpy(counts > 0).float()
+            block = taste + bias + offsets + model.own_item_adjustment(taste, seen)
+            block = block + model.repeat_bonus(
+                torch.from_numpy(counts),
+                torch.from_numpy(age),
+                all_slots,
+                torch.from_numpy(sessions)[:, None],
+                model.user_repeat_weights(query)[:, None, :],
+            )
+            scores[lo : lo + len(part)] = block.numpy()
+        return scores
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {f"model.{k}": v.numpy() for k, v in self.model.state_dict().items()}
+        state |= {f"features.{k}": v for k, v in self.features.items()}
+        calendar = self.calendar
+        state |= {
+            "calendar.event": calendar.event,
+            "calendar.first_day": calendar.first_day,
+            "calendar.last_day": calendar.last_day,
+            "n_event_types": np.array([self.n_event_types]),
+            "model_format": np.array([MODEL_FORMAT]),
+        }
+        return state
+
+    def _save_extra(self, out: Path) -> list[str]:
+        """The calendar event names (strings live in JSON)."""
+        write_json_atomic(out / CALENDAR_FILE, {"names": list(self.calendar.names)})
+        return [CALENDAR_FILE]
+
+    def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
+        names = tuple(json.loads((path / CALENDAR_FILE).read_text())["names"])
+        self.calendar = CalendarEvents(
+            names, state["calendar.event"], state["calendar.first_day"], state["calendar.last_day"]
+        )
+        self.features = {
+            k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")
+        }
+        self.n_event_types = int(state["n_event_types"][0])
+        written = int(state.get("model_format", [1])[0])
+        if written != MODEL_FORMAT:
+            raise ArtifactError(
+                f"{path} holds STARS model format {written}; this starsrec reads format "
+                f"{MODEL_FORMAT} (its parameters changed): retrain it with starsrec train"
+            )
+        self.model = self._build()
+        self.model.load_state_dict(
+            {
+                k[len("model.") :]: torch.from_numpy(v)
+                for k, v in state.items()
+                if k.startswith("model.")
+            }
+        )
+        self.model.eval()
+
+
+# Named configurations for the benchmark's ablation table: (model switches, training
+# overrides). "no-text" swaps the frozen text vector for a learned id embedding, since an
+# item needs some representation; "sasrec" is every STARS component off but item ids.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "stars": ({}, {}),
+    "sasrec": (
+        {
+            "use_text": False,
+            "use_delta": False,
+            "use_tags": False,
+            "use_item_id": True,
+            "use_context": False,
+            "use_recency": False,
+            "use_dual_memory": False,
+            "use_calendar_offsets": False,
+            "use_item_bias": False,
+            "use_repeat_score": False,
+            "use_new_item_bias": False,
+            "use_own_item_calibration": False,
+            "use_new_item_calibration": False,
+        },
+        {"subclass_negatives": 0},
+    ),
+    "stars-no-delta": ({"use_delta": False}, {}),
+    "stars-no-tags": ({"use_tags": False}, {}),
+    "stars-no-text": ({"use_text": False, "use_delta": False, "use_item_id": True}, {}),
+    "stars-no-dual-memory": ({"use_dual_memory": False}, {}),
+    "stars-no-calendar": ({"use_calendar_offsets": False}, {}),
+    "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
+    "stars-no-repeat": ({"use_repeat_score": False}, {}),
+    "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
+    "stars-no-own-item-calibration": ({"use_own_item_calibration": False}, {}),
+    "stars-no-new-item-calibration": ({"use_new_item_calibration": False}, {}),
+}
+
+
+def stars_variant(name: str, config: StarsConfig = StarsConfig()) -> StarsRecommender:
+    """A STARS recommender with the switches of variant `name` applied to `config`."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown STARS variant {name!r}; choose from {', '.join(VARIANTS)}")
+    model_switches, train_overrides = VARIANTS[name]
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, **model_switches),
+        train=dataclasses.replace(config.train, **train_overrides),
+    )
+    return StarsRecommender(config)

@@ -1,0 +1,164 @@
+"""Repeat-purchase features: how often, and how many days ago, a shopper had each item,
+and how many sessions (baskets) the shopper's history holds.
+
+The model turns them into a learned bonus (`STARS.repeat_bonus`). Scoring reads them over
+the shopper's whole history (`history_counts`, dense (Q, N)), serving over one live
+request's history (`request_counts`, its distinct items only). Training needs the same
+quantity at every position of a window, for its sampled candidates only
+(`history_repeats`, sparse): the occurrences inside the window plus those carried in
+from the user's rows before it (`carried_repeats`). Without the carried-in part the
+weights were fit to counts within 50 events and applied to whole-history counts, which
+on long repeat-heavy histories (Instacart) are several times larger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from starsrec.data.calendar import DAY
+from starsrec.data.interactions import EventLog, Queries, session_opens
+from starsrec.stars.batch import PAD, EventBatch
+
+
+def history_counts(
+    queries: Queries, n_items: int, gap_minutes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Q, N) how often each item occurs in each query's whole history, the days from
+    its last occurrence to the request (inf when never), and (Q,) the sessions in it."""
+    query, rows = queries.flat_history()
+    last = np.full((len(queries), n_items), -np.inf)
+    np.maximum.at(last, (query, queries.log.item[rows]), queries.log.timestamp[rows].astype(float))
+    age = ((queries.time[:, None] - last) / DAY).astype(np.float32)
+    counts = np.zeros((len(queries), n_items), dtype=np.float32)
+    np.add.at(counts, (query, queries.log.item[rows]), 1.0)
+    opens = session_opens(queries.log.timestamp, rows, queries.start[query], gap_minutes)
+    sessions = np.bincount(query, weights=opens, minlength=len(queries))
+    return counts, age, sessions.astype(np.float32)
+
+
+def request_counts(
+    rows: np.ndarray, timestamps: np.ndarray, at: float, gap_minutes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """`history_counts` for one live request, sparse: from the history's time-ordered item
+    `rows` and unix `timestamps` at request time `at`, the distinct items, their counts,
+    the days from the last of each to the request, and the sessions in the history."""
+    seen, counts = np.unique(rows, return_counts=True)
+    last = np.full(len(seen), -np.inf)
+    np.maximum.at(last, np.searchsorted(seen, rows), timestamps)
+    sessions = session_opens(timestamps, np.arange(len(timestamps)), 0, gap_minutes)
+    return seen, counts.astype(np.float32), ((at - last) / DAY).astype(np.float32), sessions.sum()
+
+
+@dataclass(frozen=True)
+class CarriedRepeats:
+    """Per window, the candidates its user had before the window's first row."""
+
+    slots: torch.Tensor  # (B, K) item slots, PAD where a window has fewer than K
+    counts: torch.Tensor  # (B, K) float: occurrences before the window
+    last_days: torch.Tensor  # (B, K) float: day of the last of them
+    sessions: torch.Tensor  # (B, T) float: sessions in the user's history up to each row
+
+
+class RepeatEntries(NamedTuple):
+    """Sparse repeat features at the masked positions of a batch (E entries)."""
+
+    rows: torch.Tensor  # (E,) index of the masked position
+    columns: torch.Tensor  # (E,) index into the sorted candidate slots
+    counts: torch.Tensor  # (E,) occurrences in the history up to the position
+    age_days: torch.Tensor  # (E,) days from the last of them to the request
+    sessions: torch.Tensor  # (E,) sessions in that history
+
+
+def carried_repeats(
+    log: EventLog, rows: np.ndarray, slots: torch.Tensor, gap_minutes: float
+) -> CarriedRepeats:
+    """The candidate `slots` (sorted) that each window's user had in the log rows before
+    the window's `rows` (B, T; -1 = left padding), with counts and last days; and the
+    sessions in the user's history up to each row."""
+    has_rows = (rows >= 0).any(axis=1)
+    first = np.where(rows >= 0, rows, log.size).min(axis=1)  # (B,) first row of each window
+    user = log.user[np.where(has_rows, first, 0)] if log.size else np.zeros(len(rows), int)
+    start = log.offsets[user]
+    lengths = np.where(has_rows, first - start, 0)
+    window = np.repeat(np.arange(len(rows)), lengths)
+    before = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    opened = session_opens(log.timestamp, before, np.repeat(start, lengths), gap_minutes)
+    sessions_before = np.bincount(window, weights=opened, minlength=len(rows))
+    inside = session_opens(log.timestamp, np.maximum(rows, 0), start[:, None], gap_minutes) & (
+        rows >= 0
+    )
+    sessions = sessions_before[:, None] + inside.cumsum(axis=1)
+    slot = log.item[before] + 1
+    candidates = slots.numpy()
+    column = np.searchsorted(candidates, slot).clip(max=len(candidates) - 1)
+    known = candidates[column] == slot
+    window, slot, before = window[known], slot[known], before[known]
+    # One entry per (window, slot), sorted by window: count and last time by group.
+    key, group, counts = np.unique(
+        window * (int(candidates[-1]) + 1) + slot, return_inverse=True, return_counts=True
+    )
+    last = np.full(len(key), -np.inf)
+    np.maximum.at(last, group, log.timestamp[before] / DAY)
+    owner = key // (int(candidates[-1]) + 1)
+    position = np.arange(len(key)) - np.searchsorted(owner, owner)
+    width = int(position.max()) + 1 if len(key) else 0
+    table = np.full((3, len(rows), width), [[[PAD]], [[0.0]], [[-np.inf]]])
+    table[:, owner, position] = key % (int(candidates[-1]) + 1), counts, last
+    return CarriedRepeats(
+        torch.from_numpy(table[0].astype(np.int64)),
+        torch.from_numpy(table[1].astype(np.float32)),
+        torch.from_numpy(table[2].astype(np.float32)),
+        torch.from_numpy(sessions.astype(np.float32)),
+    )
+
+
+def history_repeats(
+    batch: EventBatch, slots: torch.Tensor, mask: torch.Tensor, carried: CarriedRepeats
+) -> RepeatEntries:
+    """At the (B, T) `mask`ed positions, every candidate the user had up to that position,
+    with its count, age and the history's sessions: the same numbers as `history_counts`
+    over the user's history up to there.
+
+    A window holds at most T distinct items, so its part works on (B, T, T) pairs of events
+    instead of (B, T, C) event-candidate pairs: about C / T times less memory and time;
+    the carried-in part on (B, K, T)."""
+    items = batch.items  # (B, T)
+    length = items.shape[1]
+    row_of = (mask.flatten().cumsum(0) - 1).view_as(mask)  # (B, T) index of a masked position
+    # Carried-in items: their count before the window plus their occurrences inside it.
+    had = carried.slots != PAD  # (B, K)
+    again = (carried.slots[:, :, None] == items[:, None, :]) & had[:, :, None]  # (B, K, T)
+    carried_count = carried.counts[:, :, None] + again.float().cumsum(-1)
+    inside = torch.where(again, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
+    carried_last = torch.maximum(carried.last_days[:, :, None], inside)
+    b, k, t = (had[:, :, None] & mask[:, None, :]).nonzero(as_tuple=True)
+    carried_entries = (
+        row_of[b, t],
+        torch.searchsorted(slots, carried.slots[b, k]),
+        carried_count[b, k, t],
+        batch.request_days[b, t] - carried_last[b, k, t],
+    )
+    # Items new in the window: counted from their first occurrence in it.
+    same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, :, None]  # (B, S, S')
+    earlier = torch.ones(length, length, dtype=torch.bool).tril(-1)  # s' < s
+    first = ~(same & earlier).any(-1) & ~again.any(1)  # (B, S): first sight of the item
+    column = torch.searchsorted(slots, items).clamp(max=len(slots) - 1)  # (B, S)
+    candidate = slots[column] == items
+    count = same.float().cumsum(-1)  # (B, S, T): occurrences of item s up to position t
+    last = torch.where(same, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
+    upto = torch.ones(length, length, dtype=torch.bool).triu()  # s <= t
+    b, s, t = ((first & candidate)[:, :, None] & upto & mask[:, None, :]).nonzero(as_tuple=True)
+    window_entries = (
+        row_of[b, t],
+        column[b, s],
+        count[b, s, t],
+        batch.request_days[b, t] - last[b, s, t],
+    )
+    rows, columns, counts, age = (
+        torch.cat(pair) for pair in zip(carried_entries, window_entries, strict=True)
+    )
+    return RepeatEntries(rows, columns, counts, age, carried.sessions[mask][rows])

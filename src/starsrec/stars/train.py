@@ -1,0 +1,378 @@
+"""Training STARS: next-event prediction with a sampled softmax (DESIGN 1.4).
+
+At every position the model predicts the next target event. The softmax runs over the
+batch's own targets (in-batch negatives), `uniform_negatives` items drawn uniformly and
+`subclass_negatives` hard negatives drawn from the subclasses of the batch's targets, with
+the log-Q correction: each candidate's logit is reduced by the log of how often the
+sampler proposes it, so popular items are not over-penalised. Positives are weighted by
+their event type's engagement weight. AdamW, early stopping on validation NDCG@10, a
+checkpoint after every epoch that resumes exactly (model, optimiser, RNG states).
+
+Under torchrun (world size W > 1) the same loop runs as DistributedDataParallel: every
+rank draws the same shuffled epoch order from the shared seeded generator, takes every
+W-th window of each global batch (so a step covers the same `batch_size` windows as one
+process does), samples its negatives and dropout from a stream derived from (seed, epoch,
+rank), and DDP averages the gradients. Rank 0 validates and broadcasts the metric, so
+early stopping is decided once; rank 0 alone writes checkpoints. The checkpoint holds the
+same tensors at any world size: resuming at the same W is bit-exact, at another W valid
+(the model, optimiser and epoch carry over; the negative samples differ).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from starsrec.data.calendar import CalendarEvents
+from starsrec.data.interactions import EventLog
+from starsrec.stars import distributed
+from starsrec.stars.batch import EventBatch
+from starsrec.stars.model import STARS
+from starsrec.stars.repeats import CarriedRepeats, carried_repeats, history_repeats
+from starsrec.stars.sequences import featurize, training_windows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, sampling and early-stopping settings."""
+
+    epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 5e-3
+    weight_decay: float = 0.01
+    delta_weight_decay: float = 0.1  # pulls the per-item residuals towards the text vector
+    uniform_negatives: int = 256
+    subclass_negatives: int = 256
+    patience: int = 8
+    threads: int = 1
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides the weights."""
+
+    epoch: int = 0
+    best_metric: float = -math.inf  # any first epoch improves on it (metric may be -loss)
+    best_epoch: int = -1
+    stale_epochs: int = 0
+    history: list | None = None
+
+
+class Sampler:
+    """Candidate sets with their log-Q corrections for one batch."""
+
+    def __init__(self, log: EventLog, subclass: np.ndarray, config: TrainConfig) -> None:
+        n_items = len(subclass)
+        target = log.is_target
+        counts = np.bincount(log.item[target], minlength=n_items).astype(np.float64)
+        self.popularity = counts / max(counts.sum(), 1.0)
+        order = np.argsort(subclass, kind="stable")
+        self.by_subclass = order  # items grouped by subclass
+        sizes = np.bincount(subclass, minlength=int(subclass.max()) + 1)
+        self.subclass_start = np.concatenate([[0], np.cumsum(sizes)])[subclass]
+        self.subclass_size = sizes[subclass]
+        subclass_popularity = np.bincount(subclass, weights=self.popularity)
+        # Probability a hard negative is item c: its subclass is drawn like a target's
+        # (by popularity), then an item uniformly inside it.
+        self.hard_probability = subclass_popularity[subclass] / np.maximum(self.subclass_size, 1)
+        self.subclass = subclass
+        self.n_items = n_items
+        self.config = config
+
+    def sample(
+        self, targets: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(C,) sorted unique candidate item indices and (C,) log expected draw counts."""
+        config = self.config
+        uniform = rng.integers(0, self.n_items, config.uniform_negatives)
+        anchors = targets[rng.integers(0, len(targets), config.subclass_negatives)]
+        offsets = (rng.random(len(anchors)) * self.subclass_size[anchors]).astype(np.int64)
+        hard = self.by_subclass[self.subclass_start[anchors] + offsets]
+        candidates = np.unique(np.concatenate([targets, uniform, hard]))
+        expected = (
+            len(targets) * self.popularity[candidates]
+            + config.uniform_negatives / self.n_items
+            + config.subclass_negatives * self.hard_probability[candidates]
+        )
+        return candidates, np.log(expected)
+
+
+def train_model(
+    model: STARS,
+    log: EventLog,
+    subclass: np.ndarray,
+    calendar: CalendarEvents,
+    config: TrainConfig,
+    validate: Callable[[STARS], float] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> TrainingState:
+    """Train `model` in place on `log`; keeps the weights of the best validation epoch.
+
+    In a process group (see module doc) every rank calls this with the same arguments;
+    `validate` runs on rank 0 only and `checkpoint_dir` must be readable by every rank."""
+    rank = distributed.current()
+    torch.set_num_threads(1 if rank.distributed else config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)  # the epoch order: identical on every rank
+    length = model.config.max_length
+    windows = training_windows(log, length)
+    sampler = Sampler(log, subclass, config)
+    optimizer = _optimizer(model, config)
+    step = LossModule(model)
+    if rank.distributed:
+        # Buffers (frozen text vectors, tags) are the same on every rank and never change:
+        # syncing them every forward would be pure traffic. Switched-off components leave
+        # parameters without gradients, which DDP must be told to expect.
+        step = DistributedDataParallel(
+            step, forward_sync_buffers=False, find_unused_parameters=True
+        )
+    state = TrainingState(history=[])
+    best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    if checkpoint_dir is not None and (checkpoint_dir / "trainer.json").exists():
+        state, rng = _load_checkpoint(checkpoint_dir, model, optimizer, best_weights)
+        logger.info("resumed from %s at epoch %d", checkpoint_dir, state.epoch)
+    logger.info("training on %d windows of up to %d events, rank %s", len(windows), length, rank)
+    while state.epoch < config.epochs and state.stale_epochs < config.patience:
+        started = time.perf_counter()
+        sample_rng = rng
+        if rank.distributed:
+            # Per-rank streams derived from the epoch, so a checkpoint need not hold them.
+            sample_rng = np.random.default_rng([config.seed, state.epoch, rank.rank])
+            torch.manual_seed(int(sample_rng.integers(2**62)))
+        loss, events = _epoch(
+            step,
+            model,
+            log,
+            windows,
+            sampler,
+            calendar,
+            optimizer,
+            (rng, sample_rng),
+            config,
+            state,
+        )
+        loss_sum, events = distributed.all_reduce_sum([loss * events, events])
+        loss, events = loss_sum / max(events, 1), int(events)
+        seconds = time.perf_counter() - started  # training only, validation excluded
+        if validate is None:
+            metric = -loss
+        else:
+            metric = distributed.broadcast_float(validate(model) if rank.is_main else 0.0)
+        state.epoch += 1
+        if metric > state.best_metric:
+            state.best_metric, state.best_epoch, state.stale_epochs = metric, state.epoch, 0
+            best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            state.stale_epochs += 1
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "loss": loss,
+                "validation": metric,
+                "events": events,
+                "seconds": round(seconds, 3),
+            }
+        )
+        logger.info(
+            "epoch %d: loss %.4f, validation ndcg@10 %.4f, %.0f events/s",
+            state.epoch,
+            loss,
+            metric,
+            events / seconds,
+        )
+        if checkpoint_dir is not None:
+            if rank.is_main:
+                _save_checkpoint(checkpoint_dir, model, optimizer, state, rng, best_weights)
+            distributed.barrier()  # no rank runs ahead of a checkpoint it may resume from
+    model.load_state_dict(best_weights)
+    model.eval()
+    return state
+
+
+def _optimizer(model: STARS, config: TrainConfig) -> torch.optim.Optimizer:
+    delta, decayed, plain = [], [], []
+    for name, parameter in model.named_parameters():
+        if name.startswith("item_tokens.delta"):
+            delta.append(parameter)
+        elif parameter.ndim >= 2 and "embedding" not in name:
+            decayed.append(parameter)
+        else:
+            plain.append(parameter)
+    groups = [
+        {"params": delta, "weight_decay": config.delta_weight_decay},
+        {"params": decayed, "weight_decay": config.weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+
+
+class LossModule(nn.Module):
+    """The training loss as a module's forward, the shape DistributedDataParallel wraps
+    (it hooks `forward` only, and the loss calls several methods of STARS)."""
+
+    def __init__(self, model: STARS) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: object) -> torch.Tensor:
+        """`_loss(model, *args)`."""
+        return _loss(self.model, *args)
+
+
+def _epoch(
+    step: nn.Module,
+    model: STARS,
+    log: EventLog,
+    windows: np.ndarray,
+    sampler: Sampler,
+    calendar: CalendarEvents,
+    optimizer: torch.optim.Optimizer,
+    rngs: tuple[np.random.Generator, np.random.Generator],  # epoch order, negatives
+    config: TrainConfig,
+    state: TrainingState,
+) -> tuple[float, int]:
+    """One pass over this rank's share of the windows: (mean loss, target events)."""
+    model.train()
+    rank = distributed.current()
+    order_rng, sample_rng = rngs
+    order = order_rng.permutation(len(windows))
+    # A window can predict something when a position has an input and a target event.
+    targets_ok = (windows[:, 1:] >= 0) & log.is_target[np.maximum(windows[:, 1:], 0)]
+    useful = (targets_ok & (windows[:, :-1] >= 0)).any(axis=1)
+    total_loss, total_events = 0.0, 0
+    batches = range(0, len(order), config.batch_size)
+    show = config.progress and rank.is_main
+    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not show)
+    for lo in bar:
+        chosen = order[lo : lo + config.batch_size]
+        # Every rank decides alike whether the step happens (DDP needs all or none); at
+        # world size 1 this is the batch having any target.
+        shares = [chosen[r :: rank.world_size] for r in range(rank.world_size)]
+        if not all(useful[share].any() for share in shares):
+            continue
+        window = windows[shares[rank.rank]]  # (B / W, T+1)
+        inputs, target_rows = window[:, :-1], window[:, 1:]
+        batch = featurize(
+            log,
+            inputs,
+            log.timestamp[target_rows[:, -1]],
+            calendar,
+            model.config.session_gap_minutes,
+        )
+        valid = (target_rows >= 0) & (inputs >= 0)
+        safe = np.maximum(target_rows, 0)
+        valid &= log.is_target[safe]
+        targets = log.item[safe]
+        candidates, log_q = sampler.sample(targets[valid], sample_rng)
+        carried = carried_repeats(
+            log, inputs, torch.from_numpy(candidates + 1), model.config.session_gap_minutes
+        )
+        loss = step(batch, carried, targets, valid, log.weight[safe], candidates, log_q)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        events = int(valid.sum())
+        total_loss += loss.item() * events
+        total_events += events
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return total_loss / max(total_events, 1), total_events
+
+
+def _loss(
+    model: STARS,
+    batch: EventBatch,
+    carried: CarriedRepeats,  # what each window's user had before the window
+    targets: np.ndarray,  # (B, T) item index of the event after each input
+    valid: np.ndarray,  # (B, T) positions that have a target to predict
+    weights: np.ndarray,  # (B, T) engagement weight of each target
+    candidates: np.ndarray,  # (C,) sorted unique item indices
+    log_q: np.ndarray,  # (C,)
+) -> torch.Tensor:
+    query = model.user_vectors(batch)  # (B, T, D)
+    mask = torch.from_numpy(valid)
+    query = query[mask]  # (P, D)
+    slots = torch.from_numpy(candidates + 1)
+    logits = model.score(query, slots, batch.request_events[mask], batch.request_days[mask])
+    repeats = history_repeats(batch, slots, mask, carried)
+    bonus = model.repeat_bonus(
+        repeats.counts,
+        repeats.age_days,
+        slots[repeats.columns],
+        repeats.sessions,
+        model.user_repeat_weights(query)[repeats.rows],
+    )
+    logits = logits.index_put((repeats.rows, repeats.columns), bonus, accumulate=True)
+    logits = logits - torch.from_numpy(log_q).float()
+    label = torch.from_numpy(np.searchsorted(candidates, targets[valid]))
+    per_event = F.cross_entropy(logits, label, reduction="none")
+    weight = torch.from_numpy(weights[valid].astype(np.float32))
+    return (per_event * weight).sum() / weight.sum()
+
+
+# -- checkpoints: safetensors for tensors, JSON for the rest (never pickles) -------------
+def _save_checkpoint(
+    directory: Path,
+    model: STARS,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    rng: np.random.Generator,
+    best_weights: dict[str, torch.Tensor],
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"best.{k}": v for k, v in best_weights.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
+    meta = {
+        "state": asdict(state),
+        "numpy_rng": rng.bit_generator.state,
+        "param_groups": optimizer_state["param_groups"],
+    }
+    tmp_tensors, tmp_meta = directory / "checkpoint.tmp", directory / "trainer.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_tensors)
+    tmp_meta.write_text(json.dumps(meta))
+    tmp_tensors.replace(directory / "checkpoint.safetensors")
+    tmp_meta.replace(directory / "trainer.json")
+
+
+def _load_checkpoint(
+    directory: Path,
+    model: STARS,
+    optimizer: torch.optim.Optimizer,
+    best_weights: dict[str, torch.Tensor],
+) -> tuple[TrainingState, np.random.Generator]:
+    tensors = load_file(directory / "checkpoint.safetensors")
+    meta = json.loads((directory / "trainer.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best_weights.update({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+    torch.set_rng_state(tensors["torch_rng"])
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["numpy_rng"]
+    return TrainingState(**meta["state"]), rng

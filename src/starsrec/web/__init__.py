@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI) and the explorer page with its read-only endpoints."""

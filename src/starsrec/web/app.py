@@ -1,0 +1,383 @@
+"""The HTTP API (FastAPI): `create_app(...)`, run by `starsrec serve ARTIFACT_DIR`.
+
+    POST /v1/events              one event or a list (idempotent on event_id)
+    POST /v1/recommend           user id and/or recent events, k, time, filters
+    GET  /v1/items/{id}/similar  items nearest to one item
+    PUT  /v1/items               add or change products (recommendable at once)
+    POST /v1/admin/reload        load the artifact again (also on SIGHUP), swap it in live
+    GET  /healthz                liveness and sizes
+    GET  /metrics                Prometheus text: requests, latencies, index size
+    GET  /                       the explorer page and its read-only endpoints
+                                 (users, items, audiences: see starsrec.web.explorer)
+
+Handlers are `async def` and call the service directly: a request is about a millisecond
+of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
+answered 4xx with a message naming the field (pydantic's 422s, and the service's
+`RequestError`s); nothing a client sends should produce a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import math
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from starsrec import __version__
+from starsrec.serving.service import (
+    Product,
+    RecommendationService,
+    RequestError,
+    RequestFilters,
+    ServingConfig,
+)
+from starsrec.serving.store import Event, is_timestamp
+from starsrec.web.browse import CatalogueBrowser
+from starsrec.web.explorer import explorer_router
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_BATCH = 10_000
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+def _check_time(value: datetime | float) -> datetime | float:
+    seconds = value.timestamp() if isinstance(value, datetime) else value
+    if not is_timestamp(seconds):
+        raise ValueError("timestamp must be unix seconds (or ISO 8601) from 1970 on, not ms")
+    return value
+
+
+Timestamp = Annotated[datetime | float, AfterValidator(_check_time)]
+
+
+def _on_hangup(callback) -> Callable[[], None]:
+    """Run `callback` on SIGHUP (the usual "reload your files" signal); returns the undo.
+    Only the main thread can own signals, so elsewhere (tests, embedded apps) it is a no-op."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, callback)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / Windows
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _json_safe(value: object) -> object:
+    """`value` with NaN and infinities written as strings, which strict JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _seconds(value: Timestamp | None) -> float:
+    if value is None:
+        return time.time()
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(Strict):
+    user_id: Id
+    item_id: Id
+    event_type: Id | None = Field(None, description="default: the dataset's main event type")
+    timestamp: Timestamp | None = Field(None, description="unix seconds or ISO 8601; now")
+    event_id: Id | None = Field(None, description="idempotency key; a new one when omitted")
+
+
+class SessionEventIn(Strict):
+    item_id: Id
+    event_type: Id | None = None
+    timestamp: Timestamp | None = None
+
+
+class FiltersIn(Strict):
+    in_stock_only: bool = True
+    classes: list[Id] = Field(default_factory=list, max_length=1000)
+    subclasses: list[Id] = Field(default_factory=list, max_length=1000)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
+    exclude_purchased: bool | None = None
+
+
+class RecommendIn(Strict):
+    user_id: Id | None = None
+    events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
+    k: int = Field(10, ge=1, le=MAX_K)
+    timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
+class ProductIn(Strict):
+    item_id: Id
+    text: str = Field(min_length=1, max_length=10_000)
+    item_class: Id | None = Field(None, alias="class")
+    subclass: Id | None = None
+    in_stock: bool = True
+
+
+def _refuse_body(request: Request, limit: int) -> JSONResponse | None:
+    """413 for a declared body over `limit`; 411 for a body of undeclared length (chunked),
+    which could otherwise grow without bound before validation sees it."""
+    length = request.headers.get("content-length")
+    if length is None and "chunked" in request.headers.get("transfer-encoding", ""):
+        return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        detail = f"request body over {limit} bytes: send fewer events or items per request"
+        return JSONResponse({"detail": detail}, status_code=413)
+    return None
+
+
+class Metrics:
+    """Prometheus metrics in a registry of their own (one per app, so tests stay apart)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "starsrec_requests", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "starsrec_request_seconds",
+            "request latency",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.index_size = Gauge(
+            "starsrec_index_items", "items in the index", registry=self.registry
+        )
+        self.events = Counter("starsrec_events_stored", "new events stored", registry=self.registry)
+
+
+def create_app(
+    artifact_dir: str | Path | None = None,
+    service: RecommendationService | None = None,
+    config: ServingConfig = ServingConfig(),
+    api_key: str | None = None,
+    protect_reads: bool = False,
+    max_body_bytes: int = 1 << 20,
+) -> FastAPI:
+    """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
+    app's lifespan (so importing or creating the app does no work).
+
+    With an `api_key`, writes (events, items) need `Authorization: Bearer KEY`; reads too
+    when `protect_reads`. Bodies over `max_body_bytes` are refused with 413."""
+    if (artifact_dir is None) == (service is None):
+        raise ValueError("create_app needs exactly one of artifact_dir or service")
+    metrics = Metrics()
+
+    def authorised(request: Request, write: bool) -> None:
+        if api_key is None or not (write or protect_reads):
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        # Constant-time comparison: response timing must not reveal how much of a guess
+        # matched.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise RequestError(
+                "authorization",
+                "authorization: send the API key as 'Authorization: Bearer KEY'",
+                status=401,
+            )
+
+    async def writer(request: Request) -> None:
+        authorised(request, write=True)
+
+    async def reader(request: Request) -> None:
+        authorised(request, write=False)
+
+    # A given service is ready now (nothing to load), which also lets in-process clients
+    # that never run the lifespan (schema fuzzers) call the app.
+    state: dict[str, RecommendationService] = {} if service is None else {"service": service}
+    reloading = asyncio.Lock()
+    # The explorer's searches over the current service (built lazily, so swapping is cheap).
+    browsers: list[CatalogueBrowser] = []
+
+    def browser() -> CatalogueBrowser:
+        if not browsers or browsers[0].service is not state["service"]:
+            browsers[:] = [CatalogueBrowser(state["service"])]
+        return browsers[0]
+
+    async def reload() -> RecommendationService:
+        """Load the artifact again in a worker thread while requests go on, then swap.
+
+        Handlers run on the event loop and never await mid-request, so a request is served
+        entirely by the old service or entirely by the new one; closing the old store after
+        the swap cannot cut one short. A failed load (corrupt or half-written artifact)
+        raises and leaves the old service serving."""
+        if artifact_dir is None:
+            raise RequestError(
+                "reload", "reload: this app serves a service object, not an artifact", 409
+            )
+        async with reloading:
+            fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config, False)
+            old, state["service"] = state["service"], fresh
+            old.store.close()
+            fresh.replay_products()  # products the old service took while this one loaded
+        logger.info("reloaded %s: serving %s items", artifact_dir, fresh.index.size)
+        return fresh
+
+    async def reload_on_signal() -> None:
+        try:
+            await reload()
+        except Exception:  # a signal has nobody to answer: log and keep serving
+            logger.exception("reload on SIGHUP failed; still serving the previous artifact")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if service is None:
+            state["service"] = RecommendationService.load(artifact_dir, config)
+        logger.info("serving %s items", state["service"].index.size)
+        hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
+        yield
+        hangup()
+        if service is None:  # the app closes only what it opened
+            state["service"].store.close()
+
+    app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = _refuse_body(request, max_body_bytes) or await call_next(request)
+        route = request.scope.get("route")
+        name = route.path if route is not None else "unmatched"
+        metrics.latency.labels(name).observe(time.perf_counter() - started)
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "field": error.field}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input back, and an input of NaN or Infinity
+        # (which Python's JSON parser accepts) then fails to serialise: a 500.
+        detail = [
+            {
+                "loc": e["loc"],
+                "msg": e["msg"],
+                "type": e["type"],
+                "input": _json_safe(e.get("input")),
+            }
+            for e in error.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+    @app.post("/v1/events", dependencies=[Depends(writer)])
+    async def post_events(body: EventIn | list[EventIn]) -> dict:
+        svc = state["service"]
+        batch = body if isinstance(body, list) else [body]
+        if len(batch) > MAX_BATCH:
+            raise RequestError("events", f"events: at most {MAX_BATCH} per request")
+        events = [
+            Event(
+                event_id=e.event_id or uuid.uuid4().hex,
+                user_id=e.user_id,
+                item_id=e.item_id,
+                event_type=e.event_type or svc.main_event_type,
+                timestamp=_seconds(e.timestamp),
+            )
+            for e in batch
+        ]
+        stored = svc.add_events(events)
+        metrics.events.inc(stored)
+        return {"received": len(events), "stored": stored}
+
+    @app.post("/v1/recommend", dependencies=[Depends(reader)])
+    async def recommend(body: RecommendIn) -> dict:
+        svc = state["service"]
+        started = time.perf_counter()
+        events = [
+            Event(
+                f"request:{n}",
+                "",
+                e.item_id,
+                e.event_type or svc.main_event_type,
+                _seconds(e.timestamp),
+            )
+            for n, e in enumerate(body.events)
+        ]
+        unknown = [e.item_id for e in events if e.item_id not in svc.items.row_of]
+        if unknown:
+            raise RequestError("events", f"events: unknown item ids {unknown[:5]}")
+        filters = RequestFilters(
+            in_stock_only=body.filters.in_stock_only,
+            classes=tuple(body.filters.classes),
+            subclasses=tuple(body.filters.subclasses),
+            exclude=tuple(body.filters.exclude),
+            exclude_purchased=body.filters.exclude_purchased,
+        )
+        results = svc.recommend(body.user_id, events, body.k, _seconds(body.timestamp), filters)
+        return {
+            "items": [dataclasses.asdict(r) for r in results],
+            "took_ms": round((time.perf_counter() - started) * 1e3, 3),
+        }
+
+    @app.get("/v1/items/{item_id}/similar", dependencies=[Depends(reader)])
+    async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> dict:
+        results = state["service"].similar(item_id, k)
+        return {"items": [dataclasses.asdict(r) for r in results]}
+
+    @app.put("/v1/items", dependencies=[Depends(writer)])
+    async def put_items(body: ProductIn | list[ProductIn]) -> dict:
+        batch = body if isinstance(body, list) else [body]
+        if len(batch) > MAX_BATCH:
+            raise RequestError("items", f"items: at most {MAX_BATCH} per request")
+        products = [Product(p.item_id, p.text, p.item_class, p.subclass, p.in_stock) for p in batch]
+        outcome = state["service"].upsert_items(products)
+        return {
+            "items": [
+                {"item_id": p.item_id, "status": o} for p, o in zip(products, outcome, strict=True)
+            ]
+        }
+
+    @app.post("/v1/admin/reload", dependencies=[Depends(writer)])
+    async def admin_reload() -> dict:
+        started = time.perf_counter()
+        try:
+            fresh = await reload()
+        except RequestError:
+            raise
+        except (ValueError, OSError) as error:  # ArtifactError, an old index format, ...
+            message = f"reload refused, still serving the previous artifact: {error}"
+            raise RequestError("artifact", message, 409) from error
+        took = round(time.perf_counter() - started, 3)
+        return {"status": "reloaded", "items": fresh.index.size, "took_s": took}
+
+    app.include_router(explorer_router(browser, reader))
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        svc = state["service"]
+        return {"status": "ok", "items": svc.index.size, "events": svc.store.count()}
+
+    @app.get("/metrics", dependencies=[Depends(reader)])
+    async def prometheus() -> PlainTextResponse:
+        metrics.index_size.set(state["service"].index.size)
+        return PlainTextResponse(generate_latest(metrics.registry).decode())
+
+    return app
