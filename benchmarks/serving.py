@@ -44,6 +44,7 @@ from starsrec.experiments.report import machine_description, source_revision
 from starsrec.index.config import IndexConfig
 from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import ItemTable
+from starsrec.serving.product_tokens import new_product_bias
 from starsrec.serving.service import RecommendationService, RequestFilters
 from starsrec.serving.store import Event
 
@@ -89,7 +90,7 @@ def synthetic_catalogue(base: RecommendationService, n_items: int, seed: int = 0
         [base.items.model_class, rng.integers(0, model.n_classes, n_items - real)]
     )
     bias = np.concatenate(
-        [model.item_biases().numpy(), np.full(n_items - real, model.cold_item_bias, np.float32)]
+        [model.item_biases().numpy(), np.full(n_items - real, new_product_bias(model), np.float32)]
     )
     return {
         "tokens": tokens,

@@ -9,6 +9,7 @@ import torch
 from starsrec.data.calendar import CalendarEvents
 from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
+from starsrec.serving.product_tokens import new_product_bias
 from starsrec.stars.calibration import (
     MIN_NEW_ITEM_TARGETS,
     grid_search,
@@ -97,7 +98,7 @@ def test_calibrate_new_items_moves_the_bias_of_new_items_only() -> None:
     moved = model.item_biases().detach().numpy() - before
     assert moved[warm] == pytest.approx(0.0)
     assert np.ptp(moved[~warm]) == pytest.approx(0.0, abs=1e-6) and moved[~warm][0] > 0
-    assert model.cold_item_bias == pytest.approx(before[~warm][0] + moved[~warm][0])
+    assert new_product_bias(model) == pytest.approx(before[~warm][0] + moved[~warm][0])
     scores = recommender.score(split.validation)
     share = (~warm[split.validation_target]).mean()
     assert mean_new_item_mass(scores, ~warm) == pytest.approx(share, abs=1e-4)

@@ -91,6 +91,20 @@ class ItemTable:
             )
         return np.array([self.row_of[i] for i in item_ids], dtype=np.int64)
 
+    def check_taxonomy(self, products: Sequence[Product]) -> None:
+        """A RequestError when a product names a class or subclass this catalogue lacks."""
+        for position, product in enumerate(products):
+            for name, value, known in (
+                ("class", product.item_class, self.class_names),
+                ("subclass", product.subclass, self.subclass_names),
+            ):
+                if value is not None and not known:
+                    raise RequestError(
+                        f"items[{position}].{name}",
+                        f"items[{position}].{name}: this catalogue has no {name} taxonomy; "
+                        "omit the field",
+                    )
+
 
 def item_tags(recommender: StarsRecommender, texts: Sequence[str]) -> np.ndarray:
     """(N, G) tags as the model was trained with them (lexicon tags, or one empty column)."""

@@ -55,6 +55,7 @@ from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import retrieval_vectors
 from starsrec.serving.service import HISTORY_PREFIX, ServingConfig
 from starsrec.serving.store import Event, SQLiteEventStore
+from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import export_onnx
 from starsrec.stars.recommender import StarsRecommender
 from starsrec.stars.sequences import featurize, query_windows
@@ -189,7 +190,8 @@ def long_term_memories(
     model.eval()
     queries = Queries.for_users(log, list(log.user_ids[users]))
     # Computed as for a request made once the user is dormant: exact for any such request.
-    queries.time[:] = queries.time + int(model.dormant_seconds) + 1
+    dormant = dormant_seconds(model.config.use_recency, model.config.session_gap_minutes)
+    queries.time[:] = queries.time + int(dormant) + 1
     memories = np.zeros((len(queries), model.config.dim), dtype=np.float32)
     for lo in tqdm(range(0, len(queries), batch), desc="user memories", disable=not progress):
         part = queries[lo : lo + batch]

@@ -12,6 +12,8 @@ import torch
 
 from starsrec.features.text import embed_items
 from starsrec.serving.catalogue import item_tags
+from starsrec.stars.batch import PAD
+from starsrec.stars.model import STARS
 from starsrec.stars.recommender import StarsRecommender, text_encoder
 
 
@@ -38,7 +40,7 @@ class ProductTokenizer:
         """Token and bias of a product: its learned delta and bias when it was trained
         (`row` its catalogue row), text and tags alone otherwise."""
         model = self.model
-        delta, bias = None, model.cold_item_bias
+        delta, bias = None, new_product_bias(model)
         if row is not None:
             slot = row + 1
             bias = float(model.item_biases()[row])
@@ -65,3 +67,10 @@ class ProductTokenizer:
         return self.model.retrieval_items(
             torch.from_numpy(token[None]), torch.tensor([bias]), torch.tensor([model_class])
         )[0].numpy()
+
+
+def new_product_bias(model: STARS) -> float:
+    """The bias of a product added after training: the model's one bias rule
+    (`STARS.item_bias_terms`) for an item without training events, which the padding slot
+    is."""
+    return float(model.item_bias_terms(torch.tensor([PAD]))[0].detach())

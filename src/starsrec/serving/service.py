@@ -1,16 +1,13 @@
 """The online stage (DESIGN 1.5): recommendations from stored sessions, by filtered MIPS.
 
-A request is answered in five steps, each the same arithmetic as `StarsRecommender.score`:
+A request is answered in five steps, each with the model's own score functions:
 1. the user's recent events come from the event store (plus any the request carries);
-2. the exported encoder turns the last `max_length` of them into u_S, u_L and the gate
-   (or, for a returning user with no live session, the long-term memory computed offline
-   is used as is, with no encoder run);
-3. the query [u + q(c), 1, calendar offsets of c] is searched in the item index, whose rows
-   are [e_i, b_i, onehot(class(i))], under the request's filters;
-4. items from the user's own history are scored exactly with the repeat bonus and merged
-   (the bonus sits outside the inner product, so the index cannot rank them alone);
-5. each result gets an explanation: the tags it shares with the user's recent items and
-   which memory drove it.
+2. the exported encoder turns the last `max_length` of them into u_S, u_L and the gate (a
+   returning user with no live session gets the long-term memory computed offline instead);
+3. `STARS.retrieval_queries` [u + q(c), 1, calendar offsets of c] is searched in the item
+   index, whose rows are [e_i, b_i, onehot(class(i))], under the request's filters;
+4. the user's own items are scored exactly (`starsrec.serving.own_items`) and merged in;
+5. each result is explained (`starsrec.serving.explain`).
 
 Products added with `upsert_items` get a token from text and tags alone (like any cold
 item), go into the index at once and are recommendable by the next request.
@@ -29,20 +26,11 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+from starsrec.data import files
 from starsrec.data.calendar import time_parts
-from starsrec.data.files import (
-    ENCODER_FILE,
-    INDEX_DIR,
-    MEMORY_FILE,
-    META_FILE,
-    PRODUCTS_FILE,
-    SERVING_DIR,
-    SERVING_FILE,
-    STATE_FILE,
-    STORE_FILE,
-)
 from starsrec.data.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
 from starsrec.index.config import IndexConfig
+from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import (
     ItemTable,
@@ -54,13 +42,14 @@ from starsrec.serving.catalogue import (
 )
 from starsrec.serving.explain import Recommendation, explain, memory_sources
 from starsrec.serving.filters import FilterScopes, RequestFilters
+from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
 from starsrec.serving.redis_store import RedisEventStore
 from starsrec.serving.store import Event, EventStore, SQLiteEventStore, is_timestamp
+from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.stars.recommender import StarsRecommender
-from starsrec.stars.repeats import request_counts
 from starsrec.stars.sequences import featurize_events
 
 logger = logging.getLogger(__name__)
@@ -118,13 +107,8 @@ class RecommendationService:
         self.config = config
         self.version = 0  # bumped by every catalogue change: keys the filter caches
         self.tag_names = np.array(tag_vocabulary(recommender), dtype=object)
-        model = self.model
-        self._hour, self._weekday, self._month = (
-            table.weight.detach().numpy()
-            for table in (model.request_hour, model.request_weekday, model.request_month)
-        )
-        offsets = model.calendar_offsets.detach().numpy()
-        self._calendar_offsets = offsets if model.config.use_calendar_offsets else 0 * offsets
+        with torch.no_grad():
+            self._context_table = self.model.context_table().numpy()  # (24, 7, 12, D) q(c)
         self.tokenizer = ProductTokenizer(recommender)  # tokens for products put live
         self._scopes = FilterScopes()
 
@@ -140,34 +124,38 @@ class RecommendationService:
         passes compact_products=False: the service it replaces may still log products."""
         torch.set_num_threads(config.threads)  # one thread per serving worker
         root = Path(artifact_dir)
-        serving = root / SERVING_DIR
-        if not (serving / SERVING_FILE).exists():
+        serving = root / files.SERVING_DIR
+        if not (serving / files.SERVING_FILE).exists():
             raise FileNotFoundError(
                 f"{root} has no serving files: run `starsrec index {root}` first"
             )
         remedy = f"rebuild them with `starsrec index {root}`"
-        meta = read_manifest(serving / SERVING_FILE, remedy)
+        meta = read_manifest(serving / files.SERVING_FILE, remedy)
         recommender = StarsRecommender.load(root)  # verifies the model's own checksums
-        verify(serving, meta, SERVING_FILE, remedy)
+        verify(serving, meta, files.SERVING_FILE, remedy)
         built_for = meta.get("model_checksum")
-        model = read_manifest(root / META_FILE, remedy).get(CHECKSUMS_KEY, {}).get(STATE_FILE)
+        model = (
+            read_manifest(root / files.META_FILE, remedy)
+            .get(CHECKSUMS_KEY, {})
+            .get(files.STATE_FILE)
+        )
         if built_for and model and built_for != model:
             raise ArtifactError(
                 f"{serving} was built for another training of {root} (model checksum "
                 f"differs): {remedy}"
             )
-        arrays = load_file(serving / MEMORY_FILE)
+        arrays = load_file(serving / files.MEMORY_FILE)
         memories = dict(zip(meta["users"], arrays["long"], strict=True))
         items = item_table(recommender)
         encoder = (
-            OnnxUserEncoder(serving / ENCODER_FILE, config.threads)
+            OnnxUserEncoder(serving / files.ENCODER_FILE, config.threads)
             if config.use_onnx
             else EagerUserEncoder(recommender.model)
         )
         service = cls(
             recommender,
-            ItemIndex.load(serving / INDEX_DIR),
-            SQLiteEventStore(serving / STORE_FILE)
+            ItemIndex.load(serving / files.INDEX_DIR),
+            SQLiteEventStore(serving / files.STORE_FILE)
             if config.store_url is None
             else RedisEventStore(config.store_url),
             items,
@@ -179,7 +167,7 @@ class RecommendationService:
         )
         # Products put into earlier runs: replayed (latest version each), then the log is
         # rewritten compacted (which also drops a line a crash cut short).
-        service.product_log = ProductLog(serving / PRODUCTS_FILE)
+        service.product_log = ProductLog(serving / files.PRODUCTS_FILE)
         products = service.replay_products()
         if compact_products and service.product_log.path.exists():
             service.product_log.compact(products)
@@ -287,7 +275,7 @@ class RecommendationService:
             self.config.use_offline_memory
             and memory is not None
             and model.config.use_dual_memory
-            and gap >= model.dormant_seconds
+            and gap >= dormant_seconds(model.config.use_recency, model.config.session_gap_minutes)
             and all(e.event_id.startswith(HISTORY_PREFIX) for e in history)
         ):
             # A dormant user with no event since the offline pass: u = u_L exactly as the
@@ -308,17 +296,15 @@ class RecommendationService:
         return query, out["short"][0], out["long"][0], out["gate"][0]
 
     def _context(self, at: float) -> np.ndarray:
-        """q(c) (D,) for a request at `at`: the model's request embeddings, read as arrays
-        (the same sum as `STARS.context_offset`, without a tensor round trip)."""
-        if not self.model.config.use_context:
-            return np.zeros(self.model.config.dim, np.float32)
+        """q(c) (D,) for a request at `at`, read from the model's table."""
         hour, weekday, month = (int(part[0]) for part in time_parts(np.array([int(at)])))
-        return self._hour[hour] + self._weekday[weekday] + self._month[month]
+        return self._context_table[hour, weekday, month]
 
+    @torch.no_grad()
     def _augment(self, query: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """[u + q(c), 1, Σ_k active_k o[k, ·]] as `STARS.retrieval_queries` builds it."""
-        offsets = active[0] @ self._calendar_offsets
-        return np.concatenate([query, np.ones(1, np.float32), offsets]).astype(np.float32)
+        """The (D + 1 + n_classes) retrieval query of (D,) u + q(c) under (1, K) events."""
+        active = torch.from_numpy(np.asarray(active, np.float32))
+        return self.model.retrieval_queries(torch.from_numpy(query)[None], active)[0].numpy()
 
     def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
         """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
@@ -336,34 +322,16 @@ class RecommendationService:
         exclude: np.ndarray,
         k: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Score the user's own items exactly (repeat bonus, own-item re-scoring) and merge
-        them in."""
-        if not len(rows) or not self.model.config.use_repeat_score:
-            keep = found >= 0
-            return found[keep], scores[keep]
-        stamps = np.array([e.timestamp for e in history], dtype=np.float64)
-        seen, counts, age, sessions = request_counts(
-            rows, stamps, at, self.model.config.session_gap_minutes
-        )
-        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
-        seen, counts, age = seen[keep], counts[keep], age[keep]
-        dim = self.model.config.dim
-        own = self.index.vectors[seen]  # rows [e_i, b_i, onehot(class(i))]
-        taste = own[:, :dim] @ query[:dim]  # <u + q(c), e_i>
-        with torch.no_grad():
-            bonus = self.model.repeat_bonus(
-                torch.from_numpy(counts),
-                torch.from_numpy(age),
-                torch.from_numpy(seen + 1),
-                torch.tensor(float(sessions)),
-                self.model.user_repeat_weights(torch.from_numpy(query[:dim])),
-            ) + self.model.own_item_adjustment(torch.from_numpy(taste), torch.ones(()))
-        exact = own @ query + bonus.numpy()
-        others = found >= 0  # never the user's own items (see recommend)
-        rows_all = np.concatenate([found[others], seen])
-        scores_all = np.concatenate([scores[others], exact.astype(np.float32)])
-        order = np.lexsort((rows_all, -scores_all))[:k]
-        return rows_all[order], scores_all[order]
+        """Score the user's own items exactly (`own_item_scores`) and merge them in; the
+        index's `found` are never the user's own items (see recommend)."""
+        if len(rows) and self.model.config.use_repeat_score:
+            stamps = np.array([e.timestamp for e in history], dtype=np.float64)
+            seen, exact = own_item_scores(self.model, self.index.vectors, query, rows, stamps, at)
+            keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+            own = (seen[keep][None], exact[keep][None])
+            (found,), (scores,) = merge_top_k((found[None], scores[None]), own, k)
+        keep = found >= 0
+        return found[keep], scores[keep]
 
     def _explain(
         self, found: np.ndarray, scores: np.ndarray, rows: np.ndarray, memories: list[str]
@@ -392,17 +360,7 @@ class RecommendationService:
         A new product's token comes from its text and tags alone (a cold item); a changed
         trained one keeps the delta and bias it learned. Returns "added"/"updated" each."""
         items = self.items
-        for position, product in enumerate(products):
-            for name, value, known in (
-                ("class", product.item_class, items.class_names),
-                ("subclass", product.subclass, items.subclass_names),
-            ):
-                if value is not None and not known:
-                    raise RequestError(
-                        f"items[{position}].{name}",
-                        f"items[{position}].{name}: this catalogue has no {name} taxonomy; "
-                        "omit the field",
-                    )
+        items.check_taxonomy(products)
         tokenizer = self.tokenizer
         text, tags = tokenizer.features([p.text for p in products])
         outcome = []

@@ -52,3 +52,12 @@ def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:
     minutes = gap_seconds.clamp(min=0).float() / 60.0
     bucket = torch.floor(torch.log2(1.0 + minutes))
     return bucket.long().clamp(0, RECENCY_BUCKETS - 1)
+
+
+def dormant_seconds(use_recency: bool, session_gap_minutes: float) -> float:
+    """A gap after which u_L no longer depends on how long ago the last event was (the
+    recency encoding has reached its last bucket), so a long-term memory computed offline
+    at that gap is exactly the one any later request would compute."""
+    if not use_recency:
+        return session_gap_minutes * 60.0 + 1.0
+    return (2.0 ** (RECENCY_BUCKETS - 1) - 1.0) * 60.0

@@ -21,9 +21,6 @@ class ModelConfig:
     # Share of warm items treated as cold (no delta, no bias) at each training step, so the
     # model also learns to score items from text and tags alone (the cold-start path).
     cold_dropout: float = 0.1
-    # Give items without their own bias (cold, or dropped) one learned shared bias instead
-    # of 0, so text-only items compete with warm items' learned biases.
-    use_cold_bias: bool = False
     # Score an item that did not exist yet at a training request (its first event comes
     # later) the way serving scores a product without training events: text and tags
     # only, plus one learned new-item bias. That bias learns how often shoppers buy a
@@ -31,8 +28,8 @@ class ModelConfig:
     # None: the training data decides (StarsRecommender.fit): on for shop logs, where
     # shoppers rebuy and an item's first sale follows its launch; off for rating logs,
     # where each item is rated once and a film's first rating is not its release
-    # (measured over 3 seeds: MovieLens NDCG@10 0.1205 without, 0.1142 with). A model
-    # built without training data to decide treats None as on.
+    # (docs/benchmarks.md has the measurement). A model built without training data to
+    # decide treats None as on.
     use_new_item_bias: bool | None = None
     repeat_half_life_days: float = 30.0
     use_text: bool = True
@@ -58,3 +55,19 @@ class ModelConfig:
             raise ValueError("an item needs a representation: enable text, tags or item id")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+
+
+# Fields earlier versions wrote into config.json, with the one value this version still
+# serves: a saved model with that value loads unchanged, any other value needs retraining.
+RETIRED_FIELDS = {"use_cold_bias": False}
+
+
+def model_config(fields: dict) -> ModelConfig:
+    """A `ModelConfig` from config.json's fields, retired ones checked and dropped."""
+    fields = dict(fields)
+    for name, served in RETIRED_FIELDS.items():
+        if name in fields and fields.pop(name) != served:
+            raise ValueError(
+                f"{name}={not served} is no longer supported: retrain with starsrec train"
+            )
+    return ModelConfig(**fields)

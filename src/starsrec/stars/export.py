@@ -80,10 +80,7 @@ class UserEncoder(nn.Module):
             unused,
             unused,
         )
-        short, long, gate = self.model.memories(batch, tokens)  # (B, T, D) each
-        query = gate * short + (1 - gate) * long
-        if self.model.config.use_context:
-            query = query + self.model.context_offset(batch)
+        query, short, long, gate = self.model.user_side(batch, tokens)  # (B, T, D) each
         return query[:, -1], short[:, -1], long[:, -1], gate[:, -1]  # (B, D) each
 
 

@@ -15,6 +15,13 @@
    outside the inner product). For those own items the taste term <u + q(c), e_i> is
    then re-weighted and offset by two scalars fitted on validation after training
    (`own_item_adjustment`): how far a shopper's own items follow taste or history.
+   A request without history is scored by q(c), the item biases and offsets alone.
+
+The served score is defined here once: `user_side` (the query), `item_terms` and
+`calendar_terms` (the item side), `own_item_score` (what the user's own items add), and
+`retrieval_items` / `retrieval_queries` (the same score as one inner product). Training,
+the offline scorer, the exported encoder and the service (through `request_tables`) call
+these; none re-implements them.
 
 Every component has a switch in `ModelConfig`; all off but `use_item_id` is SASRec.
 Shapes: B batch, T events, N items, D model width, K calendar events, C candidates.
@@ -28,6 +35,7 @@ from torch import nn
 
 from starsrec.stars.batch import PAD, RECENCY_BUCKETS, EventBatch
 from starsrec.stars.config import REPEAT_FEATURES, ModelConfig
+from starsrec.stars.layers import Block
 
 
 class ItemTokens(nn.Module):
@@ -99,36 +107,6 @@ class ItemTokens(nn.Module):
         return self.project(torch.cat(parts, dim=-1))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block with causal scaled-dot-product attention."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.dropout = config.dropout
-        self.norm1 = nn.LayerNorm(config.dim)
-        self.qkv = nn.Linear(config.dim, 3 * config.dim)
-        self.out = nn.Linear(config.dim, config.dim)
-        self.norm2 = nn.LayerNorm(config.dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.dim, 4 * config.dim),
-            nn.GELU(),
-            nn.Linear(4 * config.dim, config.dim),
-            nn.Dropout(config.dropout),
-        )
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape  # (B, T, D)
-        q, k, v = self.qkv(self.norm1(x)).split(dim, dim=-1)
-        shape = (batch, length, self.heads, dim // self.heads)
-        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, dim))
-        return x + self.mlp(self.norm2(x))
-
-
 class STARS(nn.Module):
     """Sequence encoder, dual memory and context-aware scoring (see module doc)."""
 
@@ -173,7 +151,6 @@ class STARS(nn.Module):
         self.request_month = nn.Embedding(12, dim)
         self.item_bias = nn.Embedding(len(item_class) + 1, 1)
         nn.init.zeros_(self.item_bias.weight)
-        self.cold_bias = nn.Parameter(torch.zeros(()))
         self.new_item_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
         # log1p(count), seen, recency, in the current session (the basket being filled),
@@ -234,27 +211,48 @@ class STARS(nn.Module):
         ).unsqueeze(-1)  # (B, T+1, 1): [USER] always counts
         pooled = (hidden * valid).cumsum(1) / valid.cumsum(1)  # causal mean
         long = self.long_term(pooled[:, 1:])  # u_L, (B, T, D)
-        context = self.context_offset(batch)
+        context = self.context_offset(
+            batch.request_hour, batch.request_weekday, batch.request_month
+        )
         gate = torch.sigmoid(self.gate(torch.cat([short, long, context], dim=-1)))
         # After the session gap there is no current session: u = u_L.
         gate = torch.where(batch.new_session.unsqueeze(-1), torch.zeros_like(gate), gate)
         return short, long, gate
 
-    def user_vectors(self, batch: EventBatch) -> torch.Tensor:
-        """(B, T, D) query vector u + q(c) for the request after each event."""
-        short, long, gate = self.memories(batch)
+    def user_side(
+        self, batch: EventBatch, tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) each: the query u + q(c) for the request after each event, and the
+        u_S, u_L and g behind it. Where there is no event (padding), the query is q(c)
+        alone: the context-and-popularity score of a request without history."""
+        short, long, gate = self.memories(batch, tokens)
+        context = self.request_context(
+            batch.request_hour, batch.request_weekday, batch.request_month
+        )
         query = gate * short + (1 - gate) * long
         if self.config.use_context:
-            query = query + self.context_offset(batch)
-        return query
+            query = query + context
+        query = torch.where((batch.items == PAD).unsqueeze(-1), context, query)
+        return query, short, long, gate
 
-    def context_offset(self, batch: EventBatch) -> torch.Tensor:
-        """q(c): (B, T, D) offset from the request's hour, weekday and month."""
-        return (
-            self.request_hour(batch.request_hour)
-            + self.request_weekday(batch.request_weekday)
-            + self.request_month(batch.request_month)
-        )
+    def user_vectors(self, batch: EventBatch) -> torch.Tensor:
+        """(B, T, D) the query u + q(c) of `user_side`."""
+        return self.user_side(batch)[0]
+
+    def context_offset(self, hour: torch.Tensor, weekday: torch.Tensor, month: torch.Tensor):
+        """q(c): (..., D) offset from the request's (...) hour, weekday and month."""
+        return self.request_hour(hour) + self.request_weekday(weekday) + self.request_month(month)
+
+    def request_context(self, hour: torch.Tensor, weekday: torch.Tensor, month: torch.Tensor):
+        """(..., D) q(c) as the score uses it: zero with context switched off."""
+        context = self.context_offset(hour, weekday, month)
+        return context if self.config.use_context else torch.zeros_like(context)
+
+    def context_table(self) -> torch.Tensor:
+        """(24, 7, 12, D) `request_context` of every (hour, weekday, month): the service
+        reads a request's row of it instead of running the embeddings."""
+        parts = torch.meshgrid(torch.arange(24), torch.arange(7), torch.arange(12), indexing="ij")
+        return self.request_context(*parts)
 
     # -- 4. scoring ---------------------------------------------------------------------
     def item_vectors(
@@ -272,19 +270,26 @@ class STARS(nn.Module):
         owned: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
+        offsets = self.calendar_terms(request_events)  # (..., n_classes)
+        return self.item_bias_terms(slots, owned), offsets[..., self.item_class[slots]]
+
+    def item_bias_terms(self, slots: torch.Tensor, owned: torch.Tensor | None = None):
+        """(C,) b_i: the one rule for an item's bias. An item owns a learned bias when it
+        was seen in training (and is not dropped, `owned`); a warm item dropped in training
+        has none (0), an item never seen in training gets the new-item bias."""
+        if not self.config.use_item_bias:
+            return torch.zeros(slots.shape)
         warm = self.item_tokens.warm[slots]
         owned = warm if owned is None else owned
-        # Without its own bias, a warm item dropped in training takes the shared cold bias
-        # and an item never seen in training the new-item bias.
-        shared = self.cold_bias if self.config.use_cold_bias else torch.zeros(())
-        cold = torch.where(warm > 0, shared, self._new_item_bias(shared))
-        bias = self.item_bias(slots).squeeze(-1) * owned + cold * (1 - owned)
-        if not self.config.use_item_bias:
-            bias = torch.zeros_like(bias)
-        if not self.config.use_calendar_offsets:
-            return bias, torch.zeros(*request_events.shape[:-1], len(slots))
-        offsets = request_events @ self.calendar_offsets  # (..., n_classes)
-        return bias, offsets[..., self.item_class[slots]]
+        zero = torch.zeros(())
+        cold = torch.where(warm > 0, zero, self.new_item_bias if self.scores_new_items else zero)
+        return self.item_bias(slots).squeeze(-1) * owned + cold * (1 - owned)
+
+    def calendar_terms(self, request_events: torch.Tensor) -> torch.Tensor:
+        """(..., K) active calendar events -> (..., n_classes) sum_k active_k o[k, class]:
+        the one place where calendar offsets switched off mean zero."""
+        offsets = request_events @ self.calendar_offsets
+        return offsets if self.config.use_calendar_offsets else torch.zeros_like(offsets)
 
     def user_repeat_weights(self, query: torch.Tensor) -> torch.Tensor:
         """(..., D) queries -> (..., F) repeat-bonus weights: shared plus per user."""
@@ -324,18 +329,30 @@ class STARS(nn.Module):
         """What re-scoring adds to the items the user had (`seen`, 1/0): their `taste`
         term <u + q(c), e_i> becomes own_item_taste x taste, plus own_item_offset. Sampled
         training sees few of a shopper's own items at once, so the taste term (learned for
-        all items) can drown the repeat bonus among them; on Instacart ordering own items
-        by the bonus alone lifted validation NDCG@10 0.160 -> 0.185 (see docs)."""
+        all items) can drown the repeat bonus among them (docs/benchmarks.md)."""
         return seen * ((self.own_item_taste - 1.0) * taste + self.own_item_offset)
+
+    def own_item_score(
+        self,
+        taste: torch.Tensor | None,
+        count: torch.Tensor,
+        age_days: torch.Tensor,
+        slots: torch.Tensor,
+        sessions: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """What an item adds to the score for being in the user's history: the repeat bonus
+        plus the own-item re-scoring of its `taste` term (arguments as `repeat_bonus`).
+        Training passes taste None: the re-scoring is fitted after training."""
+        bonus = self.repeat_bonus(count, age_days, slots, sessions, weights)
+        if taste is None:
+            return bonus
+        return bonus + self.own_item_adjustment(taste, (count > 0).float())
 
     @property
     def scores_new_items(self) -> bool:
         """Whether items before their first event are scored as new (see ModelConfig)."""
         return self.config.use_new_item_bias is not False
-
-    def _new_item_bias(self, shared: torch.Tensor) -> torch.Tensor:
-        """The bias of an item nobody had bought yet (`shared` when switched off)."""
-        return self.new_item_bias if self.scores_new_items else shared
 
     def score(
         self,
@@ -370,36 +387,10 @@ class STARS(nn.Module):
 
     def retrieval_queries(self, query: torch.Tensor, request_events: torch.Tensor) -> torch.Tensor:
         """(B, D + 1 + n_classes) [u + q(c), 1, sum_k active_k o[k, :]] from (B, D) queries
-        and (B, K) active calendar events; without calendar offsets that part is 0."""
-        offsets = request_events @ self.calendar_offsets  # (B, n_classes)
-        if not self.config.use_calendar_offsets:
-            offsets = torch.zeros_like(offsets)
+        and (B, K) active calendar events."""
+        offsets = self.calendar_terms(request_events)  # (B, n_classes)
         return torch.cat([query, torch.ones_like(query[:, :1]), offsets], dim=1)
 
     def item_biases(self) -> torch.Tensor:
         """(N,) the bias b_i each catalogue item is served with (eval mode: no dropout)."""
-        slots = torch.arange(1, self.item_class.shape[0], device=self.item_class.device)
-        bias, _ = self.item_terms(slots, torch.zeros(0, self.calendar_offsets.shape[0]))
-        return bias
-
-    @property
-    def dormant_seconds(self) -> float:
-        """A gap after which u_L no longer depends on how long ago the last event was (the
-        recency encoding has reached its last bucket), so a long-term memory computed
-        offline at that gap is exactly the one any later request would compute."""
-        if not self.config.use_recency:
-            return self.config.session_gap_minutes * 60.0 + 1.0
-        return (2.0 ** (RECENCY_BUCKETS - 1) - 1.0) * 60.0  # about 22.8 days
-
-    @property
-    def cold_item_bias(self) -> float:
-        """The bias of an item without its own (a product added after training)."""
-        if not self.config.use_item_bias:
-            return 0.0
-        shared = self.cold_bias if self.config.use_cold_bias else torch.zeros(())
-        return float(self._new_item_bias(shared).detach())
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return self.item_bias_terms(torch.arange(1, self.item_class.shape[0]))

@@ -40,7 +40,7 @@ from starsrec.recommender import (
 )
 from starsrec.stars import distributed
 from starsrec.stars.calibration import grid_search, new_item_log_odds, new_item_offset
-from starsrec.stars.config import ModelConfig
+from starsrec.stars.config import ModelConfig, model_config
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import history_counts
 from starsrec.stars.sequences import featurize, query_windows
@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
 # repeat weights; 4: the own-item re-scoring buffers.
 MODEL_FORMAT = 4
+# Parameters earlier versions saved that no score reads (the shared cold bias, never on).
+RETIRED_STATE = {"model.cold_bias"}
 # The own-item re-scoring grid (`StarsRecommender.calibrate_own_items`): the taste term's
 # weight for the user's own items, and an offset in score units (the taste term's spread
 # among a shopper's own items is about 2 on Instacart, so 8 puts them all first).
@@ -82,6 +84,8 @@ class StarsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, dict):  # from config.json, maybe with retired fields
+            object.__setattr__(self, "model", model_config(self.model))
         rebuild_nested_configs(self)
 
 
@@ -254,23 +258,23 @@ class StarsRecommender(Recommender):
                 part.log, rows, part.time, self.calendar, model.config.session_gap_minutes
             )
             query = model.user_vectors(batch)[:, -1]  # (B, D)
-            empty = torch.from_numpy(part.lengths == 0)
-            # No history: the context-and-popularity fallback (q(c), bias, offsets only).
-            context = model.context_offset(batch)[:, -1] if model.config.use_context else 0.0
-            query = torch.where(empty[:, None], context * torch.ones_like(query), query)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             taste = query @ vectors.T  # (B, N)
             counts, age, sessions = history_counts(
                 part, vectors.shape[0], model.config.session_gap_minutes
             )
-            seen = torch.from_numpy(counts > 0).float()
-            block = taste + bias + offsets + model.own_item_adjustment(taste, seen)
-            block = block + model.repeat_bonus(
-                torch.from_numpy(counts),
-                torch.from_numpy(age),
-                all_slots,
-                torch.from_numpy(sessions)[:, None],
-                model.user_repeat_weights(query)[:, None, :],
+            block = (
+                taste
+                + bias
+                + offsets
+                + model.own_item_score(
+                    taste,
+                    torch.from_numpy(counts),
+                    torch.from_numpy(age),
+                    all_slots,
+                    torch.from_numpy(sessions)[:, None],
+                    model.user_repeat_weights(query)[:, None, :],
+                )
             )
             scores[lo : lo + len(part)] = block.numpy()
         return scores
@@ -313,7 +317,7 @@ class StarsRecommender(Recommender):
             {
                 k[len("model.") :]: torch.from_numpy(v)
                 for k, v in state.items()
-                if k.startswith("model.")
+                if k.startswith("model.") and k not in RETIRED_STATE
             }
         )
         self.model.eval()

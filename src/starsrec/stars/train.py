@@ -312,7 +312,8 @@ def _loss(
     slots = torch.from_numpy(candidates + 1)
     logits = model.score(query, slots, batch.request_events[mask], batch.request_days[mask])
     repeats = history_repeats(batch, slots, mask, carried)
-    bonus = model.repeat_bonus(
+    bonus = model.own_item_score(
+        None,  # the own-item re-scoring is fitted after training: identity here
         repeats.counts,
         repeats.age_days,
         slots[repeats.columns],

@@ -1,0 +1,41 @@
+"""The served score of the items a shopper already had, computed exactly.
+
+The index ranks items by the one inner product [u + q(c), 1, offsets] . [e_i, b_i, onehot];
+what a user's own items add on top (`STARS.own_item_score`: the repeat bonus and the own-item
+re-scoring) depends on the user, so the service scores those few items here and merges them
+with the index's best others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from starsrec.stars.batch import slots
+from starsrec.stars.model import STARS
+from starsrec.stars.repeats import request_counts
+
+
+@torch.no_grad()
+def own_item_scores(
+    model: STARS,
+    vectors: np.ndarray,  # (N, D + 1 + n_classes) the index rows [e_i, b_i, onehot(class(i))]
+    query: np.ndarray,  # (D + 1 + n_classes) the request's retrieval query
+    rows: np.ndarray,  # (H,) item rows of the request's history, oldest first
+    stamps: np.ndarray,  # (H,) their unix times
+    at: float,  # the request time
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S,) the distinct rows of the history and (S,) float32 their full served scores."""
+    seen, counts, age, sessions = request_counts(rows, stamps, at, model.config.session_gap_minutes)
+    dim = model.config.dim
+    own = vectors[seen]
+    taste = own[:, :dim] @ query[:dim]  # <u + q(c), e_i>
+    bonus = model.own_item_score(
+        torch.from_numpy(taste),
+        torch.from_numpy(counts),
+        torch.from_numpy(age),
+        torch.from_numpy(slots(seen)),
+        torch.tensor(float(sessions)),
+        model.user_repeat_weights(torch.from_numpy(query[:dim])),
+    )
+    return seen, (own @ query + bonus.numpy()).astype(np.float32)
