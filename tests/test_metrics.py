@@ -74,15 +74,23 @@ def test_coverage() -> None:
 
 def test_top_k_breaks_ties_by_lower_index() -> None:
     scores = np.array([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    assert top_k(scores, 5).tolist() == [[1, 2, 4, 3, 0], [0, 1, 2, 3, 4]]
-    assert top_k(scores, 2).tolist() == [[1, 2], [0, 1]]
-    # k beyond the catalogue is clipped to the catalogue size.
-    assert top_k(scores, 50).shape == (2, 5)
+    assert top_k(scores, 5)[0].tolist() == [[1, 2, 4, 3, 0], [0, 1, 2, 3, 4]]
+    rows, best = top_k(scores, 2)
+    assert rows.tolist() == [[1, 2], [0, 1]] and best.tolist() == [[3.0, 3.0], [0.0, 0.0]]
+    # k beyond the catalogue pads with row -1 and score -inf.
+    rows, best = top_k(scores, 7)
+    assert rows[:, 5:].tolist() == [[-1, -1]] * 2 and np.isneginf(best[:, 5:]).all()
 
 
-def test_top_k_puts_minus_inf_last_in_index_order() -> None:
+def test_top_k_leaves_out_minus_inf_entries() -> None:
     scores = np.array([[-np.inf, 1.0, -np.inf, 1.0, 0.5]], dtype=np.float32)
-    assert top_k(scores, 5).tolist() == [[1, 3, 4, 0, 2]]
+    assert top_k(scores, 5)[0].tolist() == [[1, 3, 4, -1, -1]]
+
+
+def test_top_k_labels_columns_with_rows() -> None:
+    scores = np.array([[0.5, 2.0, 2.0]], dtype=np.float32)
+    # ties go to the lower row label, not the lower column
+    assert top_k(scores, 2, np.array([9, 7, 3]))[0].tolist() == [[3, 7]]
 
 
 def test_ranks_of_by_hand() -> None:
@@ -95,11 +103,12 @@ def test_ranks_of_agrees_with_top_k_on_ties() -> None:
     # Few distinct values: most rows are full of ties; some -inf (filtered) entries too.
     scores = rng.integers(0, 4, size=(30, 9)).astype(np.float32)
     scores[rng.random(scores.shape) < 0.2] = -np.inf
-    order = top_k(scores, scores.shape[1])
+    order = top_k(scores, scores.shape[1])[0]
     for item in range(scores.shape[1]):
         targets = np.full(len(scores), item)
+        listed = (order == item).any(axis=1)  # top_k leaves -inf entries out
         expected = np.argmax(order == item, axis=1)  # position of `item` in each ranking
-        np.testing.assert_array_equal(ranks_of(scores, targets), expected)
+        np.testing.assert_array_equal(ranks_of(scores, targets)[listed], expected[listed])
 
 
 # --- evaluate on a hand-made model --------------------------------------------------------

@@ -100,9 +100,8 @@ class Recommender(ABC):
         catalogue = self._fitted_catalogue()
         scores = self.score(queries).astype(np.float32, copy=True)
         apply_filters(scores, queries, catalogue, filters or Filters())
-        index = top_k(scores, k)
-        top_scores = np.take_along_axis(scores, index, axis=1)
-        ids = np.where(np.isfinite(top_scores), catalogue.item_ids[index], "")
+        index, top_scores = top_k(scores, min(k, catalogue.size))
+        ids = np.where(index >= 0, catalogue.item_ids[index], "")
         return ids, top_scores
 
     def _fitted_catalogue(self) -> Catalogue:
@@ -232,17 +231,30 @@ def apply_filters(
     scores[np.isnan(scores)] = -np.inf
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """(Q, min(k, N)) indices of the best scores per row, ties by lower index first."""
-    n = scores.shape[1]
-    k = min(k, n)
-    kth = np.partition(scores, n - k, axis=1)[:, n - k]  # k-th largest value per row
-    result = np.empty((scores.shape[0], k), dtype=np.int64)
-    for q, row in enumerate(scores):
-        candidates = np.flatnonzero(row >= kth[q])
-        order = np.lexsort((candidates, -row[candidates]))[:k]
-        result[q] = candidates[order]
-    return result
+def top_k(
+    scores: np.ndarray, k: int, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one top-k: (Q, k) rows and scores of the best k entries per query of (Q, M)
+    `scores`, best first, ties by lower row; -inf entries (filtered) are absent, and rows
+    with fewer than k others are padded with row -1 and score -inf.
+    rows: (M,) or (Q, M) row ids of the columns, None for 0..M-1."""
+    count, m = scores.shape
+    out_rows = np.full((count, k), -1, dtype=np.int64)
+    out_scores = np.full((count, k), -np.inf, dtype=np.float32)
+    take = min(k, m)
+    if take == 0:
+        return out_rows, out_scores
+    labels = np.broadcast_to(np.arange(m) if rows is None else rows, scores.shape)
+    # The take-th best value per query; everything at least as good is a candidate, so ties
+    # at the boundary are settled by row, not by where partition happened to put them.
+    kth = np.partition(scores, m - take, axis=1)[:, m - take]
+    for q in range(count):
+        candidates = np.flatnonzero((scores[q] >= kth[q]) & (scores[q] > -np.inf))
+        order = np.lexsort((labels[q, candidates], -scores[q, candidates]))[:take]
+        chosen = candidates[order]
+        out_rows[q, : len(chosen)] = labels[q, chosen]
+        out_scores[q, : len(chosen)] = scores[q, chosen]
+    return out_rows, out_scores
 
 
 def ranks_of(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

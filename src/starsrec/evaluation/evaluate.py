@@ -66,7 +66,7 @@ def evaluate(
         scores = model.score(queries[part]).astype(np.float32, copy=True)
         apply_filters(scores, queries[part], catalogue, filters)
         ranks[part] = ranks_of(scores, targets[part])
-        tops[part] = top_k(scores, COVERAGE_K)
+        tops[part] = top_k(scores, tops.shape[1])[0]
     result = {
         "queries": len(queries),
         "exclude_seen": config.exclude_seen,

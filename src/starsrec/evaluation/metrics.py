@@ -25,10 +25,10 @@ def metrics_from_ranks(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) ->
 
 
 def coverage(top_items: np.ndarray, n_items: int) -> float:
-    """Share of the catalogue that appears in at least one top list."""
+    """Share of the catalogue that appears in at least one top list (-1: padding)."""
     if n_items == 0:
         return float("nan")
-    return len(np.unique(top_items)) / n_items
+    return len(np.unique(top_items[top_items >= 0])) / n_items
 
 
 def _mean(values: np.ndarray) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from starsrec.recommender import top_k
+
 SCORE_BLOCK = 1 << 24  # scores held at once by exact scans (64 MiB of float32)
 
 
@@ -43,33 +45,9 @@ def scan_top_k(
                 positions, banned = positions[inside], banned[inside]
                 banned = positions[rows[positions] == banned]
             scores[q, banned] = -np.inf
-        for part, out in zip(top_k_rows(scores, rows, k), results, strict=True):
+        for part, out in zip(top_k(scores, k, rows), results, strict=True):
             out.append(part)
     return np.concatenate(results[0]), np.concatenate(results[1])
-
-
-def top_k_rows(
-    scores: np.ndarray, rows: np.ndarray | None, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best k entries per query of (Q, M) `scores`, ties by lower row; -inf entries are absent.
-    rows: (M,) or (Q, M) row ids of the columns, None for 0..M-1."""
-    count, m = scores.shape
-    out_rows = np.full((count, k), -1, dtype=np.int64)
-    out_scores = np.full((count, k), -np.inf, dtype=np.float32)
-    take = min(k, m)
-    if take == 0:
-        return out_rows, out_scores
-    labels = np.broadcast_to(np.arange(m) if rows is None else rows, scores.shape)
-    # The take-th best value per query; everything at least as good is a candidate, so ties
-    # at the boundary are settled by row, not by where partition happened to put them.
-    kth = np.partition(scores, m - take, axis=1)[:, m - take]
-    for q in range(count):
-        candidates = np.flatnonzero((scores[q] >= kth[q]) & (scores[q] > -np.inf))
-        order = np.lexsort((labels[q, candidates], -scores[q, candidates]))[:take]
-        chosen = candidates[order]
-        out_rows[q, : len(chosen)] = labels[q, chosen]
-        out_scores[q, : len(chosen)] = scores[q, chosen]
-    return out_rows, out_scores
 
 
 def merge_top_k(
@@ -78,4 +56,4 @@ def merge_top_k(
     """Top k of two (rows, scores) lists over disjoint rows: best first, ties by lower row."""
     rows = np.concatenate([first[0], second[0]], axis=1)
     scores = np.concatenate([first[1], second[1]], axis=1)
-    return top_k_rows(scores, rows, k)
+    return top_k(scores, k, rows)

@@ -41,9 +41,10 @@ from safetensors.numpy import load_file, save_file
 from starsrec.data.files import FAISS_FILE, INDEX_META_FILE, VECTORS_FILE
 from starsrec.data.integrity import write_atomic, write_json_atomic
 from starsrec.index.config import IndexConfig
-from starsrec.index.exact import inner_scores, merge_top_k, scan_top_k, top_k_rows
+from starsrec.index.exact import inner_scores, merge_top_k, scan_top_k
 from starsrec.index.subset import Subset, checked_matrix
 from starsrec.index.sweep import add_rows, build_faiss, format_sweep, l2_items, l2_queries
+from starsrec.recommender import top_k
 
 __all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
 
@@ -209,7 +210,7 @@ class ItemIndex:
         safe = np.maximum(found, 0)
         scores = inner_scores(queries, self._vectors[safe])
         scores[found < 0] = -np.inf
-        rows, scores = top_k_rows(scores, found, k)
+        rows, scores = top_k(scores, k, found)
         if subset.stale_rows.size:  # HNSW rows updated since build: their new vectors, exactly
             matrix = self._vectors[subset.stale_rows]
             stale = scan_top_k(queries, k, subset.stale_rows, matrix, exclude)

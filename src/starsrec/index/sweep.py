@@ -34,6 +34,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from starsrec.recommender import top_k
+
 if TYPE_CHECKING:  # for annotations only: starsrec.index.item_index imports this module
     from starsrec.index.config import IndexConfig
 
@@ -231,13 +233,10 @@ def _nlist(rows: int) -> int:
 
 
 def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) true top rows (unordered) for measuring recall; BLAS speed, ties arbitrary."""
+    """(Q, k) true top rows for measuring recall (scores by BLAS, in blocks)."""
     k = min(k, len(vectors))
     block = max(1, TRUTH_BLOCK // len(vectors))
-    parts = [
-        np.argpartition(-(queries[s : s + block] @ vectors.T), k - 1, axis=1)[:, :k]
-        for s in range(0, len(queries), block)
-    ]
+    parts = [top_k(queries[s : s + block] @ vectors.T, k)[0] for s in range(0, len(queries), block)]
     return np.concatenate(parts)
 
 
