@@ -21,6 +21,7 @@ from starsrec.data.interactions import Queries
 from starsrec.data.splits import Split, split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, Recommender, TrainingData
+from starsrec.serving.served import ServedRecommender
 from starsrec.stars.config import ModelConfig
 from starsrec.stars.recommender import StarsConfig, stars_variant
 from starsrec.stars.train import TrainConfig
@@ -48,14 +49,18 @@ TINY_STARS = StarsConfig(
     derived_classes=4,
 )
 STARS_MODELS = ("stars", "sasrec")
-MODELS = (*BASELINES, *STARS_MODELS)
+# STARS through the online service (encoder, index, own-item scores, request filters).
+SERVED = "stars-served"
+MODELS = (*BASELINES, *STARS_MODELS, SERVED)
 
 # Models that must find the successor in the toy world (sequence-aware ones). The others
 # (popularity, repeat history) have no way to: they serve as the "far worse" reference.
-LEARNS_TOY_WORLD = {"cooccurrence-knn", "lambdamart", *STARS_MODELS}
+LEARNS_TOY_WORLD = {"cooccurrence-knn", "lambdamart", *STARS_MODELS, SERVED}
 
 
 def make_model(name: str) -> Recommender:
+    if name == SERVED:
+        return ServedRecommender(TINY_STARS)
     if name in STARS_MODELS:
         return stars_variant(name, TINY_STARS)
     cls = BASELINES[name]

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from conftest import RedisServer, free_port, start_redis
 from starsrec.cli import build_parser
+from starsrec.serving.config import ServingConfig
 from starsrec.serving.redis_store import RedisEventStore
-from starsrec.serving.service import RecommendationService, ServingConfig
+from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event
 from starsrec.web.app import create_app
 from test_serving import DAY, world  # noqa: F401  (the toy-world artifact fixture)

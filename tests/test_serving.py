@@ -17,8 +17,9 @@ from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, TrainingData
 from starsrec.serving.catalogue import RequestError
+from starsrec.serving.config import ServingConfig
 from starsrec.serving.offline import write_serving_files
-from starsrec.serving.service import Product, RecommendationService, RequestFilters, ServingConfig
+from starsrec.serving.service import Product, RecommendationService, RequestFilters
 from starsrec.serving.store import Event
 from starsrec.stars.config import ModelConfig
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs

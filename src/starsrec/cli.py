@@ -243,7 +243,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.command == "serve":
         import uvicorn
 
-        from starsrec.serving.service import ServingConfig
+        from starsrec.serving.config import ServingConfig
         from starsrec.web.app import create_app
 
         key = os.environ.get(args.api_key_env) or None

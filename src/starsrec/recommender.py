@@ -204,24 +204,27 @@ def load_catalogue(path: Path) -> Catalogue:
     return Catalogue.from_items(table)
 
 
+def check_filters(filters: Filters, n_queries: int, n_items: int) -> None:
+    """A ValueError when `filters` do not fit a batch of `n_queries` over `n_items` items."""
+    if filters.allowed is not None and np.shape(filters.allowed) != (n_items,):
+        raise ValueError(
+            f"filters.allowed must have one flag per catalogue item ({n_items}), "
+            f"got shape {np.shape(filters.allowed)}"
+        )
+    if filters.exclude is not None and len(filters.exclude) != n_queries:
+        raise ValueError(
+            f"filters.exclude needs one list per query ({n_queries}), got {len(filters.exclude)}"
+        )
+
+
 def apply_filters(
     scores: np.ndarray, queries: Queries, catalogue: Catalogue, filters: Filters
 ) -> None:
     """Set the scores of items a request may not return to -inf, in place."""
+    check_filters(filters, len(queries), catalogue.size)
     if filters.allowed is not None:
-        allowed = np.asarray(filters.allowed, dtype=bool)
-        if allowed.shape != (catalogue.size,):
-            raise ValueError(
-                f"filters.allowed must have one flag per catalogue item ({catalogue.size}), "
-                f"got shape {allowed.shape}"
-            )
-        scores[:, ~allowed] = -np.inf
+        scores[:, ~np.asarray(filters.allowed, dtype=bool)] = -np.inf
     if filters.exclude is not None:
-        if len(filters.exclude) != len(queries):
-            raise ValueError(
-                f"filters.exclude needs one list per query ({len(queries)}), "
-                f"got {len(filters.exclude)}"
-            )
         for q, ids in enumerate(filters.exclude):
             index = catalogue.index_of(list(ids)) if len(ids) else np.empty(0, np.int64)
             scores[q, index[index >= 0]] = -np.inf

@@ -53,7 +53,8 @@ from starsrec.data.interactions import EventLog, Queries
 from starsrec.experiments.artifact import artifact_dataset
 from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import retrieval_vectors
-from starsrec.serving.service import HISTORY_PREFIX, ServingConfig
+from starsrec.serving.config import ServingConfig
+from starsrec.serving.service import HISTORY_PREFIX
 from starsrec.serving.store import Event, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import export_onnx

@@ -19,7 +19,6 @@ import logging
 import numbers
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ from safetensors.numpy import load_file
 from starsrec.data import files
 from starsrec.data.calendar import time_parts
 from starsrec.data.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
-from starsrec.index.config import IndexConfig
 from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import (
@@ -40,6 +38,7 @@ from starsrec.serving.catalogue import (
     item_table,
     tag_vocabulary,
 )
+from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
 from starsrec.serving.filters import FilterScopes, RequestFilters
 from starsrec.serving.own_items import own_item_scores
@@ -56,21 +55,6 @@ logger = logging.getLogger(__name__)
 
 PRODUCT_REPLAY_BATCH = 1000
 HISTORY_PREFIX = "history:"  # ids of the events the offline stage seeded the store with
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """Online settings. history_limit: stored events read per request (repeat counts and
-    already-purchased exclusions look this far back)."""
-
-    history_limit: int = 500
-    threads: int = 1
-    use_onnx: bool = True
-    use_offline_memory: bool = True
-    index: IndexConfig = field(default_factory=IndexConfig)
-    # None: the artifact's SQLite event store; a redis:// URL: a Redis store shared by several
-    # replicas (live events only: see starsrec.serving.redis_store).
-    store_url: str | None = None
 
 
 class RecommendationService:
@@ -216,10 +200,12 @@ class RecommendationService:
         k: int = 10,
         at: float | None = None,
         filters: RequestFilters = RequestFilters(),
+        allowed: np.ndarray | None = None,
     ) -> list[Recommendation]:
         """Top-k items for a user (stored events) and/or an anonymous list of events, at
-        time `at` (unix seconds; now when None), under `filters`. At most the catalogue's
-        size come back, however large `k`."""
+        time `at` (unix seconds; now when None), under `filters` and, when given, the
+        (N,) bool `allowed` rows. At most the catalogue's size come back, however large
+        `k`."""
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
         k = min(int(k), self.index.size)
@@ -232,12 +218,13 @@ class RecommendationService:
         if bad:
             raise RequestError("events", f"events: timestamps must be unix seconds, got {bad[:3]}")
         at = float(at)
-        history = list(self.store.recent(user_id, self.config.history_limit)) if user_id else []
-        history += [e for e in events if e.item_id in self.items.row_of]
-        history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
-        rows = np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
-        query, short, long, gate = self._query(user_id, history, rows, at)
-        allowed, scope = self.allowed(filters)
+        history, rows = self.history(user_id, events, at)
+        query, short, long, gate = self.query_vectors(user_id, history, rows, at)
+        scoped, scope = self.allowed(filters)
+        if allowed is not None:  # a caller's own bitmap: intersected, not cached by scope
+            allowed, scope = allowed & (True if scoped is None else scoped), None
+        else:
+            allowed = scoped
         exclude = self.items.rows(list(filters.exclude), "filters.exclude")
         purchased = filters.exclude_purchased
         if purchased if purchased is not None else not self.allow_repeats:
@@ -258,10 +245,20 @@ class RecommendationService:
         memories = memory_sources(self.items.tokens[found], found, rows, short, long, gate)
         return self._explain(found, scores, rows, memories)
 
-    def _query(
+    def history(
+        self, user_id: str | None, events: Sequence[Event], at: float
+    ) -> tuple[list[Event], np.ndarray]:
+        """A request's history, oldest first (stored events, then the request's own, known
+        items only, none after `at`), and its item rows."""
+        history = list(self.store.recent(user_id, self.config.history_limit)) if user_id else []
+        history += [e for e in events if e.item_id in self.items.row_of]
+        history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
+        return history, np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
+
+    def query_vectors(
         self, user_id: str | None, history: list[Event], rows: np.ndarray, at: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The augmented query [u + q(c), 1, offsets] and u_S, u_L, g behind it."""
+        """The retrieval query [u + q(c), 1, offsets] and u_S, u_L, g behind it."""
         model = self.model
         calendar = self.recommender.calendar
         # (1, K) active events; one always-off column when there are none (as in training)

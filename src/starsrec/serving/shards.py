@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from starsrec.data.files import META_FILE, SHARDS_DIR
+from starsrec.serving.config import ServingConfig
 from starsrec.serving.offline import build_serving, load_offline_inputs, long_term_memories
-from starsrec.serving.service import ServingConfig
 from starsrec.stars.distributed import shard_range
 from starsrec.stars.recommender import StarsRecommender
 

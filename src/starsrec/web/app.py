@@ -40,13 +40,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from starsrec import __version__
-from starsrec.serving.service import (
-    Product,
-    RecommendationService,
-    RequestError,
-    RequestFilters,
-    ServingConfig,
-)
+from starsrec.serving.config import ServingConfig
+from starsrec.serving.service import Product, RecommendationService, RequestError, RequestFilters
 from starsrec.serving.store import Event, is_timestamp
 from starsrec.web.browse import CatalogueBrowser
 from starsrec.web.explorer import explorer_router

@@ -1,0 +1,22 @@
+"""`ServingConfig`: how the online service reads events, encodes users and searches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starsrec.index.config import IndexConfig
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Online settings. history_limit: stored events read per request (repeat counts and
+    already-purchased exclusions look this far back)."""
+
+    history_limit: int = 500
+    threads: int = 1
+    use_onnx: bool = True
+    use_offline_memory: bool = True
+    index: IndexConfig = field(default_factory=IndexConfig)
+    # None: the artifact's SQLite event store; a redis:// URL: a Redis store shared by several
+    # replicas (live events only: see starsrec.serving.redis_store).
+    store_url: str | None = None
