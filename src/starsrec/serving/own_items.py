@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from starsrec.stars.batch import slots
+from starsrec.stars.batch import slot_of
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import request_counts
 
@@ -34,7 +34,7 @@ def own_item_scores(
         torch.from_numpy(taste),
         torch.from_numpy(counts),
         torch.from_numpy(age),
-        torch.from_numpy(slots(seen)),
+        torch.from_numpy(slot_of(seen)),
         torch.tensor(float(sessions)),
         model.user_repeat_weights(torch.from_numpy(query[:dim])),
     )

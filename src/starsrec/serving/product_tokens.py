@@ -12,7 +12,7 @@ import torch
 
 from starsrec.features.text import embed_items
 from starsrec.serving.catalogue import item_tags
-from starsrec.stars.batch import PAD
+from starsrec.stars.batch import PAD, slot_of
 from starsrec.stars.model import STARS
 from starsrec.stars.recommender import StarsRecommender, text_encoder
 
@@ -42,7 +42,7 @@ class ProductTokenizer:
         model = self.model
         delta, bias = None, new_product_bias(model)
         if row is not None:
-            slot = row + 1
+            slot = slot_of(row)
             bias = float(model.item_biases()[row])
             if model.config.use_text and model.config.use_delta:
                 delta = model.item_tokens.delta.weight[slot] * model.item_tokens.warm[slot]

@@ -26,6 +26,7 @@ from safetensors.numpy import save_file
 from starsrec.data.files import META_FILE, SHARDS_DIR
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.offline import build_serving, load_offline_inputs, long_term_memories
+from starsrec.stars.batch import slot_of
 from starsrec.stars.distributed import shard_range
 from starsrec.stars.recommender import StarsRecommender
 
@@ -40,13 +41,13 @@ def shard_path(artifact_dir: str | Path, shards: int, shard: int) -> Path:
 @torch.no_grad()
 def item_vectors_range(recommender: StarsRecommender, start: int, stop: int) -> np.ndarray:
     """(stop - start, D + 1 + n_classes) retrieval vectors of catalogue rows [start, stop):
-    the rows `itemtable.retrieval_vectors` gives for the whole catalogue."""
+    the rows `catalogue.retrieval_vectors` gives for the whole catalogue."""
     model = recommender.model
     model.eval()
-    slots = torch.arange(start + 1, stop + 1)  # slot 0 is padding
+    item_slots = slot_of(torch.arange(start, stop))
     item_class = torch.from_numpy(recommender.features["item_class"][start:stop].astype(np.int64))
     bias = model.item_biases()[start:stop]
-    return model.retrieval_items(model.item_vectors(slots), bias, item_class).numpy()
+    return model.retrieval_items(model.item_vectors(item_slots), bias, item_class).numpy()
 
 
 def compute_shard(

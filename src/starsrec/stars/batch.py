@@ -1,6 +1,6 @@
 """The model's inputs: item slots, and event windows as padded tensors (`EventBatch`).
 
-Item slot 0 is padding; catalogue item index i lives in slot i + 1 (`slots`), so an
+Item slot 0 is padding; catalogue item index i lives in slot i + 1 (`slot_of`), so an
 embedding table of N + 1 rows serves both.
 """
 
@@ -15,7 +15,7 @@ RECENCY_BUCKETS = 16
 PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
 
 
-def slots(index: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+def slot_of(index: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Item slots of catalogue indices (index + 1; slot 0 is padding)."""
     return index + 1
 

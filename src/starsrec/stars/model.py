@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from starsrec.stars.batch import PAD, RECENCY_BUCKETS, EventBatch
+from starsrec.stars.batch import PAD, RECENCY_BUCKETS, EventBatch, slot_of
 from starsrec.stars.config import REPEAT_FEATURES, ModelConfig
 from starsrec.stars.layers import Block
 
@@ -260,7 +260,9 @@ class STARS(nn.Module):
     ) -> torch.Tensor:
         """(C, D) retrieval vectors of item slots (all items when None), tied to tokens."""
         if slots is None:
-            slots = torch.arange(1, self.item_class.shape[0], device=self.item_class.device)
+            slots = slot_of(
+                torch.arange(self.item_class.shape[0] - 1, device=self.item_class.device)
+            )
         return self.item_tokens(slots, owned)
 
     def item_terms(
@@ -393,4 +395,4 @@ class STARS(nn.Module):
 
     def item_biases(self) -> torch.Tensor:
         """(N,) the bias b_i each catalogue item is served with (eval mode: no dropout)."""
-        return self.item_bias_terms(torch.arange(1, self.item_class.shape[0]))
+        return self.item_bias_terms(slot_of(torch.arange(self.item_class.shape[0] - 1)))

@@ -39,6 +39,7 @@ from starsrec.recommender import (
     rebuild_nested_configs,
 )
 from starsrec.stars import distributed
+from starsrec.stars.batch import slot_of
 from starsrec.stars.calibration import grid_search, new_item_log_odds, new_item_offset
 from starsrec.stars.config import ModelConfig, model_config
 from starsrec.stars.model import STARS
@@ -249,7 +250,7 @@ class StarsRecommender(Recommender):
         model = self.model
         model.eval()
         vectors = model.item_vectors()  # (N, D)
-        all_slots = torch.arange(1, vectors.shape[0] + 1)
+        all_slots = slot_of(torch.arange(vectors.shape[0]))
         scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
         for lo in range(0, len(queries), self.config.score_batch):
             part = queries[lo : lo + self.config.score_batch]

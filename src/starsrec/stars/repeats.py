@@ -21,7 +21,7 @@ import torch
 
 from starsrec.data.calendar import DAY
 from starsrec.data.interactions import EventLog, Queries, session_opens
-from starsrec.stars.batch import PAD, EventBatch
+from starsrec.stars.batch import PAD, EventBatch, slot_of
 
 
 def history_counts(
@@ -92,7 +92,7 @@ def carried_repeats(
         rows >= 0
     )
     sessions = sessions_before[:, None] + inside.cumsum(axis=1)
-    slot = log.item[before] + 1
+    slot = slot_of(log.item[before])
     candidates = slots.numpy()
     column = np.searchsorted(candidates, slot).clip(max=len(candidates) - 1)
     known = candidates[column] == slot

@@ -14,7 +14,7 @@ import torch
 
 from starsrec.data.calendar import DAY, CalendarEvents, time_parts
 from starsrec.data.interactions import EventLog, Queries
-from starsrec.stars.batch import PAD, EventBatch, recency_bucket
+from starsrec.stars.batch import PAD, EventBatch, recency_bucket, slot_of
 
 
 def featurize(
@@ -63,7 +63,7 @@ def featurize_events(
     request_hour, request_weekday, request_month = time_parts(next_time)
     to_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
     return EventBatch(
-        items=to_long(np.where(valid, items + 1, PAD)),
+        items=to_long(np.where(valid, slot_of(items), PAD)),
         event_types=to_long(np.where(valid, event_types, 0)),
         hours=to_long(hour),
         weekdays=to_long(weekday),

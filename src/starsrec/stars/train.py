@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from starsrec.data.calendar import CalendarEvents
 from starsrec.data.interactions import EventLog
 from starsrec.stars import distributed
-from starsrec.stars.batch import EventBatch
+from starsrec.stars.batch import EventBatch, slot_of
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import CarriedRepeats, carried_repeats, history_repeats
 from starsrec.stars.sequences import featurize, training_windows
@@ -282,7 +282,7 @@ def _epoch(
         targets = log.item[safe]
         candidates, log_q = sampler.sample(targets[valid], sample_rng)
         carried = carried_repeats(
-            log, inputs, torch.from_numpy(candidates + 1), model.config.session_gap_minutes
+            log, inputs, torch.from_numpy(slot_of(candidates)), model.config.session_gap_minutes
         )
         loss = step(batch, carried, targets, valid, log.weight[safe], candidates, log_q)
         optimizer.zero_grad(set_to_none=True)
@@ -309,14 +309,16 @@ def _loss(
     query = model.user_vectors(batch)  # (B, T, D)
     mask = torch.from_numpy(valid)
     query = query[mask]  # (P, D)
-    slots = torch.from_numpy(candidates + 1)
-    logits = model.score(query, slots, batch.request_events[mask], batch.request_days[mask])
-    repeats = history_repeats(batch, slots, mask, carried)
+    candidate_slots = torch.from_numpy(slot_of(candidates))
+    logits = model.score(
+        query, candidate_slots, batch.request_events[mask], batch.request_days[mask]
+    )
+    repeats = history_repeats(batch, candidate_slots, mask, carried)
     bonus = model.own_item_score(
         None,  # the own-item re-scoring is fitted after training: identity here
         repeats.counts,
         repeats.age_days,
-        slots[repeats.columns],
+        candidate_slots[repeats.columns],
         repeats.sessions,
         model.user_repeat_weights(query)[repeats.rows],
     )
