@@ -19,34 +19,10 @@ from starsrec.data.interactions import Catalogue, EventLog
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
 from starsrec.serving.offline import write_serving_files
-from starsrec.stars.config import ModelConfig
-from starsrec.stars.recommender import StarsConfig, StarsRecommender
-from starsrec.stars.train import TrainConfig
+from starsrec.stars.recommender import StarsRecommender
+from tiny import TINY, overrides
 
-# `--set` overrides for a tiny, fast STARS through the CLI or `load_config`.
-TINY_OVERRIDES = [
-    "text_encoder=hashing",
-    "embedding_cache=null",
-    "derived_subclasses=4",
-    "derived_classes=2",
-    "model.dim=16",
-    "model.layers=1",
-    "model.max_length=8",
-    "train.epochs=2",
-    "train.progress=false",
-    "train.uniform_negatives=8",
-    "train.subclass_negatives=8",
-]
-TINY_STARS = StarsConfig(
-    model=ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4),
-    train=TrainConfig(
-        epochs=2, batch_size=16, uniform_negatives=8, subclass_negatives=8, progress=False
-    ),
-    text_encoder="hashing",
-    embedding_cache=None,
-    derived_subclasses=4,
-    derived_classes=2,
-)
+TINY_OVERRIDES = overrides(TINY)  # the CLI's `--set` arguments for the tiny STARS
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +33,7 @@ def served_artifact(tmp_path_factory) -> tuple[StarsRecommender, EventLog, Path]
     dataset = make_toy_world(n_users=40)
     catalogue = Catalogue.from_items(dataset.items)
     log = EventLog.from_dataset(dataset, catalogue)
-    recommender = StarsRecommender(TINY_STARS).fit(TrainingData(log, catalogue, "GB"))
+    recommender = StarsRecommender(TINY).fit(TrainingData(log, catalogue, "GB"))
     artifact = recommender.save(tmp_path_factory.mktemp("served"), {"note": "test"})
     write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
     return recommender, log, artifact

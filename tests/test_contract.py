@@ -22,29 +22,24 @@ from starsrec.data.splits import Split, split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, Recommender, TrainingData
 from starsrec.serving.served import ServedRecommender
-from starsrec.stars.config import ModelConfig
-from starsrec.stars.recommender import StarsConfig, stars_variant
-from starsrec.stars.train import TrainConfig
+from starsrec.stars.recommender import stars_variant
+from tiny import tiny
 
 DAY = 86_400
 
 # Config overrides that keep fitting fast; every other model uses its default config.
 FAST_CONFIGS: dict[str, dict] = {"lambdamart": {"n_estimators": 30}}
 
-# A tiny STARS: the hashing text encoder (no model weights), one layer, no disk cache.
-TINY_STARS = StarsConfig(
-    model=ModelConfig(dim=32, layers=1, heads=2, max_length=10, attribute_dim=8, dropout=0.1),
-    train=TrainConfig(
-        epochs=80,
-        batch_size=16,
-        learning_rate=5e-3,
-        uniform_negatives=32,
-        subclass_negatives=32,
-        patience=40,
-        progress=False,
-    ),
-    text_encoder="hashing",
-    embedding_cache=None,
+# The tests' tiny STARS, large enough to learn the toy world.
+TINY_STARS = tiny(
+    model={"dim": 32, "max_length": 10, "attribute_dim": 8, "dropout": 0.1},
+    train={
+        "epochs": 80,
+        "learning_rate": 5e-3,
+        "uniform_negatives": 32,
+        "subclass_negatives": 32,
+        "patience": 40,
+    },
     derived_subclasses=8,
     derived_classes=4,
 )

@@ -19,21 +19,18 @@ from starsrec.data.dataset import save_prepared
 from starsrec.data.toyworld import make_toy_world
 from starsrec.experiments.artifact import load_config, train_artifact
 from starsrec.stars.distributed import shard_range, torchrun_command
+from tiny import overrides, tiny
 
-TINY = [
-    "text_encoder=hashing",
-    "embedding_cache=null",
-    "derived_subclasses=4",
-    "derived_classes=2",
-    "model.dim=16",
-    "model.layers=1",
-    "model.max_length=8",
-    "train.progress=false",
-    "train.batch_size=32",
-    "train.uniform_negatives=16",
-    "train.subclass_negatives=16",
-    "train.learning_rate=0.01",
-]
+TINY = overrides(
+    tiny(
+        train={
+            "batch_size": 32,
+            "uniform_negatives": 16,
+            "subclass_negatives": 16,
+            "learning_rate": 0.01,
+        }
+    )
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from starsrec.stars.recommender import StarsConfig, StarsRecommender
 from starsrec.stars.repeats import carried_repeats, history_counts, history_repeats
 from starsrec.stars.sequences import featurize, query_windows, training_windows
 from starsrec.stars.train import TrainConfig, train_model
+from tiny import tiny
 
-TINY = ModelConfig(dim=16, layers=1, heads=2, max_length=8, attribute_dim=4, dropout=0.1)
+TINY = tiny(model={"dropout": 0.1}).model  # the tests' tiny model, as these tests build it
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +125,7 @@ def test_serving_scores_match_the_training_path() -> None:
     also for histories longer than the window."""
     dataset = make_toy_world(n_users=40)
     split = split_dataset(dataset, "leave-one-out")
-    config = StarsConfig(
-        model=replace(TINY, max_length=4),
-        train=TrainConfig(epochs=1, batch_size=16, progress=False),
-        text_encoder="hashing",
-        embedding_cache=None,
-        derived_classes=2,
-        derived_subclasses=4,
-    )
+    config = tiny(model={"dropout": 0.1, "max_length": 4}, train={"epochs": 1})
     recommender = StarsRecommender(config).fit(TrainingData(split.train, split.catalogue, "GB"))
     queries = split.test
     assert queries.lengths.max() > 4
@@ -231,14 +225,7 @@ def test_new_item_bias_is_decided_by_the_kind_of_log(world, tmp_path, allow_repe
     first rating is not its release); the decision is saved with the model, and an
     explicit setting is kept."""
     catalogue, log, _ = world
-    config = StarsConfig(
-        model=TINY,
-        train=TrainConfig(epochs=1, batch_size=16, progress=False),
-        text_encoder="hashing",
-        embedding_cache=None,
-        derived_classes=2,
-        derived_subclasses=4,
-    )
+    config = tiny(model={"dropout": 0.1}, train={"epochs": 1})
     data = TrainingData(log, catalogue, "GB", allow_repeats=allow_repeats)
     decided = StarsRecommender(config).fit(data)
     assert decided.config.model.use_new_item_bias is allow_repeats

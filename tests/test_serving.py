@@ -21,21 +21,16 @@ from starsrec.serving.config import ServingConfig
 from starsrec.serving.offline import write_serving_files
 from starsrec.serving.service import Product, RecommendationService, RequestFilters
 from starsrec.serving.store import Event
-from starsrec.stars.config import ModelConfig
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
-from starsrec.stars.recommender import StarsConfig, StarsRecommender
+from starsrec.stars.recommender import StarsRecommender
 from starsrec.stars.sequences import featurize, query_windows
-from starsrec.stars.train import TrainConfig
 from starsrec.web.app import create_app
+from tiny import tiny
 
 DAY = 86_400
-CONFIG = StarsConfig(
-    model=ModelConfig(dim=32, layers=1, heads=2, max_length=10, attribute_dim=8, dropout=0.1),
-    train=TrainConfig(
-        epochs=40, batch_size=16, uniform_negatives=32, subclass_negatives=32, progress=False
-    ),
-    text_encoder="hashing",
-    embedding_cache=None,
+CONFIG = tiny(
+    model={"dim": 32, "max_length": 10, "attribute_dim": 8, "dropout": 0.1},
+    train={"epochs": 40, "uniform_negatives": 32, "subclass_negatives": 32},
     derived_subclasses=8,
     derived_classes=4,
 )
