@@ -79,3 +79,17 @@ def test_no_import_from_a_higher_layer(path: Path):
 def test_no_module_over_the_line_limit(path: Path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines; split it by concept"
+
+
+def test_the_public_api_resolves_and_import_stays_cheap():
+    """Every name in `starsrec.__all__` is importable from the package root, and importing
+    the package alone loads neither torch nor faiss."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, starsrec; assert 'torch' not in sys.modules and 'faiss' not in sys.modules; "
+        "[getattr(starsrec, name) for name in starsrec.__all__]; print(len(starsrec.__all__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) >= 10
