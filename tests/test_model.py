@@ -1,5 +1,6 @@
 """The STARS model: shapes, causality, cold items and exact training resume."""
 
+import dataclasses
 from dataclasses import replace
 
 import numpy as np
@@ -234,3 +235,16 @@ def test_new_item_bias_is_decided_by_the_kind_of_log(world, tmp_path, allow_repe
     explicit = replace(config, model=replace(TINY, use_new_item_bias=not allow_repeats))
     kept = StarsRecommender(explicit).fit(data)
     assert kept.config.model.use_new_item_bias is (not allow_repeats)
+
+
+def test_a_config_written_by_an_earlier_version_loads() -> None:
+    """config.json from before the calibration switches moved to StarsConfig.calibration and
+    the shared cold bias was retired: the moved switches arrive where they now live, the
+    retired field at its only served value is dropped, any other value is refused."""
+    fields = dataclasses.asdict(tiny())
+    old_model = {**fields["model"], "use_cold_bias": False, "use_own_item_calibration": False}
+    config = StarsConfig(**{**fields, "model": old_model})
+    assert config.model == tiny().model
+    assert not config.calibration.own_items and config.calibration.new_items
+    with pytest.raises(ValueError, match="use_cold_bias=True is no longer supported"):
+        StarsConfig(**{**fields, "model": {**fields["model"], "use_cold_bias": True}})

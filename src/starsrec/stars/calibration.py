@@ -2,24 +2,26 @@
 
 Two steps, both only re-scoring (the trained weights stay as they are):
 
-- **New items** (`new_item_offset`): an item without training events is scored from its
-  text and tags plus the learned new-item bias. Training learns that bias from items
-  *before their first event*, most of which were not on sale yet, so it comes out low
-  (Online Retail: -2.1 against a warm mean of -0.1) and the model gives new products
-  almost no probability (0.1% of its mass on validation, where 5% of purchases are of
-  new products). The offset that maximises the validation log-likelihood solves one
-  equation: the model's average probability on new items equals the share of validation
-  targets that are new items (the log-likelihood is concave in the offset, and this is
-  where its derivative is zero). Adding it to the bias keeps the score one inner product,
-  so the index and the service serve the calibrated bias unchanged.
+- **New items** (`new_item_offset`): an item without training events is scored from its text
+  and tags plus the learned new-item bias. Training learns that bias from items *before
+  their first event*, most of which were not on sale yet, so it comes out low and the model
+  gives new products far less probability than their share of validation purchases
+  (docs/benchmarks.md has the measurements). The offset that maximises the validation log-
+  likelihood solves one equation: the model's average probability on new items equals the
+  share of validation targets that are new items (the log-likelihood is concave in the
+  offset, and this is where its derivative is zero). Adding it to the bias keeps the score
+  one inner product, so the index and the service serve the calibrated bias unchanged.
 - **Own items** (`grid_search`, used by `StarsRecommender.calibrate_own_items`): the taste
   weight and offset of a shopper's own items, chosen by grid search on validation NDCG@10.
+
+`CalibrationConfig` (`StarsConfig.calibration`) switches each step and holds the grid.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -30,10 +32,25 @@ logger = logging.getLogger(__name__)
 Setting = TypeVar("Setting")
 
 # Fewer new-item validation targets than this leave the learned bias as it is: the share
-# they estimate is too noisy to fit (MovieLens leave-one-out has 3 among its test targets;
-# Instacart leave-one-out has 31 in validation, Online Retail temporal 41).
+# they estimate is too noisy to fit.
 MIN_NEW_ITEM_TARGETS = 20
 _BISECTION_STEPS = 60
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The steps fitted on validation after training (see the module doc).
+
+    new_items: fit the new-item bias (only with the new-item bias, and enough new-item
+    targets). own_items: fit the own-item re-scoring (only where repeats are allowed),
+    over own_item_tastes x own_item_offsets: the taste term's weight for a shopper's own
+    items, and an offset in score units; (1, 0) is no change and is tried first.
+    """
+
+    new_items: bool = True
+    own_items: bool = True
+    own_item_tastes: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
+    own_item_offsets: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 def new_item_log_odds(scores: np.ndarray, new_items: np.ndarray) -> np.ndarray:

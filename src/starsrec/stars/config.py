@@ -42,13 +42,6 @@ class ModelConfig:
     use_calendar_offsets: bool = True
     use_item_bias: bool = True
     use_repeat_score: bool = True
-    # Fit the own-item re-scoring (own_item_taste, own_item_offset) on validation after
-    # training; off keeps them at 1 and 0 (no change). Only where repeats are allowed.
-    use_own_item_calibration: bool = True
-    # Fit the new-item bias on validation after training (`calibration.new_item_offset`):
-    # new items then get the share of the model's probability that new products have of
-    # validation purchases. Only with the new-item bias, and enough new-item targets.
-    use_new_item_calibration: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_tags or self.use_item_id):
@@ -60,10 +53,16 @@ class ModelConfig:
 # Fields earlier versions wrote into config.json, with the one value this version still
 # serves: a saved model with that value loads unchanged, any other value needs retraining.
 RETIRED_FIELDS = {"use_cold_bias": False}
+# Fields that moved to `CalibrationConfig` (StarsConfig.calibration): old name -> new name.
+MOVED_TO_CALIBRATION = {
+    "use_new_item_calibration": "new_items",
+    "use_own_item_calibration": "own_items",
+}
 
 
 def model_config(fields: dict) -> ModelConfig:
-    """A `ModelConfig` from config.json's fields, retired ones checked and dropped."""
+    """A `ModelConfig` from config.json's fields, retired ones checked and dropped (pop the
+    `MOVED_TO_CALIBRATION` ones first)."""
     fields = dict(fields)
     for name, served in RETIRED_FIELDS.items():
         if name in fields and fields.pop(name) != served:

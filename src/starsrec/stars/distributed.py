@@ -39,6 +39,7 @@ class Rank:
 
     @property
     def distributed(self) -> bool:
+        """True when the group has more than one process."""
         return self.world_size > 1
 
 

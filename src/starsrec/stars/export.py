@@ -65,6 +65,8 @@ class UserEncoder(nn.Module):
         request_month: torch.Tensor,
         new_session: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The user side for (B, T) events and their (B, T, D) tokens: (query, u_S, u_L, gate) at
+        the last position, (B, D) each."""
         unused = torch.zeros(items.shape, dtype=torch.float32)
         batch = EventBatch(
             items,
@@ -98,6 +100,7 @@ class EagerUserEncoder:
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named inputs (`encoder_inputs`) -> named OUTPUTS, run by PyTorch without gradients."""
         outputs = self.encoder(*(torch.from_numpy(inputs[name]) for name in INPUTS))
         return {name: value.numpy() for name, value in zip(OUTPUTS, outputs, strict=True)}
 
@@ -165,5 +168,6 @@ class OnnxUserEncoder:
         )
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named inputs (`encoder_inputs`) -> named OUTPUTS, run by ONNX Runtime."""
         outputs = self.session.run(list(OUTPUTS), inputs)
         return dict(zip(OUTPUTS, outputs, strict=True))

@@ -28,6 +28,8 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): self-attention where the bool `mask` (B, 1, T, T) is True, then
+        the MLP, each pre-normed and residual."""
         batch, length, dim = x.shape  # (B, T, D)
         q, k, v = self.qkv(self.norm1(x)).split(dim, dim=-1)
         shape = (batch, length, self.heads, dim // self.heads)

@@ -40,8 +40,13 @@ from starsrec.recommender import (
 )
 from starsrec.stars import distributed
 from starsrec.stars.batch import slot_of
-from starsrec.stars.calibration import grid_search, new_item_log_odds, new_item_offset
-from starsrec.stars.config import ModelConfig, model_config
+from starsrec.stars.calibration import (
+    CalibrationConfig,
+    grid_search,
+    new_item_log_odds,
+    new_item_offset,
+)
+from starsrec.stars.config import MOVED_TO_CALIBRATION, ModelConfig, model_config
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import history_counts
 from starsrec.stars.sequences import featurize, query_windows
@@ -55,11 +60,6 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT = 4
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
-# The own-item re-scoring grid (`StarsRecommender.calibrate_own_items`): the taste term's
-# weight for the user's own items, and an offset in score units (the taste term's spread
-# among a shopper's own items is about 2 on Instacart, so 8 puts them all first).
-OWN_ITEM_TASTES = (1.0, 0.5, 0.25, 0.0)
-OWN_ITEM_OFFSETS = (0.0, 1.0, 2.0, 4.0, 8.0)
 HASHING_ENCODER = "hashing"
 
 
@@ -75,6 +75,7 @@ class StarsConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     text_encoder: str = "all-MiniLM-L6-v2"
     use_lexicon_tags: bool = True
     derived_subclasses: int = 64
@@ -86,7 +87,16 @@ class StarsConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # from config.json, maybe with retired fields
-            object.__setattr__(self, "model", model_config(self.model))
+            fields = dict(self.model)
+            moved = {
+                new: fields.pop(old) for old, new in MOVED_TO_CALIBRATION.items() if old in fields
+            }
+            if moved:
+                calibration = self.calibration
+                if isinstance(calibration, dict):
+                    calibration = CalibrationConfig(**calibration)
+                object.__setattr__(self, "calibration", dataclasses.replace(calibration, **moved))
+            object.__setattr__(self, "model", model_config(fields))
         rebuild_nested_configs(self)
 
 
@@ -182,21 +192,22 @@ class StarsRecommender(Recommender):
             validate=validate,
             checkpoint_dir=self.checkpoint_dir,
         )
-        model_config = config.model
-        if validate is None:
-            return
-        if (
-            model_config.use_new_item_calibration
-            and model_config.use_item_bias
-            and self.model.scores_new_items
-        ):
-            self.calibrate_new_items(queries, targets, exclude_seen=not data.allow_repeats)
+        if validate is not None:
+            self.calibrate(queries, targets, validate, data.allow_repeats)
+
+    def calibrate(
+        self,
+        queries: Queries,
+        targets: np.ndarray,
+        validate: Callable[[STARS], float],
+        allow_repeats: bool,
+    ) -> None:
+        """The steps after training that `config.calibration` switches on, where they apply."""
+        steps, model = self.config.calibration, self.config.model
+        if steps.new_items and model.use_item_bias and self.model.scores_new_items:
+            self.calibrate_new_items(queries, targets, exclude_seen=not allow_repeats)
         # Own items are re-scored where they can be recommended and are scored apart.
-        if (
-            data.allow_repeats
-            and model_config.use_repeat_score
-            and model_config.use_own_item_calibration
-        ):
+        if steps.own_items and allow_repeats and model.use_repeat_score:
             self.calibrate_own_items(validate)
 
     @torch.no_grad()
@@ -227,7 +238,10 @@ class StarsRecommender(Recommender):
             model.own_item_taste.fill_(pair[0])
             model.own_item_offset.fill_(pair[1])
 
-        grid = list(itertools.product(OWN_ITEM_TASTES, OWN_ITEM_OFFSETS))  # (1, 0) first
+        steps = self.config.calibration
+        grid = list(
+            itertools.product(steps.own_item_tastes, steps.own_item_offsets)
+        )  # (1, 0) first
         grid_search("own items (taste weight, offset)", lambda: validate(model), grid, apply)
 
     def _build(self) -> STARS:
@@ -325,9 +339,10 @@ class StarsRecommender(Recommender):
 
 
 # Named configurations for the benchmark's ablation table: (model switches, training
-# overrides). "no-text" swaps the frozen text vector for a learned id embedding, since an
-# item needs some representation; "sasrec" is every STARS component off but item ids.
-VARIANTS: dict[str, tuple[dict, dict]] = {
+# overrides[, calibration switches]). "no-text" swaps the frozen text vector for a learned
+# id embedding, since an item needs some representation; "sasrec" is every STARS component
+# off but item ids.
+VARIANTS: dict[str, tuple[dict, ...]] = {
     "stars": ({}, {}),
     "sasrec": (
         {
@@ -342,10 +357,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
             "use_item_bias": False,
             "use_repeat_score": False,
             "use_new_item_bias": False,
-            "use_own_item_calibration": False,
-            "use_new_item_calibration": False,
         },
         {"subclass_negatives": 0},
+        {"new_items": False, "own_items": False},
     ),
     "stars-no-delta": ({"use_delta": False}, {}),
     "stars-no-tags": ({"use_tags": False}, {}),
@@ -355,8 +369,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
     "stars-no-repeat": ({"use_repeat_score": False}, {}),
     "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
-    "stars-no-own-item-calibration": ({"use_own_item_calibration": False}, {}),
-    "stars-no-new-item-calibration": ({"use_new_item_calibration": False}, {}),
+    "stars-no-own-item-calibration": ({}, {}, {"own_items": False}),
+    "stars-no-new-item-calibration": ({}, {}, {"new_items": False}),
 }
 
 
@@ -364,10 +378,11 @@ def stars_variant(name: str, config: StarsConfig = StarsConfig()) -> StarsRecomm
     """A STARS recommender with the switches of variant `name` applied to `config`."""
     if name not in VARIANTS:
         raise ValueError(f"unknown STARS variant {name!r}; choose from {', '.join(VARIANTS)}")
-    model_switches, train_overrides = VARIANTS[name]
+    model_switches, train_overrides, *calibration = VARIANTS[name]
     config = dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, **model_switches),
         train=dataclasses.replace(config.train, **train_overrides),
+        calibration=dataclasses.replace(config.calibration, **(calibration or [{}])[0]),
     )
     return StarsRecommender(config)
