@@ -13,7 +13,8 @@
 Handlers are `async def` and call the service directly: a request is about a millisecond
 of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
 answered 4xx with a message naming the field (pydantic's 422s, and the service's
-`RequestError`s); nothing a client sends should produce a 500.
+`RequestError`s); nothing a client sends should produce a 500. `starsrec.http_guard` bounds
+bodies and checks the key before a body is read.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starsrec import __version__
 from starsrec.browse import CatalogueBrowser
 from starsrec.explorer import explorer_router
+from starsrec.http_guard import BodyGuard, route_dependencies
 from starsrec.service import (
     Product,
     RecommendationService,
@@ -136,18 +138,6 @@ class ProductIn(Strict):
     item_class: Id | None = Field(None, alias="class")
     subclass: Id | None = None
     in_stock: bool = True
-
-
-def _refuse_body(request: Request, limit: int) -> JSONResponse | None:
-    """413 for a declared body over `limit`; 411 for a body of undeclared length (chunked),
-    which could otherwise grow without bound before validation sees it."""
-    length = request.headers.get("content-length")
-    if length is None and "chunked" in request.headers.get("transfer-encoding", ""):
-        return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        detail = f"request body over {limit} bytes: send fewer events or items per request"
-        return JSONResponse({"detail": detail}, status_code=413)
-    return None
 
 
 class Metrics:
@@ -258,10 +248,19 @@ def create_app(
 
     app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
 
+    def key_before_body(scope: dict) -> None:
+        """The matched route's key check, run by BodyGuard before the body is read."""
+        needs = route_dependencies(scope)
+        if writer in needs or reader in needs:
+            authorised(Request(scope), write=writer in needs)
+
+    # Added before `measure`, so inside it: the guard's refusals are measured too.
+    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, before_body=key_before_body)
+
     @app.middleware("http")
     async def measure(request: Request, call_next):
         started = time.perf_counter()
-        response = _refuse_body(request, max_body_bytes) or await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         name = route.path if route is not None else "unmatched"
         metrics.latency.labels(name).observe(time.perf_counter() - started)
