@@ -1,5 +1,6 @@
-"""Hostile clients (issue 20, finding 1): bodies are bounded by the bytes actually received
-before anything parses them, and a protected route answers 401 before its body is read.
+"""Hostile clients (issue 20, findings 1-2): bodies are bounded by the bytes actually
+received before anything parses them, a protected route answers 401 before its body is
+read, and no input gets a 500.
 
 Framing (Content-Length with Transfer-Encoding, chunked bodies, a body that never comes) is
 tested over raw sockets against a real `starsrec serve` process; the rest in-process."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import socket
 import time
@@ -140,6 +142,59 @@ def test_the_batch_cap_answers_quickly_at_the_byte_limit(client) -> None:
     assert answer.status_code in (400, 422), answer.text[:500]
     assert str(MAX_BATCH) in answer.text and len(answer.content) < SMALL
     assert took < 2.0, f"{took:.2f} s"
+
+
+# --- finding 2: no 500 from bad input; a 500 is counted and logged briefly --------------------
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/events", rb'{"user_id": "\ud800"}'),
+        ("POST", "/v1/events", rb'{"user_id": "\ud800", "item_id": "x"}'),
+        ("POST", "/v1/events", rb'[{"user_id": "u", "item_id": "x\udfff", "event_id": "s"}]'),
+        ("POST", "/v1/recommend", rb'{"user_id": "\udc00"}'),
+        ("POST", "/v1/recommend", rb'{"\ud800": 1}'),
+        ("PUT", "/v1/items", rb'{"item_id": "p", "text": "caf\ud83d"}'),
+    ],
+)
+def test_a_lone_surrogate_gets_a_422(client, method: str, path: str, body: bytes) -> None:
+    answer = client.request(method, path, content=body, headers=JSON)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"]
+
+
+@pytest.mark.parametrize("depth", [50, 300, 490, 700, 980, 1500, 20_000])
+def test_deeply_nested_json_gets_a_4xx(client, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    for body in (nested, f'{{"user_id": {nested}, "item_id": "x"}}', f'{{"k": {nested}}}'):
+        answer = client.post("/v1/events", content=body, headers=JSON)
+        assert 400 <= answer.status_code < 500, answer.text[:300]
+        assert len(answer.content) < SMALL
+    body = f'{{"filters": {{"exclude": {nested}}}}}'
+    answer = client.post("/v1/recommend", content=body, headers=JSON)
+    assert 400 <= answer.status_code < 500, answer.text[:300]
+
+
+def test_an_unexpected_error_is_a_brief_500_counted_in_metrics(
+    service, client, monkeypatch, caplog
+) -> None:
+    def broken(user_id, *args, **kwargs):
+        raise RuntimeError(f"no such shopper {user_id!s}")
+
+    monkeypatch.setattr(service, "recommend", broken)
+    hostile_id = "evil\nINFO forged log line " + "x" * 480
+    with caplog.at_level(logging.INFO):
+        answer = client.post("/v1/recommend", json={"user_id": hostile_id})
+    assert answer.status_code == 500
+    assert hostile_id not in answer.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage()[:200] for r in caplog.records]
+    logged = errors[0].getMessage() + (caplog.text if errors[0].exc_info is None else "")
+    assert "RuntimeError" in logged and "/v1/recommend" in logged
+    assert "\nINFO forged" not in logged and "x" * 200 not in logged
+    assert len(logged) < 8_000
+    assert 'starsrec_requests_total{route="/v1/recommend",status="500"}' in (
+        client.get("/metrics").text
+    )
 
 
 # --- over real HTTP: framing --------------------------------------------------------------------

@@ -1,16 +1,25 @@
 """What stands between a hostile client and the API (issue 20): pure ASGI middleware that
 bounds a request body by the bytes actually received and checks the key before any body is
-read.
+read, a request observer that counts and briefly logs every answer (500s included), and
+helpers that keep error answers and log lines JSON-safe whatever the input.
 
     BodyGuard          400/411/413 from the headers, then the route's key check, then the
                        body read whole and counted: 413 once it passes the limit
+    ObservedRequests   every status (and the time) to a callback; an unexpected exception
+                       becomes a short 500 and one bounded log record
+    echo               a client's input, small and JSON-safe, for an error answer
+    encodable          a pydantic validator: text that UTF-8 can encode (no lone surrogates)
+    short              text for a log line: escaped, truncated
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -142,3 +151,117 @@ class BodyGuard:
         request = _GuardedRequest(scope, receive, send, self.limit, self.before_body)
         with contextlib.suppress(_Refused):  # raised once the guard has answered
             await self.app(scope, request.receive, request.send)
+
+
+ECHO_CHARS = 100  # characters of an echoed string
+ECHO_ITEMS = 5  # entries of an echoed list or object
+ECHO_DEPTH = 3  # nesting of an echoed value; deeper containers are described, not copied
+LOG_CHARS = 200  # characters of any client-given text in a log line
+LOG_FRAMES = 12  # traceback frames logged with an unexpected error (innermost)
+
+
+def short(text: object, limit: int = LOG_CHARS) -> str:
+    """`text` for a log line: newlines, control characters, non-ASCII and lone surrogates
+    escaped (so a client cannot forge log lines), cut to about `limit` characters."""
+    escaped = str(text).encode("unicode_escape").decode("ascii")
+    if len(escaped) <= limit:
+        return escaped
+    return f"{escaped[:limit]}...(+{len(escaped) - limit} chars)"
+
+
+def _echo_text(text: str) -> str:
+    # backslashreplace writes a lone surrogate as the six characters \ud800, which any JSON
+    # encoder can carry; the raw one makes UTF-8 encoding (and so the response) fail.
+    if len(text) > ECHO_CHARS:
+        text = f"{text[:ECHO_CHARS]}...(+{len(text) - ECHO_CHARS} chars)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def echo(value: object, depth: int = 0) -> object:
+    """A small, JSON-safe copy of a client's input for an error answer: strings cut short
+    and UTF-8-safe, NaN and infinities as strings, huge integers as text, at most
+    ECHO_ITEMS entries per container (then a count), containers below ECHO_DEPTH described
+    rather than copied. Recursion is bounded by ECHO_DEPTH, so any nesting is safe."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**18 else _echo_text(str(value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _echo_text(value)
+    if isinstance(value, bytes | bytearray):
+        return _echo_text(bytes(value[: ECHO_CHARS * 4]).decode("utf-8", "backslashreplace"))
+    if isinstance(value, Mapping):
+        if depth >= ECHO_DEPTH:
+            return f"(an object of {len(value)} keys)"
+        copy: dict[str, object] = {}
+        for n, (key, item) in enumerate(value.items()):
+            if n == ECHO_ITEMS:
+                copy["..."] = f"(+{len(value) - ECHO_ITEMS} more keys)"
+                break
+            copy[_echo_text(str(key))] = echo(item, depth + 1)
+        return copy
+    if isinstance(value, list | tuple):
+        if depth >= ECHO_DEPTH:
+            return f"(a list of {len(value)} items)"
+        items = [echo(item, depth + 1) for item in value[:ECHO_ITEMS]]
+        if len(value) > ECHO_ITEMS:
+            items.append(f"(+{len(value) - ECHO_ITEMS} more items)")
+        return items
+    return _echo_text(str(value))
+
+
+def encodable(value: str) -> str:
+    """A pydantic validator: `value` unless it holds a lone surrogate (JSON's "\\ud800"
+    escape decodes to one), which UTF-8, SQLite and every log file refuse."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError("must be valid unicode text (no lone surrogate escapes)") from error
+    return value
+
+
+class ObservedRequests:
+    """Pure ASGI middleware passing every answer's status and duration to
+    `record(scope, status, seconds)`. An exception that escapes the app is answered 500 and
+    logged as one record (method, path and message escaped and cut short, the innermost
+    frames), never with the request's body, and recorded as a 500 like any other status."""
+
+    def __init__(self, app: ASGIApp, record: Callable[[Scope, int, float], None]) -> None:
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        except Exception as error:
+            frames = traceback.format_list(traceback.extract_tb(error.__traceback__)[-LOG_FRAMES:])
+            logger.error(
+                "%s %s failed: %s: %s\n%s",
+                scope.get("method"),
+                short(scope.get("path", "")),
+                type(error).__name__,
+                short(error),
+                "".join(frames).rstrip(),
+            )
+            if status is None:
+                await JSONResponse({"detail": "internal error"}, status_code=500)(
+                    scope, receive, observed
+                )
+            else:  # the answer had begun: it is cut short, and counted as a failure
+                status = 500
+        if status is not None:
+            self.record(scope, status, time.perf_counter() - started)

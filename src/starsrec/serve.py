@@ -14,7 +14,7 @@ Handlers are `async def` and call the service directly: a request is about a mil
 of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
 answered 4xx with a message naming the field (pydantic's 422s, and the service's
 `RequestError`s); nothing a client sends should produce a 500. `starsrec.http_guard` bounds
-bodies and checks the key before a body is read.
+bodies and checks the key before a body is read, and keeps error answers JSON-safe.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import hmac
 import logging
-import math
 import signal
 import time
 import uuid
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,7 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starsrec import __version__
 from starsrec.browse import CatalogueBrowser
 from starsrec.explorer import explorer_router
-from starsrec.http_guard import BodyGuard, route_dependencies
+from starsrec.http_guard import BodyGuard, ObservedRequests, echo, encodable, route_dependencies
 from starsrec.service import (
     Product,
     RecommendationService,
@@ -57,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_BATCH = 10_000
-Id = Annotated[str, Field(min_length=1, max_length=512)]
+Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
 
 
 def _check_time(value: datetime | float) -> datetime | float:
@@ -79,17 +77,6 @@ def _on_hangup(callback) -> Callable[[], None]:
     except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / Windows
         return lambda: None
     return lambda: loop.remove_signal_handler(signal.SIGHUP)
-
-
-def _json_safe(value: object) -> object:
-    """`value` with NaN and infinities written as strings, which strict JSON can carry."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _seconds(value: Timestamp | None) -> float:
@@ -134,7 +121,7 @@ class RecommendIn(Strict):
 
 class ProductIn(Strict):
     item_id: Id
-    text: str = Field(min_length=1, max_length=10_000)
+    text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
     item_class: Id | None = Field(None, alias="class")
     subclass: Id | None = None
     in_stock: bool = True
@@ -254,18 +241,14 @@ def create_app(
         if writer in needs or reader in needs:
             authorised(Request(scope), write=writer in needs)
 
-    # Added before `measure`, so inside it: the guard's refusals are measured too.
-    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, before_body=key_before_body)
+    def record(scope: dict, status: int, seconds: float) -> None:
+        name = getattr(scope.get("route"), "path", "unmatched")
+        metrics.latency.labels(name).observe(seconds)
+        metrics.requests.labels(name, str(status)).inc()
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = route.path if route is not None else "unmatched"
-        metrics.latency.labels(name).observe(time.perf_counter() - started)
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        return response
+    # The last added runs first: every answer, the guard's refusals included, is observed.
+    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, before_body=key_before_body)
+    app.add_middleware(ObservedRequests, record=record)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -273,18 +256,18 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad input back, and an input of NaN or Infinity
-        # (which Python's JSON parser accepts) then fails to serialise: a 500.
+        # FastAPI's own handler echoes each bad input back whole, and NaN, a lone surrogate
+        # or deep nesting then fails to serialise: a 500. echo() is small and JSON-safe.
         detail = [
             {
-                "loc": e["loc"],
-                "msg": e["msg"],
+                "loc": [echo(part) for part in e["loc"]],
+                "msg": echo(e["msg"]),
                 "type": e["type"],
-                "input": _json_safe(e.get("input")),
+                "input": echo(e.get("input")),
             }
             for e in error.errors()
         ]
-        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.post("/v1/events", dependencies=[Depends(writer)])
     async def post_events(body: EventIn | list[EventIn]) -> dict:
