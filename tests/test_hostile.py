@@ -1,6 +1,6 @@
-"""Hostile clients (issue 20, findings 1-2): bodies are bounded by the bytes actually
+"""Hostile clients (issue 20, findings 1-3): bodies are bounded by the bytes actually
 received before anything parses them, a protected route answers 401 before its body is
-read, and no input gets a 500.
+read, no input gets a 500, and every error answer is small.
 
 Framing (Content-Length with Transfer-Encoding, chunked bodies, a body that never comes) is
 tested over raw sockets against a real `starsrec serve` process; the rest in-process."""
@@ -195,6 +195,44 @@ def test_an_unexpected_error_is_a_brief_500_counted_in_metrics(
     assert 'starsrec_requests_total{route="/v1/recommend",status="500"}' in (
         client.get("/metrics").text
     )
+
+
+# --- finding 3: every error answer is small, and quick -----------------------------------------
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/events"), ("PUT", "/v1/items")])
+def test_a_megabyte_of_empty_objects_gets_a_small_quick_422(client, method, path) -> None:
+    """Past the batch cap the items are not validated at all; within it, each bad item's
+    problems are counted, not listed."""
+    for count in ((LIMIT - 10) // 3, MAX_BATCH):
+        body = "[" + ",".join(["{}"] * count) + "]"
+        started = time.perf_counter()
+        answer = client.request(method, path, content=body, headers=JSON)
+        took = time.perf_counter() - started
+        assert answer.status_code == 422
+        assert len(answer.content) < SMALL, len(answer.content)
+        reply = answer.json()
+        assert 1 <= len(reply["detail"]) <= 20
+        if count > MAX_BATCH:
+            assert f"at most {MAX_BATCH} items" in answer.text
+        else:
+            assert reply["more_errors"] >= MAX_BATCH
+        assert took < 2.0, f"{count} items: {took:.2f} s"
+    body = json.dumps({"events": [{}] * ((LIMIT - 20) // 4)})
+    answer = client.post("/v1/recommend", content=body, headers=JSON)
+    assert answer.status_code == 422 and len(answer.content) < SMALL
+
+
+def test_many_unknown_fields_and_huge_values_get_a_small_422(client) -> None:
+    unknown = {f"k{n}": n for n in range(70_000)}
+    answer = client.post("/v1/recommend", json=unknown)
+    assert answer.status_code == 422 and len(answer.content) < SMALL
+    assert answer.json()["more_errors"] > 60_000
+    huge = {"user_id": "u", "item_id": "i", "event_type": ["x" * 900_000]}
+    answer = client.post("/v1/events", json=huge)
+    assert answer.status_code == 422 and len(answer.content) < SMALL
+    assert answer.json()["detail"][0]["loc"][-1] == "event_type"
+    key = {"y" * 900_000: 1}
+    answer = client.post("/v1/recommend", json=key)
+    assert answer.status_code == 422 and len(answer.content) < SMALL
 
 
 # --- over real HTTP: framing --------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """What stands between a hostile client and the API (issue 20): pure ASGI middleware that
 bounds a request body by the bytes actually received and checks the key before any body is
 read, a request observer that counts and briefly logs every answer (500s included), and
-helpers that keep error answers and log lines JSON-safe whatever the input.
+helpers that keep error answers and log lines small and JSON-safe whatever the input.
 
     BodyGuard          400/411/413 from the headers, then the route's key check, then the
                        body read whole and counted: 413 once it passes the limit
     ObservedRequests   every status (and the time) to a callback; an unexpected exception
                        becomes a short 500 and one bounded log record
-    echo               a client's input, small and JSON-safe, for an error answer
+    validation_errors  a 422 body: the first few problems, each input cut short, a count
     encodable          a pydantic validator: text that UTF-8 can encode (no lone surrogates)
     short              text for a log line: escaped, truncated
 """
@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -265,3 +265,25 @@ class ObservedRequests:
                 status = 500
         if status is not None:
             self.record(scope, status, time.perf_counter() - started)
+
+
+MAX_ERRORS = 20  # problems listed in a 422; the rest are counted
+
+
+def validation_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, object]:
+    """The body of a 422 for pydantic's `errors`: the first MAX_ERRORS, each with its
+    location, message, type and echoed input, and `more_errors` counting the rest, so the
+    answer stays small however many problems a request has."""
+    detail = [
+        {
+            "loc": [part if isinstance(part, int) else _echo_text(str(part)) for part in e["loc"]],
+            "msg": _echo_text(str(e["msg"])),
+            "type": _echo_text(str(e["type"])),
+            "input": echo(e.get("input")),
+        }
+        for e in errors[:MAX_ERRORS]
+    ]
+    body: dict[str, object] = {"detail": detail}
+    if len(errors) > MAX_ERRORS:
+        body["more_errors"] = len(errors) - MAX_ERRORS
+    return body

@@ -14,7 +14,7 @@ Handlers are `async def` and call the service directly: a request is about a mil
 of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
 answered 4xx with a message naming the field (pydantic's 422s, and the service's
 `RequestError`s); nothing a client sends should produce a 500. `starsrec.http_guard` bounds
-bodies and checks the key before a body is read, and keeps error answers JSON-safe.
+bodies and checks the key before a body is read, and keeps error answers small.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +41,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starsrec import __version__
 from starsrec.browse import CatalogueBrowser
 from starsrec.explorer import explorer_router
-from starsrec.http_guard import BodyGuard, ObservedRequests, echo, encodable, route_dependencies
+from starsrec.http_guard import (
+    BodyGuard,
+    ObservedRequests,
+    encodable,
+    route_dependencies,
+    validation_errors,
+)
 from starsrec.service import (
     Product,
     RecommendationService,
@@ -55,6 +61,10 @@ logger = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_BATCH = 10_000
+T = TypeVar("T")
+# pydantic stops at the first item past max_length, so an oversized batch is refused before
+# its items are validated (a megabyte of bad items would otherwise make one error each).
+Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
 Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
 
 
@@ -256,25 +266,14 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad input back whole, and NaN, a lone surrogate
-        # or deep nesting then fails to serialise: a 500. echo() is small and JSON-safe.
-        detail = [
-            {
-                "loc": [echo(part) for part in e["loc"]],
-                "msg": echo(e["msg"]),
-                "type": e["type"],
-                "input": echo(e.get("input")),
-            }
-            for e in error.errors()
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
+        # FastAPI's own handler echoes every bad input back whole: NaN, a lone surrogate or
+        # deep nesting made that a 500, and a megabyte of bad items a response far larger.
+        return JSONResponse(validation_errors(error.errors()), status_code=422)
 
     @app.post("/v1/events", dependencies=[Depends(writer)])
-    async def post_events(body: EventIn | list[EventIn]) -> dict:
+    async def post_events(body: EventIn | Batch[EventIn]) -> dict:
         svc = state["service"]
         batch = body if isinstance(body, list) else [body]
-        if len(batch) > MAX_BATCH:
-            raise RequestError("events", f"events: at most {MAX_BATCH} per request")
         events = [
             Event(
                 event_id=e.event_id or uuid.uuid4().hex,
@@ -325,10 +324,8 @@ def create_app(
         return {"items": [dataclasses.asdict(r) for r in results]}
 
     @app.put("/v1/items", dependencies=[Depends(writer)])
-    async def put_items(body: ProductIn | list[ProductIn]) -> dict:
+    async def put_items(body: ProductIn | Batch[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
-        if len(batch) > MAX_BATCH:
-            raise RequestError("items", f"items: at most {MAX_BATCH} per request")
         products = [Product(p.item_id, p.text, p.item_class, p.subclass, p.in_stock) for p in batch]
         outcome = state["service"].upsert_items(products)
         return {
