@@ -13,7 +13,8 @@
 Handlers are `async def` and call the service directly: a request is about a millisecond
 of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
 answered 4xx with a message naming the field (pydantic's 422s, and the service's
-`RequestError`s); nothing a client sends should produce a 500.
+`RequestError`s); nothing a client sends should produce a 500. `starsrec.http_guard` bounds
+bodies and checks the key before a body is read, and keeps error answers small.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import dataclasses
 import hmac
 import logging
-import math
 import signal
 import time
 import uuid
@@ -30,27 +30,39 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from starsrec import __version__
+from starsrec.serving.catalogue import Product, RequestError
 from starsrec.serving.config import ServingConfig
-from starsrec.serving.service import Product, RecommendationService, RequestError, RequestFilters
+from starsrec.serving.filters import RequestFilters
+from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event, is_timestamp
 from starsrec.web.browse import CatalogueBrowser
 from starsrec.web.explorer import explorer_router
+from starsrec.web.http_guard import (
+    BodyGuard,
+    ObservedRequests,
+    encodable,
+    route_dependencies,
+    validation_errors,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_BATCH = 10_000
-Id = Annotated[str, Field(min_length=1, max_length=512)]
+T = TypeVar("T")
+# pydantic stops at the first item past max_length, so an oversized batch is refused before
+# its items are validated (a megabyte of bad items would otherwise make one error each).
+Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
+Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
 
 
 def _check_time(value: datetime | float) -> datetime | float:
@@ -74,17 +86,6 @@ def _on_hangup(callback) -> Callable[[], None]:
     return lambda: loop.remove_signal_handler(signal.SIGHUP)
 
 
-def _json_safe(value: object) -> object:
-    """`value` with NaN and infinities written as strings, which strict JSON can carry."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _seconds(value: Timestamp | None) -> float:
     if value is None:
         return time.time()
@@ -92,10 +93,14 @@ def _seconds(value: Timestamp | None) -> float:
 
 
 class Strict(BaseModel):
+    """A request body that refuses unknown fields."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class EventIn(Strict):
+    """One shopper event, as POST /v1/events takes it."""
+
     user_id: Id
     item_id: Id
     event_type: Id | None = Field(None, description="default: the dataset's main event type")
@@ -104,12 +109,16 @@ class EventIn(Strict):
 
 
 class SessionEventIn(Strict):
+    """An event a recommendation request carries (no user id: the request's)."""
+
     item_id: Id
     event_type: Id | None = None
     timestamp: Timestamp | None = None
 
 
 class FiltersIn(Strict):
+    """What a recommendation may return (`RequestFilters` at the edge)."""
+
     in_stock_only: bool = True
     classes: list[Id] = Field(default_factory=list, max_length=1000)
     subclasses: list[Id] = Field(default_factory=list, max_length=1000)
@@ -118,6 +127,8 @@ class FiltersIn(Strict):
 
 
 class RecommendIn(Strict):
+    """The body of POST /v1/recommend."""
+
     user_id: Id | None = None
     events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
     k: int = Field(10, ge=1, le=MAX_K)
@@ -126,23 +137,13 @@ class RecommendIn(Strict):
 
 
 class ProductIn(Strict):
+    """A product to add or change, as PUT /v1/items takes it."""
+
     item_id: Id
-    text: str = Field(min_length=1, max_length=10_000)
+    text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
     item_class: Id | None = Field(None, alias="class")
     subclass: Id | None = None
     in_stock: bool = True
-
-
-def _refuse_body(request: Request, limit: int) -> JSONResponse | None:
-    """413 for a declared body over `limit`; 411 for a body of undeclared length (chunked),
-    which could otherwise grow without bound before validation sees it."""
-    length = request.headers.get("content-length")
-    if length is None and "chunked" in request.headers.get("transfer-encoding", ""):
-        return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        detail = f"request body over {limit} bytes: send fewer events or items per request"
-        return JSONResponse({"detail": detail}, status_code=413)
-    return None
 
 
 class Metrics:
@@ -253,15 +254,20 @@ def create_app(
 
     app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = _refuse_body(request, max_body_bytes) or await call_next(request)
-        route = request.scope.get("route")
-        name = route.path if route is not None else "unmatched"
-        metrics.latency.labels(name).observe(time.perf_counter() - started)
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        return response
+    def key_before_body(scope: dict) -> None:
+        """The matched route's key check, run by BodyGuard before the body is read."""
+        needs = route_dependencies(scope)
+        if writer in needs or reader in needs:
+            authorised(Request(scope), write=writer in needs)
+
+    def record(scope: dict, status: int, seconds: float) -> None:
+        name = getattr(scope.get("route"), "path", "unmatched")
+        metrics.latency.labels(name).observe(seconds)
+        metrics.requests.labels(name, str(status)).inc()
+
+    # The last added runs first: every answer, the guard's refusals included, is observed.
+    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, before_body=key_before_body)
+    app.add_middleware(ObservedRequests, record=record)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -269,25 +275,14 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad input back, and an input of NaN or Infinity
-        # (which Python's JSON parser accepts) then fails to serialise: a 500.
-        detail = [
-            {
-                "loc": e["loc"],
-                "msg": e["msg"],
-                "type": e["type"],
-                "input": _json_safe(e.get("input")),
-            }
-            for e in error.errors()
-        ]
-        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+        # FastAPI's own handler echoes every bad input back whole: NaN, a lone surrogate or
+        # deep nesting made that a 500, and a megabyte of bad items a response far larger.
+        return JSONResponse(validation_errors(error.errors()), status_code=422)
 
     @app.post("/v1/events", dependencies=[Depends(writer)])
-    async def post_events(body: EventIn | list[EventIn]) -> dict:
+    async def post_events(body: EventIn | Batch[EventIn]) -> dict:
         svc = state["service"]
         batch = body if isinstance(body, list) else [body]
-        if len(batch) > MAX_BATCH:
-            raise RequestError("events", f"events: at most {MAX_BATCH} per request")
         events = [
             Event(
                 event_id=e.event_id or uuid.uuid4().hex,
@@ -338,10 +333,8 @@ def create_app(
         return {"items": [dataclasses.asdict(r) for r in results]}
 
     @app.put("/v1/items", dependencies=[Depends(writer)])
-    async def put_items(body: ProductIn | list[ProductIn]) -> dict:
+    async def put_items(body: ProductIn | Batch[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
-        if len(batch) > MAX_BATCH:
-            raise RequestError("items", f"items: at most {MAX_BATCH} per request")
         products = [Product(p.item_id, p.text, p.item_class, p.subclass, p.in_stock) for p in batch]
         outcome = state["service"].upsert_items(products)
         return {
