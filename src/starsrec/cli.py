@@ -62,6 +62,7 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `starsrec` argument parser: data prepare, train, evaluate, index and serve."""
     parser = argparse.ArgumentParser(prog="starsrec", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"starsrec {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """Run the parsed command and return its exit status (`argv` is re-used to re-launch under
+    torchrun)."""
     if args.command == "data":
         dataset = prepare(args.source)
         out = save_prepared(dataset, args.out)
@@ -312,6 +315,8 @@ def without_option(argv: Sequence[str], option: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: parse `argv` (default sys.argv), log, run; returns the exit status,
+    2 with a one-line error for bad input unless --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 reports progress; the other ranks speak up on problems.

@@ -197,6 +197,7 @@ def save_catalogue(catalogue: Catalogue, path: Path) -> None:
 
 
 def load_catalogue(path: Path) -> Catalogue:
+    """The `Catalogue` of an item table written by `save_catalogue`."""
     table = pd.read_parquet(path)
     for column in ("class", "subclass"):
         if column in table.columns:

@@ -108,6 +108,7 @@ class CooccurrenceRecommender(Recommender):
         return (history @ self.similarity).toarray()
 
     def score(self, queries: Queries) -> np.ndarray:
+        """See `Recommender.score`: neighbour scores, popularity for the items they miss."""
         return with_fallback(self.neighbour_scores(queries), self.popularity)
 
     def _state(self) -> dict[str, np.ndarray]:

@@ -115,6 +115,8 @@ class LambdaMARTRecommender(Recommender):
         return [slice(lo, min(lo + size, len(queries))) for lo in range(0, len(queries), size)]
 
     def score(self, queries: Queries) -> np.ndarray:
+        """See `Recommender.score`: the ranker orders each query's candidates, which rank above
+        every other item (those by popularity)."""
         if self.generators is None or self.booster is None:
             raise RuntimeError("lambdamart is not fitted: call fit() or load()")
         n_items = len(self.generators.popularity)

@@ -56,6 +56,7 @@ class PopularityRecommender(Recommender):
         self.scores = popularity(data.train, data.catalogue.size).astype(np.float32)
 
     def score(self, queries: Queries) -> np.ndarray:
+        """See `Recommender.score`: the same fitted popularity row for every query."""
         return np.broadcast_to(self.scores, (len(queries), len(self.scores))).copy()
 
     def _state(self) -> dict[str, np.ndarray]:

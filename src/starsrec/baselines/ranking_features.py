@@ -78,6 +78,7 @@ class FeatureGenerators:
 
     @classmethod
     def fit(cls, config: LambdaMARTConfig, data: TrainingData) -> FeatureGenerators:
+        """Fit the candidate generators and item statistics on `data.train`."""
         log, n_items = data.train, data.catalogue.size
         end = int(log.timestamp.max()) if log.size else 0
         total = popularity(log, n_items)
@@ -128,6 +129,7 @@ class FeatureGenerators:
         catalogue: Catalogue,
         context: dict,
     ) -> FeatureGenerators:
+        """Inverse of `state`, with the catalogue and the saved context (country, repeats)."""
         repeat = RepeatHistoryRecommender(config.repeat)
         cooccurrence = CooccurrenceRecommender(config.cooccurrence)
         for model, prefix in ((repeat, "repeat."), (cooccurrence, "cooccurrence.")):

@@ -51,6 +51,7 @@ class RepeatHistoryRecommender(Recommender):
         return scores
 
     def score(self, queries: Queries) -> np.ndarray:
+        """See `Recommender.score`: history scores, popularity for items the user never had."""
         return with_fallback(self.history_scores(queries), self.popularity)
 
     def _state(self) -> dict[str, np.ndarray]:

@@ -60,6 +60,7 @@ def write_json_atomic(path: str | Path, record: dict) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of the file at `path`, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):

@@ -41,6 +41,7 @@ class Catalogue:
 
     @property
     def size(self) -> int:
+        """N, the number of items."""
         return len(self.item_ids)
 
     @classmethod
@@ -84,10 +85,12 @@ class EventLog:
 
     @property
     def size(self) -> int:
+        """E, the number of events."""
         return len(self.item)
 
     @property
     def n_users(self) -> int:
+        """U, the number of users (also those without events)."""
         return len(self.user_ids)
 
     @property
@@ -175,6 +178,7 @@ class Queries:
 
     @property
     def lengths(self) -> np.ndarray:
+        """(Q,) int64 number of history events of each query."""
         return self.end - self.start
 
     def flat_history(self) -> tuple[np.ndarray, np.ndarray]:

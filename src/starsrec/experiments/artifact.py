@@ -110,6 +110,7 @@ def train_artifact(
 
 
 def is_artifact(path: str | Path) -> bool:
+    """Whether `path` is an artifact directory (holds a meta.json)."""
     return (Path(path) / META_FILE).exists()
 
 

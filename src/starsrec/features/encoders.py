@@ -37,7 +37,8 @@ class TextEncoder(Protocol):
     name: str
     dim: int
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, dim) float32 L2-normalised rows, one per text."""
 
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -85,6 +86,7 @@ class SentenceTransformerEncoder:
 
     @property
     def dim(self) -> int:
+        """The model's embedding width (loads the model on first use)."""
         model = self._load()
         get_dim = getattr(model, "get_embedding_dimension", None)
         get_dim = get_dim or model.get_sentence_embedding_dimension
@@ -113,6 +115,7 @@ class SentenceTransformerEncoder:
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """See `TextEncoder.encode`: the model's normalised embeddings, computed on CPU."""
         model = self._load()
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -180,6 +183,7 @@ class HashingEncoder:
                 yield "c:" + padded[k : k + 3], self.trigram_weight
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """See `TextEncoder.encode`: hashed word and trigram counts, L2-normalised."""
         out = np.zeros((len(texts), self.dim), dtype=np.float64)
         for row, text in enumerate(texts):
             for feature, weight in self._features(text):
@@ -202,10 +206,13 @@ class PrecomputedVectors(Mapping[str, np.ndarray]):
 
     @property
     def dim(self) -> int:
+        """The vector width."""
         return int(self.vectors.shape[1])
 
     @classmethod
     def load(cls, path: str | Path, normalize: bool = True) -> PrecomputedVectors:
+        """Read a Parquet or CSV vectors file (layout above); rows L2-normalised unless not
+        `normalize`."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"precomputed vectors file {path} does not exist")

@@ -76,10 +76,13 @@ class LLMTagger:
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
+        """Tag names, in column order."""
         return tuple(t.name for t in self.tags)
 
     @property
     def cache_path(self) -> Path | None:
+        """The answer cache, `cache_dir/<model slug>/<vocabulary fingerprint>.jsonl`; None without
+        a `cache_dir`."""
         if self.cache_dir is None:
             return None
         name = f"{vocabulary_fingerprint(self.tags)}.jsonl"
@@ -99,6 +102,7 @@ class LLMTagger:
         return self._answers
 
     def extract(self, texts: Sequence[str]) -> np.ndarray:
+        """See `TagExtractor.extract`: cached answers, the endpoint asked only about new texts."""
         texts = list(texts)
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
         answers = self._cached()

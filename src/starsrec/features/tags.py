@@ -42,6 +42,8 @@ DOMAINS = ("grocery", "gifts", "film", "all")
 
 @dataclass(frozen=True)
 class Tag:
+    """One vocabulary entry: name, description, lexicon patterns and excludes, and domain."""
+
     name: str
     description: str
     patterns: tuple[str, ...]
@@ -116,9 +118,11 @@ class TagExtractor(Protocol):
     """Texts -> (N, T) float32 multi-hot over `vocabulary` (tag names, column order)."""
 
     @property
-    def vocabulary(self) -> tuple[str, ...]: ...
+    def vocabulary(self) -> tuple[str, ...]:
+        """Tag names, in column order."""
 
-    def extract(self, texts: Sequence[str]) -> np.ndarray: ...
+    def extract(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, T) float32 multi-hot tags of `texts`."""
 
 
 def _whole_words(patterns: Sequence[str]) -> str:
@@ -146,9 +150,11 @@ class LexiconTagger:
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
+        """Tag names, in column order."""
         return tuple(t.name for t in self.tags)
 
     def extract(self, texts: Sequence[str]) -> np.ndarray:
+        """See `TagExtractor.extract`: the regexes run once per distinct text."""
         unique, inverse = np.unique(np.asarray(list(texts), dtype=str), return_inverse=True)
         out = np.zeros((len(unique), len(self.tags)), dtype=np.float32)
         for column, (match, exclude) in enumerate(self._compiled()):
@@ -192,6 +198,7 @@ class ZeroShotTagger:
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
+        """Tag names, in column order."""
         return tuple(t.name for t in self.tags)
 
     def tag_vectors(self) -> np.ndarray:
@@ -218,4 +225,5 @@ class ZeroShotTagger:
         return out
 
     def extract(self, texts: Sequence[str]) -> np.ndarray:
+        """See `TagExtractor.extract`: encodes `texts`, then tags them by `extract_embeddings`."""
         return self.extract_embeddings(self.encoder.encode(list(texts)))

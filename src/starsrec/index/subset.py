@@ -18,23 +18,28 @@ class Subset:
 
     @cached_property
     def count(self) -> int:
+        """How many rows are allowed."""
         return len(self._vectors) if self.allowed is None else int(self.allowed.sum())
 
     @cached_property
     def rows(self) -> np.ndarray | None:  # None: every row, in order
+        """(M,) int64 allowed row ids, or None when every row is."""
         return None if self.allowed is None else np.flatnonzero(self.allowed)
 
     @cached_property
     def matrix(self) -> np.ndarray:
+        """(M, D) float32 vectors of the allowed rows (the stored matrix itself when all are)."""
         return self._vectors if self.rows is None else self._vectors[self.rows]
 
     @cached_property
     def stale_rows(self) -> np.ndarray:
+        """Allowed rows the ANN cannot return right (stale or too long), to scan exactly."""
         stale = np.flatnonzero(self._stale)
         return stale if self.allowed is None else stale[self.allowed[stale]]
 
     @cached_property
     def ann_bitmap(self) -> np.ndarray | None:  # packed for faiss.IDSelectorBitmap
+        """Allowed, non-stale rows as a little-endian packed bitmap; None when that is every row."""
         if self.allowed is None and not self.stale_rows.size:
             return None
         usable = ~self._stale if self.allowed is None else self.allowed & ~self._stale

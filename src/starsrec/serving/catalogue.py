@@ -114,6 +114,7 @@ def item_tags(recommender: StarsRecommender, texts: Sequence[str]) -> np.ndarray
 
 
 def tag_vocabulary(recommender: StarsRecommender) -> tuple[str, ...]:
+    """Tag names of the `item_tags` columns: the lexicon vocabulary, or ("",) without tags."""
     return default_tagger().vocabulary if recommender.config.use_lexicon_tags else ("",)
 
 

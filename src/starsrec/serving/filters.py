@@ -32,6 +32,7 @@ class FilterScopes:
         self._bitmaps: dict[tuple, np.ndarray | None] = {}
 
     def clear(self) -> None:
+        """Forget every cached bitmap (call when the catalogue changes)."""
         self._bitmaps.clear()
 
     def allowed(

@@ -170,6 +170,7 @@ class RedisEventStore(EventStore):
         return self._script(keys=keys, args=args, client=self._db() if client is None else client)
 
     def append(self, events: Sequence[Event]) -> int:
+        """See `EventStore.append`: one atomic script call for the whole batch."""
         rows = [validated_row(e) for e in events]  # validate all before writing any
         if not rows:
             return 0
@@ -198,6 +199,7 @@ class RedisEventStore(EventStore):
         return added
 
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+        """See `EventStore.recent_many`: one MULTI/EXEC pipeline of reverse ranges."""
         check_recent_many(user_ids, limit)
         client = self._db()
         users = list(dict.fromkeys(user_ids))
@@ -212,16 +214,20 @@ class RedisEventStore(EventStore):
         }
 
     def latest_time(self, user_id: str) -> float | None:
+        """See `EventStore.latest_time`: the top score of the user's sorted set."""
         last = self._db().zrange(self._user_key(user_id), 0, 0, desc=True, withscores=True)
         return float(last[0][1]) if last else None
 
     def count(self) -> int:
+        """See `EventStore.count`: the size of the id set."""
         return int(self._db().scard(self._ids))
 
     def has(self, event_id: str) -> bool:
+        """See `EventStore.has`: membership in the id set."""
         return bool(self._db().sismember(self._ids, event_id))
 
     def close(self) -> None:
+        """See `EventStore.close`."""
         client, self._client = self._client, None
         if client is not None:
             client.close()

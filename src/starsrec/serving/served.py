@@ -93,6 +93,8 @@ class ServedRecommender(Recommender):
         return events, float(queries.time[q])
 
     def score(self, queries: Queries) -> np.ndarray:
+        """See `Recommender.score`: the index rows' inner products with each request's query, the
+        user's own items scored exactly."""
         catalogue = self._fitted_catalogue()
         service = self.service
         vectors = service.index.vectors[: catalogue.size]

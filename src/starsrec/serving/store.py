@@ -112,6 +112,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def check_limit(limit: int) -> None:
+    """A ValueError unless `limit` is an integer >= 1 (not a bool)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
 
@@ -237,6 +238,7 @@ class SQLiteEventStore(EventStore):
         return self._conn
 
     def append(self, events: Sequence[Event]) -> int:
+        """See `EventStore.append`: one `INSERT OR IGNORE` transaction."""
         rows = [validated_row(e) for e in events]  # validate all before writing any
         if not rows:
             return 0
@@ -272,6 +274,7 @@ class SQLiteEventStore(EventStore):
         return added
 
     def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+        """See `EventStore.recent_many`: one read transaction, a LIMIT query per user."""
         check_recent_many(user_ids, limit)
         out: dict[str, list[Event]] = {}
         with self._lock:
@@ -288,20 +291,24 @@ class SQLiteEventStore(EventStore):
         return out
 
     def latest_time(self, user_id: str) -> float | None:
+        """See `EventStore.latest_time`."""
         with self._lock:
             sql = "SELECT max(timestamp) FROM events WHERE user_id = ?"
             return self._db().execute(sql, (user_id,)).fetchone()[0]
 
     def count(self) -> int:
+        """See `EventStore.count`."""
         with self._lock:
             return self._db().execute("SELECT count(*) FROM events").fetchone()[0]
 
     def has(self, event_id: str) -> bool:
+        """See `EventStore.has`."""
         with self._lock:
             sql = "SELECT 1 FROM events WHERE event_id = ?"
             return self._db().execute(sql, (event_id,)).fetchone() is not None
 
     def close(self) -> None:
+        """See `EventStore.close`."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

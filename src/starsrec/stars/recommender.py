@@ -259,6 +259,8 @@ class StarsRecommender(Recommender):
 
     @torch.no_grad()
     def score(self, queries: Queries) -> np.ndarray:
+        """(Q, N) float32 served score of every item: the model's terms (`STARS.user_side`,
+        `item_terms`, `own_item_score`) for each query's recent history."""
         if self.model is None:
             raise RuntimeError("stars is not fitted: call fit() or load()")
         model = self.model
