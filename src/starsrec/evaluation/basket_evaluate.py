@@ -1,0 +1,150 @@
+"""Full-ranking evaluation of baskets: each query's right answer is a set of items.
+
+The counterpart of `starsrec.evaluation.evaluate` for the next-basket protocols: every query
+ranks the whole catalogue (in chunks of at most `EvaluationConfig.max_scores` floats), and its
+basket's distinct target items are scored by `starsrec.evaluation.baskets` (Recall, NDCG, Hit
+and MRR at 5, 10 and 20, ties by their expected value). The per-query values come back too,
+so paired intervals between models can be computed (`starsrec.evaluation.intervals`).
+
+Slices, by what makes a basket hard:
+
+- repeat / explore: the basket's targets the user had before / never had (recall only: a
+  query counts in a slice when it has at least one such target);
+- cold: targets without training events; long_tail: targets outside the top 20% most
+  popular training items (recall only, as above);
+- short_history / long_history: history length <= / > the median over the queries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from starsrec.data.interactions import EventLog, Queries
+from starsrec.evaluation.baskets import CUTOFFS, basket_metrics, mean_metrics
+from starsrec.evaluation.evaluate import HEAD_SHARE, EvaluationConfig
+from starsrec.recommender import Filters, Recommender, apply_filters
+
+logger = logging.getLogger(__name__)
+
+Targets = tuple[np.ndarray, np.ndarray]  # CSR: (Q + 1,) offsets, (T,) item indices
+
+
+def evaluate_baskets(
+    model: Recommender,
+    queries: Queries,
+    targets: Targets,
+    train: EventLog,
+    config: EvaluationConfig = EvaluationConfig(),
+) -> dict:
+    """Metrics, slices and per-query values of `model` on basket `queries`.
+
+    Returns {"queries", "exclude_seen", "metrics", "slices", "per_query"}, where
+    per_query maps each metric name to its (Q,) float64 array (not JSON: for storage)."""
+    offsets, _ = targets
+    if len(offsets) != len(queries) + 1:
+        raise ValueError(f"{len(queries)} queries but {len(offsets) - 1} target lists")
+    catalogue = model._fitted_catalogue()
+    n_items = catalogue.size
+    chunk = max(1, config.max_scores // max(n_items, 1))
+    masks = _target_masks(queries, targets, train, n_items)
+    per_query: dict[str, list[np.ndarray]] = {}
+    filters = Filters(exclude_seen=config.exclude_seen)
+    starts = range(0, len(queries), chunk)
+    for lo in tqdm(starts, desc=f"evaluate {model.name}", disable=not config.progress):
+        hi = min(lo + chunk, len(queries))
+        scores = model.score(queries[lo:hi]).astype(np.float32, copy=True)
+        apply_filters(scores, queries[lo:hi], catalogue, filters)
+        part = _part(targets, lo, hi)
+        for name, value in basket_metrics(scores, part).items():
+            per_query.setdefault(name, []).append(value)
+        for slice_name, mask in masks.items():
+            chosen, kept = _subset(part, mask[offsets[lo] : offsets[hi]])
+            recall = basket_metrics(scores[chosen], kept) if len(chosen) else {}
+            for k in CUTOFFS:
+                value = np.full(hi - lo, np.nan)  # NaN: the query has no target in the slice
+                if len(chosen):
+                    value[chosen] = recall[f"recall@{k}"]
+                per_query.setdefault(f"{slice_name}:recall@{k}", []).append(value)
+    values = {name: np.concatenate(parts) for name, parts in per_query.items()}
+    overall = {k: v for k, v in values.items() if ":" not in k}
+    result = {
+        "queries": len(queries),
+        "exclude_seen": config.exclude_seen,
+        "metrics": mean_metrics(overall),
+        "slices": _slices(values, queries),
+        "per_query": overall,
+    }
+    logger.info(
+        "%s: ndcg@10 %.4f recall@10 %.4f over %d baskets",
+        model.name,
+        result["metrics"]["ndcg@10"],
+        result["metrics"]["recall@10"],
+        len(queries),
+    )
+    return result
+
+
+def _part(targets: Targets, lo: int, hi: int) -> Targets:
+    """The CSR targets of queries [lo, hi)."""
+    offsets, items = targets
+    return offsets[lo : hi + 1] - offsets[lo], items[offsets[lo] : offsets[hi]]
+
+
+def _subset(targets: Targets, keep: np.ndarray) -> tuple[np.ndarray, Targets]:
+    """The queries with at least one kept target, and their kept targets (CSR)."""
+    offsets, items = targets
+    query = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[keep]
+    counts = np.bincount(query, minlength=len(offsets) - 1)
+    chosen = np.flatnonzero(counts)
+    new_offsets = np.concatenate([[0], np.cumsum(counts[chosen])]).astype(np.int64)
+    return chosen, (new_offsets, items[keep])
+
+
+def _target_masks(
+    queries: Queries, targets: Targets, train: EventLog, n_items: int
+) -> dict[str, np.ndarray]:
+    """(T,) bool over all targets, per target slice (see the module doc)."""
+    offsets, items = targets
+    popularity = np.bincount(train.item[train.is_target], minlength=n_items)
+    seen_items = np.flatnonzero(popularity > 0)
+    n_head = int(np.ceil(HEAD_SHARE * len(seen_items)))
+    head = np.zeros(n_items, dtype=bool)
+    head[seen_items[np.argsort(-popularity[seen_items], kind="stable")[:n_head]]] = True
+    in_train = np.bincount(train.item, minlength=n_items) > 0
+    query_of_target = np.repeat(np.arange(len(queries)), np.diff(offsets))
+    query, rows = queries.flat_history()
+    had = set(zip(query.tolist(), queries.log.item[rows].tolist(), strict=True))
+    repeat = np.fromiter(
+        ((q, i) in had for q, i in zip(query_of_target.tolist(), items.tolist(), strict=True)),
+        dtype=bool,
+        count=len(items),
+    )
+    return {
+        "repeat": repeat,
+        "explore": ~repeat,
+        "cold": ~in_train[items],
+        "long_tail": ~head[items],
+    }
+
+
+def _slices(values: dict[str, np.ndarray], queries: Queries) -> dict:
+    """Per slice: its query count and mean metrics (see the module doc)."""
+    slices: dict = {}
+    for name in ("repeat", "explore", "cold", "long_tail"):
+        parts = {k.split(":")[1]: v for k, v in values.items() if k.startswith(f"{name}:")}
+        inside = np.isfinite(parts[f"recall@{CUTOFFS[0]}"])
+        slices[name] = {"queries": int(inside.sum())}
+        slices[name] |= {
+            k: float(v[inside].mean()) if inside.any() else float("nan") for k, v in parts.items()
+        }
+    lengths = queries.lengths
+    median = float(np.median(lengths)) if len(lengths) else 0.0
+    overall = {k: v for k, v in values.items() if ":" not in k}
+    for name, mask in (("short_history", lengths <= median), ("long_history", lengths > median)):
+        chosen = {k: v[mask] for k, v in overall.items()}
+        slices[name] = {"queries": int(mask.sum()), **mean_metrics(chosen)}
+    slices["thresholds"] = {"history_median": median}
+    return slices

@@ -1,0 +1,91 @@
+"""`evaluate_baskets` end to end on a hand-made model: the means of `basket_metrics`, the
+per-query values kept for intervals, the target slices, and chunking that changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from starsrec.data.dataset import Dataset, EventType
+from starsrec.data.interactions import Catalogue, EventLog, Queries
+from starsrec.data.validation import validate
+from starsrec.evaluation.basket_evaluate import evaluate_baskets
+from starsrec.evaluation.baskets import basket_metrics, csr_targets, mean_metrics
+from starsrec.evaluation.evaluate import EvaluationConfig
+from starsrec.recommender import TrainingData
+from test_metrics import ITEMS, NextLetterConfig, NextLetterModel, idx
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Training: u1 bought a, a, b; u2 bought a, b, c. Baskets asked after each history."""
+    events = pd.DataFrame(
+        [
+            ("u1", "a", "2024-01-01", "purchase"),
+            ("u1", "a", "2024-01-02", "purchase"),
+            ("u1", "b", "2024-01-03", "purchase"),
+            ("u2", "a", "2024-01-01", "purchase"),
+            ("u2", "b", "2024-01-02", "purchase"),
+            ("u2", "c", "2024-01-03", "purchase"),
+        ],
+        columns=["user_id", "item_id", "timestamp", "event_type"],
+    )
+    items = pd.DataFrame({"item_id": ITEMS, "text": [f"item {x}" for x in ITEMS]})
+    dataset = validate(Dataset("baskets", events, items, (EventType("purchase"),)))
+    catalogue = Catalogue.from_items(dataset.items)
+    train = EventLog.from_dataset(dataset, catalogue)
+    model = NextLetterModel(NextLetterConfig()).fit(TrainingData(train, catalogue))
+    histories = [idx("ab"), idx("abc"), idx("k"), []]
+    queries = Queries.from_histories(histories, train.event_types)
+    # basket 0: c (the boosted next letter) and a (a repeat); 1: d and l; 2: l and a;
+    # 3 (no history): a and b.
+    targets = csr_targets([idx("ca"), idx("dl"), idx("la"), idx("ab")])
+    return model, queries, targets, train
+
+
+def test_metrics_are_the_means_of_basket_metrics(world) -> None:
+    model, queries, targets, train = world
+    result = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))
+    expected = basket_metrics(model.score(queries), targets)
+    for name, values in expected.items():
+        np.testing.assert_allclose(result["per_query"][name], values)
+    assert result["metrics"] == pytest.approx(mean_metrics(expected))
+    # basket 0: c first (boosted), a second: recall@5 = 1 and ndcg@5 = 1 (both in the top 2)
+    assert result["per_query"]["recall@5"][0] == 1.0
+    assert result["per_query"]["ndcg@5"][0] == pytest.approx(1.0)
+    assert result["queries"] == 4
+
+
+def test_target_slices(world) -> None:
+    model, queries, targets, train = world
+    slices = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))[
+        "slices"
+    ]
+    # repeat targets: a in basket 0 (u had a, b). Explore: every query has at least one.
+    assert slices["repeat"]["queries"] == 1 and slices["repeat"]["recall@5"] == 1.0
+    assert slices["explore"]["queries"] == 4
+    # cold targets (no training events): d, l (query 1), l (query 2)
+    assert slices["cold"]["queries"] == 2
+    # with exclude_seen the repeat target a of basket 0 cannot be found
+    seen = evaluate_baskets(
+        model, queries, targets, train, EvaluationConfig(exclude_seen=True, progress=False)
+    )
+    assert seen["slices"]["repeat"]["recall@20"] == 0.0
+
+
+def test_chunks_change_nothing(world) -> None:
+    model, queries, targets, train = world
+    whole = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))
+    chunked = evaluate_baskets(
+        model, queries, targets, train, EvaluationConfig(max_scores=len(ITEMS), progress=False)
+    )
+    for name, values in whole["per_query"].items():
+        np.testing.assert_array_equal(chunked["per_query"][name], values)
+    assert chunked["slices"] == whole["slices"]
+
+
+def test_target_lists_must_match_the_queries(world) -> None:
+    model, queries, targets, train = world
+    with pytest.raises(ValueError, match="4 queries but 3 target lists"):
+        evaluate_baskets(model, queries, (targets[0][:-1], targets[1]), train)
