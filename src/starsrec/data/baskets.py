@@ -284,3 +284,11 @@ def last_baskets(log: EventLog, catalogue: Catalogue, key: np.ndarray | None = N
             "targets = the basket's distinct target items"
         ),
     )
+
+
+def one_query_per_target(queries: Queries, targets: BasketTargets) -> tuple[Queries, np.ndarray]:
+    """Each basket query repeated once per target item, with that item as its single target:
+    what models that choose on single-target validation (early stopping, tree counts) fit on
+    under a basket protocol. ((sum of basket sizes) queries, their (T,) target items)."""
+    repeat = np.repeat(np.arange(len(queries)), np.diff(targets.offsets))
+    return queries[repeat], np.asarray(targets.items, dtype=np.int64)

@@ -1,25 +1,33 @@
-"""Evaluation protocols (DESIGN section 3): leave-one-out and a global temporal split.
+"""Evaluation protocols (DESIGN section 3): leave-one-out and a global temporal split, plus
+the basket protocols of `starsrec.data.baskets` (next-basket by calendar cuts, last-basket
+per user), which produce a `BasketSplit` whose targets are whole baskets.
 
-Both produce a `Split`: the events a model may fit on, and validation and test queries
-whose histories are slices of the full event log ending just before the target event.
-So a target's history holds everything the user did before it (for a test target, the
+Leave-one-out and temporal produce a `Split`: the events a model may fit on, and validation
+and test queries whose histories are slices of the full event log ending just before the
+target event. So a target's history holds everything the user did before it (for a test target, the
 validation-period events too), exactly as a live system would see it; the model weights
 only ever learn from `train`. Both are deterministic: no randomness is involved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from starsrec.data.baskets import NEXT_BASKET, BasketSplit, last_baskets, next_basket
 from starsrec.data.dataset import Dataset
 from starsrec.data.interactions import Catalogue, EventLog, Queries, to_seconds
 
 LEAVE_ONE_OUT = "leave-one-out"
 TEMPORAL = "temporal"
-PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL)
+LAST_BASKET = "last-basket"
+PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL, NEXT_BASKET, LAST_BASKET)
+# An events column that names each row's basket or session (else baskets are the rows of
+# one user sharing a timestamp: see starsrec.data.baskets).
+BASKET_COLUMNS = ("basket_id", "session_id")
 
 
 @dataclass(frozen=True)
@@ -49,18 +57,23 @@ def split_dataset(
     validation_cut: str | None = None,
     test_cut: str | None = None,
     max_targets_per_user: int = 1,
-) -> Split:
-    """Split `dataset` by `protocol` ("leave-one-out" or "temporal").
+) -> Split | BasketSplit:
+    """Split `dataset` by `protocol` (one of `PROTOCOLS`).
 
-    For the temporal protocol the cut dates default to the dataset's own
+    For the temporal and next-basket protocols the cut dates default to the dataset's own
     (`dataset.temporal_cuts`); `max_targets_per_user` bounds how many of a user's
-    post-cut target events are evaluated (the earliest ones).
+    post-cut target events the temporal protocol evaluates (the earliest ones). The basket
+    protocols (`starsrec.data.baskets`) read baskets from a `BASKET_COLUMNS` column when the
+    events have one.
     """
     catalogue = Catalogue.from_items(dataset.items)
     log = EventLog.from_dataset(dataset, catalogue)
     if protocol == LEAVE_ONE_OUT:
         return leave_one_out(log, catalogue)
-    if protocol == TEMPORAL:
+    if protocol == LAST_BASKET:
+        split = last_baskets(log, catalogue, basket_key(dataset))
+        return dataclasses.replace(split, protocol=LAST_BASKET)
+    if protocol in (TEMPORAL, NEXT_BASKET):
         cuts = dataset.temporal_cuts
         validation_cut = validation_cut or (cuts.validation if cuts else None)
         test_cut = test_cut or (cuts.test if cuts else None)
@@ -69,8 +82,19 @@ def split_dataset(
                 f"dataset {dataset.name!r} has no default temporal cut dates; "
                 "pass validation_cut and test_cut (e.g. '2011-10-15' and '2011-11-01')"
             )
+        if protocol == NEXT_BASKET:
+            return next_basket(log, catalogue, validation_cut, test_cut, basket_key(dataset))
         return temporal(log, catalogue, validation_cut, test_cut, max_targets_per_user)
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def basket_key(dataset: Dataset) -> np.ndarray | None:
+    """(R,) the events' basket column in event-log row order, None without one."""
+    column = next((c for c in BASKET_COLUMNS if c in dataset.events.columns), None)
+    if column is None:
+        return None
+    users = pd.factorize(dataset.events["user_id"], sort=True)[0]
+    return dataset.events[column].to_numpy()[np.argsort(users, kind="stable")]
 
 
 def leave_one_out(log: EventLog, catalogue: Catalogue) -> Split:

@@ -107,11 +107,10 @@ def metric_vs_k(records: Sequence[dict], path: str | Path, title: str) -> Path:
 
 
 def _present_slices(records: Sequence[dict]) -> dict[str, int]:
-    """Slices with queries in them: name -> n."""
-    counts = {
-        name: (records[0].get("slices") or {}).get(name, {}).get("queries", 0) for name in SLICES
-    }
-    return {name: n for name, n in counts.items() if n}
+    """Slices with queries and a Hit@10 in them (basket slices report recall): name -> n."""
+    slices = records[0].get("slices") or {}
+    counts = {name: slices.get(name, {}).get("queries", 0) for name in SLICES}
+    return {name: n for name, n in counts.items() if n and "hit@10" in slices[name]}
 
 
 def slice_bars(records: Sequence[dict], path: str | Path, title: str) -> Path:

@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from starsrec.baselines import BASELINES
+from starsrec.data.baskets import BasketSplit, one_query_per_target
 from starsrec.data.dataset import Dataset
 from starsrec.data.splits import Split, split_dataset
+from starsrec.evaluation.basket_evaluate import evaluate_baskets
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
+from starsrec.experiments.comparisons import comparison_table, comparisons, per_query_frame
 from starsrec.experiments.plots import markdown_images, write_figures
 from starsrec.recommender import Recommender, TrainingData
 from starsrec.stars.recommender import VARIANTS, StarsConfig, stars_variant
@@ -33,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 TABLE_METRICS = ("hit@5", "hit@10", "ndcg@10", "mrr", "coverage@10")
 TABLE_SLICES = (("cold", "hit@10"), ("long_tail", "hit@10"), ("repeat", "hit@10"))
+# the same columns for basket protocols, whose targets are sets
+BASKET_METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10", "recall@20")
+BASKET_SLICES = (("repeat", "recall@10"), ("explore", "recall@10"), ("cold", "recall@10"))
 
 
 def machine_description() -> str:
@@ -97,15 +103,20 @@ def is_seeded(name: str) -> bool:
     return any(f.name == "seed" for f in dataclasses.fields(BASELINES[name].config_class))
 
 
-def training_data(dataset: Dataset, split: Split, exclude_seen: bool) -> TrainingData:
-    """What `fit` gets for a split of `dataset`."""
+def training_data(dataset: Dataset, split: Split | BasketSplit, exclude_seen: bool) -> TrainingData:
+    """What `fit` gets for a split of `dataset`. Under a basket protocol every model chooses
+    on single-target validation, each validation basket item as its own query."""
+    if isinstance(split, BasketSplit):
+        validation, target = one_query_per_target(split.validation, split.validation_targets)
+    else:
+        validation, target = split.validation, split.validation_target
     return TrainingData(
         train=split.train,
         catalogue=split.catalogue,
         country=dataset.country,
         allow_repeats=not exclude_seen,
-        validation=split.validation,
-        validation_target=split.validation_target,
+        validation=validation,
+        validation_target=target,
     )
 
 
@@ -114,16 +125,22 @@ def evaluation_record(
     name: str,
     seed: int,
     dataset: Dataset,
-    split: Split,
+    split: Split | BasketSplit,
     exclude_seen: bool,
     train_s: float,
     progress: bool = True,
 ) -> dict:
-    """Evaluate a fitted model on the split's test queries: one benchmark record."""
+    """Evaluate a fitted model on the split's test queries: one benchmark record. Under a
+    basket protocol it also holds "per_query", each metric's (Q,) values (not JSON: see
+    `write_report`)."""
     config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
     started = time.perf_counter()
-    result = evaluate(model, split.test, split.test_target, split.train, config)
-    return {
+    if isinstance(split, BasketSplit):
+        result = evaluate_baskets(model, split.test, split.test_targets, split.train, config)
+    else:
+        result = evaluate(model, split.test, split.test_target, split.train, config)
+    extra = {"per_query": result["per_query"]} if "per_query" in result else {}
+    return extra | {
         "dataset": dataset.name,
         "protocol": split.protocol,
         "model": name,
@@ -190,14 +207,16 @@ def markdown_table(records: Sequence[dict]) -> str:
         groups.setdefault((record["dataset"], record["protocol"], record["model"]), []).append(
             record
         )
-    header = ["dataset", "protocol", "model", "seeds", *TABLE_METRICS]
-    header += [f"{name} {metric}" for name, metric in TABLE_SLICES]
+    baskets = bool(records) and "recall@10" in records[0]["metrics"]
+    metrics, slices = (BASKET_METRICS, BASKET_SLICES) if baskets else (TABLE_METRICS, TABLE_SLICES)
+    header = ["dataset", "protocol", "model", "seeds", *metrics]
+    header += [f"{name} {metric}" for name, metric in slices]
     header += ["train s", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (dataset, protocol, model), runs in groups.items():
         cells = [dataset, protocol, model, str(len(runs))]
-        cells += [_mean_std(r["metrics"][m] for r in runs) for m in TABLE_METRICS]
-        for name, metric in TABLE_SLICES:
+        cells += [_mean_std(r["metrics"][m] for r in runs) for m in metrics]
+        for name, metric in slices:
             count = runs[0]["slices"][name]["queries"]
             cells.append(f"{_mean_std(r['slices'][name][metric] for r in runs)} (n={count})")
         threads = {r.get("threads", 1) for r in runs}  # older records trained with one
@@ -215,21 +234,43 @@ def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Pa
     into `out_dir`; returns the report path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(list(records), indent=2) + "\n")
-    first = records[0] if records else {}
+    rows = comparisons(records)
+    plain = [{k: v for k, v in r.items() if k != "per_query"} for r in records]
+    (out / "results.json").write_text(json.dumps(plain, indent=2) + "\n")
+    per_query = per_query_frame(records)
+    if not per_query.empty:  # the per-query values behind every paired interval
+        per_query.to_parquet(out / "per_query.parquet", index=False, compression="zstd")
+        (out / "comparisons.json").write_text(json.dumps(rows, indent=2) + "\n")
+    first = plain[0] if plain else {}
     notes = [
         f"# {title}",
         "",
         f"Full ranking over the whole catalogue. Split: {first.get('split', '-')}.",
         f"Already-seen items {'excluded from' if first.get('exclude_seen') else 'allowed in'} "
-        "the rankings. Slice columns: Hit@10 on that slice (n = queries in it).",
+        "the rankings. Slice columns: "
+        + (
+            "Recall@10 over the basket items of that kind (n = baskets holding one)."
+            if "recall@10" in first.get("metrics", {})
+            else "Hit@10 on that slice (n = queries in it)."
+        ),
         f"Test queries: {first.get('queries', 0)}. Measured {first.get('date', '-')} on "
         f"{first.get('machine', '-')}.",
         "",
-        markdown_table(records),
+        markdown_table(plain),
         "",
     ]
-    figures = write_figures(records, out, "report")
+    if rows:
+        notes += [
+            "## Differences to the strongest baseline",
+            "",
+            f"Paired per-query {rows[0]['metric']} differences with their 95% BCa bootstrap "
+            "interval (seeded models: per-query mean over seeds); MDD: the smallest difference "
+            "this test set detects with 80% power. A win needs the interval to exclude 0.",
+            "",
+            comparison_table(rows),
+            "",
+        ]
+    figures = write_figures(plain, out, "report")
     if figures:
         notes += ["## Figures", "", markdown_images(figures, out), ""]
     path = out / "report.md"

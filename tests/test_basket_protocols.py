@@ -1,0 +1,61 @@
+"""The basket protocols through the harness: `split_dataset`, `run_models` and the report
+with paired differences to the strongest baseline and the per-query values behind them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from starsrec.data.baskets import BasketSplit
+from starsrec.data.splits import LAST_BASKET, NEXT_BASKET, split_dataset
+from starsrec.data.toyworld import make_toy_world
+from starsrec.experiments.report import run_models, training_data, write_report
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_toy_world(n_users=120)
+
+
+@pytest.mark.parametrize("protocol", [NEXT_BASKET, LAST_BASKET])
+def test_split_dataset_gives_basket_splits(dataset, protocol) -> None:
+    split = split_dataset(dataset, protocol)
+    assert isinstance(split, BasketSplit) and split.protocol == protocol
+    assert len(split.test) > 0 and len(split.test_targets.offsets) == len(split.test) + 1
+    data = training_data(dataset, split, exclude_seen=True)
+    # single-target validation: one query per validation basket item
+    assert len(data.validation) == len(split.validation_targets.items)
+    assert (data.validation.end <= split.validation.end.max()).all()
+
+
+def test_a_basket_column_separates_baskets_that_share_a_timestamp(dataset) -> None:
+    keyed = dataset.events.copy()
+    keyed["basket_id"] = np.arange(len(keyed))  # every line its own basket
+    split = split_dataset(type(dataset)(**{**vars(dataset), "events": keyed}), NEXT_BASKET)
+    plain = split_dataset(dataset, NEXT_BASKET)
+    assert split.basket.max() >= plain.basket.max()
+
+
+def test_run_models_reports_paired_differences(dataset, tmp_path) -> None:
+    records = run_models(
+        dataset, NEXT_BASKET, ["popularity", "repeat-history", "cooccurrence-knn"], progress=False
+    )
+    assert {"recall@10", "ndcg@10", "hit@10", "mrr@10"} <= set(records[0]["metrics"])
+    report = write_report(records, tmp_path, "toy next-basket")
+    text = report.read_text()
+    assert "Differences to the strongest baseline" in text
+    comparisons = json.loads((tmp_path / "comparisons.json").read_text())
+    assert len(comparisons) == 2  # every model but the strongest baseline
+    strongest = comparisons[0]["baseline"]
+    means = {r["model"]: r["metrics"]["ndcg@10"] for r in records}
+    assert means[strongest] == max(means.values())
+    for row in comparisons:
+        difference = means[row["model"]] - means[strongest]
+        assert row["mean_difference"] == pytest.approx(difference)
+        assert row["low"] <= row["mean_difference"] <= row["high"]
+    per_query = pd.read_parquet(tmp_path / "per_query.parquet")
+    assert len(per_query) == 3 * records[0]["queries"]
+    assert "per_query" not in json.loads((tmp_path / "results.json").read_text())[0]
