@@ -214,6 +214,9 @@ def load_instacart() -> Dataset:
             "order_dow": lines["order_dow"].astype("int64"),
             "order_hour_of_day": lines["order_hour_of_day"].astype("int64"),
             "reordered": lines["reordered"].astype("int64"),
+            # The order: two orders of one user can share a timestamp (0 days apart, same
+            # hour), so the basket protocols need it to tell them apart.
+            "basket_id": lines["order_id"].astype("int64"),
         }
     )
     dataset = Dataset(
