@@ -42,6 +42,12 @@ from starsrec.stars.tokens import ItemTokens
 class STARS(nn.Module):
     """Sequence encoder, dual memory and context-aware scoring (see module doc)."""
 
+    # Buffers (register_buffer), declared for the type checker.
+    item_class: torch.Tensor
+    first_day: torch.Tensor
+    own_item_taste: torch.Tensor
+    own_item_offset: torch.Tensor
+
     def __init__(
         self,
         config: ModelConfig,

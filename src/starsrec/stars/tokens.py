@@ -12,6 +12,11 @@ from starsrec.stars.config import ModelConfig
 class ItemTokens(nn.Module):
     """1. Semantic item tokens, for all items or a subset of slots."""
 
+    # Buffers (register_buffer), declared for the type checker.
+    text: torch.Tensor
+    tags: torch.Tensor
+    warm: torch.Tensor
+
     def __init__(
         self,
         config: ModelConfig,
