@@ -52,6 +52,11 @@ class CalibrationConfig:
     own_item_tastes: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
     own_item_offsets: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 
+    def __post_init__(self) -> None:
+        # config.json gives lists: keep the tuples, so a loaded config equals the saved one.
+        for name in ("own_item_tastes", "own_item_offsets"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
 
 def new_item_log_odds(scores: np.ndarray, new_items: np.ndarray) -> np.ndarray:
     """(Q,) per query, the log of (softmax mass on new items / mass on the others).
