@@ -48,6 +48,7 @@ check: test
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks
@@ -62,4 +63,4 @@ bench-serving: setup
 	$(BIN)/python benchmarks/serving.py --artifact artifacts/demo-stars
 
 clean:
-	rm -rf $(VENV) data reports artifacts .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) data reports artifacts .cache .pytest_cache .ruff_cache .mypy_cache

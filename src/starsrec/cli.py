@@ -252,9 +252,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         key = os.environ.get(args.api_key_env) or None
         if args.protect_reads and key is None:
             raise ValueError(f"--protect-reads needs an API key in ${args.api_key_env}")
-        config = ServingConfig(store_url=args.store_url)
+        serving = ServingConfig(store_url=args.store_url)
         app = create_app(
-            args.artifact_dir, config=config, api_key=key, protect_reads=args.protect_reads
+            args.artifact_dir, config=serving, api_key=key, protect_reads=args.protect_reads
         )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0

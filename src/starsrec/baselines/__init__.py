@@ -9,8 +9,9 @@ from starsrec.baselines.popularity import (
     RecentPopularityRecommender,
 )
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
+from starsrec.recommender import Recommender
 
-BASELINES = {
+BASELINES: dict[str, type[Recommender]] = {
     model.name: model
     for model in (
         PopularityRecommender,

@@ -55,6 +55,7 @@ class LambdaMARTRecommender(Recommender):
             # them (alternating) become training groups, the other half drive early stopping.
             learn = np.arange(len(data.validation)) % 2 == 0
             targets = data.validation_target
+            assert targets is not None  # given with the validation queries
             parts.append(self._groups(self.generators, data.validation[learn], targets[learn]))
             stopping = self._groups(self.generators, data.validation[~learn], targets[~learn])
         features, labels, groups = _stack(parts)
@@ -117,39 +118,46 @@ class LambdaMARTRecommender(Recommender):
     def score(self, queries: Queries) -> np.ndarray:
         """See `Recommender.score`: the ranker orders each query's candidates, which rank above
         every other item (those by popularity)."""
-        if self.generators is None or self.booster is None:
-            raise RuntimeError("lambdamart is not fitted: call fit() or load()")
-        n_items = len(self.generators.popularity)
+        generators, booster = self._fitted()
+        n_items = len(generators.popularity)
         scores = np.empty((len(queries), n_items), dtype=np.float32)
         for part in self._chunks(queries):
-            query, item, x = self.generators.candidates_and_features(queries[part])
+            query, item, x = generators.candidates_and_features(queries[part])
             ranked = np.zeros((part.stop - part.start, n_items))
             if len(query):
-                raw = self.booster.predict(x, num_threads=self.config.threads)
+                raw = booster.predict(x, num_threads=self.config.threads)
                 # Shift each row so its lowest candidate scores 0: candidates then rank
                 # above every non-candidate (see with_fallback), in the ranker's order.
                 lowest = np.full(len(ranked), np.inf)
                 np.minimum.at(lowest, query, raw)
                 ranked[query, item] = raw - lowest[query] + 1e-3
-            scores[part] = with_fallback(ranked, self.generators.popularity)
+            scores[part] = with_fallback(ranked, generators.popularity)
         return scores
 
+    def _fitted(self) -> tuple[FeatureGenerators, lightgbm.Booster]:
+        if self.generators is None or self.booster is None:
+            raise RuntimeError("lambdamart is not fitted: call fit() or load()")
+        return self.generators, self.booster
+
     def _state(self) -> dict[str, np.ndarray]:
-        return self.generators.state()
+        return self._fitted()[0].state()
 
     def _save_extra(self, out: Path) -> list[str]:
         """The booster in LightGBM's own text format, and the context generators need."""
-        write_atomic(out / BOOSTER_FILE, lambda temporary: self.booster.save_model(str(temporary)))
+        generators, booster = self._fitted()
+        write_atomic(out / BOOSTER_FILE, lambda temporary: booster.save_model(str(temporary)))
         context = {
-            "country": self.generators.country,
-            "allow_repeats": self.generators.allow_repeats,
+            "country": generators.country,
+            "allow_repeats": generators.allow_repeats,
         }
         write_json_atomic(out / CONTEXT_FILE, context)
         return [BOOSTER_FILE, CONTEXT_FILE]
 
     def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:
         context = json.loads((path / CONTEXT_FILE).read_text())
-        self.generators = FeatureGenerators.from_state(self.config, state, self.catalogue, context)
+        self.generators = FeatureGenerators.from_state(
+            self.config, state, self._fitted_catalogue(), context, path
+        )
         self.booster = lightgbm.Booster(model_file=str(path / BOOSTER_FILE))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class PopularityRecommender(Recommender):
     """Everybody gets the globally most popular items."""
 
     name = "popularity"
-    config_class = PopularityConfig
+    config_class: ClassVar[type] = PopularityConfig  # the base's type: subclasses change it
 
     def __init__(self, config: PopularityConfig = PopularityConfig()) -> None:
         super().__init__(config)

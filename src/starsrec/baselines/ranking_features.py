@@ -12,6 +12,7 @@ one event log, and saves to flat arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -128,14 +129,16 @@ class FeatureGenerators:
         state: dict[str, np.ndarray],
         catalogue: Catalogue,
         context: dict,
+        path: Path,
     ) -> FeatureGenerators:
-        """Inverse of `state`, with the catalogue and the saved context (country, repeats)."""
+        """Inverse of `state`, with the catalogue and the saved context (country, repeats);
+        `path`, the artifact directory, is what the sub-models' `_restore` get."""
         repeat = RepeatHistoryRecommender(config.repeat)
         cooccurrence = CooccurrenceRecommender(config.cooccurrence)
         for model, prefix in ((repeat, "repeat."), (cooccurrence, "cooccurrence.")):
             model.catalogue = catalogue
             model._restore(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, None
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, path
             )
         return cls(
             config=config,

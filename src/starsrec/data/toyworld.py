@@ -43,7 +43,7 @@ def make_toy_world(
     rows = []
     for u in range(n_users):
         subclass = rng.integers(n_subclasses)
-        length = rng.integers(min_events, max_events + 1)
+        length = int(rng.integers(min_events, max_events + 1))
         start = rng.integers(0, chain_length - length + 1)
         first_day = rng.integers(0, 30)
         for step in range(length):

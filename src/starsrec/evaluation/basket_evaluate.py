@@ -70,18 +70,19 @@ def evaluate_baskets(
                 per_query.setdefault(f"{slice_name}:recall@{k}", []).append(value)
     values = {name: np.concatenate(parts) for name, parts in per_query.items()}
     overall = {k: v for k, v in values.items() if ":" not in k}
+    metrics = mean_metrics(overall)
     result = {
         "queries": len(queries),
         "exclude_seen": config.exclude_seen,
-        "metrics": mean_metrics(overall),
+        "metrics": metrics,
         "slices": _slices(values, queries),
         "per_query": overall,
     }
     logger.info(
         "%s: ndcg@10 %.4f recall@10 %.4f over %d baskets",
         model.name,
-        result["metrics"]["ndcg@10"],
-        result["metrics"]["recall@10"],
+        metrics["ndcg@10"],
+        metrics["recall@10"],
         len(queries),
     )
     return result

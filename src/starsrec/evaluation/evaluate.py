@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -67,7 +68,7 @@ def evaluate(
         apply_filters(scores, queries[part], catalogue, filters)
         ranks[part] = ranks_of(scores, targets[part])
         tops[part] = top_k(scores, tops.shape[1])[0]
-    result = {
+    result: dict[str, Any] = {
         "queries": len(queries),
         "exclude_seen": config.exclude_seen,
         "metrics": {**metrics_from_ranks(ranks), "coverage@10": coverage(tops, n_items)},

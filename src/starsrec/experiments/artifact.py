@@ -87,6 +87,8 @@ def train_artifact(
     if not rank.is_main:
         distributed.barrier()
         return Path(out_dir)
+    state = model.training_state
+    assert state is not None  # fit sets it
     meta = {
         "dataset": dataset.name,
         "data_dir": str(Path(data_dir).resolve()),
@@ -94,9 +96,9 @@ def train_artifact(
         "protocol": protocol,
         "variant": variant,
         "seed": model.config.seed,
-        "best_epoch": model.training_state.best_epoch,
-        "validation_ndcg@10": model.training_state.best_metric,
-        "history": model.training_state.history,
+        "best_epoch": state.best_epoch,
+        "validation_ndcg@10": state.best_metric,
+        "history": state.history,
         "train_s": round(train_s, 3),
         "world_size": rank.world_size,
         "date": dt.date.today().isoformat(),

@@ -48,10 +48,10 @@ def comparisons(records: Sequence[dict], metric: str = METRIC, seed: int = 0) ->
             model: runs.groupby("query")[metric].mean().to_numpy()
             for model, runs in cell.groupby("model", sort=False)
         }
-        baselines = {m: v.mean() for m, v in by_model.items() if m in BASELINES}
+        baselines = {m: float(v.mean()) for m, v in by_model.items() if m in BASELINES}
         if not baselines:
             continue
-        strongest = max(baselines, key=baselines.get)
+        strongest = max(baselines, key=lambda m: baselines[m])
         for model, values in by_model.items():
             if model == strongest:
                 continue

@@ -190,8 +190,8 @@ def latency_cdf(latencies_ms: Mapping[str, Sequence[float]], path: str | Path, t
     from matplotlib.ticker import FuncFormatter
 
     figure, (ax,) = _figure(title)
-    for i, (name, values) in enumerate(latencies_ms.items()):
-        values = np.sort(np.asarray(values, np.float64))
+    for i, (name, latencies) in enumerate(latencies_ms.items()):
+        values = np.sort(np.asarray(latencies, np.float64))
         if len(values) == 0:
             continue
         share = np.arange(1, len(values) + 1) / len(values)

@@ -164,7 +164,7 @@ def run_models(
     models: Sequence[str],
     seeds: Sequence[int] = (0,),
     exclude_seen: bool | None = None,
-    split: Split | None = None,
+    split: Split | BasketSplit | None = None,
     progress: bool = True,
     threads: int = 1,
 ) -> list[dict]:
@@ -173,7 +173,8 @@ def run_models(
     `exclude_seen` defaults to the dataset's own rule (`not dataset.allow_repeats`);
     `threads` is what each model may train with (see `make_model`), kept in the record.
     """
-    split = split or split_dataset(dataset, protocol)
+    if split is None:
+        split = split_dataset(dataset, protocol)
     if exclude_seen is None:
         exclude_seen = not dataset.allow_repeats
     data = training_data(dataset, split, exclude_seen)

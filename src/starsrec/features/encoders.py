@@ -35,7 +35,10 @@ class TextEncoder(Protocol):
     """Texts -> (N, dim) float32 L2-normalised rows; `name` identifies it in cache keys."""
 
     name: str
-    dim: int
+
+    @property
+    def dim(self) -> int:  # read-only: SentenceTransformerEncoder computes it
+        """The width of every row `encode` returns."""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, dim) float32 L2-normalised rows, one per text."""

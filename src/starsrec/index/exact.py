@@ -32,7 +32,10 @@ def scan_top_k(
     allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top k over `matrix`, whose rows are the sorted row ids `rows` (None: 0..M-1)."""
-    results = [np.empty((0, k), np.int64)], [np.empty((0, k), np.float32)]
+    results: tuple[list[np.ndarray], list[np.ndarray]] = (
+        [np.empty((0, k), np.int64)],
+        [np.empty((0, k), np.float32)],
+    )
     block = max(1, SCORE_BLOCK // max(1, len(matrix)))
     for start in range(0, len(queries), block):
         scores = inner_scores(queries[start : start + block], matrix)

@@ -187,18 +187,21 @@ class ItemIndex:
     def _ann_search(
         self, queries: np.ndarray, k: int, subset: Subset, exclude: list[np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        assert self._faiss is not None  # _plan takes the ANN path only with a faiss index
         faiss.omp_set_num_threads(self.config.threads)
         found = np.full((len(queries), k), -1, dtype=np.int64)
         searchable = subset.count - len(subset.stale_rows)
         if searchable:
             # A filter keeps `selectivity` of each list / neighbourhood: look that much wider.
             breadth = math.ceil(self._breadth * self._faiss.ntotal / searchable)
-            base = None if subset.ann_bitmap is None else faiss.IDSelectorBitmap(subset.ann_bitmap)
+            base = None
+            if subset.ann_bitmap is not None:  # faiss's wrapper takes it alone; stubs: (n, ptr)
+                base = faiss.IDSelectorBitmap(subset.ann_bitmap)  # type: ignore[call-arg,arg-type]
             if exclude is None:
                 params = self._params(k, breadth, base)
                 _, found = self._faiss.search(l2_queries(queries), k, params=params)
             for q, banned in enumerate(exclude or ()):
-                selector = base
+                selector: faiss.IDSelector | None = base
                 if banned.size:
                     # Locals keep these alive during the search: And / Not do not own their parts.
                     batch = faiss.IDSelectorBatch(banned)
@@ -222,17 +225,21 @@ class ItemIndex:
         short = np.flatnonzero((rows >= 0).sum(axis=1) < np.minimum(k, available))
         if short.size:  # rare: the ANN ran out of candidates (large k, heavy exclusions)
             logger.debug("%d of %d queries short of results: exact search", short.size, len(rows))
-            banned = None if exclude is None else [exclude[q] for q in short]
+            excluded = None if exclude is None else [exclude[q] for q in short]
             rows[short], scores[short] = scan_top_k(
-                queries[short], k, None, self._vectors, banned, subset.allowed
+                queries[short], k, None, self._vectors, excluded, subset.allowed
             )
         return rows, scores
 
     def _params(self, k: int, breadth: int, selector: faiss.IDSelector | None):
+        # faiss's stubs lack SearchParametersHNSW and the keywords its wrapper's constructors take.
         if isinstance(self._faiss, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=max(k, min(breadth, MAX_EF_SEARCH)))
+            ef_search = max(k, min(breadth, MAX_EF_SEARCH))
+            params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
         else:
-            params = faiss.SearchParametersIVF(nprobe=min(breadth, self._faiss.nlist))
+            assert isinstance(self._faiss, faiss.IndexIVF)  # build makes no other ANN kind
+            nprobe = min(breadth, self._faiss.nlist)
+            params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
         if selector is not None:
             params.sel = selector
         return params
@@ -244,7 +251,9 @@ class ItemIndex:
         if not isinstance(key, Hashable):
             raise ValueError(f"scope must be hashable (a str or tuple), got {type(key).__name__}")
         cached = self._scopes.get(key)
-        if cached is None or not (allowed is None or np.array_equal(cached.allowed, allowed)):
+        stored = None if cached is None else cached.allowed  # a scope's bitmap, or None: all
+        same = allowed is None or (stored is not None and np.array_equal(stored, allowed))
+        if cached is None or not same:
             # A copy: callers may edit their bitmap in place and reuse the scope name.
             cached = Subset(None if allowed is None else allowed.copy(), self._vectors, self._stale)
             self._scopes[key] = cached
@@ -289,7 +298,7 @@ class ItemIndex:
                 )
         elif self._faiss is not None:
             faiss.omp_set_num_threads(self.config.threads)
-            self._faiss.remove_ids(rows)
+            self._faiss.remove_ids(rows)  # type: ignore[arg-type]  # the wrapper takes ids too
             self._faiss.add_with_ids(l2_items(vectors, self._norm), rows)
             self._stale[rows] = self._too_long(vectors)
         self._vectors[rows] = vectors
@@ -310,9 +319,10 @@ class ItemIndex:
         out.mkdir(parents=True, exist_ok=True)
         state = {"vectors": self._vectors, "stale": self._stale.astype(np.uint8)}
         write_atomic(out / VECTORS_FILE, lambda temporary: save_file(state, str(temporary)))
-        if self._faiss is not None:
+        index = self._faiss
+        if index is not None:
             write_atomic(
-                out / FAISS_FILE, lambda temporary: faiss.write_index(self._faiss, str(temporary))
+                out / FAISS_FILE, lambda temporary: faiss.write_index(index, str(temporary))
             )
         meta = {
             "format": FORMAT,

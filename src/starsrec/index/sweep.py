@@ -127,6 +127,15 @@ def add_rows(index: faiss.Index, vectors: np.ndarray, first_row: int, norm: floa
         index.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors)))
 
 
+def _search_params(index: faiss.Index, breadth: int) -> faiss.SearchParameters:
+    """Search parameters of breadth `breadth`: efSearch for HNSW, nprobe for IVF."""
+    # faiss's stubs lack SearchParametersHNSW, and the keyword arguments that faiss's Python
+    # wrapper gives every SearchParameters constructor.
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=breadth)  # type: ignore[attr-defined]
+    return faiss.SearchParametersIVF(nprobe=breadth)  # type: ignore[call-arg]
+
+
 def format_sweep(records: Sequence[dict]) -> str:
     """The sweep records as a text table (for logs and reports)."""
     cells = [SWEEP_COLUMNS, *([str(r.get(c, "")) for c in SWEEP_COLUMNS] for r in records)]
@@ -182,17 +191,18 @@ def _sweep(
 
 def _calibrate(index, queries: np.ndarray, truth: np.ndarray, config: IndexConfig):
     """(breadth, recall@10, ms per query): the smallest breadth reaching target_recall."""
+    breadths: Sequence[int]
     if isinstance(index, faiss.IndexHNSW):
-        breadths, make = EF_SEARCH, lambda b: faiss.SearchParametersHNSW(efSearch=b)
+        breadths = EF_SEARCH
     else:
         breadths = [2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist]
-        breadths, make = [*breadths, index.nlist], lambda b: faiss.SearchParametersIVF(nprobe=b)
+        breadths = [*breadths, index.nlist]
     queries = l2_queries(queries)
     faiss.omp_set_num_threads(config.threads)  # time queries as serving runs them
     try:
         for breadth in breadths:
             start = time.perf_counter()
-            _, found = index.search(queries, truth.shape[1], params=make(breadth))
+            _, found = index.search(queries, truth.shape[1], params=_search_params(index, breadth))
             seconds = time.perf_counter() - start
             hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
             recall = hits / truth.size

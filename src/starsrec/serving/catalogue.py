@@ -121,7 +121,8 @@ def tag_vocabulary(recommender: StarsRecommender) -> tuple[str, ...]:
 @torch.no_grad()
 def item_table(recommender: StarsRecommender) -> ItemTable:
     """The trained catalogue as serving rows (every item in stock)."""
-    catalogue, model, features = recommender.catalogue, recommender.model, recommender.features
+    catalogue, model = recommender._fitted_catalogue(), recommender._fitted_model()
+    features = recommender.features
     return ItemTable(
         list(catalogue.item_ids),
         list(catalogue.texts),
@@ -139,7 +140,7 @@ def item_table(recommender: StarsRecommender) -> ItemTable:
 @torch.no_grad()
 def retrieval_vectors(recommender: StarsRecommender) -> np.ndarray:
     """(N, D + 1 + n_classes) the index rows of the trained catalogue."""
-    model = recommender.model
+    model = recommender._fitted_model()
     item_class = torch.from_numpy(recommender.features["item_class"].astype(np.int64))
     return model.retrieval_items(model.item_vectors(), model.item_biases(), item_class).numpy()
 

@@ -72,7 +72,7 @@ def load_offline_inputs(
     root = Path(artifact_dir)
     meta, dataset = artifact_dataset(root, data_dir)
     recommender = StarsRecommender.load(root)
-    log = EventLog.from_dataset(dataset, recommender.catalogue)
+    log = EventLog.from_dataset(dataset, recommender._fitted_catalogue())
     return meta, recommender, log, dataset.allow_repeats
 
 
@@ -128,10 +128,11 @@ def write_serving_files(
         memories = long_term_memories(recommender, log, progress)
     else:
         vectors, memories = precomputed
-        if (len(vectors), len(memories)) != (recommender.catalogue.size, log.n_users):
+        n_items = recommender._fitted_catalogue().size
+        if (len(vectors), len(memories)) != (n_items, log.n_users):
             raise ValueError(
                 f"precomputed vectors for {len(vectors)} items and memories for "
-                f"{len(memories)} users, but the artifact has {recommender.catalogue.size} "
+                f"{len(memories)} users, but the artifact has {n_items} "
                 f"items and {log.n_users} users"
             )
     queries = np.concatenate([memories, np.ones((len(memories), 1), np.float32)], axis=1)
@@ -150,7 +151,7 @@ def write_serving_files(
     timings["store"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    export_onnx(recommender.model, out / ENCODER_FILE)
+    export_onnx(recommender._fitted_model(), out / ENCODER_FILE)
     timings["encoder"] = time.perf_counter() - started
     meta = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -187,7 +188,7 @@ def long_term_memories(
     users: slice = slice(None),
 ) -> np.ndarray:
     """(U, D) u_L of every user of `log` (or of the `users` slice) after their last event."""
-    model = recommender.model
+    model, calendar = recommender._fitted_model(), recommender._fitted_calendar()
     model.eval()
     queries = Queries.for_users(log, list(log.user_ids[users]))
     # Computed as for a request made once the user is dormant: exact for any such request.
@@ -197,9 +198,7 @@ def long_term_memories(
     for lo in tqdm(range(0, len(queries), batch), desc="user memories", disable=not progress):
         part = queries[lo : lo + batch]
         rows = query_windows(part, model.config.max_length)
-        events = featurize(
-            log, rows, part.time, recommender.calendar, model.config.session_gap_minutes
-        )
+        events = featurize(log, rows, part.time, calendar, model.config.session_gap_minutes)
         _, long, _ = model.memories(events)
         memories[lo : lo + len(part)] = long[:, -1].numpy()
     return memories
@@ -207,11 +206,12 @@ def long_term_memories(
 
 def history_events(log: EventLog, recommender: StarsRecommender, limit: int) -> list[Event]:
     """Each user's last `limit` events as store events (ids derived from the log row)."""
-    catalogue = recommender.catalogue
+    catalogue = recommender._fitted_catalogue()
     names = [t.name for t in log.event_types]
     starts = np.maximum(log.offsets[1:] - limit, log.offsets[:-1])
     keep = np.concatenate(
-        [np.arange(a, b) for a, b in zip(starts, log.offsets[1:], strict=True)] or [[]]
+        [np.arange(a, b) for a, b in zip(starts, log.offsets[1:], strict=True)]
+        or [np.empty(0, np.int64)]
     ).astype(np.int64)
     return [
         Event(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from starsrec.features.encoders import TextEncoder
 from starsrec.features.text import embed_items
 from starsrec.serving.catalogue import item_tags
 from starsrec.stars.batch import PAD, slot_of
@@ -22,8 +23,8 @@ class ProductTokenizer:
 
     def __init__(self, recommender: StarsRecommender) -> None:
         self.recommender = recommender
-        self.model = recommender.model
-        self._encoder = None  # the text encoder, loaded at the first product
+        self.model = recommender._fitted_model()
+        self._encoder: TextEncoder | None = None  # the text encoder, loaded at the first product
         self._centroids: np.ndarray | None = None
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +53,10 @@ class ProductTokenizer:
     def model_class(self, item_class: int, text: np.ndarray) -> int:
         """The calendar-offset class: the catalogue class the model knows, else the class
         whose items' mean text embedding is nearest."""
-        if 0 <= item_class < self.model.n_classes and self.recommender.catalogue.class_names:
+        if (
+            0 <= item_class < self.model.n_classes
+            and self.recommender._fitted_catalogue().class_names
+        ):
             return item_class
         if self._centroids is None:
             features = self.recommender.features

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
@@ -54,7 +55,9 @@ from starsrec.serving.store import Event, EventStore, check_recent_many, validat
 try:
     import redis
 except ImportError:  # the optional "scale" extra
-    redis = None
+    _HAVE_REDIS = False
+else:
+    _HAVE_REDIS = True
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class RedisEventStore(EventStore):
         raises ValueError for a bad URL or an unreachable server."""
         self.url = _redacted(url)
         self.prefix = prefix
-        if redis is None:
+        if not _HAVE_REDIS:
             raise ValueError(
                 "the Redis event store needs the redis package: pip install 'starsrec[scale]'"
             )
@@ -161,8 +164,9 @@ class RedisEventStore(EventStore):
     def _user_key(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}"
 
-    def _call(self, rows: Sequence[tuple[str, str, str, str, float]], client=None) -> object:
-        """Run the append script for validated rows (through `client`, e.g. a pipeline)."""
+    def _call(self, rows: Sequence[tuple[str, str, str, str, float]], client=None) -> Any:
+        """Run the append script for validated rows (through `client`, e.g. a pipeline): the
+        number of new events, or, queued on a pipeline, the pipeline."""
         keys = [self._ids, self._seq, *(self._user_key(row[1]) for row in rows)]
         args: list[str | float] = []
         for row in rows:

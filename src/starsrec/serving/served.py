@@ -83,7 +83,7 @@ class ServedRecommender(Recommender):
     def _request(self, queries: Queries, q: int) -> tuple[list[Event], float]:
         """Query q's history as the request's events, and its time."""
         log, rows = queries.log, queries.history(q)
-        ids = self.catalogue.item_ids[log.item[rows]]
+        ids = self._fitted_catalogue().item_ids[log.item[rows]]
         types = [log.event_types[code].name for code in log.event_type[rows]]
         stamps = log.timestamp[rows]
         events = [
@@ -95,8 +95,8 @@ class ServedRecommender(Recommender):
     def score(self, queries: Queries) -> np.ndarray:
         """See `Recommender.score`: the index rows' inner products with each request's query, the
         user's own items scored exactly."""
-        catalogue = self._fitted_catalogue()
-        service = self.service
+        catalogue, service = self._fitted_catalogue(), self.service
+        assert service is not None  # _open sets it with the catalogue
         vectors = service.index.vectors[: catalogue.size]
         scores = np.empty((len(queries), catalogue.size), dtype=np.float32)
         for q in range(len(queries)):
@@ -116,7 +116,8 @@ class ServedRecommender(Recommender):
         """The service's answer to each query, as `Recommender.recommend` returns it."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        catalogue = self._fitted_catalogue()
+        catalogue, service = self._fitted_catalogue(), self.service
+        assert service is not None  # _open sets it with the catalogue
         filters = filters or Filters()
         check_filters(filters, len(queries), catalogue.size)
         width = min(k, catalogue.size)
@@ -130,10 +131,10 @@ class ServedRecommender(Recommender):
                 exclude |= {e.item_id for e in events}
             request = RequestFilters(
                 in_stock_only=False,
-                exclude=tuple(i for i in exclude if i in self.service.items.row_of),
+                exclude=tuple(i for i in exclude if i in service.items.row_of),
                 exclude_purchased=False,  # the contract's exclude_seen is applied above
             )
-            found = self.service.recommend(None, events, width, at, request, allowed)
+            found = service.recommend(None, events, width, at, request, allowed)
             ids[q, : len(found)] = [r.item_id for r in found]
             scores[q, : len(found)] = [r.score for r in found]
         return ids.astype(str), scores

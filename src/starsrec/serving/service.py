@@ -75,7 +75,7 @@ class RecommendationService:
     ) -> None:
         self.recommender = recommender
         self.product_log = product_log  # where acknowledged upserts are made durable
-        self.model = recommender.model
+        self.model = recommender._fitted_model()
         self.index = index
         self.store = store
         self.items = items
@@ -134,7 +134,7 @@ class RecommendationService:
         encoder = (
             OnnxUserEncoder(serving / files.ENCODER_FILE, config.threads)
             if config.use_onnx
-            else EagerUserEncoder(recommender.model)
+            else EagerUserEncoder(recommender._fitted_model())
         )
         service = cls(
             recommender,
@@ -162,6 +162,7 @@ class RecommendationService:
         at load; after a hot reload's swap, those the previous service took meanwhile)."""
         log, self.product_log = self.product_log, None  # they are in the log already
         try:
+            assert log is not None  # load opens the log before anything replays it
             products = log.read_new()
             for first in range(0, len(products), PRODUCT_REPLAY_BATCH):
                 self.upsert_items(products[first : first + PRODUCT_REPLAY_BATCH])
@@ -260,7 +261,7 @@ class RecommendationService:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The retrieval query [u + q(c), 1, offsets] and u_S, u_L, g behind it."""
         model = self.model
-        calendar = self.recommender.calendar
+        calendar = self.recommender._fitted_calendar()
         # (1, K) active events; one always-off column when there are none (as in training)
         active = calendar.active(np.array([int(at)])) if calendar.names else np.zeros((1, 1))
         zeros = np.zeros(model.config.dim, np.float32)
@@ -285,7 +286,7 @@ class RecommendationService:
             np.array([[self.event_codes[e.event_type] for e in last]]),
             np.array([[int(e.timestamp) for e in last]]),
             np.array([int(at)]),
-            self.recommender.calendar,
+            calendar,
             model.config.session_gap_minutes,
         )
         out = self.encoder(encoder_inputs(batch, self.items.tokens[window][None]))
@@ -300,8 +301,8 @@ class RecommendationService:
     @torch.no_grad()
     def _augment(self, query: np.ndarray, active: np.ndarray) -> np.ndarray:
         """The (D + 1 + n_classes) retrieval query of (D,) u + q(c) under (1, K) events."""
-        active = torch.from_numpy(np.asarray(active, np.float32))
-        return self.model.retrieval_queries(torch.from_numpy(query)[None], active)[0].numpy()
+        events = torch.from_numpy(np.asarray(active, np.float32))
+        return self.model.retrieval_queries(torch.from_numpy(query)[None], events)[0].numpy()
 
     def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
         """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
@@ -363,7 +364,7 @@ class RecommendationService:
         outcome = []
         for p, product in enumerate(products):
             row = items.row_of.get(product.item_id)
-            trained = row is not None and row < self.recommender.catalogue.size
+            trained = row is not None and row < self.recommender._fitted_catalogue().size
             token, bias = tokenizer.token(text[p], tags[p], row if trained else None)
             item_class = code(items.class_names, product.item_class)
             model_class = tokenizer.model_class(item_class, text[p])

@@ -42,7 +42,7 @@ def shard_path(artifact_dir: str | Path, shards: int, shard: int) -> Path:
 def item_vectors_range(recommender: StarsRecommender, start: int, stop: int) -> np.ndarray:
     """(stop - start, D + 1 + n_classes) retrieval vectors of catalogue rows [start, stop):
     the rows `catalogue.retrieval_vectors` gives for the whole catalogue."""
-    model = recommender.model
+    model = recommender._fitted_model()
     model.eval()
     item_slots = slot_of(torch.arange(start, stop))
     item_class = torch.from_numpy(recommender.features["item_class"][start:stop].astype(np.int64))
@@ -59,7 +59,7 @@ def compute_shard(
 ) -> Path:
     """Compute and write shard `shard` of `shards` (see module doc); its path."""
     meta, recommender, log, _ = load_offline_inputs(artifact_dir, data_dir)
-    n_items, n_users = recommender.catalogue.size, log.n_users
+    n_items, n_users = recommender._fitted_catalogue().size, log.n_users
     items = shard_range(n_items, shard, shards)
     users = shard_range(n_users, shard, shards)
     vectors = item_vectors_range(recommender, *items)

@@ -71,7 +71,8 @@ def is_timestamp(value: object) -> bool:
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and 0 <= value < MAX_TIMESTAMP
+        and not value < 0  # numbers.Real promises < and <=, not the >= that 0 <= value needs
+        and value < MAX_TIMESTAMP
     )
 
 

@@ -7,6 +7,7 @@ embedding table of N + 1 rows serves both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -15,7 +16,11 @@ RECENCY_BUCKETS = 16
 PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
 
 
-def slot_of(index: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+# What slot_of takes and gives back: an array, a tensor or one index.
+Index = TypeVar("Index", np.ndarray, torch.Tensor, int)
+
+
+def slot_of(index: Index) -> Index:
     """Item slots of catalogue indices (index + 1; slot 0 is padding)."""
     return index + 1
 

@@ -175,6 +175,7 @@ class StarsRecommender(Recommender):
         validate = None
         if data.validation is not None and len(data.validation):
             keep = slice(0, config.validation_queries)
+            assert data.validation_target is not None  # given with the validation queries
             queries, targets = data.validation[keep], data.validation_target[keep]
             quiet = EvaluationConfig(exclude_seen=not data.allow_repeats, progress=False)
 
@@ -204,7 +205,7 @@ class StarsRecommender(Recommender):
     ) -> None:
         """The steps after training that `config.calibration` switches on, where they apply."""
         steps, model = self.config.calibration, self.config.model
-        if steps.new_items and model.use_item_bias and self.model.scores_new_items:
+        if steps.new_items and model.use_item_bias and self._fitted_model().scores_new_items:
             self.calibrate_new_items(queries, targets, exclude_seen=not allow_repeats)
         # Own items are re-scored where they can be recommended and are scored apart.
         if steps.own_items and allow_repeats and model.use_repeat_score:
@@ -222,17 +223,17 @@ class StarsRecommender(Recommender):
         for lo in range(0, len(queries), self.config.score_batch):
             part = queries[lo : lo + self.config.score_batch]
             scores = self.score(part)
-            apply_filters(scores, part, self.catalogue, filters)
+            apply_filters(scores, part, self._fitted_catalogue(), filters)
             log_odds.append(new_item_log_odds(scores, new_items))
         offset = new_item_offset(np.concatenate(log_odds), new_items[targets])
         if offset is not None:
-            self.model.new_item_bias += offset
+            self._fitted_model().new_item_bias.add_(offset)
 
     @torch.no_grad()
     def calibrate_own_items(self, validate: Callable[[STARS], float]) -> None:
         """Fit the own-item re-scoring (`STARS.own_item_adjustment`) by grid search on the
         validation metric; (1, 0), no change, unless a pair does strictly better."""
-        model = self.model
+        model = self._fitted_model()
 
         def apply(pair: tuple[float, float]) -> None:
             model.own_item_taste.fill_(pair[0])
@@ -244,6 +245,16 @@ class StarsRecommender(Recommender):
         )  # (1, 0) first
         grid_search("own items (taste weight, offset)", lambda: validate(model), grid, apply)
 
+    def _fitted_model(self) -> STARS:
+        if self.model is None:
+            raise RuntimeError("stars is not fitted: call fit() or load()")
+        return self.model
+
+    def _fitted_calendar(self) -> CalendarEvents:
+        if self.calendar is None:  # set with the model, by fit and load
+            raise RuntimeError("stars is not fitted: call fit() or load()")
+        return self.calendar
+
     def _build(self) -> STARS:
         features = self.features
         return STARS(
@@ -253,7 +264,7 @@ class StarsRecommender(Recommender):
             item_class=torch.from_numpy(features["item_class"]),
             warm=torch.from_numpy(features["warm"] > 0),
             n_event_types=self.n_event_types,
-            n_calendar_events=len(self.calendar.names),
+            n_calendar_events=len(self._fitted_calendar().names),
             first_day=torch.from_numpy(features["first_day"]) if "first_day" in features else None,
         )
 
@@ -261,9 +272,7 @@ class StarsRecommender(Recommender):
     def score(self, queries: Queries) -> np.ndarray:
         """(Q, N) float32 served score of every item: the model's terms (`STARS.user_side`,
         `item_terms`, `own_item_score`) for each query's recent history."""
-        if self.model is None:
-            raise RuntimeError("stars is not fitted: call fit() or load()")
-        model = self.model
+        model, calendar = self._fitted_model(), self._fitted_calendar()
         model.eval()
         vectors = model.item_vectors()  # (N, D)
         all_slots = slot_of(torch.arange(vectors.shape[0]))
@@ -271,9 +280,7 @@ class StarsRecommender(Recommender):
         for lo in range(0, len(queries), self.config.score_batch):
             part = queries[lo : lo + self.config.score_batch]
             rows = query_windows(part, model.config.max_length)
-            batch = featurize(
-                part.log, rows, part.time, self.calendar, model.config.session_gap_minutes
-            )
+            batch = featurize(part.log, rows, part.time, calendar, model.config.session_gap_minutes)
             query = model.user_vectors(batch)[:, -1]  # (B, D)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             taste = query @ vectors.T  # (B, N)
@@ -297,9 +304,9 @@ class StarsRecommender(Recommender):
         return scores
 
     def _state(self) -> dict[str, np.ndarray]:
-        state = {f"model.{k}": v.numpy() for k, v in self.model.state_dict().items()}
+        state = {f"model.{k}": v.numpy() for k, v in self._fitted_model().state_dict().items()}
         state |= {f"features.{k}": v for k, v in self.features.items()}
-        calendar = self.calendar
+        calendar = self._fitted_calendar()
         state |= {
             "calendar.event": calendar.event,
             "calendar.first_day": calendar.first_day,
@@ -311,7 +318,7 @@ class StarsRecommender(Recommender):
 
     def _save_extra(self, out: Path) -> list[str]:
         """The calendar event names (strings live in JSON)."""
-        write_json_atomic(out / CALENDAR_FILE, {"names": list(self.calendar.names)})
+        write_json_atomic(out / CALENDAR_FILE, {"names": list(self._fitted_calendar().names)})
         return [CALENDAR_FILE]
 
     def _restore(self, state: dict[str, np.ndarray], path: Path) -> None:

@@ -25,8 +25,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class TrainingState:
     best_metric: float = -math.inf  # any first epoch improves on it (metric may be -loss)
     best_epoch: int = -1
     stale_epochs: int = 0
-    history: list | None = None
+    history: list[dict] = field(default_factory=list)  # one record per epoch
 
 
 class Sampler:
@@ -135,7 +136,7 @@ def train_model(
     windows = training_windows(log, length)
     sampler = Sampler(log, subclass, config)
     optimizer = _optimizer(model, config)
-    step = LossModule(model)
+    step: nn.Module = LossModule(model)
     if rank.distributed:
         # Buffers (frozen text vectors, tags) are the same on every rank and never change:
         # syncing them every forward would be pure traffic. Switched-off components leave
@@ -168,8 +169,8 @@ def train_model(
             config,
             state,
         )
-        loss_sum, events = distributed.all_reduce_sum([loss * events, events])
-        loss, events = loss_sum / max(events, 1), int(events)
+        loss_sum, events_sum = distributed.all_reduce_sum([loss * events, events])
+        loss, events = loss_sum / max(events_sum, 1), int(events_sum)
         seconds = time.perf_counter() - started  # training only, validation excluded
         if validate is None:
             metric = -loss
@@ -231,7 +232,7 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *args: object) -> torch.Tensor:
+    def forward(self, *args: Any) -> torch.Tensor:
         """`_loss(model, *args)`."""
         return _loss(self.model, *args)
 

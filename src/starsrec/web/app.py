@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.types import Scope
 
 from starsrec import __version__
 from starsrec.serving.catalogue import Product, RequestError
@@ -75,7 +76,7 @@ def _check_time(value: datetime | float) -> datetime | float:
 Timestamp = Annotated[datetime | float, AfterValidator(_check_time)]
 
 
-def _on_hangup(callback) -> Callable[[], None]:
+def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
     """Run `callback` on SIGHUP (the usual "reload your files" signal); returns the undo.
     Only the main thread can own signals, so elsewhere (tests, embedded apps) it is a no-op."""
     loop = asyncio.get_running_loop()
@@ -244,6 +245,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is None:
+            assert artifact_dir is not None  # checked above: exactly one of the two is given
             state["service"] = RecommendationService.load(artifact_dir, config)
         logger.info("serving %s items", state["service"].index.size)
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
@@ -254,13 +256,13 @@ def create_app(
 
     app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
 
-    def key_before_body(scope: dict) -> None:
+    def key_before_body(scope: Scope) -> None:
         """The matched route's key check, run by BodyGuard before the body is read."""
         needs = route_dependencies(scope)
         if writer in needs or reader in needs:
             authorised(Request(scope), write=writer in needs)
 
-    def record(scope: dict, status: int, seconds: float) -> None:
+    def record(scope: Scope, status: int, seconds: float) -> None:
         name = getattr(scope.get("route"), "path", "unmatched")
         metrics.latency.labels(name).observe(seconds)
         metrics.requests.labels(name, str(status)).inc()

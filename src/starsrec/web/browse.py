@@ -105,7 +105,7 @@ class CatalogueBrowser:
             "users": len(self.user_ids),
             "events": service.store.count(),
             "classes": list(items.class_names),
-            "event_types": sorted(service.event_codes, key=service.event_codes.get),
+            "event_types": sorted(service.event_codes, key=service.event_codes.__getitem__),
             "main_event_type": service.main_event_type,
             "allow_repeats": service.allow_repeats,
         }
@@ -113,7 +113,7 @@ class CatalogueBrowser:
     def users(self, query: str = "", limit: int = 20) -> list[str]:
         """Up to `limit` shopper ids starting with `query` (case-sensitive, as ids are)."""
         ids = self.user_ids
-        found = []
+        found: list[str] = []
         for user_id in ids[bisect.bisect_left(ids, query) :]:
             if not user_id.startswith(query) or len(found) == limit:
                 break
@@ -195,7 +195,8 @@ class CatalogueBrowser:
         catalogue order. A linear scan that stops at `limit` matches: fine for a person
         typing, not meant for machine traffic on million-item catalogues."""
         needle = query.casefold()
-        items, found = self.service.items, []
+        items = self.service.items
+        found: list[ItemView] = []
         for row, (item_id, text) in enumerate(zip(items.item_ids, items.texts, strict=True)):
             if len(found) == limit:
                 break

@@ -38,7 +38,7 @@ def route_dependencies(scope: Scope) -> set[Callable[..., Any]]:
     return {d.call for d in getattr(dependant, "dependencies", ())}
 
 
-def _refusal(status: int, content: dict[str, object]) -> JSONResponse:
+def _refusal(status: int, content: Mapping[str, object]) -> JSONResponse:
     # The body (or its rest) is never read, so the connection cannot carry another request.
     return JSONResponse(content, status_code=status, headers={"connection": "close"})
 

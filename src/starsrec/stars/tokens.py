@@ -1,0 +1,83 @@
+"""Step 1 of STARS (`starsrec.stars.model`): the semantic item tokens
+v_i = P([e_text(i) + delta_i ; W_attr t_i]), plus an id embedding for the ID-only ablation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from starsrec.stars.config import ModelConfig
+
+
+class ItemTokens(nn.Module):
+    """1. Semantic item tokens, for all items or a subset of slots."""
+
+    # Buffers (register_buffer), declared for the type checker.
+    text: torch.Tensor
+    tags: torch.Tensor
+    warm: torch.Tensor
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        text: torch.Tensor,  # (N, Dt) frozen text embeddings
+        tags: torch.Tensor,  # (N, G) multi-hot attribute tags
+        warm: torch.Tensor,  # (N,) bool: items seen in training
+    ) -> None:
+        super().__init__()
+        self.config = config
+        n_items = text.shape[0]
+        pad = lambda m: torch.cat([torch.zeros(1, m.shape[1]), m.float()])  # noqa: E731
+        self.register_buffer("text", pad(text), persistent=False)  # (N+1, Dt)
+        self.register_buffer("tags", pad(tags), persistent=False)  # (N+1, G)
+        # Only items seen in training own a delta (and a bias): a cold item drawn as a
+        # sampled negative must not learn one, so it stays a pure text-and-tags token.
+        self.register_buffer("warm", pad(warm[:, None]).squeeze(1), persistent=False)
+        width = 0
+        if config.use_text:
+            width += text.shape[1]
+            if config.use_delta:
+                self.delta = nn.Embedding(n_items + 1, text.shape[1])
+                nn.init.zeros_(self.delta.weight)  # cold items keep delta = 0
+        if config.use_tags:
+            self.attributes = nn.Linear(tags.shape[1], config.attribute_dim, bias=False)
+            width += config.attribute_dim
+        if config.use_item_id:
+            self.item_id = nn.Embedding(n_items + 1, config.dim)
+            nn.init.normal_(self.item_id.weight, std=0.02)
+            width += config.dim
+        self.project = nn.Linear(width, config.dim)  # P
+
+    def owned(self, slots: torch.Tensor) -> torch.Tensor:
+        """(...) float: 1 where the item's delta and bias apply (warm, and not dropped)."""
+        owned = self.warm[slots]
+        if self.training and self.config.cold_dropout > 0:
+            owned = owned * (torch.rand(slots.shape) >= self.config.cold_dropout)
+        return owned
+
+    def forward(self, slots: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
+        """(...) item slots -> (..., D) tokens; `owned` as from `owned(slots)`."""
+        delta = None
+        if self.config.use_text and self.config.use_delta:
+            owned = self.owned(slots) if owned is None else owned
+            delta = self.delta(slots) * owned.unsqueeze(-1)
+        ids = self.item_id(slots) if self.config.use_item_id else None
+        return self.combine(self.text[slots], self.tags[slots], delta, ids)
+
+    def combine(
+        self,
+        text: torch.Tensor,  # (..., Dt)
+        tags: torch.Tensor,  # (..., G)
+        delta: torch.Tensor | None = None,  # (..., Dt), None for items without one
+        ids: torch.Tensor | None = None,  # (..., D) id embeddings (ID-only ablation)
+    ) -> torch.Tensor:
+        """P([e_text + delta; W_attr t]) from raw features: also how a product added after
+        training gets its token (text and tags only, like any cold item)."""
+        parts = []
+        if self.config.use_text:
+            parts.append(text if delta is None else text + delta)
+        if self.config.use_tags:
+            parts.append(self.attributes(tags))
+        if self.config.use_item_id:
+            parts.append(torch.zeros(*text.shape[:-1], self.config.dim) if ids is None else ids)
+        return self.project(torch.cat(parts, dim=-1))
