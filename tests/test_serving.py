@@ -28,6 +28,7 @@ from starsrec.web.app import create_app
 from tiny import tiny
 
 DAY = 86_400
+KEY = "serving-test-key-16+"  # at least 16 characters, as create_app needs
 CONFIG = tiny(
     model={"dim": 32, "max_length": 10, "attribute_dim": 8, "dropout": 0.1},
     train={"epochs": 40, "uniform_negatives": 32, "subclass_negatives": 32},
@@ -205,7 +206,7 @@ def test_bad_service_input_names_the_field(service) -> None:
 @pytest.fixture
 def client(world, tmp_path):
     service = fresh_service(world, tmp_path)
-    with TestClient(create_app(service=service)) as client:
+    with TestClient(create_app(service=service, insecure_open_writes=True)) as client:
         yield client
     service.store.close()
 
@@ -278,17 +279,17 @@ def test_invalid_requests_get_4xx_naming_the_field(client, method, path, body, f
 def test_writes_need_the_api_key_when_one_is_set(world, tmp_path) -> None:
     service = fresh_service(world, tmp_path)
     event = {"user_id": "u0001", "item_id": "s1-n3", "event_id": "k1"}
-    with TestClient(create_app(service=service, api_key="s3cret")) as client:
+    with TestClient(create_app(service=service, api_key=KEY)) as client:
         assert client.post("/v1/events", json=event).status_code == 401
         wrong = {"Authorization": "Bearer guess"}
         response = client.post("/v1/events", json=event, headers=wrong)
         assert response.status_code == 401 and "Bearer" in response.json()["detail"]
-        right = {"Authorization": "Bearer s3cret"}
+        right = {"Authorization": f"Bearer {KEY}"}
         assert client.post("/v1/events", json=event, headers=right).status_code == 200
         product = {"item_id": "n", "text": "product 1 of line 1"}
         assert client.put("/v1/items", json=product).status_code == 401
         assert client.post("/v1/recommend", json={"k": 2}).status_code == 200  # reads open
-    with TestClient(create_app(service=service, api_key="s3cret", protect_reads=True)) as client:
+    with TestClient(create_app(service=service, api_key=KEY, protect_reads=True)) as client:
         assert client.post("/v1/recommend", json={"k": 2}).status_code == 401
         assert client.get("/healthz").status_code == 200  # liveness stays open
     service.store.close()
@@ -297,7 +298,9 @@ def test_writes_need_the_api_key_when_one_is_set(world, tmp_path) -> None:
 def test_oversized_bodies_are_refused(world, tmp_path) -> None:
     service = fresh_service(world, tmp_path)
     stored = service.store.count()
-    with TestClient(create_app(service=service, max_body_bytes=1000)) as client:
+    with TestClient(
+        create_app(service=service, max_body_bytes=1000, insecure_open_writes=True)
+    ) as client:
         events = [{"user_id": "u", "item_id": "s0-n1", "event_id": str(n)} for n in range(100)]
         response = client.post("/v1/events", json=events)
         assert response.status_code == 413 and "bytes" in response.json()["detail"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import signal
 import time
@@ -44,6 +43,7 @@ from starsrec.serving.config import ServingConfig
 from starsrec.serving.filters import RequestFilters
 from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event, is_timestamp
+from starsrec.web.access import Access
 from starsrec.web.browse import CatalogueBrowser
 from starsrec.web.explorer import explorer_router
 from starsrec.web.http_guard import (
@@ -174,29 +174,24 @@ def create_app(
     api_key: str | None = None,
     protect_reads: bool = False,
     max_body_bytes: int = 1 << 20,
+    insecure_open_writes: bool = False,
 ) -> FastAPI:
     """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
-    app's lifespan (so importing or creating the app does no work).
+    app's lifespan (so importing or creating the app does no work); with both, `service`
+    is served and reloads read `artifact_dir`.
 
-    With an `api_key`, writes (events, items) need `Authorization: Bearer KEY`; reads too
-    when `protect_reads`. Bodies over `max_body_bytes` are refused with 413."""
-    if (artifact_dir is None) == (service is None):
-        raise ValueError("create_app needs exactly one of artifact_dir or service")
+    With an `api_key` (MIN_KEY_CHARS or more), writes (events, items, reload) need
+    `Authorization: Bearer KEY`; reads too when `protect_reads`. Without one, writes are
+    refused (403) unless `insecure_open_writes` opens them to anyone, with a warning at
+    start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413."""
+    if artifact_dir is None and service is None:
+        raise ValueError("create_app needs an artifact_dir or a service")
     metrics = Metrics()
 
+    access = Access(api_key, protect_reads, insecure_open_writes)
+
     def authorised(request: Request, write: bool) -> None:
-        if api_key is None or not (write or protect_reads):
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        # Constant-time comparison: response timing must not reveal how much of a guess
-        # matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise RequestError(
-                "authorization",
-                "authorization: send the API key as 'Authorization: Bearer KEY'",
-                status=401,
-            )
+        access.check(request.headers, write)
 
     async def writer(request: Request) -> None:
         authorised(request, write=True)
@@ -246,6 +241,7 @@ def create_app(
         if service is None:
             state["service"] = RecommendationService.load(artifact_dir, config)
         logger.info("serving %s items", state["service"].index.size)
+        access.announce()
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
         yield
         hangup()
