@@ -153,7 +153,7 @@ def test_browser_audience_matches_a_brute_force_ranking(world, tmp_path) -> None
     token = service.items.tokens[service.items.row_of["s1-n5"]]
     expected = sorted(service.memories, key=lambda u: (-float(service.memories[u] @ token), u))
     assert [m.user_id for m in browser.audience("s1-n5", 10)] == expected[:10]
-    service.add_events([Event("live-1", "u0002", "s0-n1", service.main_event_type, 2e9)])
-    (event,) = browser.summary("u0002", at=2e9).session
+    service.add_events([Event("live-1", "u0002", "s0-n1", service.main_event_type, 1.75e9)])
+    (event,) = browser.summary("u0002", at=1.75e9).session
     assert event.live and event.item_id == "s0-n1"
     service.store.close()

@@ -13,7 +13,9 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,13 @@ from conftest import free_port
 from starsrec import cli
 from starsrec.data.files import MEMORY_FILE, SERVING_DIR
 from starsrec.serving.service import RecommendationService
+from starsrec.serving.store import Event, EventStore
 from starsrec.web.app import create_app
 from test_hostile import JSON, call_asgi
+from test_store import store  # noqa: F401  (both backends' store fixture)
 
 KEY = "hostile-writes-test-key"
+DAY = 86_400.0
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +160,102 @@ def test_a_refused_start_is_a_one_line_error_not_a_traceback(artifact, tmp_path)
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "starsrec index" in errors[0], done.stderr
+
+
+# --- finding 5: time that cannot be poisoned, and a user's events forgotten -------------------
+def test_events_and_requests_past_the_clock_skew_are_refused(service, client) -> None:
+    item = an_item(service)
+    now = time.time()
+    for future in (now + 2 * DAY, 1e11 - 1, 5e10):
+        event = {"user_id": "time-traveller", "item_id": item, "timestamp": future}
+        answer = client.post("/v1/events", json={**event, "event_id": f"f{future}"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == "events[0].timestamp"
+        assert "clock" in answer.json()["detail"]
+        answer = client.post("/v1/recommend", json={"k": 2, "timestamp": future})
+        assert answer.status_code == 422 and answer.json()["field"] == "timestamp", answer.text
+        request = {"k": 2, "events": [{"item_id": item, "timestamp": future}]}
+        assert client.post("/v1/recommend", json=request).status_code == 422
+    assert service.store.recent("time-traveller", 10) == []
+    soon = {"user_id": "time-traveller", "item_id": item, "timestamp": now + 3600}
+    assert client.post("/v1/events", json={**soon, "event_id": "soon"}).status_code == 200
+    assert client.post("/v1/recommend", json={"k": 2, "timestamp": now + 3600}).status_code == 200
+
+
+def test_the_clock_skew_is_configurable(artifact, service, client, monkeypatch) -> None:
+    args = cli.build_parser().parse_args(serve(artifact, "--max-clock-skew", "60"))
+    assert args.max_clock_skew == 60
+    assert cli.build_parser().parse_args(serve(artifact)).max_clock_skew == DAY
+    monkeypatch.setattr(service, "config", replace(service.config, max_future_s=60.0))
+    event = {"user_id": "u", "item_id": an_item(service), "timestamp": time.time() + 120}
+    answer = client.post("/v1/events", json=event)
+    assert answer.status_code == 422 and "60 s" in answer.json()["detail"], answer.text
+
+
+def history(user: str, n: int, start: float) -> list[Event]:
+    return [Event(f"{user}-{start}-{e}", user, "i", "view", start + e) for e in range(n)]
+
+
+def test_future_events_cannot_hide_a_users_history_in_the_store(store: EventStore) -> None:  # noqa: F811
+    """The store's window is the newest events at or before the request time: 500 events in
+    the year 5138 used to fill it, and the real history was filtered out after the read."""
+    now = time.time()
+    real = history("victim", 20, now - DAY)
+    store.append(real)
+    store.append(history("victim", 500, 1e11 - 1000))
+    assert store.recent("victim", 50, now) == real
+    assert store.recent("victim", 5, now) == real[-5:]
+    assert store.recent_many(["victim", "nobody"], 50, now) == {"victim": real, "nobody": []}
+    assert len(store.recent("victim", 50)) == 50  # no request time: the newest, as before
+
+
+def test_future_events_cannot_hide_a_users_history_from_recommendations(service) -> None:
+    """Even events stored before the clock bound (or under a generous skew) leave a user's
+    personalisation intact for requests at the present."""
+    user = next(iter(service.memories))
+    item = an_item(service)
+    now = time.time()
+    service.add_events(
+        [Event(f"real-{n}", user, item, service.main_event_type, now - 60 + n) for n in range(3)]
+    )
+    before = [r.item_id for r in service.recommend(user, k=5, at=now)]
+    poison = [
+        Event(f"poison-{n}", user, item, service.main_event_type, 1e11 - 1000 + n)
+        for n in range(service.config.history_limit)
+    ]
+    service.store.append(poison)  # the store itself takes any valid time
+    after = service.recommend(user, k=5, at=now)
+    assert [r.item_id for r in after] == before
+    assert {r.memory for r in after} != {"context"}
+
+
+def test_a_users_events_can_be_forgotten_in_the_store(store: EventStore) -> None:  # noqa: F811
+    store.append(history("leaver", 30, 1000.0) + history("stayer", 3, 1000.0))
+    count = store.count()
+    assert store.forget("leaver") == 30
+    assert store.recent("leaver", 100) == [] and store.count() == count - 30
+    assert not store.has("leaver-1000.0-0") and store.has("stayer-1000.0-0")
+    assert store.forget("leaver") == 0 and store.forget("nobody") == 0
+    assert len(store.recent("stayer", 10)) == 3
+    store.append(history("leaver", 2, 2000.0))  # a new event after forgetting is stored
+    assert len(store.recent("leaver", 10)) == 2
+
+
+def test_delete_forgets_a_users_events_and_needs_the_key(service, client) -> None:
+    item = an_item(service)
+    user = "leaver/with a slash"
+    events = [{"user_id": user, "item_id": item, "event_id": f"gone-{n}"} for n in range(4)]
+    assert client.post("/v1/events", json=events).json()["stored"] == 4
+    path = "/v1/users/leaver%2Fwith%20a%20slash/events"
+    anonymous = client.delete(path, headers={"authorization": ""})
+    assert anonymous.status_code == 401
+    answer = client.delete(path)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"user_id": user, "forgotten": 4}
+    assert service.store.recent(user, 10) == [] and not service.store.has("gone-0")
+    assert client.delete(path).json()["forgotten"] == 0
+    # A user with a long-term memory loses it too (in this process).
+    remembered = next(iter(service.memories))
+    assert client.delete(f"/v1/users/{remembered}/events").status_code == 200
+    assert remembered not in service.memories
+    assert client.get(f"/v1/users/{remembered}").status_code == 404

@@ -28,6 +28,8 @@ from starsrec.web.app import create_app
 from tiny import tiny
 
 DAY = 86_400
+# Later than the toy history (2024) yet in the past: the service refuses future times.
+LATER = 1_750_000_000.0
 KEY = "serving-test-key-16+"  # at least 16 characters, as create_app needs
 CONFIG = tiny(
     model={"dim": 32, "max_length": 10, "attribute_dim": 8, "dropout": 0.1},
@@ -122,7 +124,7 @@ def test_posted_events_shift_the_next_recommendation(world, tmp_path) -> None:
     """A shopper's events posted a moment ago drive the very next request. (Toy shoppers buy
     once a day, so the posted events keep that rhythm: the toy model never saw minutes.)"""
     service = fresh_service(world, tmp_path)
-    at = 1_800_000_000.0
+    at = LATER
     before = service.recommend("newcomer", k=5, at=at)
     assert {r.memory for r in before} == {"context"}  # no history: context and popularity
     for n in (2, 3, 4):
@@ -138,7 +140,7 @@ def test_posted_events_shift_the_next_recommendation(world, tmp_path) -> None:
 
 def test_a_new_product_reaches_matching_shoppers_at_once(world, tmp_path) -> None:
     service = fresh_service(world, tmp_path)
-    at = 1_800_000_000.0
+    at = LATER
     session = [Event(f"e{n}", "", f"s2-n{n}", "purchase", at - (5 - n) * DAY) for n in (2, 3, 4)]
     # A new product described like the next item of line 2 (and unlike any other line).
     status = service.upsert_items(
@@ -213,16 +215,16 @@ def client(world, tmp_path):
 
 def test_http_round_trip(client) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
-    event = {"user_id": "u0001", "item_id": "s1-n3", "timestamp": 1_800_000_000.0, "event_id": "a"}
+    event = {"user_id": "u0001", "item_id": "s1-n3", "timestamp": LATER, "event_id": "a"}
     assert client.post("/v1/events", json=event).json() == {"received": 1, "stored": 1}
     assert client.post("/v1/events", json=[event]).json() == {"received": 1, "stored": 0}
-    body = {"user_id": "u0001", "k": 3, "timestamp": 1_800_000_060.0}
+    body = {"user_id": "u0001", "k": 3, "timestamp": LATER + 60}
     response = client.post("/v1/recommend", json=body)
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     assert len(items) == 3 and items[0]["item_id"] == "s1-n4"
     assert {"item_id", "score", "text", "tags", "shared_tags", "memory"} <= set(items[0])
-    anonymous = {"events": [{"item_id": "s0-n2", "timestamp": 1_800_000_000.0}], "k": 2}
+    anonymous = {"events": [{"item_id": "s0-n2", "timestamp": LATER}], "k": 2}
     assert client.post("/v1/recommend", json=anonymous).status_code == 200
     stranger = client.post("/v1/recommend", json={"user_id": "nobody", "k": 4}).json()
     assert [i["memory"] for i in stranger["items"]] == ["context"] * 4

@@ -201,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         "logged at start)",
     )
     serve.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="refuse event and request times later than the server's clock plus SECONDS "
+        "(default a day)",
+    )
+    serve.add_argument(
         "--store-url",
         metavar="URL",
         help="shared Redis event store for several replicas, e.g. redis://127.0.0.1:6379/0 "
@@ -289,7 +297,9 @@ def run_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is not a loopback address: serving beyond this machine needs "
             f"an API key in ${args.api_key_env} (16 characters or more)"
         )
-    config = ServingConfig(store_url=args.store_url)
+    if not args.max_clock_skew >= 0:
+        raise ValueError(f"--max-clock-skew must be >= 0 seconds, got {args.max_clock_skew}")
+    config = ServingConfig(store_url=args.store_url, max_future_s=args.max_clock_skew)
     service = RecommendationService.load(args.artifact_dir, config)
     try:
         app = create_app(

@@ -1,7 +1,7 @@
 """Who may call what (issue 20, finding 4): writes need a key unless the operator opens
 them explicitly, and reads need it too under `protect_reads`.
 
-    with a key           writes (events, products, reload) need
+    with a key           writes (events, products, reload, forgetting a user) need
                          `Authorization: Bearer KEY`, compared in constant time; reads too
                          with protect_reads
     no key               writes are refused (403) and reads are open
@@ -83,7 +83,7 @@ class Access:
         if self.open_writes:
             logger.warning(
                 "writes are open to anyone who can reach this server (no API key, %s): "
-                "events, products and reload need no key",
+                "events, products, reload and forgetting users need no key",
                 OPEN_WRITES_FLAG,
             )
         elif self.api_key is None:

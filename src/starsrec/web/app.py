@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): `create_app(...)`, run by `starsrec serve ARTIFACT_DIR`.
 
     POST /v1/events              one event or a list (idempotent on event_id)
+    DELETE /v1/users/{id}/events forget a user's stored events (and long-term memory)
     POST /v1/recommend           user id and/or recent events, k, time, filters
     GET  /v1/items/{id}/similar  items nearest to one item
     PUT  /v1/items               add or change products (recommendable at once)
@@ -51,6 +52,7 @@ from starsrec.web.http_guard import (
     ObservedRequests,
     encodable,
     route_dependencies,
+    short,
     validation_errors,
 )
 
@@ -292,6 +294,14 @@ def create_app(
         stored = svc.add_events(events)
         metrics.events.inc(stored)
         return {"received": len(events), "stored": stored}
+
+    # `:path` so that ids holding "/" (sent as %2F, which the server decodes) match too.
+    @app.delete("/v1/users/{user_id:path}/events", dependencies=[Depends(writer)])
+    async def forget_user(user_id: str) -> dict:
+        forgotten = state["service"].forget(user_id)
+        browsers.clear()  # the explorer's user list and audiences held the memory
+        logger.info("forgot user %s: %d events", short(user_id), forgotten)
+        return {"user_id": user_id, "forgotten": forgotten}
 
     @app.post("/v1/recommend", dependencies=[Depends(reader)])
     async def recommend(body: RecommendIn) -> dict:
