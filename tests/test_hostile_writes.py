@@ -246,16 +246,99 @@ def test_delete_forgets_a_users_events_and_needs_the_key(service, client) -> Non
     user = "leaver/with a slash"
     events = [{"user_id": user, "item_id": item, "event_id": f"gone-{n}"} for n in range(4)]
     assert client.post("/v1/events", json=events).json()["stored"] == 4
-    path = "/v1/users/leaver%2Fwith%20a%20slash/events"
-    anonymous = client.delete(path, headers={"authorization": ""})
+    query = {"user_id": user}  # an id with "/" cannot be a path segment
+    anonymous = client.delete("/v1/events", params=query, headers={"authorization": ""})
     assert anonymous.status_code == 401
-    answer = client.delete(path)
+    answer = client.delete("/v1/events", params=query)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"user_id": user, "forgotten": 4}
     assert service.store.recent(user, 10) == [] and not service.store.has("gone-0")
-    assert client.delete(path).json()["forgotten"] == 0
+    assert client.delete("/v1/events", params=query).json()["forgotten"] == 0
     # A user with a long-term memory loses it too (in this process).
     remembered = next(iter(service.memories))
     assert client.delete(f"/v1/users/{remembered}/events").status_code == 200
     assert remembered not in service.memories
     assert client.get(f"/v1/users/{remembered}").status_code == 404
+
+
+# --- finding 7: strict types, escaped logs, headers, redirects, paths, healthz, ids with / -----
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/recommend", {"k": "5"}, "k"),
+        ("/v1/recommend", {"k": True}, "k"),
+        ("/v1/recommend", {"k": 5.0}, "k"),
+        ("/v1/recommend", {"timestamp": True}, "timestamp"),
+        ("/v1/recommend", {"events": [{"item_id": "x", "timestamp": False}]}, "timestamp"),
+        ("/v1/recommend", {"filters": {"in_stock_only": "yes"}}, "in_stock_only"),
+        ("/v1/events", {"user_id": "u", "item_id": "x", "timestamp": True}, "timestamp"),
+    ],
+)
+def test_k_booleans_and_timestamps_must_have_their_json_types(client, path, body, field) -> None:
+    answer = client.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    assert field in answer.text
+
+
+def test_ids_with_newlines_are_escaped_in_logs(service, client, caplog) -> None:
+    hostile = "evil\nERROR starsrec forged line\r"
+    with caplog.at_level(logging.INFO):
+        answer = client.put("/v1/items", json={"item_id": hostile, "text": "product 1 of line 1"})
+        assert answer.status_code == 200, answer.text
+        assert client.delete("/v1/users/evil%0Aforged/events").status_code == 200
+        assert client.delete("/v1/events", params={"user_id": "a\nb"}).status_code == 200
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and not [m for m in messages if "\n" in m or "\r" in m], messages
+    assert any("evil\\nERROR" in m for m in messages), messages
+
+
+def test_the_explorer_page_sends_security_headers(client) -> None:
+    for path in ("/", "/explorer/app.js"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff"
+    page = client.get("/").headers
+    assert page["x-frame-options"] == "DENY"
+    policy = page["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+
+
+def test_trailing_slashes_get_no_host_derived_redirect(client) -> None:
+    for path in ("/v1/catalogue/", "/v1/users/", "/metrics/", "/healthz/"):
+        answer = client.get(path, headers={"host": "evil.example"}, follow_redirects=False)
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert "evil.example" not in answer.headers.get("location", "")
+
+
+def test_a_refused_reload_names_no_absolute_path(artifact, tmp_path) -> None:
+    copy = Path(shutil.copytree(artifact, tmp_path / "reloaded"))
+    memory = copy / SERVING_DIR / MEMORY_FILE
+    with TestClient(create_app(copy, api_key=KEY)) as client:
+        memory.write_bytes(memory.read_bytes()[:100])
+        answer = client.post("/v1/admin/reload", headers={"authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 409, answer.text
+    detail = answer.json()["detail"]
+    assert "still serving" in detail and "starsrec index" in detail
+    assert str(tmp_path) not in detail and str(copy.resolve()) not in detail, detail
+    assert "/tmp" not in detail and "/home" not in detail, detail
+
+
+def test_healthz_hides_the_event_count_under_protect_reads(service) -> None:
+    with TestClient(create_app(service=service, api_key=KEY)) as client:
+        assert "events" in client.get("/healthz").json()
+    app = create_app(service=service, api_key=KEY, protect_reads=True)
+    with TestClient(app) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+def test_similar_takes_the_item_id_as_a_query_parameter(service, client) -> None:
+    product = {"item_id": "pack/6 of 12", "text": "product 2 of line 1, six pack"}
+    assert client.put("/v1/items", json=product).status_code == 200
+    answer = client.get("/v1/items/similar", params={"item_id": "pack/6 of 12", "k": 3})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["items"]) == 3
+    assert client.get("/v1/items/similar", params={"item_id": "no such"}).status_code == 404
+    assert client.get("/v1/items/similar").status_code == 422
+    same = client.get(f"/v1/items/{an_item(service)}/similar", params={"k": 3}).json()
+    query = client.get("/v1/items/similar", params={"item_id": an_item(service), "k": 3})
+    assert query.json() == same

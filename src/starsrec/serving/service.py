@@ -390,8 +390,10 @@ class RecommendationService:
         self._scopes.clear()
         if self.product_log is not None:
             self.product_log.append(products)
-        logger.info(
-            "catalogue: %s",
-            ", ".join(f"{p.item_id} {o}" for p, o in zip(products, outcome, strict=True)),
+        # The first ids only, each as repr: a newline in an id cannot forge a log line.
+        shown = ", ".join(
+            f"{p.item_id[:100]!r} {o}" for p, o in zip(products[:5], outcome[:5], strict=True)
         )
+        more = f" and {len(products) - 5} more" if len(products) > 5 else ""
+        logger.info("catalogue: %s%s", shown, more)
         return outcome

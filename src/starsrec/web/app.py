@@ -1,9 +1,10 @@
 """The HTTP API (FastAPI): `create_app(...)`, run by `starsrec serve ARTIFACT_DIR`.
 
     POST /v1/events              one event or a list (idempotent on event_id)
-    DELETE /v1/users/{id}/events forget a user's stored events (and long-term memory)
+    DELETE /v1/users/{id}/events forget a user's stored events and long-term memory
+                                 (or DELETE /v1/events?user_id=, for any id)
     POST /v1/recommend           user id and/or recent events, k, time, filters
-    GET  /v1/items/{id}/similar  items nearest to one item
+    GET  /v1/items/{id}/similar  items nearest to one item (or /v1/items/similar?item_id=)
     PUT  /v1/items               add or change products (recommendable at once)
     POST /v1/admin/reload        load the artifact again (also on SIGHUP), swap it in live
     GET  /healthz                liveness and sizes
@@ -35,8 +36,8 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from prometheus_client import generate_latest
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from starsrec import __version__
 from starsrec.serving.catalogue import Product, RequestError
@@ -54,7 +55,9 @@ from starsrec.web.http_guard import (
     route_dependencies,
     short,
     validation_errors,
+    without_paths,
 )
+from starsrec.web.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,13 @@ Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
 Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
 
 
+def _not_a_bool(value: object) -> object:
+    # pydantic would take JSON true/false as 1 and 0: `"timestamp": true` was stored as 1970.
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be unix seconds or ISO 8601, not true or false")
+    return value
+
+
 def _check_time(value: datetime | float) -> datetime | float:
     seconds = value.timestamp() if isinstance(value, datetime) else value
     if not is_timestamp(seconds):
@@ -74,7 +84,7 @@ def _check_time(value: datetime | float) -> datetime | float:
     return value
 
 
-Timestamp = Annotated[datetime | float, AfterValidator(_check_time)]
+Timestamp = Annotated[datetime | float, BeforeValidator(_not_a_bool), AfterValidator(_check_time)]
 
 
 def _on_hangup(callback) -> Callable[[], None]:
@@ -121,11 +131,11 @@ class SessionEventIn(Strict):
 class FiltersIn(Strict):
     """What a recommendation may return (`RequestFilters` at the edge)."""
 
-    in_stock_only: bool = True
+    in_stock_only: StrictBool = True
     classes: list[Id] = Field(default_factory=list, max_length=1000)
     subclasses: list[Id] = Field(default_factory=list, max_length=1000)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
-    exclude_purchased: bool | None = None
+    exclude_purchased: StrictBool | None = None
 
 
 class RecommendIn(Strict):
@@ -133,7 +143,7 @@ class RecommendIn(Strict):
 
     user_id: Id | None = None
     events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # not "5", 5.0 or true
     timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
     filters: FiltersIn = Field(default_factory=FiltersIn)
 
@@ -145,28 +155,7 @@ class ProductIn(Strict):
     text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
     item_class: Id | None = Field(None, alias="class")
     subclass: Id | None = None
-    in_stock: bool = True
-
-
-class Metrics:
-    """Prometheus metrics in a registry of their own (one per app, so tests stay apart)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "starsrec_requests", "HTTP requests", ["route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "starsrec_request_seconds",
-            "request latency",
-            ["route"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
-            registry=self.registry,
-        )
-        self.index_size = Gauge(
-            "starsrec_index_items", "items in the index", registry=self.registry
-        )
-        self.events = Counter("starsrec_events_stored", "new events stored", registry=self.registry)
+    in_stock: StrictBool = True
 
 
 def create_app(
@@ -250,7 +239,9 @@ def create_app(
         if service is None:  # the app closes only what it opened
             state["service"].store.close()
 
-    app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds their Location from the Host header, so
+    # any client could make the server point a browser elsewhere.
+    app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan, redirect_slashes=False)
 
     def key_before_body(scope: dict) -> None:
         """The matched route's key check, run by BodyGuard before the body is read."""
@@ -295,13 +286,17 @@ def create_app(
         metrics.events.inc(stored)
         return {"received": len(events), "stored": stored}
 
-    # `:path` so that ids holding "/" (sent as %2F, which the server decodes) match too.
-    @app.delete("/v1/users/{user_id:path}/events", dependencies=[Depends(writer)])
+    @app.delete("/v1/users/{user_id}/events", dependencies=[Depends(writer)])
     async def forget_user(user_id: str) -> dict:
         forgotten = state["service"].forget(user_id)
         browsers.clear()  # the explorer's user list and audiences held the memory
         logger.info("forgot user %s: %d events", short(user_id), forgotten)
         return {"user_id": user_id, "forgotten": forgotten}
+
+    # The same for any id: one holding "/" cannot be a path segment (%2F is decoded first).
+    @app.delete("/v1/events", dependencies=[Depends(writer)])
+    async def forget_user_by_query(user_id: Annotated[str, Query(min_length=1)]) -> dict:
+        return await forget_user(user_id)
 
     @app.post("/v1/recommend", dependencies=[Depends(reader)])
     async def recommend(body: RecommendIn) -> dict:
@@ -338,6 +333,14 @@ def create_app(
         results = state["service"].similar(item_id, k)
         return {"items": [dataclasses.asdict(r) for r in results]}
 
+    # The same for any id: one holding "/" cannot be a path segment (%2F is decoded first).
+    @app.get("/v1/items/similar", dependencies=[Depends(reader)])
+    async def similar_by_query(
+        item_id: Annotated[str, Query(min_length=1, max_length=512)],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+    ) -> dict:
+        return await similar(item_id, k)
+
     @app.put("/v1/items", dependencies=[Depends(writer)])
     async def put_items(body: ProductIn | Batch[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
@@ -357,7 +360,10 @@ def create_app(
         except RequestError:
             raise
         except (ValueError, OSError) as error:  # ArtifactError, an old index format, ...
-            message = f"reload refused, still serving the previous artifact: {error}"
+            logger.warning("reload refused, still serving the previous artifact: %s", error)
+            # The answer names the files by their place in the artifact, not on the server.
+            reason = without_paths(str(error), Path(artifact_dir))
+            message = f"reload refused, still serving the previous artifact: {reason}"
             raise RequestError("artifact", message, 409) from error
         took = round(time.perf_counter() - started, 3)
         return {"status": "reloaded", "items": fresh.index.size, "took_s": took}
@@ -367,6 +373,8 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> dict:
         svc = state["service"]
+        if protect_reads:  # liveness only: the sizes are data the key protects
+            return {"status": "ok"}
         return {"status": "ok", "items": svc.index.size, "events": svc.store.count()}
 
     @app.get("/metrics", dependencies=[Depends(reader)])
