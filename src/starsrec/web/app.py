@@ -295,7 +295,9 @@ def create_app(
 
     # The same for any id: one holding "/" cannot be a path segment (%2F is decoded first).
     @app.delete("/v1/events", dependencies=[Depends(writer)])
-    async def forget_user_by_query(user_id: Annotated[str, Query(min_length=1)]) -> dict:
+    async def forget_user_by_query(
+        user_id: Annotated[str, Query(min_length=1, max_length=512)],
+    ) -> dict:
         return await forget_user(user_id)
 
     @app.post("/v1/recommend", dependencies=[Depends(reader)])
