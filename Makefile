@@ -34,7 +34,7 @@ demo: setup
 	@echo
 	@cat reports/demo-stars/report.md
 	@echo
-	@echo "Serve it:      $(BIN)/starsrec serve artifacts/demo-stars --port 8000"
+	@echo "Serve it:      $(BIN)/starsrec serve artifacts/demo-stars --port 8000 --insecure-open-writes"
 	@echo "Then ask it:   curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' \\"
 	@echo "                 -d '{\"user_id\": \"1\", \"k\": 5}'"
 	@echo "Explorer page: http://127.0.0.1:8000/"

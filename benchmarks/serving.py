@@ -315,7 +315,12 @@ def child(workdir: Path, artifact: Path, port: int) -> None:
     base = RecommendationService.load(artifact)
     arrays = load_file(workdir / "catalogue.safetensors")
     service = synthetic_service(base, arrays, ItemIndex.load(workdir / "index"), artifact)
-    uvicorn.run(create_app(service=service), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(
+        create_app(service=service, insecure_open_writes=True),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
 
 
 def main() -> None:

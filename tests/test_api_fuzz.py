@@ -30,7 +30,9 @@ def live_url(served_artifact, tmp_path_factory):
     copy = shutil.copytree(artifact, tmp_path_factory.mktemp("fuzz") / "artifact")
     service = RecommendationService.load(copy)
     port = free_port()
-    config = uvicorn.Config(create_app(service=service), port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(service=service, insecure_open_writes=True), port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

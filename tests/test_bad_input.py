@@ -51,7 +51,7 @@ def service(served_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TestClient(create_app(service=service)) as client:
+    with TestClient(create_app(service=service, insecure_open_writes=True)) as client:
         yield client
 
 

@@ -12,12 +12,13 @@ from starsrec.web.browse import CatalogueBrowser
 from test_serving import fresh_service, world  # noqa: F401  (world is a fixture)
 
 DAY = 86_400
+KEY = "explorer-test-key"
 
 
 @pytest.fixture
 def client(world, tmp_path):  # noqa: F811
     service = fresh_service(world, tmp_path)
-    with TestClient(create_app(service=service)) as client:
+    with TestClient(create_app(service=service, insecure_open_writes=True)) as client:
         yield client
     service.store.close()
 
@@ -92,14 +93,14 @@ def test_explorer_endpoints_answer_4xx_naming_the_field(client, path, status, fi
 
 def test_explorer_reads_honour_protect_reads(world, tmp_path) -> None:  # noqa: F811
     service = fresh_service(world, tmp_path)
-    app = create_app(service=service, api_key="s3cret", protect_reads=True)
+    app = create_app(service=service, api_key=KEY, protect_reads=True)
     with TestClient(app) as client:
         assert client.get("/").status_code == 200  # the page holds no data
         for path in ("/v1/catalogue", "/v1/users", "/v1/users/u0001", "/v1/items"):
             response = client.get(path)
             assert response.status_code == 401 and response.json()["field"] == "authorization"
         assert client.get("/v1/items/s0-n1/audience").status_code == 401
-        key = {"Authorization": "Bearer s3cret"}
+        key = {"Authorization": f"Bearer {KEY}"}
         assert client.get("/v1/users", headers=key).json()["users"][:2] == ["u0000", "u0001"]
     service.store.close()
 
@@ -130,7 +131,7 @@ def line_shoppers(service, users: list[dict], line: str) -> int:
 def test_audience_is_the_shoppers_of_the_item_line(world, tmp_path) -> None:  # noqa: F811
     """Toy shoppers walk one line each, so an item's audience is shoppers of its line."""
     service = fresh_service(world, tmp_path)
-    with TestClient(create_app(service=service)) as client:
+    with TestClient(create_app(service=service, insecure_open_writes=True)) as client:
         users = client.get("/v1/items/s3-n6/audience", params={"k": 5}).json()["users"]
         assert len(users) == 5
         scores = [u["score"] for u in users]
@@ -152,7 +153,7 @@ def test_browser_audience_matches_a_brute_force_ranking(world, tmp_path) -> None
     token = service.items.tokens[service.items.row_of["s1-n5"]]
     expected = sorted(service.memories, key=lambda u: (-float(service.memories[u] @ token), u))
     assert [m.user_id for m in browser.audience("s1-n5", 10)] == expected[:10]
-    service.add_events([Event("live-1", "u0002", "s0-n1", service.main_event_type, 2e9)])
-    (event,) = browser.summary("u0002", at=2e9).session
+    service.add_events([Event("live-1", "u0002", "s0-n1", service.main_event_type, 1.75e9)])
+    (event,) = browser.summary("u0002", at=1.75e9).session
     assert event.live and event.item_id == "s0-n1"
     service.store.close()

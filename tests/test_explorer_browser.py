@@ -46,7 +46,10 @@ def server(world, tmp_path) -> Iterator[str]:  # noqa: F811
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(service=service), host="127.0.0.1", port=port, log_level="warning"
+        create_app(service=service, insecure_open_writes=True),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

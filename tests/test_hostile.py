@@ -40,7 +40,9 @@ def service(served_artifact, tmp_path_factory) -> Iterator[RecommendationService
 
 @pytest.fixture(scope="module")
 def client(service) -> Iterator[TestClient]:
-    with TestClient(create_app(service=service), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(service=service, insecure_open_writes=True), raise_server_exceptions=False
+    ) as client:
         yield client
 
 
@@ -94,7 +96,7 @@ def events(n: int, item_id: str = "i") -> list[dict]:
 def test_a_body_is_counted_as_it_arrives_and_refused_past_the_limit(service) -> None:
     """A body of undeclared length (HTTP/2, or a server that passes chunks through) is
     counted as it arrives: 413 as soon as the count passes the limit, the rest never read."""
-    app = create_app(service=service, max_body_bytes=LIMIT)
+    app = create_app(service=service, max_body_bytes=LIMIT, insecure_open_writes=True)
     chunk = b" " * (64 << 10)
     stored = service.store.count()
     status, body, asked = call_asgi(app, "POST", "/v1/events", {}, [chunk] * 64)  # 4 MiB
@@ -243,7 +245,7 @@ def server(served_artifact, tmp_path_factory) -> Iterator[Server]:
     copy = Path(shutil.copytree(artifact, tmp_path_factory.mktemp("hostile-http") / "a"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STARSREC_API_KEY", KEY)
-        process = Server(copy, copy.parent / "server.log")
+        process = Server(copy, copy.parent / "server.log", open_writes=False)
     yield process
     process.stop()
 

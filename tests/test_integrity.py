@@ -25,6 +25,8 @@ from starsrec.stars import recommender as stars
 from starsrec.stars.recommender import StarsRecommender
 from starsrec.web.app import create_app
 
+KEY = "integrity-test-key"
+
 
 def copy_of(artifact: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(artifact, tmp_path / "copy"))
@@ -166,10 +168,10 @@ def test_reload_swaps_in_the_new_artifact_and_refuses_a_broken_one(
     _, _, artifact = served_artifact
     copy = copy_of(artifact, tmp_path)
     body = {"user_id": "u0000", "k": 3}
-    with TestClient(create_app(copy, api_key="secret")) as client:
+    with TestClient(create_app(copy, api_key=KEY)) as client:
         assert client.post("/v1/recommend", json=body).status_code == 200
         assert client.post("/v1/admin/reload").status_code == 401  # admin needs the key
-        auth = {"Authorization": "Bearer secret"}
+        auth = {"Authorization": f"Bearer {KEY}"}
         reloaded = client.post("/v1/admin/reload", headers=auth)
         assert reloaded.status_code == 200 and reloaded.json()["status"] == "reloaded"
 
@@ -183,7 +185,7 @@ def test_reload_swaps_in_the_new_artifact_and_refuses_a_broken_one(
 def test_reload_needs_an_artifact_directory(served_artifact) -> None:
     _, _, artifact = served_artifact
     service = RecommendationService.load(artifact)
-    with TestClient(create_app(service=service)) as client:
+    with TestClient(create_app(service=service, insecure_open_writes=True)) as client:
         answer = client.post("/v1/admin/reload")
         assert answer.status_code == 409 and answer.json()["field"] == "reload"
     service.store.close()
@@ -192,7 +194,7 @@ def test_reload_needs_an_artifact_directory(served_artifact) -> None:
 def test_the_known_users_are_the_same_after_reload(served_artifact, tmp_path) -> None:
     _, _, artifact = served_artifact
     body = {"user_id": "u0001", "k": 5}
-    with TestClient(create_app(copy_of(artifact, tmp_path))) as client:
+    with TestClient(create_app(copy_of(artifact, tmp_path), insecure_open_writes=True)) as client:
         before = client.post("/v1/recommend", json=body).json()["items"]
         client.post("/v1/admin/reload").raise_for_status()
         after = client.post("/v1/recommend", json=body).json()["items"]
@@ -207,7 +209,7 @@ def test_products_put_while_serving_survive_reload_restart_and_reindex_log(
     _, _, artifact = served_artifact
     copy = copy_of(artifact, tmp_path)
     new = {"item_id": "added-live", "text": "product 3 of line 2, new edition"}
-    with TestClient(create_app(copy)) as client:
+    with TestClient(create_app(copy, insecure_open_writes=True)) as client:
         client.put("/v1/items", json=new).raise_for_status()
         client.put("/v1/items", json={**new, "in_stock": False}).raise_for_status()
         client.post("/v1/admin/reload").raise_for_status()

@@ -26,11 +26,14 @@ BATCH = 20
 class Server:
     """`python -m starsrec.cli serve ARTIFACT` on a free loopback port, logging to a file."""
 
-    def __init__(self, artifact: Path, log: Path) -> None:
+    def __init__(self, artifact: Path, log: Path, open_writes: bool = True) -> None:
+        """Start it; `open_writes` passes --insecure-open-writes (off for a server given a
+        key in STARSREC_API_KEY)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, "-m", "starsrec.cli", "serve", str(artifact)]
+        command += ["--insecure-open-writes"] if open_writes else []
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         with open(log, "ab") as out:
             self.process = subprocess.Popen(

@@ -28,6 +28,9 @@ from starsrec.web.app import create_app
 from tiny import tiny
 
 DAY = 86_400
+# Later than the toy history (2024) yet in the past: the service refuses future times.
+LATER = 1_750_000_000.0
+KEY = "serving-test-key-16+"  # at least 16 characters, as create_app needs
 CONFIG = tiny(
     model={"dim": 32, "max_length": 10, "attribute_dim": 8, "dropout": 0.1},
     train={"epochs": 40, "uniform_negatives": 32, "subclass_negatives": 32},
@@ -121,7 +124,7 @@ def test_posted_events_shift_the_next_recommendation(world, tmp_path) -> None:
     """A shopper's events posted a moment ago drive the very next request. (Toy shoppers buy
     once a day, so the posted events keep that rhythm: the toy model never saw minutes.)"""
     service = fresh_service(world, tmp_path)
-    at = 1_800_000_000.0
+    at = LATER
     before = service.recommend("newcomer", k=5, at=at)
     assert {r.memory for r in before} == {"context"}  # no history: context and popularity
     for n in (2, 3, 4):
@@ -137,7 +140,7 @@ def test_posted_events_shift_the_next_recommendation(world, tmp_path) -> None:
 
 def test_a_new_product_reaches_matching_shoppers_at_once(world, tmp_path) -> None:
     service = fresh_service(world, tmp_path)
-    at = 1_800_000_000.0
+    at = LATER
     session = [Event(f"e{n}", "", f"s2-n{n}", "purchase", at - (5 - n) * DAY) for n in (2, 3, 4)]
     # A new product described like the next item of line 2 (and unlike any other line).
     status = service.upsert_items(
@@ -205,23 +208,23 @@ def test_bad_service_input_names_the_field(service) -> None:
 @pytest.fixture
 def client(world, tmp_path):
     service = fresh_service(world, tmp_path)
-    with TestClient(create_app(service=service)) as client:
+    with TestClient(create_app(service=service, insecure_open_writes=True)) as client:
         yield client
     service.store.close()
 
 
 def test_http_round_trip(client) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
-    event = {"user_id": "u0001", "item_id": "s1-n3", "timestamp": 1_800_000_000.0, "event_id": "a"}
+    event = {"user_id": "u0001", "item_id": "s1-n3", "timestamp": LATER, "event_id": "a"}
     assert client.post("/v1/events", json=event).json() == {"received": 1, "stored": 1}
     assert client.post("/v1/events", json=[event]).json() == {"received": 1, "stored": 0}
-    body = {"user_id": "u0001", "k": 3, "timestamp": 1_800_000_060.0}
+    body = {"user_id": "u0001", "k": 3, "timestamp": LATER + 60}
     response = client.post("/v1/recommend", json=body)
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     assert len(items) == 3 and items[0]["item_id"] == "s1-n4"
     assert {"item_id", "score", "text", "tags", "shared_tags", "memory"} <= set(items[0])
-    anonymous = {"events": [{"item_id": "s0-n2", "timestamp": 1_800_000_000.0}], "k": 2}
+    anonymous = {"events": [{"item_id": "s0-n2", "timestamp": LATER}], "k": 2}
     assert client.post("/v1/recommend", json=anonymous).status_code == 200
     stranger = client.post("/v1/recommend", json={"user_id": "nobody", "k": 4}).json()
     assert [i["memory"] for i in stranger["items"]] == ["context"] * 4
@@ -278,17 +281,17 @@ def test_invalid_requests_get_4xx_naming_the_field(client, method, path, body, f
 def test_writes_need_the_api_key_when_one_is_set(world, tmp_path) -> None:
     service = fresh_service(world, tmp_path)
     event = {"user_id": "u0001", "item_id": "s1-n3", "event_id": "k1"}
-    with TestClient(create_app(service=service, api_key="s3cret")) as client:
+    with TestClient(create_app(service=service, api_key=KEY)) as client:
         assert client.post("/v1/events", json=event).status_code == 401
         wrong = {"Authorization": "Bearer guess"}
         response = client.post("/v1/events", json=event, headers=wrong)
         assert response.status_code == 401 and "Bearer" in response.json()["detail"]
-        right = {"Authorization": "Bearer s3cret"}
+        right = {"Authorization": f"Bearer {KEY}"}
         assert client.post("/v1/events", json=event, headers=right).status_code == 200
         product = {"item_id": "n", "text": "product 1 of line 1"}
         assert client.put("/v1/items", json=product).status_code == 401
         assert client.post("/v1/recommend", json={"k": 2}).status_code == 200  # reads open
-    with TestClient(create_app(service=service, api_key="s3cret", protect_reads=True)) as client:
+    with TestClient(create_app(service=service, api_key=KEY, protect_reads=True)) as client:
         assert client.post("/v1/recommend", json={"k": 2}).status_code == 401
         assert client.get("/healthz").status_code == 200  # liveness stays open
     service.store.close()
@@ -297,7 +300,9 @@ def test_writes_need_the_api_key_when_one_is_set(world, tmp_path) -> None:
 def test_oversized_bodies_are_refused(world, tmp_path) -> None:
     service = fresh_service(world, tmp_path)
     stored = service.store.count()
-    with TestClient(create_app(service=service, max_body_bytes=1000)) as client:
+    with TestClient(
+        create_app(service=service, max_body_bytes=1000, insecure_open_writes=True)
+    ) as client:
         events = [{"user_id": "u", "item_id": "s0-n1", "event_id": str(n)} for n in range(100)]
         response = client.post("/v1/events", json=events)
         assert response.status_code == 413 and "bytes" in response.json()["detail"]

@@ -20,3 +20,6 @@ class ServingConfig:
     # None: the artifact's SQLite event store; a redis:// URL: a Redis store shared by several
     # replicas (live events only: see starsrec.serving.redis_store).
     store_url: str | None = None
+    # The latest event or request time accepted, in seconds after the server's clock (None:
+    # no bound); later ones are refused, so no client can fill a user's window with the future.
+    max_future_s: float | None = 86_400.0

@@ -12,7 +12,8 @@ Keys, all under `prefix` (default "starsrec:", so several stores can share one d
 - `{prefix}user:{user_id}`: sorted set of the user's events, scored by timestamp, each member
   the zero-padded arrival number followed by the event's JSON. Members of equal score sort
   byte-wise, so the set is ordered by (timestamp, arrival) exactly like SQLite's
-  (timestamp, rowid), and `recent` is one ZREVRANGE of `limit` entries, reversed.
+  (timestamp, rowid), and `recent` is one ZREVRANGEBYSCORE of `limit` entries from the
+  request time down, reversed.
 
 Design:
 
@@ -31,6 +32,7 @@ Design:
   consistent snapshot, like SQLite's read transaction.
 - Thread-safe: redis-py's client keeps a connection pool; no lock is needed.
 - Nothing expires and nothing is trimmed, as in SQLite: memory grows with the event count.
+  `forget` (one script: the user's ids out of the id set, then their key) deletes a user.
   One script touches several users' keys, so on Redis Cluster put the keys in one slot with a
   hash-tagged prefix such as "{starsrec}:".
 
@@ -78,6 +80,16 @@ for n = 1, #KEYS - 2 do
   end
 end
 return added
+"""
+# KEYS: the id set, the user's key. Each member's JSON (after the arrival number) is the
+# event's row, its id first.
+_FORGET = f"""
+local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, member in ipairs(members) do
+  redis.call('SREM', KEYS[1], cjson.decode(string.sub(member, {_SEQ_DIGITS + 1}))[1])
+end
+redis.call('DEL', KEYS[2])
+return #members
 """
 
 
@@ -137,6 +149,7 @@ class RedisEventStore(EventStore):
             ) from exc
         self._client: redis.Redis | None = client
         self._script = client.register_script(_APPEND)
+        self._forget = client.register_script(_FORGET)
         self._ids = f"{prefix}ids"
         self._seq = f"{prefix}seq"
         self._check_persistence()
@@ -202,8 +215,10 @@ class RedisEventStore(EventStore):
         logger.info("loaded %d new events into %s (prefix %r)", added, self.url, self.prefix)
         return added
 
-    def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
-        """See `EventStore.recent_many`: one MULTI/EXEC pipeline of reverse ranges."""
+    def recent_many(
+        self, user_ids: Sequence[str], limit: int, at: float | None = None
+    ) -> dict[str, list[Event]]:
+        """See `EventStore.recent_many`: one MULTI/EXEC pipeline of reverse score ranges."""
         check_recent_many(user_ids, limit)
         client = self._db()
         users = list(dict.fromkeys(user_ids))
@@ -211,11 +226,16 @@ class RedisEventStore(EventStore):
             return {}
         pipe = client.pipeline(transaction=True)  # one snapshot for every user
         for user in users:
-            pipe.zrange(self._user_key(user), 0, limit - 1, desc=True)
+            end = "+inf" if at is None else float(at)
+            pipe.zrevrangebyscore(self._user_key(user), end, "-inf", start=0, num=limit)
         return {
             user: [Event(*json.loads(m[_SEQ_DIGITS:])) for m in reversed(members)]
             for user, members in zip(users, pipe.execute(), strict=True)
         }
+
+    def forget(self, user_id: str) -> int:
+        """See `EventStore.forget`: one atomic script (durable as far as `append` is)."""
+        return int(self._forget(keys=[self._ids, self._user_key(user_id)], client=self._db()))
 
     def latest_time(self, user_id: str) -> float | None:
         """See `EventStore.latest_time`: the top score of the user's sorted set."""

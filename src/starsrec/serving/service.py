@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from starsrec.serving.catalogue import (
     item_table,
     tag_vocabulary,
 )
+from starsrec.serving.clock import check_event_times, request_time
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
 from starsrec.serving.filters import FilterScopes, RequestFilters
@@ -45,7 +45,7 @@ from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
 from starsrec.serving.redis_store import RedisEventStore
-from starsrec.serving.store import Event, EventStore, SQLiteEventStore, is_timestamp
+from starsrec.serving.store import Event, EventStore, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.stars.recommender import StarsRecommender
@@ -188,10 +188,18 @@ class RecommendationService:
                     f"events[{position}].event_type: unknown type {event.event_type!r}; "
                     f"use one of {sorted(self.event_codes)}",
                 )
+        check_event_times(events, self.config.max_future_s)
         try:
             return self.store.append(events)
         except ValueError as error:
             raise RequestError("events", str(error)) from error
+
+    def forget(self, user_id: str) -> int:
+        """Delete the user's stored events and drop their long-term memory from this
+        process (the artifact keeps it until `starsrec index` runs without the user's
+        events); returns how many events were deleted."""
+        self.memories.pop(user_id, None)
+        return self.store.forget(user_id)
 
     # -- recommending -------------------------------------------------------------------
     def recommend(
@@ -210,15 +218,7 @@ class RecommendationService:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
         k = min(int(k), self.index.size)
-        at = time.time() if at is None else at
-        if not is_timestamp(at):
-            raise RequestError(
-                "timestamp", f"timestamp: must be unix seconds from 1970 on, got {at!r}"
-            )
-        bad = [e.timestamp for e in events if not is_timestamp(e.timestamp)]
-        if bad:
-            raise RequestError("events", f"events: timestamps must be unix seconds, got {bad[:3]}")
-        at = float(at)
+        at = request_time(at, events, self.config.max_future_s)
         history, rows = self.history(user_id, events, at)
         query, short, long, gate = self.query_vectors(user_id, history, rows, at)
         scoped, scope = self.allowed(filters)
@@ -250,8 +250,10 @@ class RecommendationService:
         self, user_id: str | None, events: Sequence[Event], at: float
     ) -> tuple[list[Event], np.ndarray]:
         """A request's history, oldest first (stored events, then the request's own, known
-        items only, none after `at`), and its item rows."""
-        history = list(self.store.recent(user_id, self.config.history_limit)) if user_id else []
+        items only, none after `at`), and its item rows. The store's window ends at `at`, so
+        later events cannot crowd out the ones a request may use."""
+        limit = self.config.history_limit
+        history = list(self.store.recent(user_id, limit, at)) if user_id else []
         history += [e for e in events if e.item_id in self.items.row_of]
         history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
         return history, np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
@@ -389,8 +391,10 @@ class RecommendationService:
         self._scopes.clear()
         if self.product_log is not None:
             self.product_log.append(products)
-        logger.info(
-            "catalogue: %s",
-            ", ".join(f"{p.item_id} {o}" for p, o in zip(products, outcome, strict=True)),
+        # The first ids only, each as repr: a newline in an id cannot forge a log line.
+        shown = ", ".join(
+            f"{p.item_id[:100]!r} {o}" for p, o in zip(products[:5], outcome[:5], strict=True)
         )
+        more = f" and {len(products) - 5} more" if len(products) > 5 else ""
+        logger.info("catalogue: %s%s", shown, more)
         return outcome

@@ -12,10 +12,11 @@ Design of the SQLite backend:
   process kill (and a power loss).
 - Idempotent on `event_id` (the primary key) through `INSERT OR IGNORE`: a retried client
   request stores nothing twice, and the first write of an id wins, also within one call.
-- "Arrival order" is the table's implicit rowid, which grows with every insert (nothing is
-  ever deleted). SQLite appends the rowid to every index entry, so the index on
+- "Arrival order" is the table's implicit rowid: a new row gets one more than the largest,
+  so it grows with every insert (`forget` deletes rows, but a later insert still sorts after
+  every row left). SQLite appends the rowid to every index entry, so the index on
   `(user_id, timestamp)` is really on `(user_id, timestamp, rowid)` and serves `recent`
-  without a sort.
+  (a range of it, ending at the request time) without a sort.
 - Thread safety: one connection opened with `check_same_thread=False` and a lock around every
   operation. Simple and correct beats a connection pool at this scale; other processes may
   open the same file (WAL allows concurrent readers, and writers wait up to `_BUSY_TIMEOUT_S`).
@@ -49,7 +50,8 @@ _BUSY_TIMEOUT_S = 10.0
 _COLUMNS = "event_id, user_id, item_id, event_type, timestamp"
 _INSERT = f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _RECENT = (
-    f"SELECT {_COLUMNS} FROM events WHERE user_id = ? ORDER BY timestamp DESC, rowid DESC LIMIT ?"
+    f"SELECT {_COLUMNS} FROM events WHERE user_id = ? AND timestamp <= ? "
+    "ORDER BY timestamp DESC, rowid DESC LIMIT ?"
 )
 
 
@@ -137,13 +139,23 @@ class EventStore(ABC):
         this returns, the events are durable (acknowledged = persisted).
         """
 
-    def recent(self, user_id: str, limit: int) -> list[Event]:
-        """The user's last `limit` events, oldest first, ordered by (timestamp, arrival order)."""
-        return self.recent_many([user_id], limit)[user_id]
+    def recent(self, user_id: str, limit: int, at: float | None = None) -> list[Event]:
+        """The user's last `limit` events at or before `at` (unix seconds; None: any time),
+        oldest first, ordered by (timestamp, arrival order). A request passes its own time,
+        so no number of later events can push the ones it may use out of the window."""
+        return self.recent_many([user_id], limit, at)[user_id]
 
     @abstractmethod
-    def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+    def recent_many(
+        self, user_ids: Sequence[str], limit: int, at: float | None = None
+    ) -> dict[str, list[Event]]:
         """`recent` for many users in one round trip; users without events map to []."""
+
+    @abstractmethod
+    def forget(self, user_id: str) -> int:
+        """Delete every stored event of the user (the right to be forgotten); returns how
+        many. Durable when it returns, like `append`. Their event ids are forgotten too: an
+        event resent with one of them is stored again."""
 
     @abstractmethod
     def latest_time(self, user_id: str) -> float | None:
@@ -274,9 +286,12 @@ class SQLiteEventStore(EventStore):
         logger.info("loaded %d new events into %s", added, self.path)
         return added
 
-    def recent_many(self, user_ids: Sequence[str], limit: int) -> dict[str, list[Event]]:
+    def recent_many(
+        self, user_ids: Sequence[str], limit: int, at: float | None = None
+    ) -> dict[str, list[Event]]:
         """See `EventStore.recent_many`: one read transaction, a LIMIT query per user."""
         check_recent_many(user_ids, limit)
+        end = MAX_TIMESTAMP if at is None else float(at)  # every stored time is below it
         out: dict[str, list[Event]] = {}
         with self._lock:
             conn = self._db()
@@ -285,11 +300,18 @@ class SQLiteEventStore(EventStore):
             conn.execute("BEGIN")
             try:
                 for user in dict.fromkeys(user_ids):
-                    rows = conn.execute(_RECENT, (user, limit)).fetchall()
+                    rows = conn.execute(_RECENT, (user, end, limit)).fetchall()
                     out[user] = [Event(*row) for row in reversed(rows)]
             finally:
                 conn.execute("COMMIT")
         return out
+
+    def forget(self, user_id: str) -> int:
+        """See `EventStore.forget`: one DELETE transaction."""
+        with self._lock:
+            conn = self._db()
+            with _transaction(conn):
+                return conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
 
     def latest_time(self, user_id: str) -> float | None:
         """See `EventStore.latest_time`."""

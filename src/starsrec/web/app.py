@@ -1,8 +1,10 @@
 """The HTTP API (FastAPI): `create_app(...)`, run by `starsrec serve ARTIFACT_DIR`.
 
     POST /v1/events              one event or a list (idempotent on event_id)
+    DELETE /v1/users/{id}/events forget a user's stored events and long-term memory
+                                 (or DELETE /v1/events?user_id=, for any id)
     POST /v1/recommend           user id and/or recent events, k, time, filters
-    GET  /v1/items/{id}/similar  items nearest to one item
+    GET  /v1/items/{id}/similar  items nearest to one item (or /v1/items/similar?item_id=)
     PUT  /v1/items               add or change products (recommendable at once)
     POST /v1/admin/reload        load the artifact again (also on SIGHUP), swap it in live
     GET  /healthz                liveness and sizes
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import signal
 import time
@@ -35,8 +36,8 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from prometheus_client import generate_latest
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from starlette.types import Scope
 
 from starsrec import __version__
@@ -45,6 +46,7 @@ from starsrec.serving.config import ServingConfig
 from starsrec.serving.filters import RequestFilters
 from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event, is_timestamp
+from starsrec.web.access import Access
 from starsrec.web.browse import CatalogueBrowser
 from starsrec.web.explorer import explorer_router
 from starsrec.web.http_guard import (
@@ -52,8 +54,11 @@ from starsrec.web.http_guard import (
     ObservedRequests,
     encodable,
     route_dependencies,
+    short,
     validation_errors,
+    without_paths,
 )
+from starsrec.web.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,13 @@ Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
 Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
 
 
+def _not_a_bool(value: object) -> object:
+    # pydantic would take JSON true/false as 1 and 0: `"timestamp": true` was stored as 1970.
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be unix seconds or ISO 8601, not true or false")
+    return value
+
+
 def _check_time(value: datetime | float) -> datetime | float:
     seconds = value.timestamp() if isinstance(value, datetime) else value
     if not is_timestamp(seconds):
@@ -73,7 +85,7 @@ def _check_time(value: datetime | float) -> datetime | float:
     return value
 
 
-Timestamp = Annotated[datetime | float, AfterValidator(_check_time)]
+Timestamp = Annotated[datetime | float, BeforeValidator(_not_a_bool), AfterValidator(_check_time)]
 
 
 def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
@@ -120,11 +132,11 @@ class SessionEventIn(Strict):
 class FiltersIn(Strict):
     """What a recommendation may return (`RequestFilters` at the edge)."""
 
-    in_stock_only: bool = True
+    in_stock_only: StrictBool = True
     classes: list[Id] = Field(default_factory=list, max_length=1000)
     subclasses: list[Id] = Field(default_factory=list, max_length=1000)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
-    exclude_purchased: bool | None = None
+    exclude_purchased: StrictBool | None = None
 
 
 class RecommendIn(Strict):
@@ -132,7 +144,7 @@ class RecommendIn(Strict):
 
     user_id: Id | None = None
     events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # not "5", 5.0 or true
     timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
     filters: FiltersIn = Field(default_factory=FiltersIn)
 
@@ -144,28 +156,7 @@ class ProductIn(Strict):
     text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
     item_class: Id | None = Field(None, alias="class")
     subclass: Id | None = None
-    in_stock: bool = True
-
-
-class Metrics:
-    """Prometheus metrics in a registry of their own (one per app, so tests stay apart)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "starsrec_requests", "HTTP requests", ["route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "starsrec_request_seconds",
-            "request latency",
-            ["route"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
-            registry=self.registry,
-        )
-        self.index_size = Gauge(
-            "starsrec_index_items", "items in the index", registry=self.registry
-        )
-        self.events = Counter("starsrec_events_stored", "new events stored", registry=self.registry)
+    in_stock: StrictBool = True
 
 
 def create_app(
@@ -175,29 +166,24 @@ def create_app(
     api_key: str | None = None,
     protect_reads: bool = False,
     max_body_bytes: int = 1 << 20,
+    insecure_open_writes: bool = False,
 ) -> FastAPI:
     """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
-    app's lifespan (so importing or creating the app does no work).
+    app's lifespan (so importing or creating the app does no work); with both, `service`
+    is served and reloads read `artifact_dir`.
 
-    With an `api_key`, writes (events, items) need `Authorization: Bearer KEY`; reads too
-    when `protect_reads`. Bodies over `max_body_bytes` are refused with 413."""
-    if (artifact_dir is None) == (service is None):
-        raise ValueError("create_app needs exactly one of artifact_dir or service")
+    With an `api_key` (MIN_KEY_CHARS or more), writes (events, items, reload) need
+    `Authorization: Bearer KEY`; reads too when `protect_reads`. Without one, writes are
+    refused (403) unless `insecure_open_writes` opens them to anyone, with a warning at
+    start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413."""
+    if artifact_dir is None and service is None:
+        raise ValueError("create_app needs an artifact_dir or a service")
     metrics = Metrics()
 
+    access = Access(api_key, protect_reads, insecure_open_writes)
+
     def authorised(request: Request, write: bool) -> None:
-        if api_key is None or not (write or protect_reads):
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        # Constant-time comparison: response timing must not reveal how much of a guess
-        # matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise RequestError(
-                "authorization",
-                "authorization: send the API key as 'Authorization: Bearer KEY'",
-                status=401,
-            )
+        access.check(request.headers, write)
 
     async def writer(request: Request) -> None:
         authorised(request, write=True)
@@ -248,13 +234,16 @@ def create_app(
             assert artifact_dir is not None  # checked above: exactly one of the two is given
             state["service"] = RecommendationService.load(artifact_dir, config)
         logger.info("serving %s items", state["service"].index.size)
+        access.announce()
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
         yield
         hangup()
         if service is None:  # the app closes only what it opened
             state["service"].store.close()
 
-    app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds their Location from the Host header, so
+    # any client could make the server point a browser elsewhere.
+    app = FastAPI(title="starsrec", version=__version__, lifespan=lifespan, redirect_slashes=False)
 
     def key_before_body(scope: Scope) -> None:
         """The matched route's key check, run by BodyGuard before the body is read."""
@@ -299,6 +288,20 @@ def create_app(
         metrics.events.inc(stored)
         return {"received": len(events), "stored": stored}
 
+    @app.delete("/v1/users/{user_id}/events", dependencies=[Depends(writer)])
+    async def forget_user(user_id: str) -> dict:
+        forgotten = state["service"].forget(user_id)
+        browsers.clear()  # the explorer's user list and audiences held the memory
+        logger.info("forgot user %s: %d events", short(user_id), forgotten)
+        return {"user_id": user_id, "forgotten": forgotten}
+
+    # The same for any id: one holding "/" cannot be a path segment (%2F is decoded first).
+    @app.delete("/v1/events", dependencies=[Depends(writer)])
+    async def forget_user_by_query(
+        user_id: Annotated[str, Query(min_length=1, max_length=512)],
+    ) -> dict:
+        return await forget_user(user_id)
+
     @app.post("/v1/recommend", dependencies=[Depends(reader)])
     async def recommend(body: RecommendIn) -> dict:
         svc = state["service"]
@@ -334,6 +337,14 @@ def create_app(
         results = state["service"].similar(item_id, k)
         return {"items": [dataclasses.asdict(r) for r in results]}
 
+    # The same for any id: one holding "/" cannot be a path segment (%2F is decoded first).
+    @app.get("/v1/items/similar", dependencies=[Depends(reader)])
+    async def similar_by_query(
+        item_id: Annotated[str, Query(min_length=1, max_length=512)],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+    ) -> dict:
+        return await similar(item_id, k)
+
     @app.put("/v1/items", dependencies=[Depends(writer)])
     async def put_items(body: ProductIn | Batch[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
@@ -353,7 +364,10 @@ def create_app(
         except RequestError:
             raise
         except (ValueError, OSError) as error:  # ArtifactError, an old index format, ...
-            message = f"reload refused, still serving the previous artifact: {error}"
+            logger.warning("reload refused, still serving the previous artifact: %s", error)
+            # The answer names the files by their place in the artifact, not on the server.
+            reason = without_paths(str(error), Path(artifact_dir or "."))
+            message = f"reload refused, still serving the previous artifact: {reason}"
             raise RequestError("artifact", message, 409) from error
         took = round(time.perf_counter() - started, 3)
         return {"status": "reloaded", "items": fresh.index.size, "took_s": took}
@@ -363,6 +377,8 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> dict:
         svc = state["service"]
+        if protect_reads:  # liveness only: the sizes are data the key protects
+            return {"status": "ok"}
         return {"status": "ok", "items": svc.index.size, "events": svc.store.count()}
 
     @app.get("/metrics", dependencies=[Depends(reader)])

@@ -125,7 +125,7 @@ class CatalogueBrowser:
         A 404 RequestError for an id with neither stored events nor a long-term memory."""
         service, items = self.service, self.service.items
         at = time.time() if at is None else float(at)
-        stored = service.store.recent(user_id, service.config.history_limit)
+        stored = service.store.recent(user_id, service.config.history_limit, at)
         history = [e for e in stored if e.timestamp <= at and e.item_id in items.row_of]
         known = user_id in service.memories
         if not history and not stored and not known:

@@ -10,6 +10,7 @@ helpers that keep error answers and log lines small and JSON-safe whatever the i
     validation_errors  a 422 body: the first few problems, each input cut short, a count
     encodable          a pydantic validator: text that UTF-8 can encode (no lone surrogates)
     short              text for a log line: escaped, truncated
+    without_paths      an error message for a client: no absolute paths of the server
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -168,6 +171,21 @@ def short(text: object, limit: int = LOG_CHARS) -> str:
     if len(escaped) <= limit:
         return escaped
     return f"{escaped[:limit]}...(+{len(escaped) - limit} chars)"
+
+
+# The directories of an absolute path: "/" then names, each ending in "/" (not after a word,
+# so "a/b" and URLs' "//" are left alone).
+_DIRECTORIES = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`():]+/)+")
+
+
+def without_paths(text: str, root: Path) -> str:
+    """`text` with the directory `root` (in any spelling: as given, absolute, resolved)
+    written as ARTIFACT and every other absolute path cut to its file name: a client learns
+    what failed, not where the server keeps its files."""
+    spellings = {str(root), str(root.absolute()), str(root.resolve())} - {"", "."}
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling, "ARTIFACT")
+    return _DIRECTORIES.sub("", text)
 
 
 def _echo_text(text: str) -> str:

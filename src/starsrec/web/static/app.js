@@ -355,9 +355,11 @@ async function addProduct(event) {
 }
 
 function christmasWeek() {
-  // The year of the shopper's latest event when there is one (datasets are historical).
+  // The year of the shopper's latest event when there is one (datasets are historical),
+  // and never a future one: the server refuses times over a day ahead of its clock.
   const last = state.lastTimestamp;
-  const year = last ? new Date(last * 1000).getUTCFullYear() : new Date().getUTCFullYear();
+  let year = last ? new Date(last * 1000).getUTCFullYear() : new Date().getUTCFullYear();
+  if (Date.UTC(year, 11, 18, 12) > Date.now()) year -= 1;
   setDate(`${year}-12-18`);
 }
 
@@ -372,6 +374,8 @@ async function start() {
     clearTimeout(typing);
     typing = setTimeout(() => searchUsers().catch((e) => say(e.message, true)), 150);
   });
+  // The server refuses times over a day ahead of its clock: no later day can be picked.
+  $("context-date").max = new Date().toISOString().slice(0, 10);
   $("context-date").addEventListener("change", (event) => setDate(event.target.value));
   $("date-now").addEventListener("click", () => setDate(null));
   $("date-christmas").addEventListener("click", christmasWeek);
