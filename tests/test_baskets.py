@@ -256,7 +256,7 @@ def test_last_baskets_on_a_relative_time_log() -> None:
     dataset, log, catalogue = make_log(RELATIVE_ROWS)
     split = last_baskets(log, catalogue, key=dataset.events["order_id"].to_numpy())
     assert_no_leak(split)
-    assert split.protocol == "next-basket"
+    assert split.protocol == "last-basket"
     assert described(split, split.validation, split.validation_targets) == [
         ("u_a", ["i1"], ["i1", "i2", "i2", "i3"]),
         ("u_b", ["i6"], ["i5"]),

@@ -30,7 +30,8 @@ import pandas as pd
 
 from starsrec.data.interactions import Catalogue, EventLog, Queries, to_seconds
 
-NEXT_BASKET = "next-basket"  # the protocol name of both splits here (issue 17)
+NEXT_BASKET = "next-basket"  # the protocol names of the two splits here (issue 17)
+LAST_BASKET = "last-basket"
 
 
 def basket_ids(log: EventLog, key: np.ndarray | None = None) -> np.ndarray:
@@ -264,7 +265,7 @@ def last_baskets(log: EventLog, catalogue: Catalogue, key: np.ndarray | None = N
     test, test_targets = _slice(log, basket, baskets, last[evaluated])
     nobody, no_targets = _slice(log, basket, baskets, np.empty(0, dtype=np.int64))
     return BasketSplit(
-        protocol=NEXT_BASKET,
+        protocol=LAST_BASKET,
         catalogue=catalogue,
         log=log,
         basket=basket,

@@ -11,19 +11,23 @@ only ever learn from `train`. Both are deterministic: no randomness is involved.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from starsrec.data.baskets import NEXT_BASKET, BasketSplit, last_baskets, next_basket
+from starsrec.data.baskets import (
+    LAST_BASKET,
+    NEXT_BASKET,
+    BasketSplit,
+    last_baskets,
+    next_basket,
+)
 from starsrec.data.dataset import Dataset
 from starsrec.data.interactions import Catalogue, EventLog, Queries, to_seconds
 
 LEAVE_ONE_OUT = "leave-one-out"
 TEMPORAL = "temporal"
-LAST_BASKET = "last-basket"
 PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL, NEXT_BASKET, LAST_BASKET)
 # An events column that names each row's basket or session (else baskets are the rows of
 # one user sharing a timestamp: see starsrec.data.baskets).
@@ -71,8 +75,7 @@ def split_dataset(
     if protocol == LEAVE_ONE_OUT:
         return leave_one_out(log, catalogue)
     if protocol == LAST_BASKET:
-        split = last_baskets(log, catalogue, basket_key(dataset))
-        return dataclasses.replace(split, protocol=LAST_BASKET)
+        return last_baskets(log, catalogue, basket_key(dataset))
     if protocol in (TEMPORAL, NEXT_BASKET):
         cuts = dataset.temporal_cuts
         validation_cut = validation_cut or (cuts.validation if cuts else None)
