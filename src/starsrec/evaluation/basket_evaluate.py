@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from starsrec.data.interactions import EventLog, Queries
 from starsrec.evaluation.baskets import CUTOFFS, basket_metrics, mean_metrics
-from starsrec.evaluation.evaluate import HEAD_SHARE, EvaluationConfig
+from starsrec.evaluation.evaluate import EvaluationConfig, item_kinds
 from starsrec.recommender import Filters, Recommender, apply_filters
 
 logger = logging.getLogger(__name__)
@@ -109,12 +109,7 @@ def _target_masks(
 ) -> dict[str, np.ndarray]:
     """(T,) bool over all targets, per target slice (see the module doc)."""
     offsets, items = targets
-    popularity = np.bincount(train.item[train.is_target], minlength=n_items)
-    seen_items = np.flatnonzero(popularity > 0)
-    n_head = int(np.ceil(HEAD_SHARE * len(seen_items)))
-    head = np.zeros(n_items, dtype=bool)
-    head[seen_items[np.argsort(-popularity[seen_items], kind="stable")[:n_head]]] = True
-    in_train = np.bincount(train.item, minlength=n_items) > 0
+    head, in_train = item_kinds(train, n_items)
     query_of_target = np.repeat(np.arange(len(queries)), np.diff(offsets))
     query, rows = queries.flat_history()
     had = set(zip(query.tolist(), queries.log.item[rows].tolist(), strict=True))

@@ -88,14 +88,8 @@ def slice_masks(
     queries: Queries, targets: np.ndarray, train: EventLog, n_items: int
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Boolean masks over queries for each slice, and the thresholds that defined them."""
-    popularity = np.bincount(train.item[train.is_target], minlength=n_items)
-    seen_items = np.flatnonzero(popularity > 0)
-    n_head = int(np.ceil(HEAD_SHARE * len(seen_items)))
-    # Stable order by descending count, ties by index, so the head set is deterministic.
-    head_items = seen_items[np.argsort(-popularity[seen_items], kind="stable")[:n_head]]
-    is_head = np.zeros(n_items, dtype=bool)
-    is_head[head_items] = True
-    in_train = np.bincount(train.item, minlength=n_items) > 0
+    is_head, in_train = item_kinds(train, n_items)
+    n_head = int(is_head.sum())
 
     query, rows = queries.flat_history()
     repeat = np.zeros(len(queries), dtype=bool)
@@ -116,6 +110,19 @@ def slice_masks(
         "long_history": lengths > median,
     }
     return masks, {"history_median": median, "head_items": float(n_head)}
+
+
+def item_kinds(train: EventLog, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) bool each: the head (the top `HEAD_SHARE` of items with training target events,
+    by count) and the items with any training event (the rest are cold)."""
+    popularity = np.bincount(train.item[train.is_target], minlength=n_items)
+    seen_items = np.flatnonzero(popularity > 0)
+    n_head = int(np.ceil(HEAD_SHARE * len(seen_items)))
+    # Stable order by descending count, ties by index, so the head set is deterministic.
+    head_items = seen_items[np.argsort(-popularity[seen_items], kind="stable")[:n_head]]
+    is_head = np.zeros(n_items, dtype=bool)
+    is_head[head_items] = True
+    return is_head, np.bincount(train.item, minlength=n_items) > 0
 
 
 def _slices(
