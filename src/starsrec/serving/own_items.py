@@ -8,9 +8,12 @@ with the index's best others.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from starsrec.serving.store import Event
 from starsrec.stars.batch import slot_of
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import request_counts
@@ -21,11 +24,15 @@ def own_item_scores(
     model: STARS,
     vectors: np.ndarray,  # (N, D + 1 + n_classes) the index rows [e_i, b_i, onehot(class(i))]
     query: np.ndarray,  # (D + 1 + n_classes) the request's retrieval query
-    rows: np.ndarray,  # (H,) item rows of the request's history, oldest first
-    stamps: np.ndarray,  # (H,) their unix times
+    history: Sequence[Event],  # the request's events, oldest first
+    rows: np.ndarray,  # (H,) their item rows
     at: float,  # the request time
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(S,) the distinct rows of the history and (S,) float32 their full served scores."""
+    """(S,) the distinct rows of the history and (S,) float32 their full served scores;
+    none without a history or with the repeat score switched off."""
+    if not len(rows) or not model.config.use_repeat_score:
+        return rows[:0], np.empty(0, dtype=np.float32)
+    stamps = np.array([e.timestamp for e in history], dtype=np.float64)
     seen, counts, age, sessions = request_counts(rows, stamps, at, model.config.session_gap_minutes)
     dim = model.config.dim
     own = vectors[seen]

@@ -104,10 +104,8 @@ class ServedRecommender(Recommender):
             history, rows = service.history(None, events, at)
             query = service.query_vectors(None, history, rows, at)[0]
             scores[q] = inner_scores(query[None], vectors)[0]
-            if len(rows) and service.model.config.use_repeat_score:
-                stamps = np.array([e.timestamp for e in history], dtype=np.float64)
-                seen, exact = own_item_scores(service.model, vectors, query, rows, stamps, at)
-                scores[q, seen] = exact
+            seen, exact = own_item_scores(service.model, vectors, query, history, rows, at)
+            scores[q, seen] = exact
         return scores
 
     def recommend(

@@ -324,9 +324,8 @@ class RecommendationService:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score the user's own items exactly (`own_item_scores`) and merge them in; the
         index's `found` are never the user's own items (see recommend)."""
-        if len(rows) and self.model.config.use_repeat_score:
-            stamps = np.array([e.timestamp for e in history], dtype=np.float64)
-            seen, exact = own_item_scores(self.model, self.index.vectors, query, rows, stamps, at)
+        seen, exact = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
+        if len(seen):
             keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
             own = (seen[keep][None], exact[keep][None])
             (found,), (scores,) = merge_top_k((found[None], scores[None]), own, k)
