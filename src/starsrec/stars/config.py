@@ -60,13 +60,14 @@ MOVED_TO_CALIBRATION = {
 }
 
 
-def model_config(fields: dict) -> ModelConfig:
-    """A `ModelConfig` from config.json's fields, retired ones checked and dropped (pop the
-    `MOVED_TO_CALIBRATION` ones first)."""
+def model_config(fields: dict) -> tuple[ModelConfig, dict]:
+    """A `ModelConfig` from config.json's fields, retired ones checked and dropped, and the
+    `MOVED_TO_CALIBRATION` ones found there, under their `CalibrationConfig` names."""
     fields = dict(fields)
     for name, served in RETIRED_FIELDS.items():
         if name in fields and fields.pop(name) != served:
             raise ValueError(
                 f"{name}={not served} is no longer supported: retrain with starsrec train"
             )
-    return ModelConfig(**fields)
+    moved = {new: fields.pop(old) for old, new in MOVED_TO_CALIBRATION.items() if old in fields}
+    return ModelConfig(**fields), moved

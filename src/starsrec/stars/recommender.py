@@ -46,7 +46,7 @@ from starsrec.stars.calibration import (
     new_item_log_odds,
     new_item_offset,
 )
-from starsrec.stars.config import MOVED_TO_CALIBRATION, ModelConfig, model_config
+from starsrec.stars.config import ModelConfig, model_config
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import history_counts
 from starsrec.stars.sequences import featurize, query_windows
@@ -87,16 +87,13 @@ class StarsConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # from config.json, maybe with retired fields
-            fields = dict(self.model)
-            moved = {
-                new: fields.pop(old) for old, new in MOVED_TO_CALIBRATION.items() if old in fields
-            }
+            model, moved = model_config(self.model)
+            object.__setattr__(self, "model", model)
             if moved:
                 calibration = self.calibration
                 if isinstance(calibration, dict):
                     calibration = CalibrationConfig(**calibration)
                 object.__setattr__(self, "calibration", dataclasses.replace(calibration, **moved))
-            object.__setattr__(self, "model", model_config(fields))
         rebuild_nested_configs(self)
 
 
