@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.dataset import Dataset, EventType
 from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.validation import validate
-from starsrec.evaluation.basket_evaluate import evaluate_baskets
+from starsrec.evaluation.basket_evaluate import evaluate_baskets, validation_metric
 from starsrec.evaluation.baskets import basket_metrics, csr_targets, mean_metrics
 from starsrec.evaluation.evaluate import EvaluationConfig
 from starsrec.recommender import TrainingData
@@ -89,3 +90,35 @@ def test_target_lists_must_match_the_queries(world) -> None:
     model, queries, targets, train = world
     with pytest.raises(ValueError, match="4 queries but 3 target lists"):
         evaluate_baskets(model, queries, (targets[0][:-1], targets[1]), train)
+
+
+def test_validation_metric_is_the_evaluators_mean(world) -> None:
+    """What models choose by is exactly the evaluated metric, for any metric name."""
+    model, queries, targets, train = world
+    result = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))
+    for metric in ("ndcg@10", "recall@5", "hit@20"):
+        chosen = validation_metric(model, queries, targets, exclude_seen=False, metric=metric)
+        assert chosen == pytest.approx(result["metrics"][metric])
+    with pytest.raises(ValueError, match="ndcg@10"):
+        validation_metric(model, queries, targets, exclude_seen=False, metric="ndcg")
+
+
+def test_basket_targets_single_and_take() -> None:
+    single = BasketTargets.single(np.array([4, 2, 7]))
+    assert single.sizes.tolist() == [1, 1, 1] and single.items.tolist() == [4, 2, 7]
+    offsets, items = csr_targets([idx("ca"), idx("d"), idx("lab")])
+    taken = BasketTargets(offsets, items).take(np.array([2, 0]))
+    assert [taken.of(q).tolist() for q in range(2)] == [idx("lab"), idx("ca")]
+
+
+def test_training_data_refuses_validation_without_matching_targets(world) -> None:
+    model, queries, _, train = world
+    with pytest.raises(ValueError, match="come together"):
+        TrainingData(train, model.catalogue, validation=queries)
+    with pytest.raises(ValueError, match="4 validation queries but 3 target sets"):
+        TrainingData(
+            train,
+            model.catalogue,
+            validation=queries,
+            validation_targets=BasketTargets.single(np.arange(3)),
+        )

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from starsrec.baselines.lambdamart import LambdaMARTRecommender
+from starsrec.baselines.ranking_features import LambdaMARTConfig
 from starsrec.data.baskets import BasketSplit
 from starsrec.data.splits import LAST_BASKET, NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
@@ -26,9 +28,9 @@ def test_split_dataset_gives_basket_splits(dataset, protocol) -> None:
     assert isinstance(split, BasketSplit) and split.protocol == protocol
     assert len(split.test) > 0 and len(split.test_targets.offsets) == len(split.test) + 1
     data = training_data(dataset, split, exclude_seen=True)
-    # single-target validation: one query per validation basket item
-    assert len(data.validation) == len(split.validation_targets.items)
-    assert (data.validation.end <= split.validation.end.max()).all()
+    # validation shaped like the test: whole baskets
+    assert data.validation is split.validation
+    assert data.validation_targets is split.validation_targets
 
 
 def test_a_basket_column_separates_baskets_that_share_a_timestamp(dataset) -> None:
@@ -59,3 +61,24 @@ def test_run_models_reports_paired_differences(dataset, tmp_path) -> None:
     per_query = pd.read_parquet(tmp_path / "per_query.parquet")
     assert len(per_query) == 3 * records[0]["queries"]
     assert "per_query" not in json.loads((tmp_path / "results.json").read_text())[0]
+
+
+def test_lambdamart_learns_from_whole_validation_baskets(dataset) -> None:
+    """Under a basket protocol every item of a validation basket is a positive of its group
+    (what full strength means there), not one query per item."""
+    events = dataset.events.copy()
+    # One event a day in the toy world: a basket per three days gives baskets of 3.
+    events["timestamp"] = pd.to_datetime(events["timestamp"]).dt.floor("3D")
+    dataset = type(dataset)(**{**vars(dataset), "events": events})
+    split = split_dataset(dataset, NEXT_BASKET)
+    data = training_data(dataset, split, exclude_seen=False)
+    model = LambdaMARTRecommender(LambdaMARTConfig(n_estimators=5)).fit(data)
+    generators = model.generators
+    assert generators is not None
+    queries, targets = data.validation, data.validation_targets
+    _, labels, sizes = model._groups(generators, queries, targets)
+    positives = np.add.reduceat(labels, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    query, item, _ = generators.candidates_and_features(queries)
+    expected = [np.isin(item[query == q], targets.of(q)).sum() for q in range(len(queries))]
+    assert positives.tolist() == [n for n in expected if n > 0]
+    assert positives.max() > 1  # some groups have several positives

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.calendar import CalendarEvents
 from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
@@ -93,7 +94,8 @@ def test_calibrate_new_items_moves_the_bias_of_new_items_only() -> None:
     model = recommender.model
     before = model.item_biases().detach().numpy().copy()
 
-    recommender.calibrate_new_items(split.validation, split.validation_target, exclude_seen=False)
+    targets = BasketTargets.single(split.validation_target)
+    recommender.calibrate_new_items(split.validation, targets, exclude_seen=False)
 
     moved = model.item_biases().detach().numpy() - before
     assert moved[warm] == pytest.approx(0.0)

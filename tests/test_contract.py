@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from starsrec.baselines import BASELINES
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.dataset import Dataset
 from starsrec.data.interactions import Queries
 from starsrec.data.splits import Split, split_dataset
@@ -82,7 +83,7 @@ def world() -> World:
         split.catalogue,
         country=dataset.country,
         validation=split.validation,
-        validation_target=split.validation_target,
+        validation_targets=BasketTargets.single(split.validation_target),
     )
     return World(dataset, split, data)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.files import CONFIG_FILE, ITEMS_FILE, META_FILE, STATE_FILE
 from starsrec.data.integrity import (
     CHECKSUMS_KEY,
@@ -39,14 +40,26 @@ ARTIFACT_FORMAT = 1
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What `fit` gets: training events, the catalogue, and optional validation targets."""
+    """What `fit` gets: training events, the catalogue, and optional validation queries.
+
+    validation_targets: each validation query's distinct target items (one per query under
+    the single-target protocols, a whole basket under the basket ones); what models choose
+    on (early stopping, tree counts, calibration), always with the test protocol's shape.
+    """
 
     train: EventLog
     catalogue: Catalogue
     country: str | None = None
     allow_repeats: bool = True
     validation: Queries | None = None
-    validation_target: np.ndarray | None = None
+    validation_targets: BasketTargets | None = None
+
+    def __post_init__(self) -> None:
+        if (self.validation is None) != (self.validation_targets is None):
+            raise ValueError("validation and validation_targets come together (or neither)")
+        given = len(self.validation_targets.offsets) - 1 if self.validation_targets else 0
+        if self.validation is not None and given != len(self.validation):
+            raise ValueError(f"{len(self.validation)} validation queries but {given} target sets")
 
 
 @dataclass(frozen=True)

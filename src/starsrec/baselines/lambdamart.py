@@ -23,6 +23,7 @@ import numpy as np
 
 from starsrec.baselines.popularity import with_fallback
 from starsrec.baselines.ranking_features import FeatureGenerators, LambdaMARTConfig
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.files import BOOSTER_FILE, CONTEXT_FILE
 from starsrec.data.integrity import write_atomic, write_json_atomic
 from starsrec.data.interactions import EventLog, Queries
@@ -44,20 +45,20 @@ class LambdaMARTRecommender(Recommender):
 
     def _fit(self, data: TrainingData) -> None:
         config = self.config
-        labelled, label_target, before = _holdout(data.train, config)
+        labelled, label_targets, before = _holdout(data.train, config)
         history_only = replace(data, train=data.train.select(before))
-        parts = [self._groups(FeatureGenerators.fit(config, history_only), labelled, label_target)]
+        parts = [self._groups(FeatureGenerators.fit(config, history_only), labelled, label_targets)]
         self.generators = FeatureGenerators.fit(config, data)
         stopping = None
         if data.validation is not None and len(data.validation):
             # Validation queries come from the evaluation protocol itself (e.g. the first
             # item of a new basket), which the in-train holdout only approximates. Half of
             # them (alternating) become training groups, the other half drive early stopping.
-            learn = np.arange(len(data.validation)) % 2 == 0
-            targets = data.validation_target
-            assert targets is not None  # given with the validation queries
-            parts.append(self._groups(self.generators, data.validation[learn], targets[learn]))
-            stopping = self._groups(self.generators, data.validation[~learn], targets[~learn])
+            assert data.validation_targets is not None  # given with the validation queries
+            queries, targets = data.validation, data.validation_targets
+            learn, held = np.arange(0, len(queries), 2), np.arange(1, len(queries), 2)
+            parts.append(self._groups(self.generators, queries[learn], targets.take(learn)))
+            stopping = self._groups(self.generators, queries[held], targets.take(held))
         features, labels, groups = _stack(parts)
         train_set = lightgbm.Dataset(features, label=labels, group=groups)
         valid_sets = None
@@ -96,14 +97,18 @@ class LambdaMARTRecommender(Recommender):
         )
 
     def _groups(
-        self, generators: FeatureGenerators, queries: Queries, targets: np.ndarray
+        self, generators: FeatureGenerators, queries: Queries, targets: BasketTargets
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(features, labels, group sizes): candidates labelled 1 for the target, grouped
-        by query; groups whose target is not a candidate are dropped (no gradient)."""
+        """(features, labels, group sizes): candidates labelled 1 when in the query's
+        target set (a whole basket under the basket protocols), grouped by query; groups
+        without a target among their candidates are dropped (no gradient)."""
+        n_items = max(self._fitted_catalogue().size, 1)
+        owner = np.repeat(np.arange(len(queries)), targets.sizes)
+        wanted = owner * n_items + targets.items  # (query, target item) pairs as one key
         parts = []
         for part in self._chunks(queries):
             query, item, x = generators.candidates_and_features(queries[part])
-            label = (item == targets[part][query]).astype(np.float32)
+            label = np.isin((query + part.start) * n_items + item, wanted).astype(np.float32)
             sizes = np.bincount(query, minlength=part.stop - part.start)
             has_positive = np.bincount(query, weights=label, minlength=len(sizes)) > 0
             keep = has_positive[query]
@@ -169,7 +174,7 @@ def _stack(
     return np.concatenate(features), np.concatenate(labels), np.concatenate(groups)
 
 
-def _holdout(log: EventLog, config: LambdaMARTConfig) -> tuple[Queries, np.ndarray, np.ndarray]:
+def _holdout(log: EventLog, config: LambdaMARTConfig) -> tuple[Queries, BasketTargets, np.ndarray]:
     """Labelled queries from the training events themselves, and the mask of events
     before every held-out one (what the feature generators may see).
 
@@ -204,4 +209,4 @@ def _holdout(log: EventLog, config: LambdaMARTConfig) -> tuple[Queries, np.ndarr
     before = np.arange(log.size) < first_held[log.user]
     held_users = log.user[held_rows]
     queries = Queries(log, log.offsets[held_users], held_rows, log.timestamp[held_rows], held_users)
-    return queries, log.item[held_rows], before
+    return queries, BasketTargets.single(log.item[held_rows]), before

@@ -76,9 +76,23 @@ class BasketTargets(NamedTuple):
     offsets: np.ndarray  # (Q + 1,) int64
     items: np.ndarray  # (T,) int64 item index
 
+    @classmethod
+    def single(cls, items: np.ndarray) -> BasketTargets:
+        """One target per query: (Q,) item indices as a target set each."""
+        items = np.asarray(items, dtype=np.int64)
+        return cls(np.arange(len(items) + 1, dtype=np.int64), items)
+
     def of(self, q: int) -> np.ndarray:
         """(|T_q|,) the target items of query q."""
         return self.items[self.offsets[q] : self.offsets[q + 1]]
+
+    def take(self, rows: np.ndarray) -> BasketTargets:
+        """The target sets of queries `rows` ((R,) int), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        sizes = self.sizes[rows]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        starts = np.repeat(self.offsets[rows] - offsets[:-1], sizes)
+        return BasketTargets(offsets, self.items[starts + np.arange(offsets[-1])])
 
     @property
     def sizes(self) -> np.ndarray:
@@ -285,11 +299,3 @@ def last_baskets(log: EventLog, catalogue: Catalogue, key: np.ndarray | None = N
             "targets = the basket's distinct target items"
         ),
     )
-
-
-def one_query_per_target(queries: Queries, targets: BasketTargets) -> tuple[Queries, np.ndarray]:
-    """Each basket query repeated once per target item, with that item as its single target:
-    what models that choose on single-target validation (early stopping, tree counts) fit on
-    under a basket protocol. ((sum of basket sizes) queries, their (T,) target items)."""
-    repeat = np.repeat(np.arange(len(queries)), np.diff(targets.offsets))
-    return queries[repeat], np.asarray(targets.items, dtype=np.int64)

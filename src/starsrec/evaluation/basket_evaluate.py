@@ -18,6 +18,7 @@ Slices, by what makes a basket hard:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -46,17 +47,9 @@ def evaluate_baskets(
     offsets, _ = targets
     if len(offsets) != len(queries) + 1:
         raise ValueError(f"{len(queries)} queries but {len(offsets) - 1} target lists")
-    catalogue = model._fitted_catalogue()
-    n_items = catalogue.size
-    chunk = max(1, config.max_scores // max(n_items, 1))
-    masks = _target_masks(queries, targets, train, n_items)
+    masks = _target_masks(queries, targets, train, model._fitted_catalogue().size)
     per_query: dict[str, list[np.ndarray]] = {}
-    filters = Filters(exclude_seen=config.exclude_seen)
-    starts = range(0, len(queries), chunk)
-    for lo in tqdm(starts, desc=f"evaluate {model.name}", disable=not config.progress):
-        hi = min(lo + chunk, len(queries))
-        scores = model.score(queries[lo:hi]).astype(np.float32, copy=True)
-        apply_filters(scores, queries[lo:hi], catalogue, filters)
+    for lo, hi, scores in _scored(model, queries, config):
         part = _part(targets, lo, hi)
         for name, value in basket_metrics(scores, part).items():
             per_query.setdefault(name, []).append(value)
@@ -86,6 +79,42 @@ def evaluate_baskets(
         len(queries),
     )
     return result
+
+
+def validation_metric(
+    model: Recommender,
+    queries: Queries,
+    targets: Targets,
+    exclude_seen: bool,
+    metric: str = "ndcg@10",
+) -> float:
+    """The mean `metric` (e.g. "ndcg@10", "recall@20") of `model` over `queries` with their
+    CSR target sets: the one number early stopping, tree counts and calibration choose by,
+    ranked exactly as the evaluator ranks (same filters, same tie rule)."""
+    name, _, k = metric.partition("@")
+    if name not in ("recall", "ndcg", "hit", "mrr") or not k.isdigit():
+        raise ValueError(f"metric must look like 'ndcg@10', got {metric!r}")
+    config = EvaluationConfig(exclude_seen=exclude_seen, progress=False)
+    values = [
+        basket_metrics(scores, _part(targets, lo, hi), ks=(int(k),))[metric]
+        for lo, hi, scores in _scored(model, queries, config)
+    ]
+    return float(np.concatenate(values).mean()) if values else float("nan")
+
+
+def _scored(
+    model: Recommender, queries: Queries, config: EvaluationConfig
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(lo, hi, (hi - lo, N) float32 filtered scores) for chunks of `queries`."""
+    catalogue = model._fitted_catalogue()
+    chunk = max(1, config.max_scores // max(catalogue.size, 1))
+    filters = Filters(exclude_seen=config.exclude_seen)
+    starts = range(0, len(queries), chunk)
+    for lo in tqdm(starts, desc=f"evaluate {model.name}", disable=not config.progress):
+        hi = min(lo + chunk, len(queries))
+        scores = model.score(queries[lo:hi]).astype(np.float32, copy=True)
+        apply_filters(scores, queries[lo:hi], catalogue, filters)
+        yield lo, hi, scores
 
 
 def _part(targets: Targets, lo: int, hi: int) -> Targets:

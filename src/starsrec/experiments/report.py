@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from starsrec.baselines import BASELINES
-from starsrec.data.baskets import BasketSplit, one_query_per_target
+from starsrec.data.baskets import BasketSplit, BasketTargets
 from starsrec.data.dataset import Dataset
 from starsrec.data.splits import Split, split_dataset
 from starsrec.evaluation.basket_evaluate import evaluate_baskets
@@ -104,19 +104,20 @@ def is_seeded(name: str) -> bool:
 
 
 def training_data(dataset: Dataset, split: Split | BasketSplit, exclude_seen: bool) -> TrainingData:
-    """What `fit` gets for a split of `dataset`. Under a basket protocol every model chooses
-    on single-target validation, each validation basket item as its own query."""
+    """What `fit` gets for a split of `dataset`: validation queries shaped like the test
+    ones (whole baskets under a basket protocol), so models choose on the task they are
+    measured on."""
     if isinstance(split, BasketSplit):
-        validation, target = one_query_per_target(split.validation, split.validation_targets)
+        targets = split.validation_targets
     else:
-        validation, target = split.validation, split.validation_target
+        targets = BasketTargets.single(split.validation_target)
     return TrainingData(
         train=split.train,
         catalogue=split.catalogue,
         country=dataset.country,
         allow_repeats=not exclude_seen,
-        validation=validation,
-        validation_target=target,
+        validation=split.validation,
+        validation_targets=targets,
     )
 
 

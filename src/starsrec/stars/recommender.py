@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.calendar import DAY, CalendarEvents
 from starsrec.data.files import CALENDAR_FILE
 from starsrec.data.integrity import ArtifactError, write_json_atomic
 from starsrec.data.interactions import Catalogue, Queries
-from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
+from starsrec.evaluation.basket_evaluate import validation_metric
 from starsrec.features.encoders import HashingEncoder, SentenceTransformerEncoder
 from starsrec.features.tags import default_tagger
 from starsrec.features.text import derive_subclasses, embed_items
@@ -171,15 +172,13 @@ class StarsRecommender(Recommender):
         self.model = self._build()
         validate = None
         if data.validation is not None and len(data.validation):
-            keep = slice(0, config.validation_queries)
-            assert data.validation_target is not None  # given with the validation queries
-            queries, targets = data.validation[keep], data.validation_target[keep]
-            quiet = EvaluationConfig(exclude_seen=not data.allow_repeats, progress=False)
+            assert data.validation_targets is not None  # given with the validation queries
+            keep = np.arange(min(config.validation_queries, len(data.validation)))
+            queries, targets = data.validation[keep], data.validation_targets.take(keep)
 
             def validate(model: STARS) -> float:
                 model.eval()
-                result = evaluate(self, queries, targets, data.train, quiet)
-                return result["metrics"]["ndcg@10"]
+                return validation_metric(self, queries, targets, not data.allow_repeats)
 
         self.training_state = train_model(
             self.model,
@@ -196,7 +195,7 @@ class StarsRecommender(Recommender):
     def calibrate(
         self,
         queries: Queries,
-        targets: np.ndarray,
+        targets: BasketTargets,
         validate: Callable[[STARS], float],
         allow_repeats: bool,
     ) -> None:
@@ -210,7 +209,7 @@ class StarsRecommender(Recommender):
 
     @torch.no_grad()
     def calibrate_new_items(
-        self, queries: Queries, targets: np.ndarray, exclude_seen: bool
+        self, queries: Queries, targets: BasketTargets, exclude_seen: bool
     ) -> None:
         """Move the new-item bias by the maximum-likelihood offset on validation
         (`calibration.new_item_offset`); unchanged when too few targets are new items."""
@@ -222,7 +221,9 @@ class StarsRecommender(Recommender):
             scores = self.score(part)
             apply_filters(scores, part, self._fitted_catalogue(), filters)
             log_odds.append(new_item_log_odds(scores, new_items))
-        offset = new_item_offset(np.concatenate(log_odds), new_items[targets])
+        # One observation per target item: a basket's query counts once per item in it.
+        per_target = np.repeat(np.concatenate(log_odds), targets.sizes)
+        offset = new_item_offset(per_target, new_items[targets.items])
         if offset is not None:
             self._fitted_model().new_item_bias.add_(offset)
 
