@@ -11,9 +11,8 @@ from starsrec.data.baskets import BasketTargets
 from starsrec.data.dataset import Dataset, EventType
 from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.validation import validate
-from starsrec.evaluation.basket_evaluate import evaluate_baskets, validation_metric
 from starsrec.evaluation.baskets import basket_metrics, csr_targets, mean_metrics
-from starsrec.evaluation.evaluate import EvaluationConfig
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate, validation_metric
 from starsrec.recommender import TrainingData
 from test_metrics import ITEMS, NextLetterConfig, NextLetterModel, idx
 
@@ -47,11 +46,12 @@ def world():
 
 def test_metrics_are_the_means_of_basket_metrics(world) -> None:
     model, queries, targets, train = world
-    result = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))
+    result = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
     expected = basket_metrics(model.score(queries), targets)
     for name, values in expected.items():
         np.testing.assert_allclose(result["per_query"][name], values)
-    assert result["metrics"] == pytest.approx(mean_metrics(expected))
+    # top 10s: a..j for three queries, l + a..i after k: 11 of 12 items
+    assert result["metrics"] == pytest.approx(mean_metrics(expected) | {"coverage@10": 11 / 12})
     # basket 0: c first (boosted), a second: recall@5 = 1 and ndcg@5 = 1 (both in the top 2)
     assert result["per_query"]["recall@5"][0] == 1.0
     assert result["per_query"]["ndcg@5"][0] == pytest.approx(1.0)
@@ -60,16 +60,14 @@ def test_metrics_are_the_means_of_basket_metrics(world) -> None:
 
 def test_target_slices(world) -> None:
     model, queries, targets, train = world
-    slices = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))[
-        "slices"
-    ]
+    slices = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))["slices"]
     # repeat targets: a in basket 0 (u had a, b). Explore: every query has at least one.
     assert slices["repeat"]["queries"] == 1 and slices["repeat"]["recall@5"] == 1.0
     assert slices["explore"]["queries"] == 4
     # cold targets (no training events): d, l (query 1), l (query 2)
     assert slices["cold"]["queries"] == 2
     # with exclude_seen the repeat target a of basket 0 cannot be found
-    seen = evaluate_baskets(
+    seen = evaluate(
         model, queries, targets, train, EvaluationConfig(exclude_seen=True, progress=False)
     )
     assert seen["slices"]["repeat"]["recall@20"] == 0.0
@@ -77,8 +75,8 @@ def test_target_slices(world) -> None:
 
 def test_chunks_change_nothing(world) -> None:
     model, queries, targets, train = world
-    whole = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))
-    chunked = evaluate_baskets(
+    whole = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
+    chunked = evaluate(
         model, queries, targets, train, EvaluationConfig(max_scores=len(ITEMS), progress=False)
     )
     for name, values in whole["per_query"].items():
@@ -89,13 +87,13 @@ def test_chunks_change_nothing(world) -> None:
 def test_target_lists_must_match_the_queries(world) -> None:
     model, queries, targets, train = world
     with pytest.raises(ValueError, match="4 queries but 3 target lists"):
-        evaluate_baskets(model, queries, (targets[0][:-1], targets[1]), train)
+        evaluate(model, queries, (targets[0][:-1], targets[1]), train)
 
 
 def test_validation_metric_is_the_evaluators_mean(world) -> None:
     """What models choose by is exactly the evaluated metric, for any metric name."""
     model, queries, targets, train = world
-    result = evaluate_baskets(model, queries, targets, train, EvaluationConfig(progress=False))
+    result = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
     for metric in ("ndcg@10", "recall@5", "hit@20"):
         chosen = validation_metric(model, queries, targets, exclude_seen=False, metric=metric)
         assert chosen == pytest.approx(result["metrics"][metric])

@@ -47,7 +47,7 @@ def test_prepare_then_evaluate(shop: Path, tmp_path: Path, capsys) -> None:
     assert [r["model"] for r in records] == ["popularity", "cooccurrence-knn"]
     for record in records:
         assert record["dataset"] == "shop" and record["protocol"] == "temporal"
-        assert set(record["metrics"]) >= {"hit@5", "ndcg@10", "mrr", "coverage@10"}
+        assert set(record["metrics"]) >= {"hit@5", "ndcg@10", "mrr@10", "coverage@10"}
         assert set(record["slices"]) >= {"cold", "long_tail", "repeat", "short_history"}
     report = (report_dir / "report.md").read_text()
     assert "| shop | temporal | cooccurrence-knn |" in report

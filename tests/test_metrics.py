@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from starsrec.data.baskets import BasketTargets
 from starsrec.data.dataset import Dataset, EventType
 from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.validation import validate
@@ -147,6 +148,9 @@ class NextLetterModel(Recommender):
         pass
 
 
+single = BasketTargets.single  # one target per query
+
+
 def idx(letters: str) -> list[int]:
     return [ITEMS.index(letter) for letter in letters]
 
@@ -191,62 +195,61 @@ def test_hand_model_ranks(tiny) -> None:
 
 def test_evaluate_metrics_by_hand(tiny) -> None:
     model, queries, targets, train = tiny
-    result = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
+    result = evaluate(model, queries, single(targets), train, EvaluationConfig(progress=False))
     assert result["queries"] == 5
     assert result["exclude_seen"] is False
     m = result["metrics"]
-    # ranks 0, 1, 3, 11, 6
-    assert m["hit@5"] == pytest.approx(3 / 5)
-    assert m["hit@10"] == pytest.approx(4 / 5)
+    # ranks 0, 1, 3, 11, 6; one target each, so recall@k = hit@k
+    assert m["hit@5"] == m["recall@5"] == pytest.approx(3 / 5)
+    assert m["hit@10"] == m["recall@10"] == pytest.approx(4 / 5)
     assert m["hit@20"] == pytest.approx(1.0)
     ndcg5 = 1 + 1 / math.log2(3) + 1 / math.log2(5)
     assert m["ndcg@5"] == pytest.approx(ndcg5 / 5)
     assert m["ndcg@10"] == pytest.approx((ndcg5 + 1 / 3) / 5)
     assert m["ndcg@20"] == pytest.approx((ndcg5 + 1 / 3 + 1 / math.log2(13)) / 5)
-    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 12 + 1 / 7) / 5)
+    assert m["mrr@5"] == pytest.approx((1 + 1 / 2 + 1 / 4) / 5)
+    assert m["mrr@20"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 12 + 1 / 7) / 5)
     # Every top 10 holds a..j except q3's, which holds k (boosted) instead of j: 11 of 12.
     assert m["coverage@10"] == pytest.approx(11 / 12)
+    # the per-query values behind paired intervals
+    assert result["per_query"]["hit@10"].tolist() == [1, 1, 1, 0, 1]
 
 
 def test_evaluate_slices_by_hand(tiny) -> None:
     model, queries, targets, train = tiny
-    slices = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))["slices"]
+    config = EvaluationConfig(progress=False)
+    slices = evaluate(model, queries, single(targets), train, config)["slices"]
     counts = {name: s["queries"] for name, s in slices.items() if name != "thresholds"}
     assert counts == {
-        "cold": 1,
-        "warm": 4,
-        "long_tail": 4,
-        "head": 1,
         "repeat": 1,
-        "new": 4,
+        "explore": 4,
+        "cold": 1,
+        "long_tail": 4,
         "short_history": 3,
         "long_history": 2,
     }
-    assert slices["thresholds"] == {"history_median": 2.0, "head_items": 1.0}
+    assert slices["thresholds"] == {"history_median": 2.0}
     # Slice metrics use the ranks of their own queries only.
-    assert slices["cold"]["mrr"] == pytest.approx(1 / 12)  # q3
-    assert slices["cold"]["hit@10"] == 0.0
-    assert slices["warm"]["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 7) / 4)  # q0 q1 q2 q4
-    assert slices["head"]["mrr"] == pytest.approx(1 / 2)  # q1
-    assert slices["long_tail"]["hit@5"] == pytest.approx(2 / 4)  # q0 q2 q3 q4
-    assert slices["repeat"]["mrr"] == pytest.approx(1 / 4)  # q2
-    assert slices["new"]["hit@10"] == pytest.approx(3 / 4)  # q0 q1 q3 q4
-    assert slices["short_history"]["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 12) / 3)  # q0 q1 q3
-    assert slices["long_history"]["mrr"] == pytest.approx((1 / 4 + 1 / 7) / 2)  # q2 q4
+    assert slices["cold"]["recall@20"] == 1.0 and slices["cold"]["recall@10"] == 0.0  # q3
+    assert slices["long_tail"]["recall@5"] == pytest.approx(2 / 4)  # q0 q2 q3 q4
+    assert slices["repeat"]["recall@5"] == 1.0  # q2
+    assert slices["explore"]["recall@10"] == pytest.approx(3 / 4)  # q0 q1 q3 q4
+    assert slices["short_history"]["mrr@20"] == pytest.approx((1 + 1 / 2 + 1 / 12) / 3)
+    assert slices["long_history"]["mrr@20"] == pytest.approx((1 / 4 + 1 / 7) / 2)  # q2 q4
 
 
 def test_evaluate_exclude_seen_by_hand(tiny) -> None:
     model, queries, targets, train = tiny
     config = EvaluationConfig(exclude_seen=True, progress=False)
-    result = evaluate(model, queries, targets, train, config)
+    result = evaluate(model, queries, single(targets), train, config)
     assert result["exclude_seen"] is True
-    # q0: a removed, b boosted -> 0. q1: d a -> 1. q2: the target c is seen, so -inf: below
-    # the 9 unseen items and after the seen a, b (ties by index) -> 11. q3: j removed -> 10.
-    # q4: a c d b removed: e f g -> 2.
-    expected = metrics_from_ranks(np.array([0, 1, 11, 10, 2]))
-    for name, value in expected.items():
-        assert result["metrics"][name] == pytest.approx(value), name
-    assert result["slices"]["repeat"]["mrr"] == pytest.approx(1 / 12)
+    # q0: a removed, b boosted -> 0. q1: d a -> 1. q2: the target c is seen, so filtered:
+    # never ranked. q3: j removed -> 10. q4: a c d b removed: e f g -> 2.
+    m = result["metrics"]
+    assert m["hit@5"] == pytest.approx(3 / 5)
+    assert m["hit@20"] == pytest.approx(4 / 5)
+    assert m["mrr@20"] == pytest.approx((1 + 1 / 2 + 1 / 11 + 1 / 3) / 5)
+    assert result["slices"]["repeat"]["recall@20"] == 0.0
 
 
 @pytest.mark.parametrize("max_scores", [1, 12, 30, 59])
@@ -255,25 +258,25 @@ def test_evaluate_chunking_matches_one_chunk(tiny, max_scores: int) -> None:
     model, queries, targets, train = tiny
     for exclude_seen in (False, True):
         whole = evaluate(
-            model, queries, targets, train, EvaluationConfig(exclude_seen, progress=False)
+            model, queries, single(targets), train, EvaluationConfig(exclude_seen, progress=False)
         )
         chunked = evaluate(
             model,
             queries,
-            targets,
+            single(targets),
             train,
             EvaluationConfig(exclude_seen, max_scores=max_scores, progress=False),
         )
-        assert chunked == whole
+        assert chunked["metrics"] == whole["metrics"] and chunked["slices"] == whole["slices"]
 
 
 def test_evaluate_rejects_mismatched_targets(tiny) -> None:
     model, queries, targets, train = tiny
-    with pytest.raises(ValueError, match="5 queries but 4 targets"):
-        evaluate(model, queries, targets[:4], train, EvaluationConfig(progress=False))
+    with pytest.raises(ValueError, match="5 queries but 4 target lists"):
+        evaluate(model, queries, single(targets[:4]), train, EvaluationConfig(progress=False))
 
 
 def test_evaluate_needs_a_fitted_model(tiny) -> None:
     _, queries, targets, train = tiny
     with pytest.raises(RuntimeError, match="not fitted"):
-        evaluate(NextLetterModel(NextLetterConfig()), queries, targets, train)
+        evaluate(NextLetterModel(NextLetterConfig()), queries, single(targets), train)

@@ -12,6 +12,7 @@ import pytest
 
 from starsrec.experiments.plots import (
     ablation_bars,
+    difference_bars,
     latency_cdf,
     markdown_images,
     metric_vs_k,
@@ -20,6 +21,16 @@ from starsrec.experiments.plots import (
 )
 from starsrec.experiments.report import make_model, markdown_table, write_report
 
+COMPARISON = {  # a `comparisons` row
+    "dataset": "toy",
+    "protocol": "temporal",
+    "baseline": "popularity",
+    "metric": "ndcg@10",
+    "mean_difference": 0.02,
+    "low": 0.01,
+    "high": 0.03,
+    "minimal_detectable_difference": 0.015,
+}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
 
@@ -40,9 +51,10 @@ def assert_png(path) -> None:
 def metrics(level: float) -> dict:
     result = {}
     for k in (5, 10, 20):
-        result[f"hit@{k}"] = min(1.0, level * k / 5)
+        result[f"hit@{k}"] = result[f"recall@{k}"] = min(1.0, level * k / 5)
         result[f"ndcg@{k}"] = level * (1 + k / 20) / 2
-    return result | {"mrr": level / 2, "coverage@10": 0.1}
+        result[f"mrr@{k}"] = level / 2
+    return result | {"coverage@10": 0.1}
 
 
 def record(model: str, seed: int, level: float, dataset="toy", protocol="temporal", **slices):
@@ -90,16 +102,19 @@ def test_each_plot_writes_a_png(records, tmp_path):
     assert_png(metric_vs_k(temporal, tmp_path / "k.png", "Hit@K and NDCG@K"))
     assert_png(slice_bars(temporal, tmp_path / "slices.png", "slices"))
     assert_png(ablation_bars(temporal, tmp_path / "ablations.png", "ablations"))
+    rows = [COMPARISON | {"model": "stars"}, COMPARISON | {"model": "lambdamart", "low": -0.03}]
+    assert_png(difference_bars(rows, tmp_path / "differences.png", "differences"))
     latencies = {"none": [1.0, 1.5, 2.0, 9.0] * 50, "10%": [2.0, 3.0] * 100, "1%": []}
     assert_png(latency_cdf(latencies, tmp_path / "deep" / "latency.png", "latency"))
 
 
 def test_write_figures_picks_what_applies(records, tmp_path):
-    paths = write_figures(records, tmp_path, "quality")
+    paths = write_figures(records, tmp_path, "quality", [COMPARISON | {"model": "stars"}])
     assert [p.name for p in paths] == [
         "quality-toy-temporal-metric-vs-k.png",
         "quality-toy-temporal-slices.png",
         "quality-toy-temporal-ablations.png",
+        "quality-toy-temporal-differences.png",
         "quality-toy-leave-one-out-metric-vs-k.png",
         "quality-toy-leave-one-out-slices.png",
     ]
@@ -121,7 +136,7 @@ def test_no_ablations_and_empty_slices_give_no_figure(tmp_path):
 def test_markdown_images_are_relative(tmp_path):
     path = tmp_path / "figures" / "q-toy-temporal-slices.png"
     assert markdown_images([path], tmp_path) == (
-        "![q-toy-temporal-slices: Hit@10 on the hard slices](figures/q-toy-temporal-slices.png)"
+        "![q-toy-temporal-slices: Recall@10 on the hard slices](figures/q-toy-temporal-slices.png)"
     )
 
 

@@ -5,8 +5,9 @@ A recommender is fitted on `TrainingData`, scores every catalogue item for a bat
 `Filters` (`recommend`), and saves to / loads from a directory of config JSON, safetensors
 and an item table: never pickles.
 
-Ties are broken by catalogue index everywhere (lower index first), so `recommend`, the
-evaluator's ranks and every run agree exactly.
+`recommend` breaks ties by catalogue index (lower index first), so every run returns the
+same list; the evaluator instead scores a tied block by its expected rank
+(`starsrec.evaluation.baskets`), so no model gains from where its ties happen to fall.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """PNG figures for the evaluation and benchmark reports (matplotlib, Agg, no display).
 
 Records are those of `starsrec.experiments.report` ({"dataset", "protocol", "model", "seed",
-"metrics", "slices", ...}). `write_figures` draws, per (dataset, protocol): Hit@K and NDCG@K
-against K, Hit@10 on the hard slices, and the STARS ablations when there are any;
+"metrics", "slices", ...}). `write_figures` draws, per (dataset, protocol): Recall@K and
+NDCG@K against K, Recall@10 on the hard slices, the STARS ablations when there are any, and
+each model's paired difference to the strongest baseline with its 95% interval;
 `latency_cdf` draws the serving benchmark's per-request latencies. matplotlib is imported
 inside the functions, through its object-oriented API (no pyplot state, no backend switch), so
 importing this module or `starsrec` stays cheap. Figures are 1200x700 px, colours from "tab10".
@@ -20,8 +21,9 @@ import numpy as np
 KS = (5, 10, 20)
 SLICES = {"cold": "cold-start items", "long_tail": "long-tail items", "repeat": "repeat items"}
 KINDS = {
-    "metric-vs-k": "Hit@K and NDCG@K",
-    "slices": "Hit@10 on the hard slices",
+    "metric-vs-k": "Recall@K and NDCG@K",
+    "slices": "Recall@10 on the hard slices",
+    "differences": "NDCG@10 difference to the strongest baseline, 95% interval",
     "ablations": "NDCG@10 of the STARS ablations",
 }
 MARKERS = "osD^vP*Xph<>"
@@ -80,10 +82,10 @@ def _seeds(runs: Sequence[dict]) -> str:
 
 
 def metric_vs_k(records: Sequence[dict], path: str | Path, title: str) -> Path:
-    """Hit@K and NDCG@K for K in 5/10/20, one line per model (mean ± std over seeds)."""
+    """Recall@K and NDCG@K for K in 5/10/20, one line per model (mean ± std over seeds)."""
     figure, axes = _figure(title, ncols=2)
     for i, (model, runs) in enumerate(_main_models(records).items()):
-        for ax, metric in zip(axes, ("hit", "ndcg"), strict=True):
+        for ax, metric in zip(axes, ("recall", "ndcg"), strict=True):
             stats = [_mean_std(r["metrics"].get(f"{metric}@{k}") for r in runs) for k in KS]
             means, stds = zip(*stats, strict=True)
             ax.errorbar(
@@ -96,7 +98,7 @@ def metric_vs_k(records: Sequence[dict], path: str | Path, title: str) -> Path:
                 linewidth=2,
                 label=f"{model} ({_seeds(runs)})",
             )
-    for ax, name in zip(axes, ("Hit@K", "NDCG@K"), strict=True):
+    for ax, name in zip(axes, ("Recall@K", "NDCG@K"), strict=True):
         ax.set(xlabel="K (length of the recommendation list)", ylabel=name, xticks=KS)
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -107,14 +109,14 @@ def metric_vs_k(records: Sequence[dict], path: str | Path, title: str) -> Path:
 
 
 def _present_slices(records: Sequence[dict]) -> dict[str, int]:
-    """Slices with queries and a Hit@10 in them (basket slices report recall): name -> n."""
+    """Slices with queries and a Recall@10 in them: name -> n."""
     slices = records[0].get("slices") or {}
     counts = {name: slices.get(name, {}).get("queries", 0) for name in SLICES}
-    return {name: n for name, n in counts.items() if n and "hit@10" in slices[name]}
+    return {name: n for name, n in counts.items() if n and "recall@10" in slices[name]}
 
 
 def slice_bars(records: Sequence[dict], path: str | Path, title: str) -> Path:
-    """Grouped bars of Hit@10 per model on the cold, long-tail and repeat slices."""
+    """Grouped bars of Recall@10 per model on the cold, long-tail and repeat slices."""
     present = _present_slices(records)
     if not present:
         raise ValueError("no records with a non-empty cold, long-tail or repeat slice")
@@ -123,7 +125,7 @@ def slice_bars(records: Sequence[dict], path: str | Path, title: str) -> Path:
     width = 0.8 / len(models)
     centres = np.arange(len(present))
     for i, (model, runs) in enumerate(models.items()):
-        stats = [_mean_std(r["slices"][name]["hit@10"] for r in runs) for name in present]
+        stats = [_mean_std(r["slices"][name]["recall@10"] for r in runs) for name in present]
         means, stds = zip(*stats, strict=True)
         bars = ax.bar(
             centres - 0.4 + width * (i + 0.5),
@@ -136,7 +138,7 @@ def slice_bars(records: Sequence[dict], path: str | Path, title: str) -> Path:
         )
         ax.bar_label(bars, fmt="%.3f", fontsize=8, rotation=90, padding=3)
     ax.set_xticks(centres, [f"{SLICES[name]}\n(n = {n:,} queries)" for name, n in present.items()])
-    ax.set(ylabel="Hit@10 on the slice", xlabel="slice of the test queries")
+    ax.set(ylabel="Recall@10 on the slice", xlabel="slice of the test queries")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the value labels
     ax.grid(axis="y", alpha=0.3)
     figure.legend(loc="outside right upper", title="model")
@@ -215,9 +217,43 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", str(text)).strip("-")
 
 
-def write_figures(records: Sequence[dict], directory: str | Path, stem: str) -> list[Path]:
-    """The figures that apply to each (dataset, protocol) of `records`, written into
-    `directory` as `{stem}-{dataset}-{protocol}-{kind}.png`; returns their paths."""
+def difference_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Each model's paired difference to the strongest baseline (`comparisons` rows of one
+    cell) as a dot with its 95% interval, the minimal detectable difference shaded."""
+    if not rows:
+        raise ValueError("no comparison rows")
+    rows = sorted(rows, key=lambda r: r["mean_difference"])
+    figure, (ax,) = _figure(title)
+    mdd = rows[0]["minimal_detectable_difference"]
+    ax.axvspan(-mdd, mdd, color="grey", alpha=0.15, label=f"± MDD ({mdd:.4f})")
+    ax.axvline(0.0, color="black", linewidth=1)
+    for y, row in enumerate(rows):
+        low, mean, high = row["low"], row["mean_difference"], row["high"]
+        colour = _colour(2 if low > 0 else 3 if high < 0 else 7)  # win / loss / level
+        ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color=colour, capsize=5)
+        ax.annotate(
+            f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]",
+            (high, y),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+        )
+    ax.set_yticks(range(len(rows)), [row["model"] for row in rows])
+    ax.set(xlabel=f"{rows[0]['metric']} difference to {rows[0]['baseline']} (paired, 95% BCa)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def write_figures(
+    records: Sequence[dict],
+    directory: str | Path,
+    stem: str,
+    comparisons: Sequence[dict] = (),
+) -> list[Path]:
+    """The figures that apply to each (dataset, protocol) of `records` (and of their
+    `comparisons` rows), written into `directory` as `{stem}-{dataset}-{protocol}-{kind}.png`;
+    returns their paths."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         groups.setdefault((record["dataset"], record["protocol"]), []).append(record)
@@ -225,13 +261,19 @@ def write_figures(records: Sequence[dict], directory: str | Path, stem: str) -> 
     for (dataset, protocol), group in groups.items():
         prefix = Path(directory) / f"{_slug(stem)}-{_slug(dataset)}-{_slug(protocol)}"
         name = f"{dataset}, {protocol}"
-        paths.append(metric_vs_k(group, f"{prefix}-metric-vs-k.png", f"{name}: Hit@K and NDCG@K"))
+        paths.append(
+            metric_vs_k(group, f"{prefix}-metric-vs-k.png", f"{name}: Recall@K and NDCG@K")
+        )
         if _present_slices(group):
-            title = f"{name}: Hit@10 on the hard slices"
+            title = f"{name}: Recall@10 on the hard slices"
             paths.append(slice_bars(group, f"{prefix}-slices.png", title))
         if any(_is_ablation(r["model"]) for r in group):
             title = f"{name}: STARS ablations, NDCG@10"
             paths.append(ablation_bars(group, f"{prefix}-ablations.png", title))
+        rows = [r for r in comparisons if (r["dataset"], r["protocol"]) == (dataset, protocol)]
+        if rows:
+            title = f"{name}: difference to the strongest baseline"
+            paths.append(difference_bars(rows, f"{prefix}-differences.png", title))
     return paths
 
 

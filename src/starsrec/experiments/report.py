@@ -24,7 +24,6 @@ from starsrec.baselines import BASELINES
 from starsrec.data.baskets import BasketSplit, BasketTargets
 from starsrec.data.dataset import Dataset
 from starsrec.data.splits import Split, split_dataset
-from starsrec.evaluation.basket_evaluate import evaluate_baskets
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
 from starsrec.experiments.comparisons import comparison_table, comparisons, per_query_frame
 from starsrec.experiments.plots import markdown_images, write_figures
@@ -34,11 +33,9 @@ from starsrec.stars.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-TABLE_METRICS = ("hit@5", "hit@10", "ndcg@10", "mrr", "coverage@10")
-TABLE_SLICES = (("cold", "hit@10"), ("long_tail", "hit@10"), ("repeat", "hit@10"))
-# the same columns for basket protocols, whose targets are sets
-BASKET_METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10", "recall@20")
-BASKET_SLICES = (("repeat", "recall@10"), ("explore", "recall@10"), ("cold", "recall@10"))
+# Recall and Hit coincide when a query has one target (leave-one-out, temporal).
+TABLE_METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10", "recall@20", "coverage@10")
+TABLE_SLICES = (("repeat", "recall@10"), ("explore", "recall@10"), ("cold", "recall@10"))
 
 
 def machine_description() -> str:
@@ -103,21 +100,25 @@ def is_seeded(name: str) -> bool:
     return any(f.name == "seed" for f in dataclasses.fields(BASELINES[name].config_class))
 
 
+def targets(split: Split | BasketSplit, part: str) -> BasketTargets:
+    """The target sets of the split's "validation" or "test" queries: whole baskets under
+    a basket protocol, one item each otherwise."""
+    if isinstance(split, BasketSplit):
+        return getattr(split, f"{part}_targets")
+    return BasketTargets.single(getattr(split, f"{part}_target"))
+
+
 def training_data(dataset: Dataset, split: Split | BasketSplit, exclude_seen: bool) -> TrainingData:
     """What `fit` gets for a split of `dataset`: validation queries shaped like the test
     ones (whole baskets under a basket protocol), so models choose on the task they are
     measured on."""
-    if isinstance(split, BasketSplit):
-        targets = split.validation_targets
-    else:
-        targets = BasketTargets.single(split.validation_target)
     return TrainingData(
         train=split.train,
         catalogue=split.catalogue,
         country=dataset.country,
         allow_repeats=not exclude_seen,
         validation=split.validation,
-        validation_targets=targets,
+        validation_targets=targets(split, "validation"),
     )
 
 
@@ -131,17 +132,12 @@ def evaluation_record(
     train_s: float,
     progress: bool = True,
 ) -> dict:
-    """Evaluate a fitted model on the split's test queries: one benchmark record. Under a
-    basket protocol it also holds "per_query", each metric's (Q,) values (not JSON: see
-    `write_report`)."""
+    """Evaluate a fitted model on the split's test queries: one benchmark record, holding
+    also "per_query", each metric's (Q,) values (not JSON: see `write_report`)."""
     config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
     started = time.perf_counter()
-    if isinstance(split, BasketSplit):
-        result = evaluate_baskets(model, split.test, split.test_targets, split.train, config)
-    else:
-        result = evaluate(model, split.test, split.test_target, split.train, config)
-    extra = {"per_query": result["per_query"]} if "per_query" in result else {}
-    return extra | {
+    result = evaluate(model, split.test, targets(split, "test"), split.train, config)
+    return {"per_query": result["per_query"]} | {
         "dataset": dataset.name,
         "protocol": split.protocol,
         "model": name,
@@ -209,18 +205,19 @@ def markdown_table(records: Sequence[dict]) -> str:
         groups.setdefault((record["dataset"], record["protocol"], record["model"]), []).append(
             record
         )
-    baskets = bool(records) and "recall@10" in records[0]["metrics"]
-    metrics, slices = (BASKET_METRICS, BASKET_SLICES) if baskets else (TABLE_METRICS, TABLE_SLICES)
+    metrics, slices = TABLE_METRICS, TABLE_SLICES
     header = ["dataset", "protocol", "model", "seeds", *metrics]
     header += [f"{name} {metric}" for name, metric in slices]
     header += ["train s", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (dataset, protocol, model), runs in groups.items():
         cells = [dataset, protocol, model, str(len(runs))]
-        cells += [_mean_std(r["metrics"][m] for r in runs) for m in metrics]
+        # .get: records of an older harness lack some columns ("–")
+        cells += [_mean_std(r["metrics"].get(m, np.nan) for r in runs) for m in metrics]
         for name, metric in slices:
-            count = runs[0]["slices"][name]["queries"]
-            cells.append(f"{_mean_std(r['slices'][name][metric] for r in runs)} (n={count})")
+            count = runs[0]["slices"].get(name, {}).get("queries", 0)
+            values = (r["slices"].get(name, {}).get(metric, np.nan) for r in runs)
+            cells.append(f"{_mean_std(values)} (n={count})")
         threads = {r.get("threads", 1) for r in runs}  # older records trained with one
         train_s = f"{np.mean([r['train_s'] for r in runs]):.1f}"
         cells += [
@@ -249,12 +246,8 @@ def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Pa
         "",
         f"Full ranking over the whole catalogue. Split: {first.get('split', '-')}.",
         f"Already-seen items {'excluded from' if first.get('exclude_seen') else 'allowed in'} "
-        "the rankings. Slice columns: "
-        + (
-            "Recall@10 over the basket items of that kind (n = baskets holding one)."
-            if "recall@10" in first.get("metrics", {})
-            else "Hit@10 on that slice (n = queries in it)."
-        ),
+        "the rankings. Slice columns: Recall@10 over the target items of that kind "
+        "(n = queries holding one). Ties count by their expected rank.",
         f"Test queries: {first.get('queries', 0)}. Measured {first.get('date', '-')} on "
         f"{first.get('machine', '-')}.",
         "",
@@ -272,7 +265,7 @@ def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Pa
             comparison_table(rows),
             "",
         ]
-    figures = write_figures(plain, out, "report")
+    figures = write_figures(plain, out, "report", rows)
     if figures:
         notes += ["## Figures", "", markdown_images(figures, out), ""]
     path = out / "report.md"

@@ -28,7 +28,7 @@ from starsrec.data.calendar import DAY, CalendarEvents
 from starsrec.data.files import CALENDAR_FILE
 from starsrec.data.integrity import ArtifactError, write_json_atomic
 from starsrec.data.interactions import Catalogue, Queries
-from starsrec.evaluation.basket_evaluate import validation_metric
+from starsrec.evaluation.evaluate import validation_metric
 from starsrec.features.encoders import HashingEncoder, SentenceTransformerEncoder
 from starsrec.features.tags import default_tagger
 from starsrec.features.text import derive_subclasses, embed_items
