@@ -1,43 +1,265 @@
-"""Quality benchmark: every model on the real datasets under both protocols.
+"""Quality benchmark: every model on every headline cell, from one clean commit, with paired
+intervals.
 
-    python benchmarks/quality.py                      # everything (about 15 minutes)
-    python benchmarks/quality.py --datasets movielens-100k --protocols leave-one-out
-    python benchmarks/quality.py --table-only         # rewrite the table from the JSON
-    python benchmarks/quality.py --models stars --threads 2   # alone on a 2-core machine
+    python benchmarks/quality.py                          # everything, 3 seeds (hours)
+    python benchmarks/quality.py --cells online-retail/next-basket --models stars --seeds 0
+    python benchmarks/quality.py --table-only             # rebuild the tables and figures
+    python benchmarks/quality.py --threads 2              # alone on a 2-core machine
 
-Writes (merging with what is there: a rerun replaces the same dataset/protocol/model/seed)
-benchmarks/results/quality.json, a list of records {"dataset", "protocol", "model", "seed",
-"metrics", "slices", "train_s", "eval_s", "date", "machine", ...}, and the Markdown table
-benchmarks/results/quality.md with figures under benchmarks/results/figures/ (per dataset
-and protocol: quality-*-metric-vs-k.png, -slices.png, -ablations.png; linked from the
-Markdown), and prints the table. Seeded models run once per seed; deterministic ones once.
+A cell is a dataset under a protocol (see CELLS): MovieLens-100K leave-one-out with seen
+items excluded and not (the literature's two conventions), Online Retail next-basket and
+Instacart last-basket (the shop-log headlines). Seeded models run once per seed, the others
+once. Results refuse to come from a tree with uncommitted changes to the code unless
+`--allow-dirty`; every record names its commit.
+
+Writes, merging with what is there (a rerun replaces the same cell/model/seed):
+- benchmarks/results/quality.json: one record per cell, model and seed (metrics, slices,
+  timings, commit, machine);
+- benchmarks/results/per_query/{dataset}-{protocol}.parquet: every per-query metric, what
+  the paired intervals are computed from;
+- benchmarks/results/quality.md and figures under benchmarks/results/figures/, and the
+  section between the QUALITY markers in docs/benchmarks.md: the metric table (mean ± std
+  over seeds), each model's paired 95% interval to the strongest baseline with the cell's
+  minimal detectable difference, and the popularity sanity row.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from starsrec.baselines import BASELINES
-from starsrec.data.loaders import DATASETS, prepare
-from starsrec.data.splits import PROTOCOLS
-from starsrec.experiments.plots import markdown_images, write_figures
-from starsrec.experiments.report import markdown_table, run_models
+import numpy as np
+import pandas as pd
 
-RESULTS = Path(__file__).parent / "results"
+from starsrec.baselines import BASELINES
+from starsrec.baselines.popularity import PopularityConfig, PopularityRecommender
+from starsrec.data.baskets import BasketSplit
+from starsrec.data.dataset import Dataset
+from starsrec.data.loaders import prepare
+from starsrec.data.splits import Split, split_dataset
+from starsrec.experiments.comparisons import comparison_table, frame_comparisons, per_query_frame
+from starsrec.experiments.plots import markdown_images, write_figures
+from starsrec.experiments.report import (
+    MODEL_NAMES,
+    evaluation_record,
+    markdown_table,
+    run_models,
+    source_revision,
+    training_data,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- QUALITY:BEGIN (benchmarks/quality.py) -->", "<!-- QUALITY:END -->"
+# The issue-17 target: each headline cell detects differences of 5% of its best baseline.
+MDD_TARGET = 0.05
+# Popularity by plain counts on MovieLens-100K leave-one-out, nothing masked: what another
+# library's harness gives on the same protocol (issue 17), NDCG@10 and Hit@10, ± tolerance.
+SANITY = {"ndcg@10": 0.023, "hit@10": 0.050}
+SANITY_TOLERANCE = 0.001
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A dataset under a protocol. exclude_seen: None for the dataset's own rule; label: the
+    protocol column when two cells share a protocol."""
+
+    dataset: str
+    protocol: str
+    exclude_seen: bool | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.label or self.protocol}"
+
+
+CELLS = (
+    Cell("movielens-100k", "leave-one-out"),  # seen items excluded: a film is rated once
+    Cell("movielens-100k", "leave-one-out", exclude_seen=False, label="leave-one-out-unmasked"),
+    Cell("online-retail", "next-basket"),
+    Cell("instacart", "last-basket"),
+)
+MODELS = (*BASELINES, "stars", "sasrec")
 
 
 def key(record: dict) -> tuple:
     return record["dataset"], record["protocol"], record["model"], record["seed"]
 
 
+def dirty_files() -> list[str]:
+    """Tracked files with uncommitted changes that could change a result."""
+    paths = ["src", "benchmarks/quality.py", "pyproject.toml"]
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", *paths],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line[3:] for line in status.splitlines()]
+
+
+def per_query_path(results: Path, dataset: str, protocol: str) -> Path:
+    return results / "per_query" / f"{dataset}-{protocol}.parquet"
+
+
+def run_cell(cell: Cell, models: list[str], seeds: list[int], threads: int) -> list[dict]:
+    """Every model on one cell; the records keep their per-query values."""
+    dataset = prepare(cell.dataset)
+    split = split_dataset(dataset, cell.protocol)
+    records = run_models(
+        dataset,
+        cell.protocol,
+        models,
+        seeds,
+        exclude_seen=cell.exclude_seen,
+        split=split,
+        progress=False,
+        threads=threads,
+    )
+    if cell.exclude_seen is False and cell.dataset == "movielens-100k":
+        records.append(sanity_record(dataset, split))
+    return [r | {"protocol": cell.label or cell.protocol} for r in records]
+
+
+def sanity_record(dataset: Dataset, split: Split | BasketSplit) -> dict:
+    """Popularity by plain counts, nothing masked (the check against another harness)."""
+    started = time.perf_counter()
+    model = PopularityRecommender(PopularityConfig(weighted=False))
+    model.fit(training_data(dataset, split, exclude_seen=False))
+    train_s = time.perf_counter() - started
+    record = evaluation_record(model, "popularity-counts", 0, dataset, split, False, train_s)
+    return record | {"threads": 1}
+
+
+def save_cell(records: list[dict], out: Path) -> None:
+    """Merge one cell's records into the JSON and its per-query values into the Parquet."""
+    frame = per_query_frame(records)
+    path = per_query_path(out.parent, records[0]["dataset"], records[0]["protocol"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        old = pd.read_parquet(path)
+        replaced = set(zip(frame["model"], frame["seed"], strict=True))
+        keep = [(m, s) not in replaced for m, s in zip(old["model"], old["seed"], strict=True)]
+        frame = pd.concat([old[keep], frame], ignore_index=True)
+    numeric = frame.select_dtypes("float64").columns
+    frame[numeric] = frame[numeric].astype(np.float32)  # the metrics; keeps the repo small
+    frame.to_parquet(path, index=False, compression="zstd")
+    plain = [{k: v for k, v in r.items() if k != "per_query"} for r in records]
+    stored = json.loads(out.read_text()) if out.exists() else []
+    replaced_keys = {key(r) for r in plain}
+    stored = [r for r in stored if key(r) not in replaced_keys] + plain
+    out.write_text(json.dumps(sorted(stored, key=key), indent=2) + "\n")
+
+
+def sanity_lines(records: list[dict]) -> list[str]:
+    """The popularity sanity row and whether it holds."""
+    rows = [r for r in records if r["model"] == "popularity-counts"]
+    if not rows:
+        return ["Popularity sanity row: not run (it runs with the MovieLens unmasked cell)."]
+    metrics = rows[0]["metrics"]
+    held = all(abs(metrics[m] - v) <= SANITY_TOLERANCE for m, v in SANITY.items())
+    measured = ", ".join(
+        f"{m} {metrics[m]:.4f} (expected {v} ± {SANITY_TOLERANCE})" for m, v in SANITY.items()
+    )
+    return [
+        f"Popularity sanity row (plain counts, MovieLens LOO, nothing masked): {measured}: "
+        + ("holds." if held else "**does not hold**.")
+    ]
+
+
+def cell_lines(rows: list[dict]) -> list[str]:
+    """Per cell: its strongest baseline, MDD against the 5% target."""
+    lines, seen = [], set()
+    for row in rows:
+        cell = (row["dataset"], row["protocol"])
+        if cell in seen:
+            continue
+        seen.add(cell)
+        share = row["minimal_detectable_difference"] / row["baseline_mean"]
+        verdict = "meets" if share <= MDD_TARGET else "misses"
+        lines.append(
+            f"- {cell[0]} / {cell[1]}: strongest baseline {row['baseline']} "
+            f"({row['metric']} {row['baseline_mean']:.4f}); MDD {share:.1%} of it, {verdict} "
+            f"the {MDD_TARGET:.0%} target."
+        )
+    return lines
+
+
+def rebuild(records: list[dict], results: Path, docs: Path) -> str:
+    """The Markdown section for `docs`: tables, comparisons, figures (written under
+    `results`); also writes results/quality.md."""
+    frames = [pd.read_parquet(p) for p in sorted((results / "per_query").glob("*.parquet"))]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frame.empty:  # only the runs whose records are kept
+        kept = {key(r) for r in records}
+        columns = ["dataset", "protocol", "model", "seed"]
+        mask = [tuple(v) in kept for v in frame[columns].itertuples(index=False)]
+        frame = frame[mask]
+        frame = frame[frame["model"] != "popularity-counts"]
+    rows = frame_comparisons(frame) if not frame.empty else []
+    commits = sorted({r.get("commit", "unknown") for r in records})
+    dates = sorted({r.get("date", "-") for r in records})
+    machines = sorted({r.get("machine", "-") for r in records})
+    figures = write_figures(records, results / "figures", "quality", rows)
+    lines = [
+        f"Commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}"
+        + (" (**mixed: rerun the stale cells**)" if len(commits) > 1 else "")
+        + f". Dates: {', '.join(dates)}. Machine: {'; '.join(machines)}.",
+        "",
+        "Every model is fitted on the training events and chooses its hyperparameters, early "
+        "stopping and calibration on validation queries shaped like the test ones (whole "
+        "baskets under the basket protocols); test numbers are computed once, at the end. "
+        "Metrics: mean ± sample std over seeds; ties count by their expected rank. Slice "
+        "columns: Recall@10 over the targets of that kind (n = queries holding one).",
+        "",
+        markdown_table(records),
+        "",
+        "Paired per-query NDCG@10 differences to the strongest baseline of each cell, with "
+        "their 95% BCa bootstrap interval over test queries (seeded models: per-query mean "
+        "over seeds); MDD: the smallest difference the cell detects with 80% power. A win "
+        "needs the interval to exclude 0.",
+        "",
+        comparison_table(rows) if rows else "(no per-query results yet)",
+        "",
+        *cell_lines(rows),
+        "",
+        *sanity_lines(records),
+        "",
+        markdown_images(figures, docs.parent),
+    ]
+    section = "\n".join(lines)
+    images = markdown_images(figures, results)
+    body = section.replace(lines[-1], images) if figures else section
+    (results / "quality.md").write_text(f"# Quality\n\n{body}\n")
+    return section
+
+
+def write_docs(section: str, docs: Path) -> None:
+    """Replace the section between the markers in `docs` (added after its title if missing)."""
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        title, _, body = text.partition("\n## ")
+        heading = "## Quality: every model on every cell, one commit, paired intervals (issue 17)"
+        text = f"{title}\n{heading}\n\n{block}\n\n## {body}"
+    docs.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
-    parser.add_argument("--models", default=",".join(BASELINES))
+    parser.add_argument("--cells", default=",".join(c.name for c in CELLS))
+    parser.add_argument("--models", default=",".join(MODELS), help=f"from {', '.join(MODEL_NAMES)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
         "--threads",
@@ -47,39 +269,44 @@ def main() -> None:
         "the machine's core count for training times of a run alone)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="the Markdown to update")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
     parser.add_argument(
-        "--table-only", action="store_true", help="only rewrite the table from the JSON"
+        "--allow-dirty",
+        action="store_true",
+        help="write results from a tree with uncommitted code changes (marked +dirty)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    records = json.loads(args.out.read_text()) if args.out.exists() else []
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for name in [] if args.table_only else args.datasets.split(","):
-        dataset = prepare(name)
-        for protocol in args.protocols.split(","):
-            new = run_models(
-                dataset,
-                protocol,
-                args.models.split(","),
-                seeds,
-                progress=False,
-                threads=args.threads,
+    by_name = {c.name: c for c in CELLS}
+    unknown = [n for n in args.cells.split(",") if n not in by_name]
+    if unknown:
+        parser.error(f"unknown cell(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    models = args.models.split(",")
+    bad = [m for m in models if m not in MODEL_NAMES]
+    if bad:
+        parser.error(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(MODEL_NAMES)}")
+    if not args.table_only:
+        dirty = dirty_files()
+        if dirty and not args.allow_dirty:
+            parser.error(
+                "uncommitted changes in " + ", ".join(dirty) + ": results must come from one "
+                "commit. Commit (or stash) them, or pass --allow-dirty for a trial run."
             )
-            replaced = {key(r) for r in new}
-            records = [r for r in records if key(r) not in replaced] + new
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(records, indent=2) + "\n")  # saved as we go
-    records = sorted(records, key=key)
-    table = markdown_table(records)
-    markdown = args.out.with_suffix(".md")
-    markdown.write_text(table + "\n")
-    figures = write_figures(records, args.out.parent / "figures", "quality")
-    if figures:
-        links = markdown_images(figures, markdown.parent)
-        markdown.write_text(f"{table}\n\n## Figures\n\n{links}\n")
-    print(table)
-    print(f"\nwrote {markdown} and {len(figures)} figures in {args.out.parent / 'figures'}/")
+        print(f"commit {source_revision()}, {dt.datetime.now():%Y-%m-%d %H:%M}")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for name in args.cells.split(","):
+            started = time.perf_counter()
+            records = run_cell(by_name[name], models, seeds, args.threads)
+            save_cell(records, args.out)  # saved cell by cell: a stopped run keeps its cells
+            print(f"{name}: {len(records)} runs in {time.perf_counter() - started:.0f} s")
+    records = json.loads(args.out.read_text()) if args.out.exists() else []
+    current = {(c.dataset, c.label or c.protocol) for c in CELLS}
+    records = sorted((r for r in records if (r["dataset"], r["protocol"]) in current), key=key)
+    section = rebuild(records, args.out.parent, args.docs)
+    write_docs(section, args.docs)
+    print(section)
 
 
 if __name__ == "__main__":

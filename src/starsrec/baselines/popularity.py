@@ -20,12 +20,16 @@ from starsrec.recommender import Recommender, TrainingData
 DAY = 86_400
 
 
-def popularity(log: EventLog, n_items: int, since: int | None = None) -> np.ndarray:
-    """(N,) float64 engagement-weighted count of target events (at or after `since`)."""
+def popularity(
+    log: EventLog, n_items: int, since: int | None = None, weighted: bool = True
+) -> np.ndarray:
+    """(N,) float64 engagement-weighted (or, not `weighted`, plain) count of target events
+    (at or after `since`)."""
     mask = log.is_target
     if since is not None:
         mask = mask & (log.timestamp >= since)
-    return np.bincount(log.item[mask], weights=log.weight[mask], minlength=n_items)
+    weights = log.weight[mask] if weighted else None
+    return np.bincount(log.item[mask], weights=weights, minlength=n_items).astype(np.float64)
 
 
 def with_fallback(primary: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -40,7 +44,10 @@ def with_fallback(primary: np.ndarray, fallback: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PopularityConfig:
-    """No options: global popularity is the simplest model there is."""
+    """weighted: count events by their engagement weight (False: plain counts, the
+    popularity other libraries report; benchmarks/quality.py checks it as a sanity row)."""
+
+    weighted: bool = True
 
 
 class PopularityRecommender(Recommender):
@@ -54,7 +61,8 @@ class PopularityRecommender(Recommender):
         self.scores = np.empty(0, dtype=np.float32)
 
     def _fit(self, data: TrainingData) -> None:
-        self.scores = popularity(data.train, data.catalogue.size).astype(np.float32)
+        counts = popularity(data.train, data.catalogue.size, weighted=self.config.weighted)
+        self.scores = counts.astype(np.float32)
 
     def score(self, queries: Queries) -> np.ndarray:
         """See `Recommender.score`: the same fitted popularity row for every query."""

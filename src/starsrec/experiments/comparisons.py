@@ -38,7 +38,11 @@ def per_query_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 def comparisons(records: Sequence[dict], metric: str = METRIC, seed: int = 0) -> list[dict]:
     """Each model's paired difference in `metric` to the strongest baseline of its cell."""
-    frame = per_query_frame(records)
+    return frame_comparisons(per_query_frame(records), metric, seed)
+
+
+def frame_comparisons(frame: pd.DataFrame, metric: str = METRIC, seed: int = 0) -> list[dict]:
+    """`comparisons` of a `per_query_frame` (as stored in Parquet)."""
     rows: list[dict] = []
     if frame.empty:
         return rows

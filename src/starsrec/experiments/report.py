@@ -55,17 +55,17 @@ MODEL_NAMES = (*BASELINES, *VARIANTS)
 
 def source_revision() -> str:
     """The git commit the code ran at ("+dirty" when src/ has uncommitted changes)."""
-    root = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parent  # inside the checkout; ":/src" is its top's src
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
             timeout=5,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "src"],
+            ["git", "-C", str(here), "status", "--porcelain", "-uno", "--", ":/src"],
             capture_output=True,
             text=True,
             check=True,
