@@ -21,7 +21,7 @@ from starsrec.baselines.popularity import DAY, popularity, with_fallback
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
 from starsrec.data.calendar import calendar_features
 from starsrec.data.interactions import Catalogue, Queries, session_opens
-from starsrec.recommender import TrainingData, rebuild_nested_configs
+from starsrec.recommender import TrainingData, rebuild_nested_configs, top_k
 
 NEVER = 10_000.0  # "days since" / "events since" for something that never happened
 
@@ -295,15 +295,12 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def _mark_top(mask: np.ndarray, scores: np.ndarray, n: int) -> None:
-    """Set mask[q, j] for the n largest positive scores of each row."""
-    n = min(n, scores.shape[1])
+    """Set mask[q, j] for the n largest positive scores of each row (ties by lower index)."""
     if n <= 0:
         return
-    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    rows = np.repeat(np.arange(scores.shape[0]), n)
-    cols = top.ravel()
-    positive = scores[rows, cols] > 0
-    mask[rows[positive], cols[positive]] = True
+    top, best = top_k(scores, n)
+    keep = (top >= 0) & (best > 0)
+    mask[np.nonzero(keep)[0], top[keep]] = True
 
 
 def _row_ranks(scores: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from starsrec.recommender import top_k
 from starsrec.serving.catalogue import RequestError
 from starsrec.serving.service import HISTORY_PREFIX, RecommendationService
 from starsrec.serving.store import Event
@@ -223,7 +224,5 @@ class CatalogueBrowser:
         if self._memory is None:
             self._memory = np.stack([service.memories[u] for u in ids]).astype(np.float32)
         scores = self._memory @ service.items.tokens[service.items.row_of[item_id]]  # (U,)
-        k = min(k, len(ids))
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.lexsort((best, -scores[best]))]  # by score, ties by user id
-        return [AudienceMember(ids[u], float(scores[u])) for u in best]
+        best, _ = top_k(scores[None, :], min(k, len(ids)))  # ties by lower row
+        return [AudienceMember(ids[u], float(scores[u])) for u in best[0]]
