@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/starsrec data prepare movielens-100k --out data/movielens-100k
 	$(BIN)/starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/demo-baselines
 	$(BIN)/starsrec train data/movielens-100k --protocol leave-one-out --out artifacts/demo-stars
-	$(BIN)/starsrec evaluate artifacts/demo-stars --out reports/demo-stars
+	$(BIN)/starsrec evaluate artifacts/demo-stars --compare-with reports/demo-baselines --out reports/demo-stars
 	$(BIN)/starsrec index artifacts/demo-stars
 	@echo
 	@cat reports/demo-baselines/report.md

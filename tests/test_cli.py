@@ -105,6 +105,23 @@ def test_train_then_evaluate_the_artifact(shop: Path, tmp_path: Path, capsys) ->
     assert record["model"] == "stars" and record["protocol"] == "leave-one-out"
     assert 0 <= record["metrics"]["ndcg@10"] <= 1
 
+    # Against baselines on the same test queries: STARS's paired interval in its report.
+    baselines = tmp_path / "baselines"
+    assert main(["evaluate", str(data_dir), "--models", "popularity", "--out", str(baselines)]) == 0
+    joint = tmp_path / "joint"
+    argv = ["evaluate", str(artifact), "--compare-with", str(baselines), "--out", str(joint)]
+    assert main(argv) == 0
+    (row,) = json.loads((joint / "comparisons.json").read_text())
+    assert (row["model"], row["baseline"]) == ("stars", "popularity")
+    assert row["low"] <= row["mean_difference"] <= row["high"]
+    other = tmp_path / "other"
+    argv = ["evaluate", str(data_dir), "--protocol", "temporal", "--models", "popularity"]
+    assert main([*argv, "--out", str(other)]) == 0
+    capsys.readouterr()
+    argv = ["evaluate", str(artifact), "--compare-with", str(other), "--out", str(joint)]
+    assert main(argv) == 2
+    assert "evaluate them with the same dataset and protocol" in capsys.readouterr().err
+
     # The offline stage, then the service loaded from the artifact in the app's lifespan.
     assert main(["index", str(artifact)]) == 0
     assert "starsrec serve" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from starsrec.experiments.artifact import (
     load_config,
     train_artifact,
 )
-from starsrec.experiments.report import MODEL_NAMES, run_models, write_report
+from starsrec.experiments.report import MODEL_NAMES, read_report, run_models, write_report
 from starsrec.stars import distributed
 
 EXAMPLES = {
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="let already-seen items be recommended (default unless the dataset says otherwise)",
     )
     evaluate.add_argument("--seed", type=int, default=0)
+    compare = "a baselines report on the same test queries, for the artifact's paired intervals"
+    evaluate.add_argument("--compare-with", metavar="REPORT_DIR", help=compare)
     evaluate.add_argument("--out", default="reports/latest", help="report directory")
 
     index = commands.add_parser(
@@ -243,7 +245,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.command == "evaluate" and is_artifact(args.data_dir):
         record = evaluate_artifact(args.data_dir)
         title = f"{record['dataset']}, {record['protocol']}, artifact {args.data_dir}"
-        report = write_report([record], args.out, title)
+        earlier = read_report(args.compare_with, like=record) if args.compare_with else []
+        report = write_report([*earlier, record], args.out, title)
         print(f"wrote {report} and {report.parent / 'results.json'}")
         return 0
     if args.command == "evaluate":

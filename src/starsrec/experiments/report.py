@@ -19,10 +19,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from starsrec.baselines import BASELINES
 from starsrec.data.baskets import BasketSplit, BasketTargets
-from starsrec.data.dataset import Dataset
+from starsrec.data.dataset import DataError, Dataset
 from starsrec.data.splits import Split, split_dataset
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
 from starsrec.experiments.comparisons import comparison_table, comparisons, per_query_frame
@@ -271,3 +272,30 @@ def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Pa
     path = out / "report.md"
     path.write_text("\n".join(notes))
     return path
+
+
+def read_report(out_dir: str | Path, like: dict | None = None) -> list[dict]:
+    """The records a `write_report` directory holds, with their per-query values back (so a
+    later report can compare new models with them, paired over the same test queries).
+    like: a record they must share the dataset, protocol and test queries with (else a
+    DataError that says so)."""
+    out = Path(out_dir)
+    if not (out / "results.json").exists():
+        raise DataError(f"{out / 'results.json'} not found: is {out} a report directory?")
+    records = json.loads((out / "results.json").read_text())
+    fields = ("dataset", "protocol", "queries", "exclude_seen")
+    for other in records:
+        if like is not None and [other[f] for f in fields] != [like[f] for f in fields]:
+            raise DataError(
+                f"{out}: {other['model']} ran on {other['dataset']} / {other['protocol']} "
+                f"({other['queries']} queries), not on {like['dataset']} / {like['protocol']} "
+                f"({like['queries']}): evaluate them with the same dataset and protocol."
+            )
+    if not (out / "per_query.parquet").exists():
+        return records
+    frame = pd.read_parquet(out / "per_query.parquet").sort_values("query")
+    metrics = [c for c in frame.columns if "@" in c]
+    for record in records:
+        mine = frame[(frame["model"] == record["model"]) & (frame["seed"] == record["seed"])]
+        record["per_query"] = {m: mine[m].to_numpy() for m in metrics}
+    return records
