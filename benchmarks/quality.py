@@ -8,7 +8,8 @@ intervals.
 
 A cell is a dataset under a protocol (see CELLS): MovieLens-100K leave-one-out with seen
 items excluded and not (the literature's two conventions), Online Retail next-basket and
-Instacart last-basket (the shop-log headlines). Seeded models run once per seed, the others
+Instacart last-basket (the shop-log headlines), and within baskets Online Retail
+basket-completion and Instacart in-session. Seeded models run once per seed, the others
 once. Results refuse to come from a tree with uncommitted changes to the code unless
 `--allow-dirty`; every record names its commit.
 
@@ -86,6 +87,8 @@ CELLS = (
     Cell("movielens-100k", "leave-one-out", exclude_seen=False, label="leave-one-out-unmasked"),
     Cell("online-retail", "next-basket"),
     Cell("instacart", "last-basket"),
+    Cell("online-retail", "basket-completion"),  # its line order is the file's
+    Cell("instacart", "in-session"),  # add-to-cart order is real
 )
 MODELS = (*BASELINES, "stars", "sasrec")
 

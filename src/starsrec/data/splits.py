@@ -1,6 +1,7 @@
 """Evaluation protocols (DESIGN section 3): leave-one-out and a global temporal split, plus
 the basket protocols of `starsrec.data.baskets` (next-basket by calendar cuts, last-basket
-per user), which produce a `BasketSplit` whose targets are whole baskets.
+per user), which produce a `BasketSplit` whose targets are whole baskets, and the
+within-basket ones of `starsrec.data.sessions` (in-session, basket-completion).
 
 Leave-one-out and temporal produce a `Split`: the events a model may fit on, and validation
 and test queries whose histories are slices of the full event log ending just before the
@@ -25,10 +26,11 @@ from starsrec.data.baskets import (
 )
 from starsrec.data.dataset import Dataset
 from starsrec.data.interactions import Catalogue, EventLog, Queries, to_seconds
+from starsrec.data.sessions import SESSION_PROTOCOLS, within_basket
 
 LEAVE_ONE_OUT = "leave-one-out"
 TEMPORAL = "temporal"
-PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL, NEXT_BASKET, LAST_BASKET)
+PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL, NEXT_BASKET, LAST_BASKET, *SESSION_PROTOCOLS)
 # An events column that names each row's basket or session (else baskets are the rows of
 # one user sharing a timestamp: see starsrec.data.baskets).
 BASKET_COLUMNS = ("basket_id", "session_id")
@@ -74,6 +76,10 @@ def split_dataset(
     log = EventLog.from_dataset(dataset, catalogue)
     if protocol == LEAVE_ONE_OUT:
         return leave_one_out(log, catalogue)
+    if protocol in SESSION_PROTOCOLS:
+        # On the baskets of the dataset's basket protocol: by its cut dates where it has them.
+        baskets = LAST_BASKET if dataset.temporal_cuts is None else NEXT_BASKET
+        return within_baskets(split_dataset(dataset, baskets), protocol)
     if protocol == LAST_BASKET:
         return last_baskets(log, catalogue, basket_key(dataset))
     if protocol in (TEMPORAL, NEXT_BASKET):
@@ -89,6 +95,24 @@ def split_dataset(
             return next_basket(log, catalogue, validation_cut, test_cut, basket_key(dataset))
         return temporal(log, catalogue, validation_cut, test_cut, max_targets_per_user)
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def within_baskets(split: Split | BasketSplit, protocol: str, seed: int = 0) -> Split:
+    """The single-target `Split` of a within-basket protocol (`starsrec.data.sessions`)."""
+    assert isinstance(split, BasketSplit)  # what the basket protocols give
+    log, parts, description = within_basket(split, protocol, seed)
+    (validation, validation_target), (test, test_target) = parts["validation"], parts["test"]
+    return Split(
+        protocol=protocol,
+        catalogue=split.catalogue,
+        log=log,
+        train=split.train,
+        validation=validation,
+        validation_target=validation_target,
+        test=test,
+        test_target=test_target,
+        description=description,
+    )
 
 
 def basket_key(dataset: Dataset) -> np.ndarray | None:
