@@ -9,6 +9,7 @@ from starsrec.baselines.popularity import (
     RecentPopularityRecommender,
 )
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
+from starsrec.baselines.topfreq import TopFrequencyConfig, TopFrequencyRecommender
 from starsrec.recommender import Recommender
 
 BASELINES: dict[str, type[Recommender]] = {
@@ -17,6 +18,7 @@ BASELINES: dict[str, type[Recommender]] = {
         PopularityRecommender,
         RecentPopularityRecommender,
         RepeatHistoryRecommender,
+        TopFrequencyRecommender,
         CooccurrenceRecommender,
         LambdaMARTRecommender,
     )
@@ -34,4 +36,6 @@ __all__ = [
     "RecentPopularityRecommender",
     "RepeatHistoryConfig",
     "RepeatHistoryRecommender",
+    "TopFrequencyConfig",
+    "TopFrequencyRecommender",
 ]
