@@ -9,6 +9,7 @@ from starsrec.baselines.popularity import (
     RecentPopularityRecommender,
 )
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
+from starsrec.baselines.tifu import TifuKnnConfig, TifuKnnRecommender
 from starsrec.baselines.topfreq import TopFrequencyConfig, TopFrequencyRecommender
 from starsrec.recommender import Recommender
 
@@ -19,6 +20,7 @@ BASELINES: dict[str, type[Recommender]] = {
         RecentPopularityRecommender,
         RepeatHistoryRecommender,
         TopFrequencyRecommender,
+        TifuKnnRecommender,
         CooccurrenceRecommender,
         LambdaMARTRecommender,
     )
@@ -36,6 +38,8 @@ __all__ = [
     "RecentPopularityRecommender",
     "RepeatHistoryConfig",
     "RepeatHistoryRecommender",
+    "TifuKnnConfig",
+    "TifuKnnRecommender",
     "TopFrequencyConfig",
     "TopFrequencyRecommender",
 ]
