@@ -9,6 +9,8 @@ from starsrec.baselines.popularity import (
     RecentPopularityRecommender,
 )
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
+from starsrec.baselines.tifu import TifuKnnConfig, TifuKnnRecommender
+from starsrec.baselines.topfreq import TopFrequencyConfig, TopFrequencyRecommender
 from starsrec.recommender import Recommender
 
 BASELINES: dict[str, type[Recommender]] = {
@@ -17,6 +19,8 @@ BASELINES: dict[str, type[Recommender]] = {
         PopularityRecommender,
         RecentPopularityRecommender,
         RepeatHistoryRecommender,
+        TopFrequencyRecommender,
+        TifuKnnRecommender,
         CooccurrenceRecommender,
         LambdaMARTRecommender,
     )
@@ -34,4 +38,8 @@ __all__ = [
     "RecentPopularityRecommender",
     "RepeatHistoryConfig",
     "RepeatHistoryRecommender",
+    "TifuKnnConfig",
+    "TifuKnnRecommender",
+    "TopFrequencyConfig",
+    "TopFrequencyRecommender",
 ]
