@@ -14,7 +14,7 @@ from starsrec.baselines.tifu import TifuKnnConfig, TifuKnnRecommender, tifu_vect
 from starsrec.baselines.topfreq import history_baskets
 from starsrec.data.baskets import BasketTargets, next_basket
 from starsrec.data.interactions import Queries
-from starsrec.evaluation.basket_evaluate import validation_metric
+from starsrec.evaluation.evaluate import validation_metric
 from starsrec.recommender import TrainingData
 from test_basket_topfreq import ITEMS, TYPES, U1, idx, shop, whole_histories
 

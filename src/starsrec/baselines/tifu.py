@@ -54,7 +54,7 @@ import scipy.sparse as sp
 from starsrec.baselines.popularity import popularity, with_fallback
 from starsrec.baselines.topfreq import HistoryBaskets, history_baskets
 from starsrec.data.interactions import EventLog, Queries
-from starsrec.evaluation.basket_evaluate import validation_metric
+from starsrec.evaluation.evaluate import validation_metric
 from starsrec.recommender import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
