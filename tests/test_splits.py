@@ -285,3 +285,15 @@ def test_histories_are_exactly_the_events_before_the_target(protocol: str) -> No
         assert (split.validation.time >= cut).all()
         assert (split.validation.time < seconds("2024-02-03")).all()
         assert (split.test.time >= seconds("2024-02-03")).all()
+
+
+def test_default_protocol_follows_the_log() -> None:
+    """Shop logs are measured on next baskets, rating logs on the next item."""
+    from starsrec.data.splits import default_protocol
+
+    shop = make_toy_world(n_users=20)
+    assert shop.allow_repeats and shop.temporal_cuts is not None
+    assert default_protocol(shop) == "next-basket"
+    assert default_protocol(type(shop)(**{**vars(shop), "temporal_cuts": None})) == "last-basket"
+    ratings = type(shop)(**{**vars(shop), "allow_repeats": False})
+    assert default_protocol(ratings) == "leave-one-out"

@@ -17,7 +17,7 @@ from starsrec import __version__
 from starsrec.baselines import BASELINES
 from starsrec.data.dataset import DataError, format_summary, load_prepared, save_prepared, summarize
 from starsrec.data.loaders import DATASETS, prepare
-from starsrec.data.splits import PROTOCOLS
+from starsrec.data.splits import PROTOCOLS, default_protocol
 from starsrec.experiments.artifact import (
     evaluate_artifact,
     is_artifact,
@@ -27,6 +27,7 @@ from starsrec.experiments.artifact import (
 from starsrec.experiments.report import MODEL_NAMES, read_report, run_models, write_report
 from starsrec.stars import distributed
 
+PROTOCOL_HELP = "default: next-basket (shop logs; last-basket without cuts), else leave-one-out"
 EXAMPLES = {
     "prepare": "example: starsrec data prepare online-retail --out data/online-retail",
     "train": (
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one config value, e.g. model.dim=128 or train.epochs=10 (repeatable)",
     )
-    train.add_argument("--protocol", choices=PROTOCOLS, default="leave-one-out")
+    train.add_argument("--protocol", choices=PROTOCOLS, help=PROTOCOL_HELP)
     train.add_argument("--variant", default="stars", help="stars, sasrec or an ablation")
     train.add_argument("--out", required=True, help="the artifact directory to write")
     train.add_argument(
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "data_dir", help="an artifact from `starsrec train`, or a prepared dataset directory"
     )
-    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="leave-one-out")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, help=PROTOCOL_HELP)
     evaluate.add_argument(
         "--models",
         default=",".join(BASELINES),
@@ -257,10 +258,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             raise DataError(
                 f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}"
             )
-        records = run_models(
-            dataset, args.protocol, models, seeds=(args.seed,), exclude_seen=args.exclude_seen
-        )
-        title = f"{dataset.name}, {args.protocol}"
+        protocol = args.protocol or default_protocol(dataset)
+        records = run_models(dataset, protocol, models, (args.seed,), args.exclude_seen)
+        title = f"{dataset.name}, {protocol}"
         report = write_report(records, args.out, title)
         print(f"wrote {report} and {report.parent / 'results.json'}")
         return 0

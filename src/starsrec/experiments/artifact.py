@@ -24,7 +24,7 @@ import pandas as pd
 from starsrec.data.dataset import DataError, Dataset, load_prepared
 from starsrec.data.files import META_FILE
 from starsrec.data.integrity import ArtifactError, read_manifest
-from starsrec.data.splits import split_dataset
+from starsrec.data.splits import default_protocol, split_dataset
 from starsrec.experiments.report import evaluation_record, machine_description, training_data
 from starsrec.stars import distributed
 from starsrec.stars.recommender import StarsConfig, StarsRecommender, stars_variant
@@ -67,7 +67,7 @@ def train_artifact(
     data_dir: str | Path,
     out_dir: str | Path,
     config: StarsConfig = StarsConfig(),
-    protocol: str = "leave-one-out",
+    protocol: str | None = None,
     variant: str = "stars",
     checkpoint_dir: str | Path | None = None,
 ) -> Path:
@@ -77,6 +77,7 @@ def train_artifact(
     checkpoint it finds. In a process group every rank trains (see `starsrec.stars.train`) and
     rank 0 alone writes the artifact while the others wait for it."""
     dataset = load_prepared(data_dir)
+    protocol = protocol or default_protocol(dataset)  # None: see `default_protocol`
     split = split_dataset(dataset, protocol)
     model = stars_variant(variant, config)
     model.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
