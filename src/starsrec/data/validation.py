@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from starsrec.data.dataset import (
+    BASKET_COLUMNS,
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     TABLE_NAMES,
@@ -92,6 +93,19 @@ def _validate_events(frame: pd.DataFrame, types: tuple[EventType, ...], where: s
     for column in ("quantity", "price"):
         if column in df.columns:
             out[column] = _floats(df, column, where)
+    for column in BASKET_COLUMNS:
+        if column in df.columns:
+            # Caught here, with the rows, rather than by the basket protocols much later.
+            keys = as_labels(df[column])
+            _fail_rows(
+                df,
+                keys.isna() | (keys == ""),
+                where,
+                column,
+                "rows without a basket or session",
+                "every row needs one (views and carts too: give them their session); fill "
+                "them in, or drop the column to make a user's events at one timestamp a basket.",
+            )
     return out
 
 
