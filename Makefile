@@ -2,26 +2,36 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: the package (all `make demo` needs) and, on top, what the test suite needs.
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 # One thread per process on this 2-core machine: oversubscribed BLAS/torch threads run slower.
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test check lint format bench bench-serving clean
+.PHONY: setup test-setup demo test check lint format bench bench-serving clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	# MovieLens-100K ships inside the recbole wheel; only its data files are used, never its code.
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	touch $(STAMP)
+
+# The test and lint tools (pytest, ruff, mypy, playwright...) and the two servers some tests
+# drive; the demo needs none of them.
+test-setup: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
 	# redis-server for the Redis event store tests (skipped without it); installs only if missing.
 	./scripts/redis-server.sh
 	# chromium for the explorer's browser test (skipped without it); installs only if missing.
 	./scripts/chromium.sh
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 demo: setup
 	$(BIN)/starsrec data prepare movielens-100k --out data/movielens-100k
@@ -40,17 +50,17 @@ demo: setup
 	@echo "Explorer page: http://127.0.0.1:8000/"
 	@echo "API docs:      http://127.0.0.1:8000/docs"
 
-test: setup lint
+test: test-setup lint
 	$(BIN)/pytest -q
 
 check: test
 
-lint: setup
+lint: test-setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-format: setup
+format: test-setup
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 

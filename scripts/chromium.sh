@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian `chromium` package when `chromium` is missing (`make setup` runs this).
+# Install the Debian `chromium` package when `chromium` is missing (`make test-setup` runs this).
 # The explorer's browser test (tests/test_explorer_browser.py) drives it headless through
 # Playwright for Python, launched with `executable_path`: Playwright's own browser downloads
 # are never used (the machines that run the tests are offline).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian `redis-server` package when `redis-server` is missing (`make setup` runs
+# Install the Debian `redis-server` package when `redis-server` is missing (`make test-setup` runs
 # this). It only installs: the tests start their own loopback server, and a production Redis
 # for `starsrec serve --store-url` is configured by its operator (see src/starsrec/serving/redis_store.py).
 set -euo pipefail

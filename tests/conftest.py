@@ -73,7 +73,9 @@ def start_redis(directory: Path, port: int | None = None, options=DURABLE) -> Re
     redis = pytest.importorskip("redis", reason="pip install -e '.[dev]' installs redis")
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed: run scripts/redis-server.sh (make setup does)")
+        pytest.skip(
+            "redis-server is not installed: run scripts/redis-server.sh (make test-setup does)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # a free port can be taken between the probe and the server's bind
         chosen = port or free_port()

@@ -113,6 +113,13 @@ def test_unknown_event_type(tmp_path: Path) -> None:
     assert "view, purchase" in message  # the declared types, to compare against
 
 
+def test_a_country_without_a_holiday_calendar_fails_at_reading(tmp_path: Path) -> None:
+    message = read_error(tmp_path, meta={"country": "XX"})
+    assert "no public holiday calendar for country 'XX'" in message
+    assert "leave `country` out of dataset.json" in message
+    assert read_user_files(write_dir(tmp_path / "gb", meta={"country": "GB"})).country == "GB"
+
+
 def test_empty_events_table(tmp_path: Path) -> None:
     message = read_error(tmp_path, events="user_id,item_id,timestamp,event_type\n")
     assert "events.csv" in message

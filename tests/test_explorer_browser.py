@@ -32,7 +32,7 @@ def chromium() -> str:
     path = os.environ.get("STARSREC_CHROMIUM") or shutil.which("chromium")
     if not path or not Path(path).exists():
         pytest.skip(
-            "chromium is not installed: run `make setup` (scripts/chromium.sh installs the "
+            "chromium is not installed: run `make test-setup` (scripts/chromium.sh installs the "
             "Debian package) or set STARSREC_CHROMIUM to a Chromium executable"
         )
     return path

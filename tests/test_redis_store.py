@@ -2,7 +2,7 @@
 
 The behaviour both backends share (ordering, idempotency, validation, threads, bulk load) is
 tested in tests/test_store.py on both. Tests needing a server skip when redis-server is not
-installed (scripts/redis-server.sh installs it; `make setup` runs it)."""
+installed (scripts/redis-server.sh installs it; `make test-setup` runs it)."""
 
 from __future__ import annotations
 

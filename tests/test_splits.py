@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starsrec.data.dataset import Dataset, EventType, TemporalCuts
+from starsrec.data.dataset import DataError, Dataset, EventType, TemporalCuts
 from starsrec.data.interactions import Queries, to_seconds
 from starsrec.data.splits import Split, split_dataset
 from starsrec.data.toyworld import make_toy_world
@@ -197,12 +197,25 @@ def test_temporal_explicit_cuts_override_the_dataset(temporal_dataset: Dataset) 
     assert train_by_user(split)["u_b"] == ["i2"]  # Feb 3 is now before the validation cut
 
 
-def test_temporal_empty_window() -> None:
-    split = split_dataset(
-        make_dataset(TEMPORAL_ROWS), "temporal", validation_cut="2025-01-01", test_cut="2025-02-01"
-    )
-    assert len(split.validation) == len(split.test) == 0
-    assert split.train.size == len(TEMPORAL_ROWS)
+@pytest.mark.parametrize("protocol", ["temporal", "next-basket"])
+@pytest.mark.parametrize(
+    ("validation_cut", "test_cut", "problem"),
+    [
+        ("2025-01-01", "2025-02-01", "between the cuts 2025-01-01 and 2025-02-01"),
+        ("2024-01-01", "2024-01-02", "no events before the validation cut 2024-01-01"),
+        ("2024-01-20", "2025-02-01", "from the test cut 2025-02-01 on"),
+    ],
+)
+def test_cuts_leaving_a_window_empty_are_refused(
+    protocol: str, validation_cut: str, test_cut: str, problem: str
+) -> None:
+    # Models would fit on nothing or be scored over no query: one error saying what to move.
+    with pytest.raises(DataError, match=problem) as error:
+        split_dataset(
+            make_dataset(TEMPORAL_ROWS), protocol, validation_cut=validation_cut, test_cut=test_cut
+        )
+    assert "its events run from 2024-01-10" in str(error.value)
+    assert "starsrec data summary" in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/ml
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from starsrec.baselines import BASELINES
 from starsrec.data.dataset import DataError, format_summary, load_prepared, save_prepared, summarize
 from starsrec.data.loaders import DATASETS, prepare
 from starsrec.data.splits import PROTOCOLS, default_protocol
+from starsrec.data.weekly import format_weekly, weekly_summary
 from starsrec.experiments.artifact import (
     evaluate_artifact,
     is_artifact,
@@ -30,6 +30,7 @@ from starsrec.stars import distributed
 PROTOCOL_HELP = "default: next-basket (shop logs; last-basket without cuts), else leave-one-out"
 EXAMPLES = {
     "prepare": "example: starsrec data prepare online-retail --out data/online-retail",
+    "summary": "example: starsrec data summary path/to/my-shop (then set temporal_cuts)",
     "train": (
         "example: starsrec train data/movielens-100k --set model.dim=64 --set train.epochs=20 "
         "--out artifacts/movielens\n\n"
@@ -67,7 +68,7 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `starsrec` argument parser: data prepare, train, evaluate, index and serve."""
+    """The `starsrec` argument parser: data prepare|summary, train, evaluate, index, serve."""
     parser = argparse.ArgumentParser(prog="starsrec", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"starsrec {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "items files (CSV or Parquet)",
     )
     prep.add_argument("--out", required=True, help="directory to write the Parquet tables to")
+    data_commands.add_parser(
+        "summary",
+        help="events, users and baskets per week: for choosing temporal_cuts",
+        epilog=EXAMPLES["summary"],
+    ).add_argument("source", help="a known dataset or a directory with your own files")
 
     train = commands.add_parser(
         "train",
@@ -225,6 +231,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     torchrun)."""
     if args.command == "data":
         dataset = prepare(args.source)
+        if args.data_command == "summary":
+            print(format_weekly(weekly_summary(dataset)))
+            return 0
         out = save_prepared(dataset, args.out)
         print(format_summary(summarize(dataset)))
         print(f"\nwrote {out}/")
@@ -271,16 +280,6 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` serves this machine only (localhost, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """`starsrec serve`: check the access settings, load the artifact (so a refusal is one
     line here, not a traceback from inside the server), then serve until stopped."""
@@ -288,7 +287,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from starsrec.serving.config import ServingConfig
     from starsrec.serving.service import RecommendationService
-    from starsrec.web.access import Access
+    from starsrec.web.access import Access, is_loopback
     from starsrec.web.app import create_app
 
     key = os.environ.get(args.api_key_env) or None

@@ -20,20 +20,28 @@ import holidays
 import numpy as np
 import pandas as pd
 
+from starsrec.data.dataset import DataError
+
 DAY = 86_400
 MAX_DAYS = 60.0
+
+
+def country_calendar(country: str, years: range) -> holidays.HolidayBase:
+    """The public holidays of `country` in `years`; a DataError when `holidays` has no
+    calendar for that code (it raises NotImplementedError, which would be a traceback)."""
+    try:
+        return holidays.country_holidays(country, years=years)
+    except NotImplementedError as error:
+        raise DataError(
+            f"no public holiday calendar for country {country!r}; use an ISO 3166 code "
+            "such as 'GB' or 'US'"
+        ) from error
 
 
 @lru_cache(maxsize=32)
 def holiday_days(country: str, first_year: int, last_year: int) -> np.ndarray:
     """Sorted int64 day numbers (days since the epoch) of the country's public holidays."""
-    try:
-        calendar = holidays.country_holidays(country, years=range(first_year, last_year + 1))
-    except NotImplementedError as error:
-        raise ValueError(
-            f"no public holiday calendar for country {country!r}; use an ISO 3166 code "
-            "such as 'GB' or 'US'"
-        ) from error
+    calendar = country_calendar(country, range(first_year, last_year + 1))
     dates = np.array(sorted(calendar.keys()), dtype="datetime64[D]")
     return dates.astype(np.int64)
 
@@ -105,7 +113,7 @@ class CalendarEvents:
         promotions (`name`, `start`, `end`)."""
         windows: list[tuple[str, int, int]] = []
         if country:
-            calendar = holidays.country_holidays(country, years=range(first_year, last_year + 1))
+            calendar = country_calendar(country, range(first_year, last_year + 1))
             for date, label in sorted(calendar.items()):
                 day = int(np.datetime64(date, "D").astype(np.int64))
                 for name in label.split("; "):

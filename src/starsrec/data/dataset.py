@@ -5,8 +5,8 @@ A `Dataset` is four tables and a little metadata:
 - events: one row per interaction, sorted by (user_id, timestamp) with ties kept in the
   order the source gave them (add-to-cart order, invoice line order...). Columns:
   `user_id` (str), `item_id` (str), `timestamp` (datetime64[ns], naive UTC),
-  `event_type` (str, one of `event_types`), plus optional `quantity`, `price` and
-  context columns.
+  `event_type` (str, one of `event_types`), plus optional `quantity`, `price`, a basket
+  column (`BASKET_COLUMNS`, no missing values) and context columns.
 - items: one row per catalogue item, `item_id` (str, unique), `text` (str), and optional
   `class`, `subclass` (str), `price` (float), `available` (bool).
 - users (optional): `user_id` + static categorical features (str).
@@ -33,6 +33,9 @@ import pandas as pd
 
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event_type")
 ITEM_COLUMNS = ("item_id", "text")
+# An optional events column naming each row's basket or session; without one, a user's events
+# at one timestamp form a basket (see starsrec.data.baskets).
+BASKET_COLUMNS = ("basket_id", "session_id")
 # The tables of a dataset directory, in the order they are read and reported.
 TABLE_NAMES = ("events", "items", "users", "promotions")
 

@@ -24,16 +24,13 @@ from starsrec.data.baskets import (
     last_baskets,
     next_basket,
 )
-from starsrec.data.dataset import Dataset
+from starsrec.data.dataset import BASKET_COLUMNS, DataError, Dataset
 from starsrec.data.interactions import Catalogue, EventLog, Queries, to_seconds
 from starsrec.data.sessions import SESSION_PROTOCOLS, within_basket
 
 LEAVE_ONE_OUT = "leave-one-out"
 TEMPORAL = "temporal"
 PROTOCOLS = (LEAVE_ONE_OUT, TEMPORAL, NEXT_BASKET, LAST_BASKET, *SESSION_PROTOCOLS)
-# An events column that names each row's basket or session (else baskets are the rows of
-# one user sharing a timestamp: see starsrec.data.baskets).
-BASKET_COLUMNS = ("basket_id", "session_id")
 
 
 @dataclass(frozen=True)
@@ -97,12 +94,20 @@ def split_dataset(
         test_cut = test_cut or (cuts.test if cuts else None)
         if validation_cut is None or test_cut is None:
             raise ValueError(
-                f"dataset {dataset.name!r} has no default temporal cut dates; "
-                "pass validation_cut and test_cut (e.g. '2011-10-15' and '2011-11-01')"
+                f"dataset {dataset.name!r} has no default temporal cut dates, which the "
+                f"{protocol} protocol needs: add "
+                '"temporal_cuts": {"validation": "2011-10-15", "test": "2011-11-01"} to the '
+                "dataset.json of your files and prepare them again (`starsrec data summary "
+                "DIR` prints the events per week to choose them from), or pass "
+                "validation_cut and test_cut"
             )
+        split: Split | BasketSplit
         if protocol == NEXT_BASKET:
-            return next_basket(log, catalogue, validation_cut, test_cut, basket_key(dataset))
-        return temporal(log, catalogue, validation_cut, test_cut, max_targets_per_user)
+            split = next_basket(log, catalogue, validation_cut, test_cut, basket_key(dataset))
+        else:
+            split = temporal(log, catalogue, validation_cut, test_cut, max_targets_per_user)
+        _check_windows(split, dataset.name, validation_cut, test_cut)
+        return split
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
@@ -122,6 +127,31 @@ def within_baskets(split: Split | BasketSplit, protocol: str, seed: int = 0) -> 
         test_target=test_target,
         description=description,
     )
+
+
+def _check_windows(
+    split: Split | BasketSplit, name: str, validation_cut: str, test_cut: str
+) -> None:
+    """Refuse cut dates that leave nothing to train on or no queries to validate or test:
+    models would fit on nothing or the report would average over no query."""
+    times = split.log.timestamp.astype("datetime64[s]")
+    span = f"its events run from {times.min()} to {times.max()}" if times.size else "no events"
+    hint = (
+        "move the dates in dataset.json's temporal_cuts and prepare again (`starsrec data "
+        "summary DIR` prints the events and returning baskets per week)"
+    )
+    queries = "target events of users with earlier events"
+    if isinstance(split, BasketSplit):
+        queries = "baskets with a target event of users with an earlier basket"
+    if split.train.size == 0:
+        problem = f"no events before the validation cut {validation_cut}"
+    elif len(split.validation) == 0:
+        problem = f"no {queries} between the cuts {validation_cut} and {test_cut}"
+    elif len(split.test) == 0:
+        problem = f"no {queries} from the test cut {test_cut} on"
+    else:
+        return
+    raise DataError(f"dataset {name!r} has {problem} ({span}): {hint}")
 
 
 def basket_key(dataset: Dataset) -> np.ndarray | None:

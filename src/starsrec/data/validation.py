@@ -12,7 +12,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from starsrec.data.calendar import country_calendar
 from starsrec.data.dataset import (
+    BASKET_COLUMNS,
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     TABLE_NAMES,
@@ -45,6 +47,7 @@ def validate(dataset: Dataset, *, source: dict[str, str] | None = None) -> Datas
     """
     where = {name: (source or {}).get(name, f"the {name} table") for name in TABLE_NAMES}
     _check_cuts(dataset.temporal_cuts)
+    _check_country(dataset.country)
     items = _validate_items(dataset.items, where["items"])
     events = _validate_events(dataset.events, dataset.event_types, where["events"])
     users = None if dataset.users is None else _validate_users(dataset.users, where["users"])
@@ -92,6 +95,19 @@ def _validate_events(frame: pd.DataFrame, types: tuple[EventType, ...], where: s
     for column in ("quantity", "price"):
         if column in df.columns:
             out[column] = _floats(df, column, where)
+    for column in BASKET_COLUMNS:
+        if column in df.columns:
+            # Caught here, with the rows, rather than by the basket protocols much later.
+            keys = as_labels(df[column])
+            _fail_rows(
+                df,
+                keys.isna() | (keys == ""),
+                where,
+                column,
+                "rows without a basket or session",
+                "every row needs one (views and carts too: give them their session); fill "
+                "them in, or drop the column to make a user's events at one timestamp a basket.",
+            )
     return out
 
 
@@ -182,6 +198,18 @@ def _check_cuts(cuts: TemporalCuts | None) -> None:
         raise DataError(f"temporal_cuts must be ISO dates, got {cuts}: {err}") from None
     if validation > test:
         raise DataError(f"temporal_cuts.validation ({validation}) is after test ({test}).")
+
+
+def _check_country(country: str | None) -> None:
+    # Checked here so that a typo fails `data prepare`, not training minutes later.
+    if not country:  # no country: no holidays (CalendarEvents reads "" the same way)
+        return
+    try:
+        country_calendar(country, range(2000, 2001))
+    except DataError as error:
+        raise DataError(
+            f"country: {error}, or leave `country` out of dataset.json (no holidays)"
+        ) from None
 
 
 def _drop_unknown_items(

@@ -15,6 +15,7 @@ settings (a key and open writes; protected reads without a key).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 from collections.abc import Mapping
 
@@ -91,3 +92,13 @@ class Access:
                 "no API key: writes are refused (set one, or pass %s on a trusted machine)",
                 OPEN_WRITES_FLAG,
             )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
