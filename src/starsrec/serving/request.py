@@ -135,7 +135,7 @@ def parse_filters(value: str | Mapping | RequestFilters | None) -> RequestFilter
 _TIMESTAMP = TypeAdapter(Timestamp)
 
 
-def parse_timestamp(value: str | float | None) -> float | None:
+def parse_timestamp(value: str | float | datetime | None) -> float | None:
     """A request time as the HTTP API reads `timestamp` (unix seconds or ISO 8601, from
     1970 on), in unix seconds; None stays None (now, for the caller to fix). A RequestError
     naming `timestamp` otherwise."""
