@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from starsrec import __version__
 from starsrec.baselines import BASELINES
-from starsrec.cli import serving
+from starsrec.cli import recommend, serving
 from starsrec.data.dataset import DataError, format_summary, load_prepared, save_prepared, summarize
 from starsrec.data.loaders import DATASETS, prepare
 from starsrec.data.splits import PROTOCOLS
@@ -49,7 +49,8 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `starsrec` argument parser: data prepare, train, evaluate, index and serve."""
+    """The `starsrec` argument parser: data prepare, train, evaluate, index, serve and
+    recommend."""
     parser = argparse.ArgumentParser(prog="starsrec", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"starsrec {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="reports/latest", help="report directory")
 
     serving.add_parsers(commands)
+    recommend.add_parser(commands)
     return parser
 
 
@@ -185,6 +187,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         return serving.run_index(args, without_option(argv, "--nproc"))
     if args.command == "serve":
         return serving.run_serve(args)
+    if args.command == "recommend":
+        return recommend.run(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
