@@ -1,6 +1,12 @@
 """starsrec: STARS sequential recommendation for e-commerce (arXiv 2512.10149).
 
-The names a user imports, each from the module that defines it:
+The three calls most users need (`starsrec.serving.api`):
+
+    model = starsrec.load("artifacts/or")   # or starsrec.train(data_dir, ...)
+    recs = model.recommend(["12347"], k=10, filters={"exclude_purchased": True})
+    similar = model.similar_items(["85123A"], k=10)
+
+The other names a user imports, each from the module that defines it:
 
     from starsrec import prepare, split_dataset, TrainingData, Filters
     from starsrec import StarsRecommender, StarsConfig, BASELINES, evaluate
@@ -18,6 +24,9 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "load": "starsrec.serving.api",
+    "train": "starsrec.serving.api",
+    "Model": "starsrec.serving.api",
     "prepare": "starsrec.data.loaders",
     "Dataset": "starsrec.data.dataset",
     "split_dataset": "starsrec.data.splits",

@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -37,22 +36,29 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, Field, StrictBool
 from starlette.types import Scope
 
 from starsrec import __version__
 from starsrec.serving.catalogue import Product, RequestError
 from starsrec.serving.config import ServingConfig
-from starsrec.serving.filters import RequestFilters
+from starsrec.serving.request import (
+    MAX_BATCH,
+    FiltersIn,
+    Id,
+    Strict,
+    Timestamp,
+    encodable,
+    seconds,
+)
 from starsrec.serving.service import RecommendationService
-from starsrec.serving.store import Event, is_timestamp
+from starsrec.serving.store import Event
 from starsrec.web.access import Access
 from starsrec.web.browse import CatalogueBrowser
 from starsrec.web.explorer import explorer_router
 from starsrec.web.http_guard import (
     BodyGuard,
     ObservedRequests,
-    encodable,
     route_dependencies,
     short,
     validation_errors,
@@ -63,29 +69,10 @@ from starsrec.web.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
-MAX_BATCH = 10_000
 T = TypeVar("T")
 # pydantic stops at the first item past max_length, so an oversized batch is refused before
 # its items are validated (a megabyte of bad items would otherwise make one error each).
 Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
-Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
-
-
-def _not_a_bool(value: object) -> object:
-    # pydantic would take JSON true/false as 1 and 0: `"timestamp": true` was stored as 1970.
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be unix seconds or ISO 8601, not true or false")
-    return value
-
-
-def _check_time(value: datetime | float) -> datetime | float:
-    seconds = value.timestamp() if isinstance(value, datetime) else value
-    if not is_timestamp(seconds):
-        raise ValueError("timestamp must be unix seconds (or ISO 8601) from 1970 on, not ms")
-    return value
-
-
-Timestamp = Annotated[datetime | float, BeforeValidator(_not_a_bool), AfterValidator(_check_time)]
 
 
 def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
@@ -97,18 +84,6 @@ def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
     except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / Windows
         return lambda: None
     return lambda: loop.remove_signal_handler(signal.SIGHUP)
-
-
-def _seconds(value: Timestamp | None) -> float:
-    if value is None:
-        return time.time()
-    return value.timestamp() if isinstance(value, datetime) else float(value)
-
-
-class Strict(BaseModel):
-    """A request body that refuses unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class EventIn(Strict):
@@ -127,16 +102,6 @@ class SessionEventIn(Strict):
     item_id: Id
     event_type: Id | None = None
     timestamp: Timestamp | None = None
-
-
-class FiltersIn(Strict):
-    """What a recommendation may return (`RequestFilters` at the edge)."""
-
-    in_stock_only: StrictBool = True
-    classes: list[Id] = Field(default_factory=list, max_length=1000)
-    subclasses: list[Id] = Field(default_factory=list, max_length=1000)
-    exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
-    exclude_purchased: StrictBool | None = None
 
 
 class RecommendIn(Strict):
@@ -280,7 +245,7 @@ def create_app(
                 user_id=e.user_id,
                 item_id=e.item_id,
                 event_type=e.event_type or svc.main_event_type,
-                timestamp=_seconds(e.timestamp),
+                timestamp=seconds(e.timestamp),
             )
             for e in batch
         ]
@@ -312,21 +277,15 @@ def create_app(
                 "",
                 e.item_id,
                 e.event_type or svc.main_event_type,
-                _seconds(e.timestamp),
+                seconds(e.timestamp),
             )
             for n, e in enumerate(body.events)
         ]
         unknown = [e.item_id for e in events if e.item_id not in svc.items.row_of]
         if unknown:
             raise RequestError("events", f"events: unknown item ids {unknown[:5]}")
-        filters = RequestFilters(
-            in_stock_only=body.filters.in_stock_only,
-            classes=tuple(body.filters.classes),
-            subclasses=tuple(body.filters.subclasses),
-            exclude=tuple(body.filters.exclude),
-            exclude_purchased=body.filters.exclude_purchased,
-        )
-        results = svc.recommend(body.user_id, events, body.k, _seconds(body.timestamp), filters)
+        filters = body.filters.to_filters()
+        results = svc.recommend(body.user_id, events, body.k, seconds(body.timestamp), filters)
         return {
             "items": [dataclasses.asdict(r) for r in results],
             "took_ms": round((time.perf_counter() - started) * 1e3, 3),

@@ -8,7 +8,6 @@ helpers that keep error answers and log lines small and JSON-safe whatever the i
     ObservedRequests   every status (and the time) to a callback; an unexpected exception
                        becomes a short 500 and one bounded log record
     validation_errors  a 422 body: the first few problems, each input cut short, a count
-    encodable          a pydantic validator: text that UTF-8 can encode (no lone surrogates)
     short              text for a log line: escaped, truncated
     without_paths      an error message for a client: no absolute paths of the server
 """
@@ -229,16 +228,6 @@ def echo(value: object, depth: int = 0) -> object:
             items.append(f"(+{len(value) - ECHO_ITEMS} more items)")
         return items
     return _echo_text(str(value))
-
-
-def encodable(value: str) -> str:
-    """A pydantic validator: `value` unless it holds a lone surrogate (JSON's "\\ud800"
-    escape decodes to one), which UTF-8, SQLite and every log file refuse."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError("must be valid unicode text (no lone surrogate escapes)") from error
-    return value
 
 
 class ObservedRequests:

@@ -1,4 +1,4 @@
-"""The `starsrec` command line: the only place that prints.
+"""The `starsrec` command: its parser, the data, train and evaluate commands, and `main`.
 
 starsrec data prepare movielens-100k --out data/movielens-100k
 starsrec evaluate data/movielens-100k --protocol leave-one-out --out reports/ml
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from starsrec import __version__
 from starsrec.baselines import BASELINES
+from starsrec.cli import recommend, serving
 from starsrec.data.dataset import DataError, format_summary, load_prepared, save_prepared, summarize
 from starsrec.data.loaders import DATASETS, prepare
 from starsrec.data.splits import PROTOCOLS, default_protocol
@@ -47,28 +48,12 @@ EXAMPLES = {
         "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
         "--models popularity,lambdamart --out reports/movielens"
     ),
-    "index": (
-        "example: starsrec index artifacts/movielens\n\n"
-        "sharded, one job per shard on any machines sharing the artifact directory, then "
-        "the merge:\n"
-        "  starsrec index artifacts/shop --shards 8 --shard 0   # ... --shard 7\n"
-        "  starsrec index artifacts/shop                        # merges, builds serving/\n"
-        "the same as 4 local torchrun ranks (or torchrun -m starsrec.cli index ... on "
-        "several nodes):\n"
-        "  starsrec index artifacts/shop --nproc 4"
-    ),
-    "serve": (
-        "example: starsrec serve artifacts/movielens --host 127.0.0.1 --port 8000, then open "
-        "http://127.0.0.1:8000/ (the explorer page) or http://127.0.0.1:8000/docs (the API). "
-        "Writes (events, products, reload) need the API key in $STARSREC_API_KEY (the page "
-        "has a field for it); on a machine of your own, --insecure-open-writes opens them "
-        "without one"
-    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `starsrec` argument parser: data prepare|summary, train, evaluate, index, serve."""
+    """The `starsrec` argument parser: data prepare|summary, train, evaluate, index, serve
+    and recommend."""
     parser = argparse.ArgumentParser(prog="starsrec", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"starsrec {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -159,70 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare-with", metavar="REPORT_DIR", help=compare)
     evaluate.add_argument("--out", default="reports/latest", help="report directory")
 
-    index = commands.add_parser(
-        "index",
-        help="offline stage: item index, user memories, event store and exported encoder "
-        "inside the artifact",
-        epilog=EXAMPLES["index"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    index.add_argument("artifact_dir", help="an artifact from `starsrec train`")
-    index.add_argument("--data", help="the prepared dataset (default: the one it was trained on)")
-    index.add_argument(
-        "--shards",
-        type=int,
-        metavar="N",
-        help="compute only the item vectors and user memories of shard --shard of N",
-    )
-    index.add_argument("--shard", type=int, metavar="I", help="which shard, 0 to N - 1")
-    index.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="compute N shards as N local processes under torchrun, then merge",
-    )
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve an indexed artifact over HTTP: the API, and the explorer page at /",
-        description="Serve an indexed artifact over HTTP: the JSON API under /v1 and the "
-        "explorer page at / (pick a shopper, add items to their session, set the date, add "
-        "products and see the recommendations move).",
-        epilog=EXAMPLES["serve"],
-    )
-    serve.add_argument("artifact_dir", help="an artifact indexed by `starsrec index`")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--api-key-env",
-        default="STARSREC_API_KEY",
-        help="environment variable holding the API key that writes need, 16 characters or "
-        "more (default STARSREC_API_KEY; unset = no key: writes refused, and only loopback "
-        "served). Never pass keys on the command line.",
-    )
-    serve.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
-    serve.add_argument(
-        "--insecure-open-writes",
-        action="store_true",
-        help="without an API key, let anyone who can reach the server post events, put "
-        "products and reload (default: writes need the key; loopback only; a warning is "
-        "logged at start)",
-    )
-    serve.add_argument(
-        "--max-clock-skew",
-        type=float,
-        default=86_400.0,
-        metavar="SECONDS",
-        help="refuse event and request times later than the server's clock plus SECONDS "
-        "(default a day)",
-    )
-    serve.add_argument(
-        "--store-url",
-        metavar="URL",
-        help="shared Redis event store for several replicas, e.g. redis://127.0.0.1:6379/0 "
-        "(default: the artifact's SQLite file)",
-    )
+    serving.add_parsers(commands)
+    recommend.add_parser(commands)
     return parser
 
 
@@ -274,87 +197,12 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         print(f"wrote {report} and {report.parent / 'results.json'}")
         return 0
     if args.command == "index":
-        return run_index(args, argv)
+        return serving.run_index(args, without_option(argv, "--nproc"))
     if args.command == "serve":
-        return run_serve(args)
+        return serving.run_serve(args)
+    if args.command == "recommend":
+        return recommend.run(args)
     raise AssertionError(f"unhandled command {args.command}")
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """`starsrec serve`: check the access settings, load the artifact (so a refusal is one
-    line here, not a traceback from inside the server), then serve until stopped."""
-    import uvicorn
-
-    from starsrec.serving.config import ServingConfig
-    from starsrec.serving.service import RecommendationService
-    from starsrec.web.access import Access, is_loopback
-    from starsrec.web.app import create_app
-
-    key = os.environ.get(args.api_key_env) or None
-    if args.protect_reads and key is None:
-        raise ValueError(f"--protect-reads needs an API key in ${args.api_key_env}")
-    Access(key, args.protect_reads, args.insecure_open_writes)  # a short key, contradictions
-    if key is None and not is_loopback(args.host):
-        raise ValueError(
-            f"--host {args.host} is not a loopback address: serving beyond this machine needs "
-            f"an API key in ${args.api_key_env} (16 characters or more)"
-        )
-    if not args.max_clock_skew >= 0:
-        raise ValueError(f"--max-clock-skew must be >= 0 seconds, got {args.max_clock_skew}")
-    config = ServingConfig(store_url=args.store_url, max_future_s=args.max_clock_skew)
-    service = RecommendationService.load(args.artifact_dir, config)
-    try:
-        app = create_app(
-            args.artifact_dir,
-            service=service,
-            config=config,
-            api_key=key,
-            protect_reads=args.protect_reads,
-            insecure_open_writes=args.insecure_open_writes,
-        )
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        service.store.close()
-    return 0
-
-
-def run_index(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """`starsrec index`: whole, one shard, sharded under torchrun, or merging shards."""
-    from shutil import rmtree
-
-    from starsrec.serving import shards as offline_shards
-    from starsrec.serving.offline import build_serving
-
-    root = args.artifact_dir
-    if (args.shards is None) != (args.shard is None):
-        raise ValueError("--shards N and --shard I go together")
-    if args.nproc > 1 and not distributed.launched_by_torchrun():
-        return distributed.relaunch(args.nproc, without_option(argv, "--nproc"))
-    rank = distributed.init_from_environment()
-    if rank.distributed:
-        try:
-            if rank.is_main:  # shards of an earlier, different split must not be merged
-                rmtree(f"{root}/{offline_shards.SHARDS_DIR}", ignore_errors=True)
-            distributed.barrier()
-            offline_shards.compute_shard(
-                root, rank.world_size, rank.rank, args.data, progress=rank.is_main
-            )
-            distributed.barrier()
-        finally:
-            distributed.shutdown()
-        if not rank.is_main:
-            return 0
-        out = offline_shards.build_serving_from_shards(root, args.data)
-    elif args.shards is not None:
-        path = offline_shards.compute_shard(root, args.shards, args.shard, args.data)
-        print(f"wrote {path}; once all {args.shards} shards exist: starsrec index {root}")
-        return 0
-    elif offline_shards.has_shards(root):
-        out = offline_shards.build_serving_from_shards(root, args.data)
-    else:
-        out = build_serving(root, args.data)
-    print(f"wrote {out}/; start the service with: starsrec serve {root}")
-    return 0
 
 
 def without_option(argv: Sequence[str], option: str) -> list[str]:
@@ -393,7 +241,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         print("hint: run with --debug for the full traceback", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
