@@ -3,36 +3,113 @@
 A new product's token comes from its text and tags alone, exactly like a cold item's; a
 changed trained product keeps the delta and bias it learned. Its calendar-offset class is
 the catalogue class the model knows, else the class whose items' mean text is nearest.
+
+`ProductTokenizer.prepare` does the part of a write that takes long (embedding and tagging
+the texts, computing index rows) and changes nothing a request reads, so the API runs it in
+a worker thread while requests go on; the service then applies the prepared rows at once.
+Text embeddings go through `starsrec.features.text`'s cache, kept in the artifact
+(`serving/embeddings/`), so replaying the product log at a restart or reload embeds no text
+that was embedded before.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from starsrec.features.encoders import TextEncoder
-from starsrec.features.text import embed_items
-from starsrec.serving.catalogue import item_tags
+from starsrec.features.text import EmbeddingCache, embed_items
+from starsrec.serving.catalogue import ItemTable, Product, item_tags
 from starsrec.stars.batch import PAD, slot_of
 from starsrec.stars.model import STARS
 from starsrec.stars.recommender import StarsRecommender, text_encoder
 
+# One open cache per file and encoder in this process, each with its lock: a reload's new
+# service and the old one share it, so neither rewrites the file without the other's texts.
+_CACHES: dict[tuple[Path, str], tuple[EmbeddingCache, threading.Lock]] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def _shared_cache(cache_dir: Path, encoder_name: str) -> tuple[EmbeddingCache, threading.Lock]:
+    key = (cache_dir.absolute(), encoder_name)
+    with _CACHES_LOCK:
+        if key not in _CACHES:
+            _CACHES[key] = (EmbeddingCache(cache_dir, encoder_name), threading.Lock())
+        return _CACHES[key]
+
+
+@dataclass(frozen=True)
+class PreparedProducts:
+    """Products with the rows the catalogue and the index need (one per product)."""
+
+    products: list[Product]
+    tokens: np.ndarray  # (P, D) item tokens
+    tags: np.ndarray  # (P, G)
+    model_classes: np.ndarray  # (P,) calendar-offset classes
+    vectors: np.ndarray  # (P, index dim) index rows [e_i, b_i, onehot(class(i))]
+
 
 class ProductTokenizer:
-    """Index vectors for products of one trained STARS recommender."""
+    """Index vectors for products of one trained STARS recommender; text embeddings cached
+    in `cache_dir` when given."""
 
-    def __init__(self, recommender: StarsRecommender) -> None:
+    def __init__(self, recommender: StarsRecommender, cache_dir: Path | None = None) -> None:
         self.recommender = recommender
         self.model = recommender._fitted_model()
-        self._encoder: TextEncoder | None = None  # the text encoder, loaded at the first product
+        self.cache_dir = cache_dir
+        self._encoder: TextEncoder | None = None  # loaded by load_encoder, once
+        self._loading = threading.Lock()
         self._centroids: np.ndarray | None = None
 
+    def load_encoder(self) -> TextEncoder:
+        """The text encoder, loaded at the first call (its weights too: a sentence
+        transformer otherwise loads them at its first text, seconds into a request)."""
+        with self._loading:
+            if self._encoder is None:
+                encoder = text_encoder(self.recommender.config)
+                _ = encoder.dim  # a sentence transformer loads its model to answer this
+                self._encoder = encoder
+            return self._encoder
+
     def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(P, Dt) text embeddings and (P, G) tags of product texts."""
-        if self._encoder is None:
-            self._encoder = text_encoder(self.recommender.config)
-        text = embed_items(texts, self._encoder, cache_dir=None, progress=False)
+        """(P, Dt) text embeddings (texts in the cache are not embedded again) and (P, G)
+        tags of product texts."""
+        encoder = self.load_encoder()
+        if self.cache_dir is None:
+            text = embed_items(texts, encoder, progress=False)
+        else:
+            cache, lock = _shared_cache(self.cache_dir, encoder.name)
+            with lock:
+                text = embed_items(texts, encoder, progress=False, cache=cache)
         return text, item_tags(self.recommender, texts)
+
+    def prepare(self, items: ItemTable, products: Sequence[Product]) -> PreparedProducts:
+        """Every row of `products` for the catalogue `items`, which is only read (the
+        trained rows and known class names), so requests may be served meanwhile."""
+        text, tags = self.features([p.text for p in products])
+        trained_size = self.recommender._fitted_catalogue().size
+        tokens, classes, vectors = [], [], []
+        for p, product in enumerate(products):
+            row = items.row_of.get(product.item_id)
+            trained = row is not None and row < trained_size
+            token, bias = self.token(text[p], tags[p], row if trained else None)
+            # A class name the catalogue lacks gets its code when applied; either way a
+            # class the model was not trained on takes the nearest class by text.
+            name = product.item_class
+            known = name is not None and name in items.class_names
+            item_class = items.class_names.index(name) if name is not None and known else -1
+            model_class = self.model_class(item_class, text[p])
+            tokens.append(token)
+            classes.append(model_class)
+            vectors.append(self.index_vector(token, bias, model_class))
+        return PreparedProducts(
+            list(products), np.array(tokens), tags, np.array(classes, np.int64), np.array(vectors)
+        )
 
     @torch.no_grad()
     def token(

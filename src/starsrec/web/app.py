@@ -13,7 +13,9 @@
                                  (users, items, audiences: see starsrec.web.explorer)
 
 Handlers are `async def` and call the service directly: a request is about a millisecond
-of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
+of CPU, and sync handlers (a thread-pool hop each) halved throughput here. The exception is
+PUT /v1/items, whose embedding and tagging run in a worker thread, one write at a time
+(see `put_items`), so a large batch never holds up other requests. Invalid input is
 answered 4xx with a message naming the field (pydantic's 422s, and the service's
 `RequestError`s); nothing a client sends should produce a 500. `starsrec.http_guard` bounds
 bodies and checks the key before a body is read, and keeps error answers small.
@@ -31,13 +33,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from starlette.types import Scope
 
 from starsrec import __version__
@@ -45,47 +46,30 @@ from starsrec.serving.catalogue import Product, RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.filters import RequestFilters
 from starsrec.serving.service import RecommendationService
-from starsrec.serving.store import Event, is_timestamp
+from starsrec.serving.store import Event
 from starsrec.web.access import Access
 from starsrec.web.browse import CatalogueBrowser
 from starsrec.web.explorer import explorer_router
 from starsrec.web.http_guard import (
     BodyGuard,
     ObservedRequests,
-    encodable,
     route_dependencies,
     short,
     validation_errors,
     without_paths,
 )
 from starsrec.web.metrics import Metrics
+from starsrec.web.models import (  # MAX_BATCH, MAX_K: the API's caps, for its callers
+    MAX_BATCH,  # noqa: F401
+    MAX_K,
+    Batch,
+    EventIn,
+    ProductIn,
+    RecommendIn,
+    Timestamp,
+)
 
 logger = logging.getLogger(__name__)
-
-MAX_K = 1000
-MAX_BATCH = 10_000
-T = TypeVar("T")
-# pydantic stops at the first item past max_length, so an oversized batch is refused before
-# its items are validated (a megabyte of bad items would otherwise make one error each).
-Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
-Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
-
-
-def _not_a_bool(value: object) -> object:
-    # pydantic would take JSON true/false as 1 and 0: `"timestamp": true` was stored as 1970.
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be unix seconds or ISO 8601, not true or false")
-    return value
-
-
-def _check_time(value: datetime | float) -> datetime | float:
-    seconds = value.timestamp() if isinstance(value, datetime) else value
-    if not is_timestamp(seconds):
-        raise ValueError("timestamp must be unix seconds (or ISO 8601) from 1970 on, not ms")
-    return value
-
-
-Timestamp = Annotated[datetime | float, BeforeValidator(_not_a_bool), AfterValidator(_check_time)]
 
 
 def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
@@ -103,60 +87,6 @@ def _seconds(value: Timestamp | None) -> float:
     if value is None:
         return time.time()
     return value.timestamp() if isinstance(value, datetime) else float(value)
-
-
-class Strict(BaseModel):
-    """A request body that refuses unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class EventIn(Strict):
-    """One shopper event, as POST /v1/events takes it."""
-
-    user_id: Id
-    item_id: Id
-    event_type: Id | None = Field(None, description="default: the dataset's main event type")
-    timestamp: Timestamp | None = Field(None, description="unix seconds or ISO 8601; now")
-    event_id: Id | None = Field(None, description="idempotency key; a new one when omitted")
-
-
-class SessionEventIn(Strict):
-    """An event a recommendation request carries (no user id: the request's)."""
-
-    item_id: Id
-    event_type: Id | None = None
-    timestamp: Timestamp | None = None
-
-
-class FiltersIn(Strict):
-    """What a recommendation may return (`RequestFilters` at the edge)."""
-
-    in_stock_only: StrictBool = True
-    classes: list[Id] = Field(default_factory=list, max_length=1000)
-    subclasses: list[Id] = Field(default_factory=list, max_length=1000)
-    exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
-    exclude_purchased: StrictBool | None = None
-
-
-class RecommendIn(Strict):
-    """The body of POST /v1/recommend."""
-
-    user_id: Id | None = None
-    events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
-    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # not "5", 5.0 or true
-    timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
-    filters: FiltersIn = Field(default_factory=FiltersIn)
-
-
-class ProductIn(Strict):
-    """A product to add or change, as PUT /v1/items takes it."""
-
-    item_id: Id
-    text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
-    item_class: Id | None = Field(None, alias="class")
-    subclass: Id | None = None
-    in_stock: StrictBool = True
 
 
 def create_app(
@@ -195,6 +125,16 @@ def create_app(
     # that never run the lifespan (schema fuzzers) call the app.
     state: dict[str, RecommendationService] = {} if service is None else {"service": service}
     reloading = asyncio.Lock()
+    # Product writes one at a time (two batches never interleave), and a reload's swap waits
+    # for the one in progress: every acknowledged product reaches the service that serves.
+    writing_products = asyncio.Lock()
+
+    async def ready_for_products(svc: RecommendationService) -> None:
+        """Load the text encoder now when products can be put: loading it at the first PUT
+        held that request (a sentence transformer takes seconds)."""
+        if access.api_key is not None or access.open_writes:
+            await asyncio.to_thread(svc.tokenizer.load_encoder)
+
     # The explorer's searches over the current service (built lazily, so swapping is cheap).
     browsers: list[CatalogueBrowser] = []
 
@@ -206,19 +146,23 @@ def create_app(
     async def reload() -> RecommendationService:
         """Load the artifact again in a worker thread while requests go on, then swap.
 
-        Handlers run on the event loop and never await mid-request, so a request is served
+        Handlers other than PUT /v1/items never await mid-request, so a request is served
         entirely by the old service or entirely by the new one; closing the old store after
-        the swap cannot cut one short. A failed load (corrupt or half-written artifact)
-        raises and leaves the old service serving."""
+        the swap cannot cut one short. The swap waits for a product write in progress, then
+        the new service replays what the old one took while it loaded. A failed load
+        (corrupt or half-written artifact) raises and leaves the old service serving."""
         if artifact_dir is None:
             raise RequestError(
                 "reload", "reload: this app serves a service object, not an artifact", 409
             )
         async with reloading:
             fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config, False)
-            old, state["service"] = state["service"], fresh
+            await ready_for_products(fresh)
+            async with writing_products:
+                # The new service serves nothing yet, so a thread may change it.
+                await asyncio.to_thread(fresh.replay_products)
+                old, state["service"] = state["service"], fresh
             old.store.close()
-            fresh.replay_products()  # products the old service took while this one loaded
         logger.info("reloaded %s: serving %s items", artifact_dir, fresh.index.size)
         return fresh
 
@@ -233,6 +177,7 @@ def create_app(
         if service is None:
             assert artifact_dir is not None  # checked above: exactly one of the two is given
             state["service"] = RecommendationService.load(artifact_dir, config)
+        await ready_for_products(state["service"])
         logger.info("serving %s items", state["service"].index.size)
         access.announce()
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
@@ -348,8 +293,23 @@ def create_app(
     @app.put("/v1/items", dependencies=[Depends(writer)])
     async def put_items(body: ProductIn | Batch[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
+        cap = state["service"].config.max_products_per_request
+        if len(batch) > cap:
+            raise RequestError(
+                "items",
+                f"items: {len(batch)} products in one request, at most {cap} (ServingConfig."
+                "max_products_per_request; start `starsrec serve` with "
+                "--max-products-per-request N to raise it): send them in several requests",
+            )
         products = [Product(p.item_id, p.text, p.item_class, p.subclass, p.in_stock) for p in batch]
-        outcome = state["service"].upsert_items(products)
+        async with writing_products:
+            svc = state["service"]
+            # Embedding and tagging take long (10,000 products held the loop 48 s): a worker
+            # thread does them while requests go on. The rows are then applied at once, so
+            # no request sees half a write, and logged (fsync) before the answer.
+            prepared = await asyncio.to_thread(svc.prepare_products, products)
+            outcome = svc.apply_products(prepared)
+            await asyncio.to_thread(svc.log_products, products)
         return {
             "items": [
                 {"item_id": p.item_id, "status": o} for p, o in zip(products, outcome, strict=True)

@@ -1,0 +1,91 @@
+"""The request bodies of the HTTP API (pydantic models): strict types, bounded sizes, ids
+and texts UTF-8 can carry (see starsrec.web.app for the endpoints)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+
+from starsrec.serving.store import is_timestamp
+from starsrec.web.http_guard import encodable
+
+MAX_K = 1000
+MAX_BATCH = 10_000
+T = TypeVar("T")
+# pydantic stops at the first item past max_length, so an oversized batch is refused before
+# its items are validated (a megabyte of bad items would otherwise make one error each).
+Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
+Id = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(encodable)]
+
+
+def _not_a_bool(value: object) -> object:
+    # pydantic would take JSON true/false as 1 and 0: `"timestamp": true` was stored as 1970.
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be unix seconds or ISO 8601, not true or false")
+    return value
+
+
+def _check_time(value: datetime | float) -> datetime | float:
+    seconds = value.timestamp() if isinstance(value, datetime) else value
+    if not is_timestamp(seconds):
+        raise ValueError("timestamp must be unix seconds (or ISO 8601) from 1970 on, not ms")
+    return value
+
+
+Timestamp = Annotated[datetime | float, BeforeValidator(_not_a_bool), AfterValidator(_check_time)]
+
+
+class Strict(BaseModel):
+    """A request body that refuses unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(Strict):
+    """One shopper event, as POST /v1/events takes it."""
+
+    user_id: Id
+    item_id: Id
+    event_type: Id | None = Field(None, description="default: the dataset's main event type")
+    timestamp: Timestamp | None = Field(None, description="unix seconds or ISO 8601; now")
+    event_id: Id | None = Field(None, description="idempotency key; a new one when omitted")
+
+
+class SessionEventIn(Strict):
+    """An event a recommendation request carries (no user id: the request's)."""
+
+    item_id: Id
+    event_type: Id | None = None
+    timestamp: Timestamp | None = None
+
+
+class FiltersIn(Strict):
+    """What a recommendation may return (`RequestFilters` at the edge)."""
+
+    in_stock_only: StrictBool = True
+    classes: list[Id] = Field(default_factory=list, max_length=1000)
+    subclasses: list[Id] = Field(default_factory=list, max_length=1000)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
+    exclude_purchased: StrictBool | None = None
+
+
+class RecommendIn(Strict):
+    """The body of POST /v1/recommend."""
+
+    user_id: Id | None = None
+    events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # not "5", 5.0 or true
+    timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
+class ProductIn(Strict):
+    """A product to add or change, as PUT /v1/items takes it."""
+
+    item_id: Id
+    text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
+    item_class: Id | None = Field(None, alias="class")
+    subclass: Id | None = None
+    in_stock: StrictBool = True
