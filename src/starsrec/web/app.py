@@ -97,6 +97,7 @@ def create_app(
     protect_reads: bool = False,
     max_body_bytes: int = 1 << 20,
     insecure_open_writes: bool = False,
+    body_timeout_s: float = 30.0,
 ) -> FastAPI:
     """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
     app's lifespan (so importing or creating the app does no work); with both, `service`
@@ -105,7 +106,8 @@ def create_app(
     With an `api_key` (MIN_KEY_CHARS or more), writes (events, items, reload) need
     `Authorization: Bearer KEY`; reads too when `protect_reads`. Without one, writes are
     refused (403) unless `insecure_open_writes` opens them to anyone, with a warning at
-    start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413."""
+    start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413, and
+    bodies not received whole within `body_timeout_s` of the first read with 408."""
     if artifact_dir is None and service is None:
         raise ValueError("create_app needs an artifact_dir or a service")
     metrics = Metrics()
@@ -202,7 +204,12 @@ def create_app(
         metrics.requests.labels(name, str(status)).inc()
 
     # The last added runs first: every answer, the guard's refusals included, is observed.
-    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, before_body=key_before_body)
+    app.add_middleware(
+        BodyGuard,
+        max_body_bytes=max_body_bytes,
+        before_body=key_before_body,
+        body_timeout_s=body_timeout_s,
+    )
     app.add_middleware(ObservedRequests, record=record)
 
     @app.exception_handler(RequestError)

@@ -2,8 +2,9 @@
 
 `add_serve_arguments` declares the options on the CLI's `serve` parser; `run_serve` checks
 the access settings and the limits, loads the artifact (so a refusal is one line, not a
-traceback from inside the server) and runs uvicorn. Heavy imports (uvicorn, the service)
-happen in `run_serve`, so building the CLI's parser stays quick.
+traceback from inside the server) and runs uvicorn with the connection deadlines of
+`starsrec.web.connections`. Heavy imports (uvicorn, the service) happen in `run_serve`, so
+building the CLI's parser stays quick.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import os
 from starsrec.serving.config import ServingConfig
 
 DEFAULTS = ServingConfig()
+HEADER_TIMEOUT_S = 10.0  # a request's headers, from the connection (or its first byte)
+BODY_TIMEOUT_S = 30.0  # a body the app reads, from the first read: 1 MiB at 35 KB/s
+KEEP_ALIVE_S = 5  # an idle kept-alive connection (uvicorn's default, stated)
+MAX_HEADER_BYTES = 16_384  # h11's limit on an incomplete request head (its default, stated)
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -61,6 +66,22 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         help=f"products one PUT /v1/items may carry (default {DEFAULTS.max_products_per_request})",
     )
     serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        metavar="SECONDS",
+        help="answer 408 and close a connection whose request headers are not complete "
+        f"within SECONDS (default {HEADER_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT_S,
+        metavar="SECONDS",
+        help="answer 408 to a request whose body has not all arrived SECONDS after it is "
+        f"first read (default {BODY_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
         "--store-url",
         metavar="URL",
         help="shared Redis event store for several replicas, e.g. redis://127.0.0.1:6379/0 "
@@ -88,6 +109,12 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
         raise ValueError(
             f"--max-products-per-request must be >= 1, got {args.max_products_per_request}"
         )
+    for option, seconds in (
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+    ):
+        if not seconds > 0:
+            raise ValueError(f"{option} must be > 0 seconds, got {seconds}")
     return ServingConfig(
         store_url=args.store_url,
         max_future_s=args.max_clock_skew,
@@ -104,6 +131,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from starsrec.serving.service import RecommendationService
     from starsrec.web.access import Access
     from starsrec.web.app import create_app
+    from starsrec.web.connections import deadline_protocol
 
     key = os.environ.get(args.api_key_env) or None
     if args.protect_reads and key is None:
@@ -124,8 +152,17 @@ def run_serve(args: argparse.Namespace) -> int:
             api_key=key,
             protect_reads=args.protect_reads,
             insecure_open_writes=args.insecure_open_writes,
+            body_timeout_s=args.body_timeout,
         )
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            http=deadline_protocol(args.header_timeout),
+            timeout_keep_alive=KEEP_ALIVE_S,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        )
     finally:
         service.store.close()
     return 0
