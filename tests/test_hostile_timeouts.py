@@ -1,5 +1,6 @@
 """Hostile clients (issue 20, finding 7's rest): slow clients cannot hold connections (a
-header deadline in the server, a body deadline in the guard, no draining of unread bodies).
+header deadline in the server, a body deadline in the guard, no draining of unread bodies),
+and every "rebuild" advice names a command that then works.
 
 The deadlines are tested over raw sockets against a real `starsrec serve` process with
 one-second timeouts; the checks are on what the server did (answered 408, closed) while the
@@ -17,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_OVERRIDES
 from starsrec import cli
+from starsrec.data.dataset import save_prepared
+from starsrec.data.files import MEMORY_FILE, META_FILE, SERVING_DIR, SERVING_FILE, STATE_FILE
+from starsrec.data.integrity import ArtifactError
+from starsrec.data.toyworld import make_toy_world
+from starsrec.experiments.artifact import load_config, train_artifact
 from starsrec.serving.service import RecommendationService
 from starsrec.web.app import create_app
 from starsrec.web.connections import DeadlineH11Protocol
@@ -201,3 +208,50 @@ def test_serve_passes_its_deadlines_and_caps_to_the_server(
     ):
         assert cli.main(["serve", str(artifact), *bad]) == 2
     assert len(runs) == 1
+
+
+# --- one remedy, and it works ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A trained artifact whose dataset is on disk, so `starsrec index` can run on it."""
+    root = tmp_path_factory.mktemp("remedy")
+    data = save_prepared(make_toy_world(n_users=30), root / "data")
+    artifact = train_artifact(data, root / "artifact", load_config(None, TINY_OVERRIDES))
+    assert cli.main(["index", str(artifact)]) == 0
+    return artifact
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+DAMAGES = {
+    "memories truncated": lambda a: truncate(a / SERVING_DIR / MEMORY_FILE),
+    "serving.json removed": lambda a: (a / SERVING_DIR / SERVING_FILE).unlink(),
+    "serving folder removed": lambda a: shutil.rmtree(a / SERVING_DIR),
+    "model state truncated": lambda a: truncate(a / STATE_FILE),
+    "meta.json removed": lambda a: (a / META_FILE).unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
+def test_the_advice_on_a_damaged_artifact_names_a_command_that_works(
+    trained, tmp_path, damage, capsys
+) -> None:
+    """The service said "rebuild with `starsrec index`" where `starsrec index` then said
+    "train it": each message now names the command that fixes what it found."""
+    artifact = Path(shutil.copytree(trained, tmp_path / "artifact"))
+    DAMAGES[damage](artifact)
+    with pytest.raises((ArtifactError, FileNotFoundError)) as refused:
+        RecommendationService.load(artifact)
+    advice = str(refused.value)
+    capsys.readouterr()
+    indexed = cli.main(["index", str(artifact)])
+    said = capsys.readouterr().err
+    if f"`starsrec index {artifact}`" in advice:
+        assert "starsrec train" not in advice
+        assert indexed == 0, said
+        RecommendationService.load(artifact).store.close()  # fixed
+    else:
+        assert f"retrain it with `starsrec train DATA_DIR --out {artifact}`" in advice, advice
+        assert indexed == 2 and "starsrec train DATA_DIR" in said, said

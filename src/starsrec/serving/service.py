@@ -27,7 +27,14 @@ from safetensors.numpy import load_file
 
 from starsrec.data import files
 from starsrec.data.calendar import time_parts
-from starsrec.data.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
+from starsrec.data.integrity import (
+    CHECKSUMS_KEY,
+    ArtifactError,
+    read_manifest,
+    reindex_remedy,
+    retrain_remedy,
+    verify,
+)
 from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import (  # Product: re-exported for callers of the service
@@ -110,20 +117,16 @@ class RecommendationService(ProductWrites):
         torch.set_num_threads(config.threads)  # one thread per serving worker
         root = Path(artifact_dir)
         serving = root / files.SERVING_DIR
+        remedy = reindex_remedy(root)
         if not (serving / files.SERVING_FILE).exists():
-            raise FileNotFoundError(
-                f"{root} has no serving files: run `starsrec index {root}` first"
-            )
-        remedy = f"rebuild them with `starsrec index {root}`"
+            raise FileNotFoundError(f"{root} has no serving files: {remedy}")
         meta = read_manifest(serving / files.SERVING_FILE, remedy)
         recommender = StarsRecommender.load(root)  # verifies the model's own checksums
         verify(serving, meta, files.SERVING_FILE, remedy)
         built_for = meta.get("model_checksum")
-        model = (
-            read_manifest(root / files.META_FILE, remedy)
-            .get(CHECKSUMS_KEY, {})
-            .get(files.STATE_FILE)
-        )
+        # meta.json is the model's: when it is missing, `starsrec index` cannot help.
+        model_meta = read_manifest(root / files.META_FILE, retrain_remedy(root))
+        model = model_meta.get(CHECKSUMS_KEY, {}).get(files.STATE_FILE)
         if built_for and model and built_for != model:
             raise ArtifactError(
                 f"{serving} was built for another training of {root} (model checksum "
