@@ -88,44 +88,37 @@ class ProductTokenizer:
                 text = embed_items(texts, encoder, progress=False, cache=cache)
         return text, item_tags(self.recommender, texts)
 
+    @torch.no_grad()
     def prepare(self, items: ItemTable, products: Sequence[Product]) -> PreparedProducts:
         """Every row of `products` for the catalogue `items`, which is only read (the
-        trained rows and known class names), so requests may be served meanwhile."""
-        text, tags = self.features([p.text for p in products])
-        trained_size = self.recommender._fitted_catalogue().size
-        tokens, classes, vectors = [], [], []
-        for p, product in enumerate(products):
-            row = items.row_of.get(product.item_id)
-            trained = row is not None and row < trained_size
-            token, bias = self.token(text[p], tags[p], row if trained else None)
-            # A class name the catalogue lacks gets its code when applied; either way a
-            # class the model was not trained on takes the nearest class by text.
-            name = product.item_class
-            known = name is not None and name in items.class_names
-            item_class = items.class_names.index(name) if name is not None and known else -1
-            model_class = self.model_class(item_class, text[p])
-            tokens.append(token)
-            classes.append(model_class)
-            vectors.append(self.index_vector(token, bias, model_class))
-        return PreparedProducts(
-            list(products), np.array(tokens), tags, np.array(classes, np.int64), np.array(vectors)
-        )
-
-    @torch.no_grad()
-    def token(
-        self, text: np.ndarray, tags: np.ndarray, row: int | None
-    ) -> tuple[np.ndarray, float]:
-        """Token and bias of a product: its learned delta and bias when it was trained
-        (`row` its catalogue row), text and tags alone otherwise."""
+        trained rows and known class names), so requests may be served meanwhile. A
+        product's token comes from its text and tags; a trained product keeps the delta
+        and bias it learned. One batched pass for the whole batch."""
         model = self.model
-        delta, bias = None, new_product_bias(model)
-        if row is not None:
-            slot = slot_of(row)
-            bias = float(model.item_biases()[row])
+        text, tags = self.features([p.text for p in products])
+        rows = [items.row_of.get(p.item_id) for p in products]
+        trained_size = self.recommender._fitted_catalogue().size
+        trained = np.array([r is not None and r < trained_size for r in rows], dtype=bool)
+        bias = np.full(len(products), new_product_bias(model), dtype=np.float32)
+        delta = None
+        if trained.any():
+            known_rows = torch.tensor([r for r, t in zip(rows, trained, strict=True) if t])
+            bias[trained] = model.item_biases()[known_rows].numpy()
             if model.config.use_text and model.config.use_delta:
-                delta = model.item_tokens.delta.weight[slot] * model.item_tokens.warm[slot]
-        token = model.item_tokens.combine(torch.from_numpy(text), torch.from_numpy(tags), delta)
-        return token.numpy(), bias
+                slots = slot_of(known_rows)
+                learned = model.item_tokens.delta.weight[slots]
+                delta = torch.zeros(len(products), text.shape[1])
+                delta[torch.from_numpy(trained)] = learned * model.item_tokens.warm[slots, None]
+        tokens = model.item_tokens.combine(torch.from_numpy(text), torch.from_numpy(tags), delta)
+        classes = np.array(
+            [
+                self.model_class(known_class(items, p.item_class), text[n])
+                for n, p in enumerate(products)
+            ],
+            dtype=np.int64,
+        )
+        vectors = model.retrieval_items(tokens, torch.from_numpy(bias), torch.from_numpy(classes))
+        return PreparedProducts(list(products), tokens.numpy(), tags, classes, vectors.numpy())
 
     def model_class(self, item_class: int, text: np.ndarray) -> int:
         """The calendar-offset class: the catalogue class the model knows, else the class
@@ -142,12 +135,14 @@ class ProductTokenizer:
             self._centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-9)
         return int(np.argmax(self._centroids @ text))
 
-    @torch.no_grad()
-    def index_vector(self, token: np.ndarray, bias: float, model_class: int) -> np.ndarray:
-        """The product's index row [e_i, b_i, onehot(class(i))]."""
-        return self.model.retrieval_items(
-            torch.from_numpy(token[None]), torch.tensor([bias]), torch.tensor([model_class])
-        )[0].numpy()
+
+def known_class(items: ItemTable, name: str | None) -> int:
+    """The catalogue's code of a class name; -1 for None or a name it lacks (which gets its
+    code when the product is applied; a class the model was not trained on takes the
+    nearest class by text either way)."""
+    if name is None or name not in items.class_names:
+        return -1
+    return items.class_names.index(name)
 
 
 def new_product_bias(model: STARS) -> float:
