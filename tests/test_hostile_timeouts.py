@@ -9,9 +9,11 @@ client was still sending, not on how fast."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,7 +186,12 @@ def test_serve_passes_its_deadlines_and_caps_to_the_server(
 
     artifact = Path(shutil.copytree(served_artifact[2], tmp_path / "artifact"))
     runs: list[dict] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: runs.append(kwargs))
+
+    def run(app, **kwargs) -> None:  # records how the server would run
+        runs.append({**kwargs, "switch": sys.getswitchinterval(), "frozen": gc.get_freeze_count()})
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    interval = sys.getswitchinterval()
     configs = []
     load = RecommendationService.load
     monkeypatch.setattr(
@@ -198,6 +205,10 @@ def test_serve_passes_its_deadlines_and_caps_to_the_server(
     (run,) = runs
     assert issubclass(run["http"], DeadlineH11Protocol) and run["http"].header_timeout_s == 2.5
     assert run["timeout_keep_alive"] == 5 and run["h11_max_incomplete_event_size"] == 16_384
+    # Served with the loaded objects frozen out of the collector and a 1 ms GIL hand-over;
+    # both undone when the server returns.
+    assert run["switch"] == 0.001 and run["frozen"] > 0
+    assert sys.getswitchinterval() == interval and gc.get_freeze_count() == 0
     assert (configs[0].max_added_products, configs[0].max_products_per_request) == (7, 3)
     defaults = cli.build_parser().parse_args(["serve", str(artifact)])
     assert (defaults.header_timeout, defaults.body_timeout) == (10.0, 30.0)

@@ -10,8 +10,10 @@ building the CLI's parser stays quick.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import os
+import sys
 
 from starsrec.serving.config import ServingConfig
 
@@ -20,6 +22,7 @@ HEADER_TIMEOUT_S = 10.0  # a request's headers, from the connection (or its firs
 BODY_TIMEOUT_S = 30.0  # a body the app reads, from the first read: 1 MiB at 35 KB/s
 KEEP_ALIVE_S = 5  # an idle kept-alive connection (uvicorn's default, stated)
 MAX_HEADER_BYTES = 16_384  # h11's limit on an incomplete request head (its default, stated)
+SWITCH_INTERVAL_S = 0.001  # the GIL's hand-over interval in the server (Python's is 5 ms)
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -154,15 +157,27 @@ def run_serve(args: argparse.Namespace) -> int:
             insecure_open_writes=args.insecure_open_writes,
             body_timeout_s=args.body_timeout,
         )
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level="warning",
-            http=deadline_protocol(args.header_timeout),
-            timeout_keep_alive=KEEP_ALIVE_S,
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        )
+        # What loading made (model, catalogue, index) lives as long as the process: frozen
+        # out of the collector, a full collection no longer walks it (those took /healthz
+        # to hundreds of ms while a flood of bodies allocated, benchmarks/hostile.py). A product
+        # write's worker thread holds the GIL in short steps (tagging, tokens), and the event
+        # loop waits up to the switch interval for it each time (5 ms by default).
+        interval = sys.getswitchinterval()
+        gc.freeze()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            uvicorn.run(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level="warning",
+                http=deadline_protocol(args.header_timeout),
+                timeout_keep_alive=KEEP_ALIVE_S,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            )
+        finally:  # as it was, for a caller that goes on (tests, embedding)
+            sys.setswitchinterval(interval)
+            gc.unfreeze()
     finally:
         service.store.close()
     return 0
