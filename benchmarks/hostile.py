@@ -17,9 +17,10 @@ products). Phases, `--phase-seconds` each, in order:
                  Content-Length that lies, 1 MiB of `[{},...]` with and without the key
     nesting    + 1 MiB of `[[[[...` (and nested in a field) to events, recommend, items
     slow       + 200 connections dribbling headers and 20 dribbling bodies, reopened when
-                 the server closes them
-    products   + two clients PUTting 1,000 new products at a time (until the catalogue cap)
-                 and batches over the per-request cap
+                 the server closes them (--slow-seconds, past the 30 s body deadline)
+    products   + two clients PUTting 1,000 new products at a time until the catalogue cap
+                 refuses them, then changing those (new texts), and one batch in ten over
+                 the per-request cap
     all        every attack at once
 
 The poller is a separate process (GET /healthz every 20 ms on a kept-alive connection), so
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", type=Path, help="an indexed artifact (default: a toy)")
     parser.add_argument("--phase-seconds", type=float, default=18.0)
+    parser.add_argument("--slow-seconds", type=float, default=36.0, help="the slow phase")
     parser.add_argument("--rate", type=float, default=20.0, help="normal requests per second")
     parser.add_argument(
         "--phases",
@@ -348,24 +350,38 @@ async def drive(port: int, args: argparse.Namespace, users: list[str], items: li
                     if time.time() >= stop:
                         break
 
-        async def product_flood(worker: int, stop: float) -> None:
+        full: list[bool] = []  # set once the catalogue cap has answered 409
+        made: list[str] = []  # prefixes of the batches of new products that were taken
+
+        async def product_flood(worker: int, phase: str, stop: float) -> None:
+            """New products 1,000 at a time until the catalogue cap refuses them, then the
+            same ids again with new texts (changes are allowed at the cap, and embedded)."""
             batch = 0
             while time.time() < stop:
                 batch += 1
                 size = 1001 if batch % 10 == 0 else 1000  # one in ten over the per-request cap
+                if full and made:
+                    label, prefix = "1,000 changed products", made[batch % len(made)]
+                    body = [{**p, "text": f"{p['text']}, v{batch}"} for p in products(prefix, size)]
+                else:
+                    prefix = f"{phase}{worker}-{batch}"
+                    label, body = "1,000 new products", products(prefix, size)
+                label = "1,001 products" if size > 1000 else label
                 try:
-                    answer = await client.put(
-                        "/v1/items", json=products(f"f{worker}-{batch}", size)
-                    )
+                    answer = await client.put("/v1/items", json=body)
                     status = answer.status_code
                 except httpx.HTTPError:
                     status = 0
-                label = "1,001 products" if size > 1000 else "1,000 new products"
+                if status == 409:
+                    full.append(True)
+                elif status == 200 and label == "1,000 new products":
+                    made.append(prefix)
                 hostile.append((time.time(), "products", label, status))
 
         for phase in args.phases:
             start = time.time()
-            stop = start + args.phase_seconds
+            # The slow phase lasts past the 30 s body deadline, so its closing shows too.
+            stop = start + (args.slow_seconds if phase == "slow" else args.phase_seconds)
             work = [sample_memory(stop)]
             if phase != "idle":
                 work.append(normal_traffic(stop))
@@ -378,7 +394,7 @@ async def drive(port: int, args: argparse.Namespace, users: list[str], items: li
                 work += [slow_client(port, False, stop, slow_counts) for _ in range(200)]
                 work += [slow_client(port, True, stop, slow_counts) for _ in range(20)]
             if "products" in attacks:
-                work += [product_flood(worker, stop) for worker in range(2)]
+                work += [product_flood(worker, phase, stop) for worker in range(2)]
             await asyncio.gather(*work)
             bounds[phase] = (start, time.time())
     return {
@@ -520,6 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {
         **summarise(raw, polls),
         "phase_seconds": args.phase_seconds,
+        "slow_seconds": args.slow_seconds,
         "rate": args.rate,
         "artifact": str(args.artifact or "generated toy world (300 users, hashing encoder)"),
         "date": dt.date.today().isoformat(),
