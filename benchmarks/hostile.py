@@ -23,8 +23,9 @@ products). Phases, `--phase-seconds` each, in order:
                  the per-request cap
     all        every attack at once
 
-The poller is a separate process (GET /healthz every 20 ms on a kept-alive connection), so
-the attackers' own CPU use in this process does not delay its requests. Targets: /healthz
+The poller is a separate process (this file with --poll-port: GET /healthz every 20 ms on a
+kept-alive connection), so the attackers' own CPU use in this process does not delay its
+requests. Targets: /healthz
 p99 under 50 ms in every phase, the server's peak RSS within 1.5x of idle, no 5xx at all.
 Writes benchmarks/results/hostile.json and prints a table.
 """
@@ -36,7 +37,6 @@ import asyncio
 import datetime as dt
 import http.client
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated phases to run, in their order (idle always runs first)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "hostile.json")
+    parser.add_argument("--poll-port", type=int, help=argparse.SUPPRESS)  # the poller process
+    parser.add_argument("--poll-folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = set(args.phases) - set(PHASES)
     if unknown:
@@ -144,13 +146,13 @@ def rss_mib(pid: int) -> float:
 
 
 # --- the /healthz poller, in its own process ----------------------------------------------------
-def poll(port: int, ready, stop, out: str) -> None:
-    """GET /healthz every 20 ms until `stop` (a multiprocessing Event) is set, setting
-    `ready` at the first answer; write [(unix time, ms, status)] to `out` (status 0: no
-    answer within 5 s, or the connection failed)."""
+def poll(port: int, folder: Path) -> None:
+    """GET /healthz every 20 ms until `folder/stop` exists, creating `folder/ready` at the
+    first answer; then write [(unix time, ms, status)] to `folder/polls.json` (status 0: no
+    answer within 5 s, or the connection failed). Run as its own process (see `main`)."""
     samples = []
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    while not stop.is_set():
+    while not (folder / "stop").exists():
         now = time.time()
         started = time.perf_counter()
         try:
@@ -163,10 +165,23 @@ def poll(port: int, ready, stop, out: str) -> None:
             connection.close()
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         samples.append((now, (time.perf_counter() - started) * 1e3, status))
-        if status == 200:
-            ready.set()
+        if status == 200 and not samples[:-1]:
+            (folder / "ready").touch()
         time.sleep(max(0.0, 0.02 - (time.perf_counter() - started)))
-    Path(out).write_text(json.dumps(samples))
+    (folder / "polls.json").write_text(json.dumps(samples))
+
+
+def start_poller(port: int, folder: Path) -> subprocess.Popen:
+    """This file again as the poller process, once it has had its first answer."""
+    command = [sys.executable, __file__, "--poll-port", str(port), "--poll-folder", str(folder)]
+    poller = subprocess.Popen(command)
+    deadline = time.monotonic() + 120
+    while not (folder / "ready").exists():
+        if poller.poll() is not None or time.monotonic() > deadline:
+            poller.kill()
+            raise SystemExit("the /healthz poller got no answer")
+        time.sleep(0.05)
+    return poller
 
 
 # --- raw-socket attacks -------------------------------------------------------------------------
@@ -505,6 +520,9 @@ def table(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.poll_port is not None:
+        poll(args.poll_port, args.poll_folder)
+        return {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = args.artifact or toy_artifact(work)
@@ -514,25 +532,21 @@ def main(argv: list[str] | None = None) -> dict:
         items = list(pd.read_parquet(copy / "items.parquet")["item_id"].astype(str))[:500]
         port = free_port()
         server = start_server(copy, port, work / "server.log")
-        polls_file = work / "polls.json"
-        context = multiprocessing.get_context("spawn")
-        ready, stop = context.Event(), context.Event()
-        poller = context.Process(target=poll, args=(port, ready, stop, str(polls_file)))
+        folder = work / "poller"
+        folder.mkdir()
+        poller = start_poller(port, folder)
         try:
-            poller.start()
-            if not ready.wait(120):
-                raise SystemExit("the /healthz poller got no answer in 120 s")
             load_before = os.getloadavg()
             raw = asyncio.run(drive(port, args, users, items, server.pid))
             load_after = os.getloadavg()
-            stop.set()
-            poller.join(timeout=30)
+            (folder / "stop").touch()
+            poller.wait(timeout=30)
         finally:
-            if poller.is_alive():
-                poller.terminate()
+            if poller.poll() is None:
+                poller.kill()
             server.terminate()
             server.wait(timeout=30)
-        polls = json.loads(polls_file.read_text())
+        polls = json.loads((folder / "polls.json").read_text())
     record = {
         **summarise(raw, polls),
         "phase_seconds": args.phase_seconds,
