@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test-setup demo test check lint format bench bench-serving clean
+.PHONY: setup test-setup demo test check lint format bench bench-serving bench-hostile clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,10 @@ bench: setup
 bench-serving: setup
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/serving.py --artifact artifacts/demo-stars
+
+# Hostile clients against a real server, on a toy artifact it trains itself (about 3 minutes).
+bench-hostile: setup
+	$(BIN)/python benchmarks/hostile.py
 
 clean:
 	rm -rf $(VENV) data reports artifacts .cache .pytest_cache .ruff_cache .mypy_cache

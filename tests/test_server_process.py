@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -26,14 +27,17 @@ BATCH = 20
 class Server:
     """`python -m starsrec.cli serve ARTIFACT` on a free loopback port, logging to a file."""
 
-    def __init__(self, artifact: Path, log: Path, open_writes: bool = True) -> None:
+    def __init__(
+        self, artifact: Path, log: Path, open_writes: bool = True, options: Sequence[str] = ()
+    ) -> None:
         """Start it; `open_writes` passes --insecure-open-writes (off for a server given a
-        key in STARSREC_API_KEY)."""
+        key in STARSREC_API_KEY); `options` are more of serve's options."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, "-m", "starsrec.cli", "serve", str(artifact)]
         command += ["--insecure-open-writes"] if open_writes else []
+        command += list(options)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         with open(log, "ab") as out:
             self.process = subprocess.Popen(

@@ -30,6 +30,7 @@ from starsrec.data.integrity import (
     ArtifactError,
     checksums,
     read_manifest,
+    retrain_remedy,
     verify,
     write_atomic,
     write_json_atomic,
@@ -157,7 +158,7 @@ class Recommender(ABC):
 
         A missing, corrupt, truncated or incompatible artifact raises ArtifactError."""
         root = Path(path)
-        remedy = f"save it again, or retrain it (`starsrec train ... --out {root}`)"
+        remedy = f"save it again, or {retrain_remedy(root)}"
         if not root.is_dir():
             raise ArtifactError(f"{root} is not a directory: give a saved model's directory")
         if (root / META_FILE).exists():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 
 from starsrec.stars import distributed
+from starsrec.web.server import add_serve_arguments
 
 EXAMPLES = {
     "index": (
@@ -63,76 +63,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "products and see the recommendations move).",
         epilog=EXAMPLES["serve"],
     )
-    serve.add_argument("artifact_dir", help="an artifact indexed by `starsrec index`")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--api-key-env",
-        default="STARSREC_API_KEY",
-        help="environment variable holding the API key that writes need, 16 characters or "
-        "more (default STARSREC_API_KEY; unset = no key: writes refused, and only loopback "
-        "served). Never pass keys on the command line.",
-    )
-    serve.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
-    serve.add_argument(
-        "--insecure-open-writes",
-        action="store_true",
-        help="without an API key, let anyone who can reach the server post events, put "
-        "products and reload (default: writes need the key; loopback only; a warning is "
-        "logged at start)",
-    )
-    serve.add_argument(
-        "--max-clock-skew",
-        type=float,
-        default=86_400.0,
-        metavar="SECONDS",
-        help="refuse event and request times later than the server's clock plus SECONDS "
-        "(default a day)",
-    )
-    serve.add_argument(
-        "--store-url",
-        metavar="URL",
-        help="shared Redis event store for several replicas, e.g. redis://127.0.0.1:6379/0 "
-        "(default: the artifact's SQLite file)",
-    )
+    add_serve_arguments(serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """`starsrec serve`: check the access settings, load the artifact (so a refusal is one
-    line here, not a traceback from inside the server), then serve until stopped."""
-    import uvicorn
+    """`starsrec serve` (see `starsrec.web.server.run_serve`)."""
+    from starsrec.web.server import run_serve as serve  # uvicorn and the service: to serve
 
-    from starsrec.serving.config import ServingConfig
-    from starsrec.serving.service import RecommendationService
-    from starsrec.web.access import Access, is_loopback
-    from starsrec.web.app import create_app
-
-    key = os.environ.get(args.api_key_env) or None
-    if args.protect_reads and key is None:
-        raise ValueError(f"--protect-reads needs an API key in ${args.api_key_env}")
-    Access(key, args.protect_reads, args.insecure_open_writes)  # a short key, contradictions
-    if key is None and not is_loopback(args.host):
-        raise ValueError(
-            f"--host {args.host} is not a loopback address: serving beyond this machine needs "
-            f"an API key in ${args.api_key_env} (16 characters or more)"
-        )
-    if not args.max_clock_skew >= 0:
-        raise ValueError(f"--max-clock-skew must be >= 0 seconds, got {args.max_clock_skew}")
-    config = ServingConfig(store_url=args.store_url, max_future_s=args.max_clock_skew)
-    service = RecommendationService.load(args.artifact_dir, config)
-    try:
-        app = create_app(
-            args.artifact_dir,
-            service=service,
-            config=config,
-            api_key=key,
-            protect_reads=args.protect_reads,
-            insecure_open_writes=args.insecure_open_writes,
-        )
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        service.store.close()
-    return 0
+    return serve(args)
 
 
 def run_index(args: argparse.Namespace, relaunch_argv: Sequence[str]) -> int:

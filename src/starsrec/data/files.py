@@ -15,6 +15,8 @@ Its serving folder (`starsrec index`), `serving/` inside the artifact:
     memories.safetensors every known user's long-term memory
     events.sqlite        the event store, seeded with the training history
     products.jsonl       products put while serving (`starsrec.serving.product_log`)
+    embeddings/          the text embeddings of those products (`starsrec.features.text`'s
+                         cache, so a restart does not embed them again)
     index/               the item index: index.json, vectors.safetensors, faiss.index
 
 `serving.shards/` holds the per-shard outputs of `starsrec index --shards N` until merged.
@@ -34,6 +36,7 @@ ENCODER_FILE = "encoder.onnx"
 MEMORY_FILE = "memories.safetensors"
 STORE_FILE = "events.sqlite"
 PRODUCTS_FILE = "products.jsonl"
+EMBEDDINGS_DIR = "embeddings"
 SHARDS_DIR = "serving.shards"
 
 INDEX_DIR = "index"

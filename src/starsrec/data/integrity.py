@@ -29,6 +29,19 @@ class ArtifactError(ValueError):
     """An artifact that is missing files, corrupt, truncated or from an incompatible version."""
 
 
+# The two remedies, worded once: every command and the service say the same thing, and each
+# names a command that fixes what it is said about (`starsrec index` cannot mend a model).
+def retrain_remedy(root: str | Path) -> str:
+    """How to fix a trained model that is damaged, missing or of another format."""
+    return f"retrain it with `starsrec train DATA_DIR --out {root}`"
+
+
+def reindex_remedy(root: str | Path) -> str:
+    """How to fix an artifact's serving files (`serving/`) that are damaged, missing, of
+    another format or built for another training."""
+    return f"rebuild its serving files with `starsrec index {root}`"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` when the block ends

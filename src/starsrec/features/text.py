@@ -2,7 +2,9 @@
 
 - `embed_items`: embeddings for a list of texts, cached on disk keyed by (encoder name, sha256
   of the text), so only new texts are encoded and a rerun costs nothing. `embed_catalogue` does
-  the same for a `Catalogue` (and is the way to use `PrecomputedVectors`).
+  the same for a `Catalogue` (and is the way to use `PrecomputedVectors`). A long-running
+  caller (the service embedding products) keeps an `EmbeddingCache` open instead of
+  re-reading the file each call.
 - `derive_subclasses`: k-means over the embeddings for catalogues without a taxonomy.
 
 The encoders themselves are in `starsrec.features.encoders`.
@@ -49,8 +51,11 @@ def cache_slug(name: str) -> str:
     return slug
 
 
-class _EmbeddingCache:
-    """One safetensors file per encoder: `keys` (N, 32) uint8 sha256, `vectors` (N, dim)."""
+class EmbeddingCache:
+    """One safetensors file per encoder, `cache_dir/<encoder name slug>/embeddings.safetensors`:
+    `keys` (N, 32) uint8 sha256 of each text, `vectors` (N, dim). Read once when opened;
+    `embed_items(..., cache=)` adds to it and rewrites the file atomically. Not thread-safe:
+    callers sharing one serialise their calls."""
 
     def __init__(self, cache_dir: Path, encoder_name: str) -> None:
         self.path = cache_dir / cache_slug(encoder_name) / _CACHE_FILE
@@ -74,6 +79,7 @@ class _EmbeddingCache:
         self.rows = {key.tobytes(): row for row, key in enumerate(self.keys)}
 
     def add(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        """Add the (len(keys), dim) `vectors` of texts keyed `keys` (in memory)."""
         if self.vectors is not None and vectors.shape[1] != self.vectors.shape[1]:
             raise ValueError(
                 f"encoder {self.encoder_name!r} now gives {vectors.shape[1]}-d vectors but "
@@ -114,6 +120,7 @@ def embed_items(
     item_ids: Sequence[str] | np.ndarray | None = None,
     batch_size: int = 256,
     checkpoint_seconds: float = 60.0,
+    cache: EmbeddingCache | None = None,
 ) -> np.ndarray:
     """(N, dim) float32 embeddings of `texts`, in order.
 
@@ -121,7 +128,8 @@ def embed_items(
     `cache_dir/<encoder name slug>/embeddings.safetensors`, keyed by sha256 of the text: only
     texts missing from the cache are encoded (each distinct text once, in batches of
     `batch_size`, sorted by length), and the cache is rewritten atomically at the end and every
-    `checkpoint_seconds` while encoding. `PrecomputedVectors` need the `item_ids` instead.
+    `checkpoint_seconds` while encoding. An open `cache` (of this encoder) is used instead of
+    opening `cache_dir`. `PrecomputedVectors` need the `item_ids` instead.
     """
     if isinstance(encoder, PrecomputedVectors):
         if item_ids is None:
@@ -136,7 +144,10 @@ def embed_items(
     if not texts:
         return np.zeros((0, encoder.dim), dtype=np.float32)
     keys = [text_key(t) for t in texts]
-    cache = _EmbeddingCache(Path(cache_dir), encoder.name) if cache_dir is not None else None
+    if cache is None and cache_dir is not None:
+        cache = EmbeddingCache(Path(cache_dir), encoder.name)
+    if cache is not None and cache.encoder_name != encoder.name:
+        raise ValueError(f"a cache of encoder {cache.encoder_name!r} given for {encoder.name!r}")
     known = cache.rows if cache is not None else {}
     first_of: dict[bytes, int] = {}
     for i, key in enumerate(keys):

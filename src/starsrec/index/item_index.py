@@ -39,7 +39,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from starsrec.data.files import FAISS_FILE, INDEX_META_FILE, VECTORS_FILE
-from starsrec.data.integrity import write_atomic, write_json_atomic
+from starsrec.data.integrity import reindex_remedy, write_atomic, write_json_atomic
 from starsrec.index.config import IndexConfig
 from starsrec.index.exact import inner_scores, merge_top_k, scan_top_k
 from starsrec.index.subset import Subset, checked_matrix
@@ -346,8 +346,8 @@ class ItemIndex:
         meta = json.loads((path / INDEX_META_FILE).read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(
-                f"{path}: index format {meta.get('format')}, expected {FORMAT}: rebuild it with "
-                "`starsrec index ARTIFACT_DIR`"
+                f"{path}: index format {meta.get('format')}, expected {FORMAT}: "
+                f"{reindex_remedy('ARTIFACT_DIR')}"
             )
         config = IndexConfig(**{**meta["config"], "factories": tuple(meta["config"]["factories"])})
         state = load_file(str(path / VECTORS_FILE))

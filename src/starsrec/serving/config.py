@@ -23,3 +23,10 @@ class ServingConfig:
     # The latest event or request time accepted, in seconds after the server's clock (None:
     # no bound); later ones are refused, so no client can fill a user's window with the future.
     max_future_s: float | None = 86_400.0
+    # Products a service takes beyond its trained catalogue (PUT /v1/items; `starsrec serve
+    # --max-added-products`): each costs memory for good, so a flood of new ids is refused
+    # with 409 past it. Changing a product that exists is always allowed.
+    max_added_products: int = 100_000
+    # Products one PUT /v1/items may carry (`--max-products-per-request`): a write is
+    # embedded in one go, so this bounds the work one request can queue.
+    max_products_per_request: int = 1000

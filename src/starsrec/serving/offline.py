@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from starsrec.data.files import (
+    EMBEDDINGS_DIR,
     ENCODER_FILE,
     INDEX_DIR,
     MEMORY_FILE,
@@ -98,6 +99,8 @@ def build_serving(
     final = root / SERVING_DIR
     if (final / PRODUCTS_FILE).exists():  # products put while serving outlive a re-index
         shutil.copy2(final / PRODUCTS_FILE, building / PRODUCTS_FILE)
+    if (final / EMBEDDINGS_DIR).is_dir():  # and so do their text embeddings
+        shutil.copytree(final / EMBEDDINGS_DIR, building / EMBEDDINGS_DIR)
     old = root / f"{SERVING_DIR}.old"
     if final.exists():
         final.replace(old)
@@ -165,12 +168,16 @@ def write_serving_files(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "users": [str(u) for u in log.user_ids],
     }
-    # Checksums of every file but the live event store and product log, and of the model state
-    # they were built from (beside this folder), verified by RecommendationService.load.
+    # Checksums of every file but the live event store, product log and product embeddings,
+    # and of the model state they were built from (beside this folder), verified by
+    # RecommendationService.load.
     files = [
         p.relative_to(out).as_posix()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and not p.name.startswith(STORE_FILE) and p.name != PRODUCTS_FILE
+        if p.is_file()
+        and not p.name.startswith(STORE_FILE)
+        and p.name != PRODUCTS_FILE
+        and p.relative_to(out).parts[0] != EMBEDDINGS_DIR
     ]
     meta["model_checksum"] = sha256_file(out.parent / STATE_FILE)
     meta[CHECKSUMS_KEY] = checksums(out, files)

@@ -9,8 +9,9 @@ A request is answered in five steps, each with the model's own score functions:
 4. the user's own items are scored exactly (`starsrec.serving.own_items`) and merged in;
 5. each result is explained (`starsrec.serving.explain`).
 
-Products added with `upsert_items` get a token from text and tags alone (like any cold
-item), go into the index at once and are recommendable by the next request.
+Products added with `upsert_items` (`starsrec.serving.product_writes`) get a token from text
+and tags alone (like any cold item), go into the index at once and are recommendable by the
+next request.
 """
 
 from __future__ import annotations
@@ -26,14 +27,20 @@ from safetensors.numpy import load_file
 
 from starsrec.data import files
 from starsrec.data.calendar import time_parts
-from starsrec.data.integrity import CHECKSUMS_KEY, ArtifactError, read_manifest, verify
+from starsrec.data.integrity import (
+    CHECKSUMS_KEY,
+    ArtifactError,
+    read_manifest,
+    reindex_remedy,
+    retrain_remedy,
+    verify,
+)
 from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
-from starsrec.serving.catalogue import (
+from starsrec.serving.catalogue import (  # Product: re-exported for callers of the service
     ItemTable,
-    Product,
+    Product,  # noqa: F401
     RequestError,
-    code,
     item_table,
     tag_vocabulary,
 )
@@ -44,6 +51,7 @@ from starsrec.serving.filters import FilterScopes, RequestFilters
 from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
+from starsrec.serving.product_writes import ProductWrites
 from starsrec.serving.redis_store import RedisEventStore
 from starsrec.serving.store import Event, EventStore, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
@@ -53,12 +61,12 @@ from starsrec.stars.sequences import featurize_events
 
 logger = logging.getLogger(__name__)
 
-PRODUCT_REPLAY_BATCH = 1000
 HISTORY_PREFIX = "history:"  # ids of the events the offline stage seeded the store with
 
 
-class RecommendationService:
-    """Answers requests for one artifact directory (see module doc)."""
+class RecommendationService(ProductWrites):
+    """Answers requests for one artifact directory (see module doc); products are put
+    with `upsert_items` (see starsrec.serving.product_writes)."""
 
     def __init__(
         self,
@@ -109,20 +117,16 @@ class RecommendationService:
         torch.set_num_threads(config.threads)  # one thread per serving worker
         root = Path(artifact_dir)
         serving = root / files.SERVING_DIR
+        remedy = reindex_remedy(root)
         if not (serving / files.SERVING_FILE).exists():
-            raise FileNotFoundError(
-                f"{root} has no serving files: run `starsrec index {root}` first"
-            )
-        remedy = f"rebuild them with `starsrec index {root}`"
+            raise FileNotFoundError(f"{root} has no serving files: {remedy}")
         meta = read_manifest(serving / files.SERVING_FILE, remedy)
         recommender = StarsRecommender.load(root)  # verifies the model's own checksums
         verify(serving, meta, files.SERVING_FILE, remedy)
         built_for = meta.get("model_checksum")
-        model = (
-            read_manifest(root / files.META_FILE, remedy)
-            .get(CHECKSUMS_KEY, {})
-            .get(files.STATE_FILE)
-        )
+        # meta.json is the model's: when it is missing, `starsrec index` cannot help.
+        model_meta = read_manifest(root / files.META_FILE, retrain_remedy(root))
+        model = model_meta.get(CHECKSUMS_KEY, {}).get(files.STATE_FILE)
         if built_for and model and built_for != model:
             raise ArtifactError(
                 f"{serving} was built for another training of {root} (model checksum "
@@ -152,25 +156,11 @@ class RecommendationService:
         # Products put into earlier runs: replayed (latest version each), then the log is
         # rewritten compacted (which also drops a line a crash cut short).
         service.product_log = ProductLog(serving / files.PRODUCTS_FILE)
+        service.tokenizer = ProductTokenizer(recommender, serving / files.EMBEDDINGS_DIR)
         products = service.replay_products()
         if compact_products and service.product_log.path.exists():
             service.product_log.compact(products)
         return service
-
-    def replay_products(self) -> list[Product]:
-        """Apply the products the log gained since this service last read it (all of them
-        at load; after a hot reload's swap, those the previous service took meanwhile)."""
-        log, self.product_log = self.product_log, None  # they are in the log already
-        try:
-            assert log is not None  # load opens the log before anything replays it
-            products = log.read_new()
-            for first in range(0, len(products), PRODUCT_REPLAY_BATCH):
-                self.upsert_items(products[first : first + PRODUCT_REPLAY_BATCH])
-        finally:
-            self.product_log = log
-        if products:
-            logger.info("replayed %d products put while serving", len(products))
-        return products
 
     # -- events -------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
@@ -353,47 +343,3 @@ class RecommendationService:
         keep = found[0] >= 0
         found = found[0][keep]
         return self._explain(found, scores[0][keep], np.array([row]), ["similar"] * len(found))
-
-    def upsert_items(self, products: Sequence[Product]) -> list[str]:
-        """Add new products or change existing ones; searchable by the next request.
-        A new product's token comes from its text and tags alone (a cold item); a changed
-        trained one keeps the delta and bias it learned. Returns "added"/"updated" each."""
-        items = self.items
-        items.check_taxonomy(products)
-        tokenizer = self.tokenizer
-        text, tags = tokenizer.features([p.text for p in products])
-        outcome = []
-        for p, product in enumerate(products):
-            row = items.row_of.get(product.item_id)
-            trained = row is not None and row < self.recommender._fitted_catalogue().size
-            token, bias = tokenizer.token(text[p], tags[p], row if trained else None)
-            item_class = code(items.class_names, product.item_class)
-            model_class = tokenizer.model_class(item_class, text[p])
-            vector = tokenizer.index_vector(token, bias, model_class)
-            outcome.append("added" if row is None else "updated")
-            row = items.put(
-                product.item_id,
-                product.text,
-                item_class=item_class,
-                subclass=code(items.subclass_names, product.subclass),
-                model_class=model_class,
-                tags=tags[p],
-                tokens=token,
-                in_stock=product.in_stock,
-            )
-            if row < self.index.size:
-                self.index.update(np.array([row]), vector[None])
-            else:
-                added = self.index.add(vector[None])
-                assert int(added[0]) == row, "index rows and item rows must stay aligned"
-        self.version += 1
-        self._scopes.clear()
-        if self.product_log is not None:
-            self.product_log.append(products)
-        # The first ids only, each as repr: a newline in an id cannot forge a log line.
-        shown = ", ".join(
-            f"{p.item_id[:100]!r} {o}" for p, o in zip(products[:5], outcome[:5], strict=True)
-        )
-        more = f" and {len(products) - 5} more" if len(products) > 5 else ""
-        logger.info("catalogue: %s%s", shown, more)
-        return outcome

@@ -13,7 +13,9 @@
                                  (users, items, audiences: see starsrec.web.explorer)
 
 Handlers are `async def` and call the service directly: a request is about a millisecond
-of CPU, and sync handlers (a thread-pool hop each) halved throughput here. Invalid input is
+of CPU, and sync handlers (a thread-pool hop each) halved throughput here. The exception is
+PUT /v1/items, whose embedding and tagging run in a worker thread, one write at a time
+(see `put_items`), so a large batch never holds up other requests. Invalid input is
 answered 4xx with a message naming the field (pydantic's 422s, and the service's
 `RequestError`s); nothing a client sends should produce a 500. `starsrec.http_guard` bounds
 bodies and checks the key before a body is read, and keeps error answers small.
@@ -30,27 +32,18 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
-from pydantic import AfterValidator, Field, StrictBool
 from starlette.types import Scope
 
 from starsrec import __version__
 from starsrec.serving.catalogue import Product, RequestError
 from starsrec.serving.config import ServingConfig
-from starsrec.serving.request import (
-    MAX_BATCH,
-    FiltersIn,
-    Id,
-    Strict,
-    Timestamp,
-    encodable,
-    seconds,
-)
+from starsrec.serving.request import seconds
 from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event
 from starsrec.web.access import Access
@@ -65,14 +58,16 @@ from starsrec.web.http_guard import (
     without_paths,
 )
 from starsrec.web.metrics import Metrics
+from starsrec.web.models import (  # MAX_BATCH, MAX_K: the API's caps, for its callers
+    MAX_BATCH,  # noqa: F401
+    MAX_K,
+    Batch,
+    EventIn,
+    ProductIn,
+    RecommendIn,
+)
 
 logger = logging.getLogger(__name__)
-
-MAX_K = 1000
-T = TypeVar("T")
-# pydantic stops at the first item past max_length, so an oversized batch is refused before
-# its items are validated (a megabyte of bad items would otherwise make one error each).
-Batch = Annotated[list[T], Field(max_length=MAX_BATCH)]
 
 
 def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
@@ -86,44 +81,6 @@ def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
     return lambda: loop.remove_signal_handler(signal.SIGHUP)
 
 
-class EventIn(Strict):
-    """One shopper event, as POST /v1/events takes it."""
-
-    user_id: Id
-    item_id: Id
-    event_type: Id | None = Field(None, description="default: the dataset's main event type")
-    timestamp: Timestamp | None = Field(None, description="unix seconds or ISO 8601; now")
-    event_id: Id | None = Field(None, description="idempotency key; a new one when omitted")
-
-
-class SessionEventIn(Strict):
-    """An event a recommendation request carries (no user id: the request's)."""
-
-    item_id: Id
-    event_type: Id | None = None
-    timestamp: Timestamp | None = None
-
-
-class RecommendIn(Strict):
-    """The body of POST /v1/recommend."""
-
-    user_id: Id | None = None
-    events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
-    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # not "5", 5.0 or true
-    timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
-    filters: FiltersIn = Field(default_factory=FiltersIn)
-
-
-class ProductIn(Strict):
-    """A product to add or change, as PUT /v1/items takes it."""
-
-    item_id: Id
-    text: Annotated[str, AfterValidator(encodable)] = Field(min_length=1, max_length=10_000)
-    item_class: Id | None = Field(None, alias="class")
-    subclass: Id | None = None
-    in_stock: StrictBool = True
-
-
 def create_app(
     artifact_dir: str | Path | None = None,
     service: RecommendationService | None = None,
@@ -132,6 +89,7 @@ def create_app(
     protect_reads: bool = False,
     max_body_bytes: int = 1 << 20,
     insecure_open_writes: bool = False,
+    body_timeout_s: float = 30.0,
 ) -> FastAPI:
     """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
     app's lifespan (so importing or creating the app does no work); with both, `service`
@@ -140,7 +98,8 @@ def create_app(
     With an `api_key` (MIN_KEY_CHARS or more), writes (events, items, reload) need
     `Authorization: Bearer KEY`; reads too when `protect_reads`. Without one, writes are
     refused (403) unless `insecure_open_writes` opens them to anyone, with a warning at
-    start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413."""
+    start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413, and
+    bodies not received whole within `body_timeout_s` of the first read with 408."""
     if artifact_dir is None and service is None:
         raise ValueError("create_app needs an artifact_dir or a service")
     metrics = Metrics()
@@ -160,6 +119,16 @@ def create_app(
     # that never run the lifespan (schema fuzzers) call the app.
     state: dict[str, RecommendationService] = {} if service is None else {"service": service}
     reloading = asyncio.Lock()
+    # Product writes one at a time (two batches never interleave), and a reload's swap waits
+    # for the one in progress: every acknowledged product reaches the service that serves.
+    writing_products = asyncio.Lock()
+
+    async def ready_for_products(svc: RecommendationService) -> None:
+        """Load the text encoder now when products can be put: loading it at the first PUT
+        held that request (a sentence transformer takes seconds)."""
+        if access.api_key is not None or access.open_writes:
+            await asyncio.to_thread(svc.tokenizer.load_encoder)
+
     # The explorer's searches over the current service (built lazily, so swapping is cheap).
     browsers: list[CatalogueBrowser] = []
 
@@ -171,19 +140,23 @@ def create_app(
     async def reload() -> RecommendationService:
         """Load the artifact again in a worker thread while requests go on, then swap.
 
-        Handlers run on the event loop and never await mid-request, so a request is served
+        Handlers other than PUT /v1/items never await mid-request, so a request is served
         entirely by the old service or entirely by the new one; closing the old store after
-        the swap cannot cut one short. A failed load (corrupt or half-written artifact)
-        raises and leaves the old service serving."""
+        the swap cannot cut one short. The swap waits for a product write in progress, then
+        the new service replays what the old one took while it loaded. A failed load
+        (corrupt or half-written artifact) raises and leaves the old service serving."""
         if artifact_dir is None:
             raise RequestError(
                 "reload", "reload: this app serves a service object, not an artifact", 409
             )
         async with reloading:
             fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config, False)
-            old, state["service"] = state["service"], fresh
+            await ready_for_products(fresh)
+            async with writing_products:
+                # The new service serves nothing yet, so a thread may change it.
+                await asyncio.to_thread(fresh.replay_products)
+                old, state["service"] = state["service"], fresh
             old.store.close()
-            fresh.replay_products()  # products the old service took while this one loaded
         logger.info("reloaded %s: serving %s items", artifact_dir, fresh.index.size)
         return fresh
 
@@ -198,6 +171,7 @@ def create_app(
         if service is None:
             assert artifact_dir is not None  # checked above: exactly one of the two is given
             state["service"] = RecommendationService.load(artifact_dir, config)
+        await ready_for_products(state["service"])
         logger.info("serving %s items", state["service"].index.size)
         access.announce()
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
@@ -222,7 +196,12 @@ def create_app(
         metrics.requests.labels(name, str(status)).inc()
 
     # The last added runs first: every answer, the guard's refusals included, is observed.
-    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, before_body=key_before_body)
+    app.add_middleware(
+        BodyGuard,
+        max_body_bytes=max_body_bytes,
+        before_body=key_before_body,
+        body_timeout_s=body_timeout_s,
+    )
     app.add_middleware(ObservedRequests, record=record)
 
     @app.exception_handler(RequestError)
@@ -307,8 +286,23 @@ def create_app(
     @app.put("/v1/items", dependencies=[Depends(writer)])
     async def put_items(body: ProductIn | Batch[ProductIn]) -> dict:
         batch = body if isinstance(body, list) else [body]
+        cap = state["service"].config.max_products_per_request
+        if len(batch) > cap:
+            raise RequestError(
+                "items",
+                f"items: {len(batch)} products in one request, at most {cap} (ServingConfig."
+                "max_products_per_request; start `starsrec serve` with "
+                "--max-products-per-request N to raise it): send them in several requests",
+            )
         products = [Product(p.item_id, p.text, p.item_class, p.subclass, p.in_stock) for p in batch]
-        outcome = state["service"].upsert_items(products)
+        async with writing_products:
+            svc = state["service"]
+            # Embedding and tagging take long (10,000 products held the loop 48 s): a worker
+            # thread does them while requests go on. The rows are then applied at once, so
+            # no request sees half a write, and logged (fsync) before the answer.
+            prepared = await asyncio.to_thread(svc.prepare_products, products)
+            outcome = svc.apply_products(prepared)
+            await asyncio.to_thread(svc.log_products, products)
         return {
             "items": [
                 {"item_id": p.item_id, "status": o} for p, o in zip(products, outcome, strict=True)

@@ -4,7 +4,8 @@ read, a request observer that counts and briefly logs every answer (500s include
 helpers that keep error answers and log lines small and JSON-safe whatever the input.
 
     BodyGuard          400/411/413 from the headers, then the route's key check, then the
-                       body read whole and counted: 413 once it passes the limit
+                       body read whole and counted: 413 once it passes the limit, 408 when
+                       it has not all arrived within the body deadline
     ObservedRequests   every status (and the time) to a callback; an unexpected exception
                        becomes a short 500 and one bounded log record
     validation_errors  a 422 body: the first few problems, each input cut short, a count
@@ -14,6 +15,7 @@ helpers that keep error answers and log lines small and JSON-safe whatever the i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -22,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -68,6 +70,11 @@ def too_large(limit: int) -> str:
     return f"request body over {limit} bytes: send fewer events or items per request"
 
 
+def too_slow(seconds: float) -> str:
+    """The 408 message."""
+    return f"request body not received within {seconds:g} s: send it faster, or smaller"
+
+
 class _Refused(Exception):
     """Raised into the app from `receive` once the guard has answered for it."""
 
@@ -83,14 +90,16 @@ class _GuardedRequest:
         send: Send,
         limit: int,
         before_body: Callable[[Scope], None] | None,
+        timeout_s: float | None,
     ) -> None:
         self.scope, self._receive, self._send = scope, receive, send
         self.limit = limit
         self.before_body = before_body
+        self.timeout_s = timeout_s
         self.started = False  # the app asked for the body
         self.refused = False  # the guard answered: whatever the app sends is dropped
 
-    async def refuse(self, response: JSONResponse) -> None:
+    async def refuse(self, response: JSONResponse) -> NoReturn:
         self.refused = True
         await response(self.scope, self._receive, self._send)
         raise _Refused
@@ -107,6 +116,15 @@ class _GuardedRequest:
             except RequestError as error:
                 content = {"detail": str(error), "field": error.field}
                 await self.refuse(_refusal(error.status, content))
+        # A client sending a byte now and then would otherwise hold the request (and its
+        # buffer) for as long as it likes: the whole body must arrive within the deadline.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._read_body()
+        except TimeoutError:
+            await self.refuse(_refusal(408, {"detail": too_slow(self.timeout_s or 0)}))
+
+    async def _read_body(self) -> Message:
         body = bytearray()
         while True:
             message = await self._receive()
@@ -130,17 +148,20 @@ class BodyGuard:
     Refuses from the headers alone what framing_refusal refuses; otherwise, when the app
     first asks for the body, runs `before_body(scope)` (a key check that raises
     RequestError, e.g. 401) and then reads the body whole, answering 413 as soon as it
-    passes `max_body_bytes` without reading the rest."""
+    passes `max_body_bytes` without reading the rest, and 408 when it is not all there
+    `body_timeout_s` after the app asked for it (None: no deadline)."""
 
     def __init__(
         self,
         app: ASGIApp,
         max_body_bytes: int,
         before_body: Callable[[Scope], None] | None = None,
+        body_timeout_s: float | None = 30.0,
     ) -> None:
         self.app = app
         self.limit = max_body_bytes
         self.before_body = before_body
+        self.timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse bad framing and missing keys from the headers, then count the body."""
@@ -151,7 +172,9 @@ class BodyGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        request = _GuardedRequest(scope, receive, send, self.limit, self.before_body)
+        request = _GuardedRequest(
+            scope, receive, send, self.limit, self.before_body, self.timeout_s
+        )
         with contextlib.suppress(_Refused):  # raised once the guard has answered
             await self.app(scope, request.receive, request.send)
 

@@ -1,0 +1,108 @@
+"""Connection deadlines uvicorn lacks (issue 20, finding 7): a slow client cannot hold a
+connection by sending its request a byte at a time.
+
+uvicorn closes a kept-alive connection idle for `timeout_keep_alive`, but once a byte has
+arrived it waits for the rest of a request's headers for ever, and after answering a request
+whose body the app never read it keeps draining that body however slowly it comes (3,000
+connections dribbling headers were all held). `deadline_protocol(header_timeout_s)` is
+uvicorn's h11 protocol with two rules added:
+
+- a request's headers must be complete within `header_timeout_s` of the connection opening,
+  or of the first byte after a kept-alive request; otherwise the server answers 408 and
+  closes the connection;
+- once the answer is sent, a request body still arriving is not waited for: the connection
+  closes (the answer already told the client what it needed).
+
+A body the app reads is bounded by `starsrec.web.http_guard.BodyGuard`'s deadline (408).
+Pass the class as `uvicorn.run(app, http=deadline_protocol(10.0))`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+logger = logging.getLogger(__name__)
+
+
+def _timeout_answer(seconds: float) -> bytes:
+    body = json.dumps(
+        {"detail": f"request headers not received within {seconds:g} s: send them at once"}
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header deadline, and no draining of unread bodies."""
+
+    header_timeout_s: float = 10.0
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the connection's first header deadline."""
+        super().connection_made(transport)
+        self._watch_headers()
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as uvicorn does, then arm or clear the header deadline."""
+        super().data_received(data)
+        self._watch_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the deadline with the connection."""
+        self._clear_deadline()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        """Close instead of waiting for the rest of a body the app did not read."""
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
+        super().on_response_complete()
+        self._watch_headers()
+
+    def _watch_headers(self) -> None:
+        # h11 is IDLE on the client's side until a request's headers are complete.
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        kept_alive = self.timeout_keep_alive_task is not None  # idle: uvicorn's own timer
+        if waiting and not kept_alive:
+            if self._header_deadline is None:
+                self._header_deadline = self.loop.call_later(
+                    self.header_timeout_s, self._headers_too_slow
+                )
+        else:
+            self._clear_deadline()
+
+    def _clear_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        logger.info(
+            "closed a connection whose request headers took over %g s", self.header_timeout_s
+        )
+        if self.conn.our_state is h11.IDLE:  # nothing of an answer sent on it yet
+            self.transport.write(_timeout_answer(self.header_timeout_s))
+        self.transport.close()
+
+
+def deadline_protocol(header_timeout_s: float) -> type[DeadlineH11Protocol]:
+    """The protocol class for `uvicorn.run(http=...)` with this header deadline."""
+    if not header_timeout_s > 0:
+        raise ValueError(f"the header timeout must be > 0 seconds, got {header_timeout_s}")
+    return type(
+        "DeadlineH11Protocol", (DeadlineH11Protocol,), {"header_timeout_s": header_timeout_s}
+    )
