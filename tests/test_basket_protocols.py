@@ -49,6 +49,7 @@ def test_run_models_reports_paired_differences(dataset, tmp_path) -> None:
     report = write_report(records, tmp_path, "toy next-basket")
     text = report.read_text()
     assert "Differences to the strongest baseline" in text
+    assert text.split("\n")[2].startswith("**")  # the verdict opens the report
     comparisons = json.loads((tmp_path / "comparisons.json").read_text())
     assert len(comparisons) == 2  # every model but the strongest baseline
     strongest = comparisons[0]["baseline"]

@@ -167,3 +167,16 @@ def test_importing_starsrec_does_not_import_matplotlib():
         "import sys, starsrec, starsrec.experiments.plots; assert 'matplotlib' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_verdict_says_who_wins_by_how_much() -> None:
+    from starsrec.experiments.comparisons import verdict
+
+    base = COMPARISON | {"baseline_mean": 0.25}
+    win = base | {"model": "stars", "mean_difference": 0.02, "low": 0.01, "high": 0.03}
+    level = base | {"model": "sasrec", "mean_difference": 0.001, "low": -0.01, "high": 0.012}
+    loss = base | {"model": "lambdamart", "mean_difference": -0.05, "low": -0.06, "high": -0.04}
+    assert verdict([loss, win, level]).startswith("**stars is best** on ndcg@10: +0.0200")
+    assert "No model is shown better than popularity" in verdict([loss, level])
+    assert verdict([loss]).startswith("**popularity is best**") and "-0.0500" in verdict([loss])
+    assert verdict([]) == ""

@@ -84,3 +84,27 @@ def comparison_table(rows: Sequence[dict]) -> str:
         cells += [f"{mdd:.4f} ({share:.0%})", verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict(rows: Sequence[dict]) -> str:
+    """One paragraph for the top of a report: which model is best on this data by the
+    comparisons' metric, by how much against the strongest baseline, with its interval."""
+    if not rows:
+        return ""
+    metric, baseline, level = rows[0]["metric"], rows[0]["baseline"], rows[0]["baseline_mean"]
+    best = max(rows, key=lambda r: r["mean_difference"])
+    interval = f"{best['mean_difference']:+.4f} [{best['low']:+.4f}, {best['high']:+.4f}]"
+    if best["low"] > 0:
+        return (
+            f"**{best['model']} is best** on {metric}: {interval} against the strongest "
+            f"baseline, {baseline} ({level:.4f}); the 95% interval excludes 0."
+        )
+    if best["high"] >= 0:
+        return (
+            f"**No model is shown better than {baseline}** ({metric} {level:.4f}): the closest, "
+            f"{best['model']}, differs by {interval}, an interval that includes 0."
+        )
+    return (
+        f"**{baseline} is best** on {metric} ({level:.4f}): every other model is behind it, "
+        f"the closest, {best['model']}, by {interval}."
+    )

@@ -26,7 +26,12 @@ from starsrec.data.baskets import BasketSplit, BasketTargets
 from starsrec.data.dataset import DataError, Dataset
 from starsrec.data.splits import Split, split_dataset
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
-from starsrec.experiments.comparisons import comparison_table, comparisons, per_query_frame
+from starsrec.experiments.comparisons import (
+    comparison_table,
+    comparisons,
+    per_query_frame,
+    verdict,
+)
 from starsrec.experiments.plots import markdown_images, write_figures
 from starsrec.recommender import Recommender, TrainingData
 from starsrec.stars.recommender import VARIANTS, StarsConfig, stars_variant
@@ -245,6 +250,7 @@ def write_report(records: Sequence[dict], out_dir: str | Path, title: str) -> Pa
     notes = [
         f"# {title}",
         "",
+        *([verdict(rows), ""] if rows else []),
         f"Full ranking over the whole catalogue. Split: {first.get('split', '-')}.",
         f"Already-seen items {'excluded from' if first.get('exclude_seen') else 'allowed in'} "
         "the rankings. Slice columns: Recall@10 over the target items of that kind "
