@@ -4,17 +4,18 @@ with paired differences to the strongest baseline and the per-query values behin
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from starsrec.baselines.lambdamart import LambdaMARTRecommender
-from starsrec.baselines.ranking_features import LambdaMARTConfig
 from starsrec.data.baskets import BasketSplit
 from starsrec.data.splits import LAST_BASKET, NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.experiments.report import run_models, training_data, write_report
+from tiny import TINY_LAMBDAMART
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_lambdamart_learns_from_whole_validation_baskets(dataset) -> None:
     dataset = type(dataset)(**{**vars(dataset), "events": events})
     split = split_dataset(dataset, NEXT_BASKET)
     data = training_data(dataset, split, exclude_seen=False)
-    model = LambdaMARTRecommender(LambdaMARTConfig(n_estimators=5)).fit(data)
+    model = LambdaMARTRecommender(replace(TINY_LAMBDAMART, n_estimators=5)).fit(data)
     generators = model.generators
     assert generators is not None
     queries, targets = data.validation, data.validation_targets

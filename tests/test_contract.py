@@ -24,12 +24,12 @@ from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, Recommender, TrainingData
 from starsrec.serving.served import ServedRecommender
 from starsrec.stars.recommender import stars_variant
-from tiny import tiny
+from tiny import TINY_LAMBDAMART, tiny
 
 DAY = 86_400
 
 # Config overrides that keep fitting fast; every other model uses its default config.
-FAST_CONFIGS: dict[str, dict] = {"lambdamart": {"n_estimators": 30}}
+FAST_CONFIGS: dict[str, dict] = {"lambdamart": dataclasses.asdict(TINY_LAMBDAMART)}
 
 # The tests' tiny STARS, large enough to learn the toy world.
 TINY_STARS = tiny(

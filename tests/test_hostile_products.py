@@ -242,8 +242,8 @@ def test_the_catalogue_cap_refuses_new_products_with_409_and_the_remedy(
 def test_the_text_encoder_is_loaded_at_start_when_products_can_be_put(service, monkeypatch) -> None:
     """The first PUT used to load the encoder (3.8 s for the sentence transformer)."""
     made: list[str] = []
-    make = product_tokens.text_encoder
-    monkeypatch.setattr(product_tokens, "text_encoder", lambda c: (made.append("x"), make(c))[1])
+    make = product_tokens.named_encoder
+    monkeypatch.setattr(product_tokens, "named_encoder", lambda *a: (made.append("x"), make(*a))[1])
     with TestClient(create_app(service=service)):  # writes closed: no products
         pass
     assert made == []

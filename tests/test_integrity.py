@@ -24,6 +24,7 @@ from starsrec.serving.service import RecommendationService
 from starsrec.stars import recommender as stars
 from starsrec.stars.recommender import StarsRecommender
 from starsrec.web.app import create_app
+from tiny import TINY_LAMBDAMART
 
 KEY = "integrity-test-key"
 
@@ -113,7 +114,7 @@ def test_baselines_save_their_own_files_with_checksums(tmp_path: Path) -> None:
     dataset = make_toy_world(n_users=30)
     catalogue = Catalogue.from_items(dataset.items)
     log = EventLog.from_dataset(dataset, catalogue)
-    model = BASELINES["lambdamart"]().fit(TrainingData(log, catalogue, "GB"))
+    model = BASELINES["lambdamart"](TINY_LAMBDAMART).fit(TrainingData(log, catalogue, "GB"))
     path = model.save(tmp_path / "lambdamart")
     recorded = json.loads((path / META_FILE).read_text())["checksums"]
     assert set(recorded) == {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from starsrec.baselines.ranking_features import LambdaMARTConfig
 from starsrec.stars.config import ModelConfig
 from starsrec.stars.recommender import StarsConfig
 from starsrec.stars.train import TrainConfig
@@ -25,6 +26,9 @@ TINY = StarsConfig(
     derived_subclasses=4,
     derived_classes=2,
 )
+
+# LambdaMART's text through the same tiny encoder, and few trees.
+TINY_LAMBDAMART = LambdaMARTConfig(n_estimators=30, text_encoder="hashing", embedding_cache=None)
 
 
 def tiny(model: dict | None = None, train: dict | None = None, **fields) -> StarsConfig:

@@ -119,6 +119,11 @@ class Recommender(ABC):
         ids = np.where(index >= 0, catalogue.item_ids[index], "")
         return ids, top_scores
 
+    def diagnostics(self, queries: Queries, targets: BasketTargets) -> dict[str, float]:
+        """Numbers about how the model reached its ranking of `queries` (e.g. how many
+        targets a re-ranker's candidates hold), for reports beside the metrics; none here."""
+        return {}
+
     def _fitted_catalogue(self) -> Catalogue:
         if self.catalogue is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load()")

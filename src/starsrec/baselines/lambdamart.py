@@ -8,15 +8,19 @@ Training without leakage: labelled groups come from each user's later training e
 (see `_holdout`), with the feature generators fitted only on the events before them; for
 inference the generators are refitted on all training events. Half of the validation
 queries (alternating) join the training groups, because they follow the evaluation
-protocol itself, and the other half drive early stopping. Items outside the candidates
-rank below all candidates, by popularity, so the ranking is still over the whole catalogue."""
+protocol itself, and the other half choose the tree count: the round with the best moving
+average of their NDCG@10 (`smoothed_best`), not the noisy curve's single best round. Items
+outside the candidates rank below all candidates, by popularity, so the ranking is still
+over the whole catalogue."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lightgbm
 import numpy as np
@@ -82,19 +86,44 @@ class LambdaMARTRecommender(Recommender):
             "force_row_wise": True,
             "verbosity": -1,
         }
-        stop = lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)
+        curve: dict[str, dict[str, list[float]]] = {}
+        callbacks: list[Callable[..., Any]] = [
+            lightgbm.early_stopping(config.early_stopping_rounds, verbose=False),
+            lightgbm.record_evaluation(curve),
+        ]
         self.booster = lightgbm.train(
             params,
             train_set,
             num_boost_round=config.n_estimators,
             valid_sets=valid_sets,
-            callbacks=[stop] if valid_sets else None,
+            callbacks=callbacks if valid_sets else None,
         )
+        if valid_sets:
+            # The held queries' NDCG curve is noisy round to round: its single best round
+            # swings with the seed. The best of its moving average is a steadier count.
+            self.booster.best_iteration = smoothed_best(
+                curve["valid_0"]["ndcg@10"], config.smoothing_rounds
+            )
         logger.info(
-            "lambdamart: %d training groups, best iteration %d",
+            "lambdamart: %d training groups, %d trees",
             sum(len(groups) for _, _, groups in parts),
             self.booster.best_iteration or config.n_estimators,
         )
+        if data.validation is not None and data.validation_targets is not None:
+            recall = self.diagnostics(data.validation, data.validation_targets)
+            logger.info("lambdamart: validation candidate recall %.4f", recall["candidate_recall"])
+
+    def diagnostics(self, queries: Queries, targets: BasketTargets) -> dict[str, float]:
+        """candidate_recall: the share of the queries' target items among their candidates
+        (the most any ranking of the candidates can reach)."""
+        generators, _ = self._fitted()
+        found = 0
+        for part in self._chunks(queries):
+            candidates = generators.candidates(queries[part])
+            rows = np.repeat(np.arange(part.stop - part.start), targets.sizes[part])
+            items = targets.items[targets.offsets[part.start] : targets.offsets[part.stop]]
+            found += int(candidates[rows, items].sum())
+        return {"candidate_recall": found / max(len(targets.items), 1)}
 
     def _groups(
         self, generators: FeatureGenerators, queries: Queries, targets: BasketTargets
@@ -164,6 +193,19 @@ class LambdaMARTRecommender(Recommender):
             self.config, state, self._fitted_catalogue(), context, path
         )
         self.booster = lightgbm.Booster(model_file=str(path / BOOSTER_FILE))
+
+
+def smoothed_best(curve: list[float], window: int) -> int:
+    """The 1-based round whose centred moving average (over `window` rounds, shorter at the
+    ends) of the validation `curve` is highest; the earliest of ties."""
+    values = np.asarray(curve, dtype=np.float64)
+    if not len(values):
+        return 0
+    half = max(window, 1) // 2
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    lo = np.maximum(np.arange(len(values)) - half, 0)
+    hi = np.minimum(np.arange(len(values)) + half + 1, len(values))
+    return int(np.argmax((sums[hi] - sums[lo]) / (hi - lo))) + 1
 
 
 def _stack(

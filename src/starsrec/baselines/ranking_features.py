@@ -2,11 +2,16 @@
 per (query, candidate).
 
 Candidates: the user's own history (repeat), the top co-occurrence neighbours of the
-recent history, and the globally and recently most popular items. Features: generator
-scores and ranks, user x item counts and recency, session openings, taxonomy affinity,
-item age / repeat rate / month share, user activity and calendar (weekday, month, hour,
-distance to public holidays). `FeatureGenerators` holds everything they need, fitted on
-one event log, and saves to flat arrays.
+recent history, the items whose text is nearest the history's, and the globally and
+recently most popular items. Features: generator scores and ranks, user x item counts and
+recency, session openings, taxonomy affinity, text similarity to the history and to its
+last item, item age / repeat rate / month share, user activity and calendar (weekday,
+month, hour, distance to public holidays). `FeatureGenerators` holds everything they need,
+fitted on one event log, and saves to flat arrays.
+
+The text is what STARS gets: the same encoder's item embeddings and, for a catalogue
+without a taxonomy, the same text-derived classes and subclasses, so the comparison is
+between models, not between what they were told.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import numpy as np
 from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceRecommender
 from starsrec.baselines.popularity import DAY, popularity, with_fallback
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
+from starsrec.baselines.text_profile import item_text, text_similarities
 from starsrec.data.calendar import calendar_features
 from starsrec.data.interactions import Catalogue, Queries, session_opens
+from starsrec.features.encoders import DEFAULT_MODEL_NAME
 from starsrec.recommender import TrainingData, rebuild_nested_configs, top_k
 
 NEVER = 10_000.0  # "days since" / "events since" for something that never happened
@@ -28,11 +35,24 @@ NEVER = 10_000.0  # "days since" / "events since" for something that never happe
 
 @dataclass(frozen=True)
 class LambdaMARTConfig:
-    """Candidate pool sizes, training labels and LightGBM settings."""
+    """Candidate pool sizes, item text, training labels and LightGBM settings.
+
+    text_encoder: the item text encoder (as `StarsConfig.text_encoder`), None for a
+    LambdaMART without text (no text candidates or features; classes from the catalogue
+    alone). text_history: the last events whose texts make a user's text profile.
+    The tree count is the best round of the held validation queries' NDCG@10 averaged over
+    `smoothing_rounds` rounds; training stops `early_stopping_rounds` after its raw best.
+    """
 
     repeat_candidates: int = 100
     cooccurrence_candidates: int = 100
+    text_candidates: int = 50
     popular_candidates: int = 50
+    text_encoder: str | None = DEFAULT_MODEL_NAME
+    embedding_cache: str | None = ".cache/starsrec"
+    text_history: int = 20
+    derived_subclasses: int = 64
+    derived_classes: int = 16
     recent_window_days: float = 28.0
     labels_per_user: int = 10
     session_gap_minutes: float = 30.0
@@ -42,7 +62,8 @@ class LambdaMARTConfig:
     num_leaves: int = 31
     min_child_samples: int = 50
     feature_fraction: float = 0.8
-    early_stopping_rounds: int = 30
+    early_stopping_rounds: int = 100
+    smoothing_rounds: int = 21
     # Queries per feature chunk = max_cells // catalogue size: bounds the dense (Q, N)
     # work matrices (about ten of them) whatever the catalogue.
     max_cells: int = 1 << 21
@@ -55,7 +76,18 @@ class LambdaMARTConfig:
         rebuild_nested_configs(self)
 
 
-ARRAYS = ("popularity", "recent", "popular", "repeat_rate", "buyers", "first_seen", "month_share")
+ARRAYS = (
+    "popularity",
+    "recent",
+    "popular",
+    "repeat_rate",
+    "buyers",
+    "first_seen",
+    "month_share",
+    "item_class",
+    "subclass",
+    "text",
+)
 
 
 @dataclass
@@ -65,8 +97,9 @@ class FeatureGenerators:
     config: LambdaMARTConfig
     country: str | None
     allow_repeats: bool
-    item_class: np.ndarray  # (N,)
-    subclass: np.ndarray  # (N,)
+    item_class: np.ndarray  # (N,) the catalogue's, else derived from text
+    subclass: np.ndarray  # (N,) likewise
+    text: np.ndarray  # (N, Dt) unit-norm item text embeddings; (N, 0) without text
     repeat: RepeatHistoryRecommender
     cooccurrence: CooccurrenceRecommender
     popularity: np.ndarray  # (N,) share of training target events
@@ -97,12 +130,20 @@ class FeatureGenerators:
         months = calendar_features(log.timestamp[target], None)["month"].astype(np.int64) - 1
         by_month = np.zeros((12, n_items))
         np.add.at(by_month, (months, log.item[target]), 1.0)
+        text, subclass, item_class = item_text(
+            data.catalogue,
+            config.text_encoder,
+            config.embedding_cache,
+            (config.derived_subclasses, config.derived_classes),
+            config.seed,
+        )
         return cls(
             config=config,
             country=data.country,
             allow_repeats=data.allow_repeats,
-            item_class=data.catalogue.item_class,
-            subclass=data.catalogue.subclass,
+            item_class=item_class,
+            subclass=subclass,
+            text=text,
             repeat=RepeatHistoryRecommender(config.repeat).fit(data),
             cooccurrence=CooccurrenceRecommender(config.cooccurrence).fit(data),
             popularity=total / max(total.sum(), 1.0),
@@ -132,7 +173,9 @@ class FeatureGenerators:
         path: Path,
     ) -> FeatureGenerators:
         """Inverse of `state`, with the catalogue and the saved context (country, repeats);
-        `path`, the artifact directory, is what the sub-models' `_restore` get."""
+        `path`, the artifact directory, is what the sub-models' `_restore` get. A state
+        saved before text features keeps the catalogue's classes and scores without text,
+        as its booster was trained."""
         repeat = RepeatHistoryRecommender(config.repeat)
         cooccurrence = CooccurrenceRecommender(config.cooccurrence)
         for model, prefix in ((repeat, "repeat."), (cooccurrence, "cooccurrence.")):
@@ -140,37 +183,30 @@ class FeatureGenerators:
             model._restore(
                 {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, path
             )
+        earlier = {
+            "item_class": catalogue.item_class,
+            "subclass": catalogue.subclass,
+            "text": np.zeros((catalogue.size, 0), np.float32),
+        }
         return cls(
             config=config,
             country=context["country"],
             allow_repeats=context["allow_repeats"],
-            item_class=catalogue.item_class,
-            subclass=catalogue.subclass,
             repeat=repeat,
             cooccurrence=cooccurrence,
-            **{name: state[name] for name in ARRAYS},
+            **{name: state[name] if name in state else earlier[name] for name in ARRAYS},
         )
 
     def candidates_and_features(
         self, queries: Queries
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pairs query index, pairs item index, (P, F) float32 features) for a chunk."""
-        config = self.config
         repeat = self.repeat.history_scores(queries)  # (Q, N)
         neighbours = self.cooccurrence.neighbour_scores(queries)  # (Q, N)
+        profile, last = text_similarities(self.text, queries, self.config.text_history)
         history = self._history(queries)
         count = history["count"]
-        mask = np.zeros(repeat.shape, dtype=bool)
-        if self.allow_repeats:
-            _mark_top(mask, repeat, config.repeat_candidates)
-            _mark_top(mask, neighbours, config.cooccurrence_candidates)
-            mask[:, self.popular] = True
-        else:
-            # Seen items can never be recommended: spend the candidate slots on unseen ones.
-            _mark_top(mask, np.where(count > 0, 0.0, neighbours), config.cooccurrence_candidates)
-            mask[:, self.popular] = True
-            mask &= count == 0
-        query, item = np.nonzero(mask)
+        query, item = np.nonzero(self._candidates(repeat, neighbours, profile, count))
 
         lengths = queries.lengths.astype(np.float64)
         distinct = (count > 0).sum(axis=1).astype(np.float64)
@@ -200,6 +236,15 @@ class FeatureGenerators:
             "user_item_session_rate": history["session_rate"][query, item],
             "class_share": _group_share(history["class_share"], self.item_class[item], query),
             "subclass_share": _group_share(history["subclass_share"], self.subclass[item], query),
+            # text (present only with an encoder: a model trained without them keeps its width)
+            **(
+                {
+                    "text_profile_similarity": profile[query, item],
+                    "text_last_similarity": last[query, item],
+                }
+                if self.text.shape[1]
+                else {}
+            ),
             # item
             "item_repeat_rate": self.repeat_rate[item],
             "item_buyers": self.buyers[item],
@@ -221,6 +266,33 @@ class FeatureGenerators:
         }
         features = np.column_stack([np.asarray(v, dtype=np.float32) for v in columns.values()])
         return query, item, features
+
+    def candidates(self, queries: Queries) -> np.ndarray:
+        """(Q, N) bool: the items stage 1 proposes for each query."""
+        profile, _ = text_similarities(self.text, queries, self.config.text_history)
+        count = self._history(queries)["count"]
+        repeat = self.repeat.history_scores(queries)
+        return self._candidates(repeat, self.cooccurrence.neighbour_scores(queries), profile, count)
+
+    def _candidates(
+        self, repeat: np.ndarray, neighbours: np.ndarray, profile: np.ndarray, count: np.ndarray
+    ) -> np.ndarray:
+        """(Q, N) bool candidates from the generators' (Q, N) scores and history counts."""
+        config = self.config
+        mask = np.zeros(repeat.shape, dtype=bool)
+        if self.allow_repeats:
+            _mark_top(mask, repeat, config.repeat_candidates)
+            _mark_top(mask, neighbours, config.cooccurrence_candidates)
+            _mark_top(mask, profile, config.text_candidates)
+        else:
+            # Seen items can never be recommended: spend the candidate slots on unseen ones.
+            unseen = count == 0
+            _mark_top(mask, np.where(unseen, neighbours, 0.0), config.cooccurrence_candidates)
+            _mark_top(mask, np.where(unseen, profile, 0.0), config.text_candidates)
+        mask[:, self.popular] = True
+        if not self.allow_repeats:
+            mask &= count == 0
+        return mask
 
     def _session_events(self, queries: Queries) -> np.ndarray:
         """(Q,) history events within the session gap before the request (the basket

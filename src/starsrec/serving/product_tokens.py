@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from starsrec.features.encoders import TextEncoder
+from starsrec.features.encoders import TextEncoder, named_encoder
 from starsrec.features.text import EmbeddingCache, embed_items
 from starsrec.serving.catalogue import ItemTable, Product, item_tags
 from starsrec.stars.batch import PAD, slot_of
 from starsrec.stars.model import STARS
-from starsrec.stars.recommender import StarsRecommender, text_encoder
+from starsrec.stars.recommender import StarsRecommender
 
 # One open cache per file and encoder in this process, each with its lock: a reload's new
 # service and the old one share it, so neither rewrites the file without the other's texts.
@@ -71,7 +71,8 @@ class ProductTokenizer:
         transformer otherwise loads them at its first text, seconds into a request)."""
         with self._loading:
             if self._encoder is None:
-                encoder = text_encoder(self.recommender.config)
+                config = self.recommender.config
+                encoder = named_encoder(config.text_encoder, config.seed)
                 _ = encoder.dim  # a sentence transformer loads its model to answer this
                 self._encoder = encoder
             return self._encoder

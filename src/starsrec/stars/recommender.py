@@ -29,9 +29,9 @@ from starsrec.data.files import CALENDAR_FILE
 from starsrec.data.integrity import ArtifactError, write_json_atomic
 from starsrec.data.interactions import Catalogue, Queries
 from starsrec.evaluation.evaluate import validation_metric
-from starsrec.features.encoders import HashingEncoder, SentenceTransformerEncoder
+from starsrec.features.encoders import named_encoder
 from starsrec.features.tags import default_tagger
-from starsrec.features.text import derive_subclasses, embed_items
+from starsrec.features.text import catalogue_groups, embed_items
 from starsrec.recommender import (
     Filters,
     Recommender,
@@ -61,7 +61,6 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT = 4
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
-HASHING_ENCODER = "hashing"
 
 
 @dataclass(frozen=True)
@@ -98,35 +97,23 @@ class StarsConfig:
         rebuild_nested_configs(self)
 
 
-def text_encoder(config: StarsConfig) -> HashingEncoder | SentenceTransformerEncoder:
-    """The text encoder `config.text_encoder` names (see StarsConfig)."""
-    if config.text_encoder == HASHING_ENCODER:
-        return HashingEncoder(dim=64, seed=config.seed)
-    if config.text_encoder == "all-MiniLM-L6-v2":
-        return SentenceTransformerEncoder()
-    return SentenceTransformerEncoder(path=config.text_encoder)
-
-
 def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
     """Text embeddings, tags, subclass and class of every item (arrays over the catalogue)."""
     texts = list(catalogue.texts)
     cache = Path(config.embedding_cache) if config.embedding_cache else None
-    text = embed_items(texts, text_encoder(config), cache_dir=cache)
+    text = embed_items(texts, named_encoder(config.text_encoder, config.seed), cache_dir=cache)
     if config.use_lexicon_tags:
         tags = default_tagger().extract(texts)
     else:
         tags = np.zeros((len(texts), 1), dtype=np.float32)
-    subclass = catalogue.subclass
-    if (subclass < 0).all():
-        subclass = derive_subclasses(text, min(config.derived_subclasses, len(texts)), config.seed)
-    item_class = catalogue.item_class
-    if (item_class < 0).all():
-        item_class = derive_subclasses(text, min(config.derived_classes, len(texts)), config.seed)
+    subclass, item_class = catalogue_groups(
+        catalogue, text, config.derived_subclasses, config.derived_classes, config.seed
+    )
     return {
         "text": text.astype(np.float32),
         "tags": tags.astype(np.float32),
-        "subclass": np.maximum(subclass, 0).astype(np.int64),
-        "item_class": np.maximum(item_class, 0).astype(np.int64),
+        "subclass": np.maximum(subclass, 0),
+        "item_class": np.maximum(item_class, 0),
     }
 
 
