@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import logging
 import subprocess
@@ -143,7 +144,16 @@ def sanity_record(dataset: Dataset, split: Split | BasketSplit) -> dict:
 
 
 def save_cell(records: list[dict], out: Path) -> None:
-    """Merge one cell's records into the JSON and its per-query values into the Parquet."""
+    """Merge one cell's records into the JSON and its per-query values into the Parquet,
+    under a lock on the JSON: runs on different cells can share `out` (each cell has its own
+    Parquet file), so two processes can split the cells of one commit between the cores."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_cell(records, out)
+
+
+def _merge_cell(records: list[dict], out: Path) -> None:
     frame = per_query_frame(records)
     path = per_query_path(out.parent, records[0]["dataset"], records[0]["protocol"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +185,19 @@ def sanity_lines(records: list[dict]) -> list[str]:
     return [
         f"Popularity sanity row (plain counts, MovieLens LOO, nothing masked): {measured}: "
         + ("holds." if held else "**does not hold**.")
+    ]
+
+
+def diagnostic_lines(records: list[dict]) -> list[str]:
+    """Each model's diagnostics per cell (mean over seeds): LambdaMART's candidate recall,
+    the share of test targets its candidates hold, which no re-ranking can exceed."""
+    values: dict[tuple[str, str, str, str], list[float]] = {}
+    for r in records:
+        for name, value in (r.get("diagnostics") or {}).items():
+            values.setdefault((r["dataset"], r["protocol"], r["model"], name), []).append(value)
+    return [
+        f"- {dataset} / {protocol}: {model} {name.replace('_', ' ')} {np.mean(v):.4f}"
+        for (dataset, protocol, model, name), v in sorted(values.items())
     ]
 
 
@@ -236,6 +259,10 @@ def rebuild(records: list[dict], results: Path, docs: Path) -> str:
         comparison_table(rows) if rows else "(no per-query results yet)",
         "",
         *cell_lines(rows),
+        "",
+        "Test targets among LambdaMART's candidates (candidate recall: its recall's ceiling):",
+        "",
+        *(diagnostic_lines(records) or ["- not recorded by these runs"]),
         "",
         *sanity_lines(records),
         "",
