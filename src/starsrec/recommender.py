@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -66,16 +66,21 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Filters:
-    """Which items a request may return.
+    """Which items a request may return: the one vocabulary of filters, for every model,
+    the evaluation and the service (which turns a request's names into these at its edge,
+    `starsrec.serving.filters`).
 
     allowed: (N,) bool over the catalogue (in stock, a class scope...), None = all.
     exclude: per query, item ids never to return.
     exclude_seen: drop items already in the query's history.
+    scope: a key naming `allowed` (equal keys, equal bitmaps) under which a search may
+    cache what it derives from the bitmap; None = nothing cached.
     """
 
     allowed: np.ndarray | None = None
     exclude: Sequence[Sequence[str]] | None = None
     exclude_seen: bool = False
+    scope: Hashable | None = None
 
 
 class Recommender(ABC):

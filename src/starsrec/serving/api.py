@@ -39,9 +39,8 @@ from starsrec.serving.answers import ServedAnswers, UnservedAnswers
 from starsrec.serving.catalogue import RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation
-from starsrec.serving.filters import RequestFilters
 from starsrec.serving.offline import build_serving
-from starsrec.serving.request import parse_filters, parse_timestamp
+from starsrec.serving.request import FiltersIn, parse_filters, parse_timestamp
 from starsrec.serving.service import RecommendationService
 from starsrec.stars.recommender import StarsConfig, StarsRecommender
 
@@ -112,22 +111,22 @@ class Model:
         """(U,) bool: whether each user has a history the model can use."""
         return self.answers.known(as_ids(user_ids))
 
-    def check_filters(self, filters: str | Mapping | RequestFilters | None) -> RequestFilters:
+    def check_filters(self, filters: str | Mapping | FiltersIn | None) -> FiltersIn:
         """`filters` parsed as the HTTP API parses them and checked against this catalogue
         (classes, subclasses and excluded items it has); a RequestError naming the field."""
         request = parse_filters(filters)
-        self.answers.check(request)
+        self.answers.filters(request)
         return request
 
     def recommend(
         self,
         user_ids: str | Iterable[Any],
         k: int = 10,
-        filters: str | Mapping | RequestFilters | None = None,
+        filters: str | Mapping | FiltersIn | None = None,
         timestamp: str | float | datetime | None = None,
     ) -> pd.DataFrame:
         """The top k of each user, `RESULT_COLUMNS`, best first (rank 1), under `filters`
-        (the HTTP API's: a dict, JSON text or `RequestFilters`) at `timestamp` (unix
+        (the HTTP API's: a dict, JSON text or `FiltersIn`) at `timestamp` (unix
         seconds or ISO 8601; now when None). An unknown user is answered as the HTTP API
         answers one: from the request context alone (memory "context")."""
         ids, k = as_ids(user_ids), check_k(k)

@@ -27,7 +27,6 @@ from pydantic import (
 )
 
 from starsrec.serving.catalogue import RequestError
-from starsrec.serving.filters import RequestFilters
 from starsrec.serving.store import is_timestamp
 
 MAX_BATCH = 10_000
@@ -82,7 +81,9 @@ class Strict(BaseModel):
 
 
 class FiltersIn(Strict):
-    """What a recommendation may return (`RequestFilters` at the edge)."""
+    """What a recommendation may return, in the request's words (the HTTP API's field
+    names); the service turns them into `starsrec.recommender.Filters` over its rows
+    (`RecommendationService.filters`). exclude_purchased None: the dataset's rule."""
 
     in_stock_only: StrictBool = True
     classes: list[Id] = Field(default_factory=list, max_length=1000)
@@ -90,25 +91,15 @@ class FiltersIn(Strict):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
     exclude_purchased: StrictBool | None = None
 
-    def to_filters(self) -> RequestFilters:
-        """The service's `RequestFilters` for these."""
-        return RequestFilters(
-            in_stock_only=self.in_stock_only,
-            classes=tuple(self.classes),
-            subclasses=tuple(self.subclasses),
-            exclude=tuple(self.exclude),
-            exclude_purchased=self.exclude_purchased,
-        )
 
-
-def parse_filters(value: str | Mapping | RequestFilters | None) -> RequestFilters:
+def parse_filters(value: str | Mapping | FiltersIn | None) -> FiltersIn:
     """Filters from JSON text or a mapping, checked as the HTTP API checks a request's
-    `filters` (a `RequestFilters` passes as is; None = the defaults). A RequestError
-    naming the field, saying what is wrong and how to write it, otherwise."""
-    if isinstance(value, RequestFilters):
+    `filters` (a `FiltersIn` passes as is; None = the defaults). A RequestError naming
+    the field, saying what is wrong and how to write it, otherwise."""
+    if isinstance(value, FiltersIn):
         return value
     if value is None:
-        return RequestFilters()
+        return FiltersIn()
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -123,7 +114,7 @@ def parse_filters(value: str | Mapping | RequestFilters | None) -> RequestFilter
             f"filters: must be a JSON object, got {type(value).__name__}; e.g. {FILTERS_EXAMPLE}",
         )
     try:
-        return FiltersIn.model_validate(dict(value)).to_filters()
+        return FiltersIn.model_validate(dict(value))
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(["filters", *(str(part) for part in first["loc"])])

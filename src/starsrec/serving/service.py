@@ -37,6 +37,7 @@ from starsrec.data.integrity import (
 )
 from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
+from starsrec.recommender import Filters, check_filters
 from starsrec.serving.catalogue import (  # Product: re-exported for callers of the service
     ItemTable,
     Product,  # noqa: F401
@@ -47,12 +48,13 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
 from starsrec.serving.clock import check_event_times, request_time
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
-from starsrec.serving.filters import FilterScopes, RequestFilters
+from starsrec.serving.filters import FilterScopes
 from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
 from starsrec.serving.product_writes import ProductWrites
 from starsrec.serving.redis_store import RedisEventStore
+from starsrec.serving.request import FiltersIn
 from starsrec.serving.store import Event, EventStore, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
@@ -198,27 +200,26 @@ class RecommendationService(ProductWrites):
         events: Sequence[Event] = (),
         k: int = 10,
         at: float | None = None,
-        filters: RequestFilters = RequestFilters(),
-        allowed: np.ndarray | None = None,
+        filters: Filters | None = None,
     ) -> list[Recommendation]:
         """Top-k items for a user (stored events) and/or an anonymous list of events, at
-        time `at` (unix seconds; now when None), under `filters` and, when given, the
-        (N,) bool `allowed` rows. At most the catalogue's size come back, however large
-        `k`."""
+        time `at` (unix seconds; now when None), under `filters` over this service's rows,
+        one query's (None: a request's defaults, `self.filters()`). At most the
+        catalogue's size come back, however large `k`."""
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
         k = min(int(k), self.index.size)
+        filters = self.filters() if filters is None else filters
+        check_filters(filters, 1, len(self.items))
         at = request_time(at, events, self.config.max_future_s)
         history, rows = self.history(user_id, events, at)
         query, short, long, gate = self.query_vectors(user_id, history, rows, at)
-        scoped, scope = self.allowed(filters)
-        if allowed is not None:  # a caller's own bitmap: intersected, not cached by scope
-            allowed, scope = allowed & (True if scoped is None else scoped), None
-        else:
-            allowed = scoped
-        exclude = self.items.rows(list(filters.exclude), "filters.exclude")
-        purchased = filters.exclude_purchased
-        if purchased if purchased is not None else not self.allow_repeats:
+        allowed = filters.allowed
+        ids = filters.exclude[0] if filters.exclude is not None else ()
+        exclude = self.items.rows(list(ids), "filters.exclude")
+        # The service's seen items are what the user bought (events of a target type): a
+        # product only viewed stays recommendable.
+        if filters.exclude_seen:
             targets = [
                 r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
             ]
@@ -228,7 +229,7 @@ class RecommendationService(ProductWrites):
         # among its k, fewer than k others would be left to merge with them).
         own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
         found, scores = self.index.search(
-            query[None], k, allowed, [np.union1d(exclude, own)], scope
+            query[None], k, allowed, [np.union1d(exclude, own)], filters.scope
         )
         found, scores = self._merge_history(
             query, found[0], scores[0], history, rows, at, allowed, exclude, k
@@ -296,9 +297,11 @@ class RecommendationService(ProductWrites):
         events = torch.from_numpy(np.asarray(active, np.float32))
         return self.model.retrieval_queries(torch.from_numpy(query)[None], events)[0].numpy()
 
-    def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
-        """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
-        return self._scopes.allowed(self.items, self.version, filters)
+    def filters(self, request: FiltersIn | None = None) -> Filters:
+        """A request's filters (None: the defaults) as `Filters` over this service's rows,
+        its scope's bitmap cached; a RequestError naming the field for unknown names."""
+        request = FiltersIn() if request is None else request
+        return self._scopes.filters(self.items, self.version, request, not self.allow_repeats)
 
     def _merge_history(
         self,
@@ -338,8 +341,10 @@ class RecommendationService(ProductWrites):
         row = self.items.row_of[item_id]
         query = np.zeros(self.index.dim, np.float32)
         query[: self.model.config.dim] = self.items.tokens[row]
-        allowed, scope = self.allowed(RequestFilters(in_stock_only=in_stock_only))
-        found, scores = self.index.search(query[None], k, allowed, [np.array([row])], scope)
+        filters = self.filters(FiltersIn(in_stock_only=in_stock_only))
+        found, scores = self.index.search(
+            query[None], k, filters.allowed, [np.array([row])], filters.scope
+        )
         keep = found[0] >= 0
         found = found[0][keep]
         return self._explain(found, scores[0][keep], np.array([row]), ["similar"] * len(found))

@@ -263,7 +263,7 @@ def create_app(
         unknown = [e.item_id for e in events if e.item_id not in svc.items.row_of]
         if unknown:
             raise RequestError("events", f"events: unknown item ids {unknown[:5]}")
-        filters = body.filters.to_filters()
+        filters = svc.filters(body.filters)
         results = svc.recommend(body.user_id, events, body.k, seconds(body.timestamp), filters)
         return {
             "items": [dataclasses.asdict(r) for r in results],
