@@ -128,7 +128,7 @@ def synthetic_service(
         items,
         base.memories,
         serving["event_types"],
-        serving["allow_repeats"],
+        base.exclude_seen,
         base.encoder,
         base.config,
     )

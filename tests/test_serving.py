@@ -53,7 +53,7 @@ def world(tmp_path_factory):
     recommender.model.own_item_taste.fill_(1.25)
     recommender.model.own_item_offset.fill_(-0.5)
     artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
-    write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
+    write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return recommender, log, artifact
 
 

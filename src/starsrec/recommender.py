@@ -44,6 +44,8 @@ ARTIFACT_FORMAT = 1
 class TrainingData:
     """What `fit` gets: training events, the catalogue, and optional validation queries.
 
+    exclude_seen: whether items already in a user's history are left out of their
+    recommendations (`Dataset.exclude_seen`), which models choose under and adapt to.
     validation_targets: each validation query's distinct target items (one per query under
     the single-target protocols, a whole basket under the basket ones); what models choose
     on (early stopping, tree counts, calibration), always with the test protocol's shape.
@@ -52,7 +54,7 @@ class TrainingData:
     train: EventLog
     catalogue: Catalogue
     country: str | None = None
-    allow_repeats: bool = True
+    exclude_seen: bool = False
     validation: Queries | None = None
     validation_targets: BasketTargets | None = None
 

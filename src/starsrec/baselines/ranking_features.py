@@ -64,7 +64,7 @@ class FeatureGenerators:
 
     config: LambdaMARTConfig
     country: str | None
-    allow_repeats: bool
+    exclude_seen: bool
     item_class: np.ndarray  # (N,)
     subclass: np.ndarray  # (N,)
     repeat: RepeatHistoryRecommender
@@ -100,7 +100,7 @@ class FeatureGenerators:
         return cls(
             config=config,
             country=data.country,
-            allow_repeats=data.allow_repeats,
+            exclude_seen=data.exclude_seen,
             item_class=data.catalogue.item_class,
             subclass=data.catalogue.subclass,
             repeat=RepeatHistoryRecommender(config.repeat).fit(data),
@@ -143,7 +143,7 @@ class FeatureGenerators:
         return cls(
             config=config,
             country=context["country"],
-            allow_repeats=context["allow_repeats"],
+            exclude_seen=not context["allow_repeats"],  # the file's name, as dataset.json's
             item_class=catalogue.item_class,
             subclass=catalogue.subclass,
             repeat=repeat,
@@ -161,7 +161,7 @@ class FeatureGenerators:
         history = self._history(queries)
         count = history["count"]
         mask = np.zeros(repeat.shape, dtype=bool)
-        if self.allow_repeats:
+        if not self.exclude_seen:
             _mark_top(mask, repeat, config.repeat_candidates)
             _mark_top(mask, neighbours, config.cooccurrence_candidates)
             mask[:, self.popular] = True

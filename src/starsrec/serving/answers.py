@@ -77,13 +77,13 @@ class UnservedAnswers:
         self,
         recommender: Recommender,
         log: EventLog,
-        allow_repeats: bool,
+        exclude_seen: bool,
         max_future_s: float | None = 86_400.0,
     ) -> None:
         self.recommender = recommender
         self.name = recommender.name
         self.log = log
-        self.allow_repeats = allow_repeats
+        self.exclude_seen = exclude_seen
         self.max_future_s = max_future_s
         catalogue = recommender._fitted_catalogue()
         n = catalogue.size
@@ -115,7 +115,7 @@ class UnservedAnswers:
     def filters(self, request: FiltersIn) -> Filters:
         """`request` as `Filters` over the model's catalogue, as the service converts it;
         a RequestError naming the field when it names unknown classes or items."""
-        return self._scopes.filters(self.items, 0, request, not self.allow_repeats)
+        return self._scopes.filters(self.items, 0, request, self.exclude_seen)
 
     def recommend(
         self, user_ids: Sequence[str], k: int, at: float, request: FiltersIn

@@ -181,7 +181,7 @@ def load(
     dataset = _training_dataset(root, data_dir)
     log = EventLog.from_dataset(dataset, recommender._fitted_catalogue())
     logger.info("loaded %s (%s, not indexed: answers from its model)", root, name)
-    answers = UnservedAnswers(recommender, log, dataset.allow_repeats, serving.max_future_s)
+    answers = UnservedAnswers(recommender, log, dataset.exclude_seen, serving.max_future_s)
     return Model(root, answers)
 
 

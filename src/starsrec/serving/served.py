@@ -53,7 +53,7 @@ class ServedRecommender(Recommender):
         stars = StarsRecommender(self.config).fit(data)
         self._directory = tempfile.TemporaryDirectory(prefix="starsrec-served-")
         artifact = stars.save(Path(self._directory.name) / "artifact")
-        write_serving_files(stars, data.train, artifact / SERVING_DIR, data.allow_repeats)
+        write_serving_files(stars, data.train, artifact / SERVING_DIR, data.exclude_seen)
         self._open(artifact)
 
     def _open(self, artifact: Path) -> None:

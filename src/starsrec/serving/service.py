@@ -78,7 +78,7 @@ class RecommendationService(ProductWrites):
         items: ItemTable,
         memories: dict[str, np.ndarray],  # user id -> u_L (D,) from the offline stage
         event_types: list[dict],
-        allow_repeats: bool,
+        exclude_seen: bool,
         encoder: OnnxUserEncoder | EagerUserEncoder,
         config: ServingConfig = ServingConfig(),
         product_log: ProductLog | None = None,
@@ -96,7 +96,7 @@ class RecommendationService(ProductWrites):
         self.main_event_type = next(
             (t["name"] for t in event_types if t.get("target", True)), event_types[0]["name"]
         )
-        self.allow_repeats = allow_repeats
+        self.exclude_seen = exclude_seen  # the dataset's rule, when a request leaves it open
         self.encoder = encoder
         self.config = config
         self.version = 0  # bumped by every catalogue change: keys the filter caches
@@ -151,7 +151,7 @@ class RecommendationService(ProductWrites):
             items,
             memories,
             meta["event_types"],
-            meta["allow_repeats"],
+            not meta["allow_repeats"],
             encoder,
             config,
         )
@@ -301,7 +301,7 @@ class RecommendationService(ProductWrites):
         """A request's filters (None: the defaults) as `Filters` over this service's rows,
         its scope's bitmap cached; a RequestError naming the field for unknown names."""
         request = FiltersIn() if request is None else request
-        return self._scopes.filters(self.items, self.version, request, not self.allow_repeats)
+        return self._scopes.filters(self.items, self.version, request, self.exclude_seen)
 
     def _merge_history(
         self,

@@ -149,12 +149,13 @@ class StarsRecommender(Recommender):
 
     def _fit(self, data: TrainingData) -> None:
         if self.config.model.use_new_item_bias is None:  # decided here, saved with the model
-            model = dataclasses.replace(self.config.model, use_new_item_bias=data.allow_repeats)
+            decided = not data.exclude_seen
+            model = dataclasses.replace(self.config.model, use_new_item_bias=decided)
             self.config = dataclasses.replace(self.config, model=model)
             logger.info(
                 "new-item bias %s (%s log)",
-                "on" if data.allow_repeats else "off",
-                "shop" if data.allow_repeats else "rating",
+                "on" if decided else "off",
+                "shop" if decided else "rating",
             )
         config = self.config
         torch.manual_seed(config.seed)
@@ -178,7 +179,7 @@ class StarsRecommender(Recommender):
 
             def validate(model: STARS) -> float:
                 model.eval()
-                return validation_metric(self, queries, targets, not data.allow_repeats)
+                return validation_metric(self, queries, targets, data.exclude_seen)
 
         self.training_state = train_model(
             self.model,
@@ -190,21 +191,21 @@ class StarsRecommender(Recommender):
             checkpoint_dir=self.checkpoint_dir,
         )
         if validate is not None:
-            self.calibrate(queries, targets, validate, data.allow_repeats)
+            self.calibrate(queries, targets, validate, data.exclude_seen)
 
     def calibrate(
         self,
         queries: Queries,
         targets: BasketTargets,
         validate: Callable[[STARS], float],
-        allow_repeats: bool,
+        exclude_seen: bool,
     ) -> None:
         """The steps after training that `config.calibration` switches on, where they apply."""
         steps, model = self.config.calibration, self.config.model
         if steps.new_items and model.use_item_bias and self._fitted_model().scores_new_items:
-            self.calibrate_new_items(queries, targets, exclude_seen=not allow_repeats)
+            self.calibrate_new_items(queries, targets, exclude_seen)
         # Own items are re-scored where they can be recommended and are scored apart.
-        if steps.own_items and allow_repeats and model.use_repeat_score:
+        if steps.own_items and not exclude_seen and model.use_repeat_score:
             self.calibrate_own_items(validate)
 
     @torch.no_grad()
