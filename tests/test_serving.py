@@ -250,6 +250,12 @@ def test_http_round_trip(client) -> None:
         ("post", "/v1/recommend", {"filters": {"classes": ["nope"]}}, "filters.classes"),
         ("post", "/v1/recommend", {"filters": {"exclude": ["nope"]}}, "filters.exclude"),
         ("post", "/v1/recommend", {"events": [{"item_id": "nope"}]}, "events"),
+        (
+            "post",
+            "/v1/recommend",
+            {"events": [{"item_id": "s0-n1", "event_type": "teleport"}]},
+            "events[0].event_type",
+        ),
         ("post", "/v1/events", {"user_id": "u", "item_id": "nope"}, "item_id"),
         (
             "post",

@@ -23,10 +23,9 @@ import pandas as pd
 from starsrec.data.interactions import EventLog, Queries
 from starsrec.recommender import Filters, Recommender
 from starsrec.serving.catalogue import ItemTable, RequestError
-from starsrec.serving.clock import request_time
 from starsrec.serving.explain import Recommendation
 from starsrec.serving.filters import FilterScopes
-from starsrec.serving.request import FiltersIn
+from starsrec.serving.request import FiltersIn, request_time
 from starsrec.serving.service import RecommendationService
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -36,11 +35,10 @@ from starsrec.data.interactions import EventLog
 from starsrec.experiments.artifact import artifact_dataset, load_config, train_artifact
 from starsrec.recommender import Recommender
 from starsrec.serving.answers import ServedAnswers, UnservedAnswers
-from starsrec.serving.catalogue import RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation
 from starsrec.serving.offline import build_serving
-from starsrec.serving.request import FiltersIn, parse_filters, parse_timestamp
+from starsrec.serving.request import FiltersIn, check_k, parse_filters, parse_timestamp
 from starsrec.serving.service import RecommendationService
 from starsrec.stars.recommender import StarsConfig, StarsRecommender
 
@@ -76,13 +74,6 @@ def results_frame(key: str, keys: list[str], results: list[list[Recommendation]]
             "memory": pd.Series([r.memory for r in flat], dtype=object),
         }
     )
-
-
-def check_k(k: object) -> int:
-    """`k` as an int >= 1; a RequestError naming `k` otherwise (as the service's)."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
-    return int(k)
 
 
 class Model:
@@ -125,10 +116,11 @@ class Model:
         filters: str | Mapping | FiltersIn | None = None,
         timestamp: str | float | datetime | None = None,
     ) -> pd.DataFrame:
-        """The top k of each user, `RESULT_COLUMNS`, best first (rank 1), under `filters`
-        (the HTTP API's: a dict, JSON text or `FiltersIn`) at `timestamp` (unix
-        seconds or ISO 8601; now when None). An unknown user is answered as the HTTP API
-        answers one: from the request context alone (memory "context")."""
+        """The top k of each user (k from 1 to 1000, as the HTTP API's), `RESULT_COLUMNS`,
+        best first (rank 1), under `filters` (the HTTP API's: a dict, JSON text or
+        `FiltersIn`) at `timestamp` (unix seconds or ISO 8601; now when None). An unknown
+        user is answered as the HTTP API answers one: from the request context alone
+        (memory "context")."""
         ids, k = as_ids(user_ids), check_k(k)
         request = parse_filters(filters)
         parsed = parse_timestamp(timestamp)

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from starsrec.data.dataset import DataError
 from starsrec.data.integrity import write_atomic
-from starsrec.serving.api import RESULT_COLUMNS, Model, check_k
-from starsrec.serving.request import FiltersIn, parse_timestamp
+from starsrec.serving.api import RESULT_COLUMNS, Model
+from starsrec.serving.request import FiltersIn, check_k, parse_timestamp
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ next request.
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +44,6 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
     item_table,
     tag_vocabulary,
 )
-from starsrec.serving.clock import check_event_times, request_time
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
 from starsrec.serving.filters import FilterScopes
@@ -54,7 +52,13 @@ from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
 from starsrec.serving.product_writes import ProductWrites
 from starsrec.serving.redis_store import RedisEventStore
-from starsrec.serving.request import FiltersIn
+from starsrec.serving.request import (
+    FiltersIn,
+    check_event_times,
+    check_events,
+    check_k,
+    request_time,
+)
 from starsrec.serving.store import Event, EventStore, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
@@ -167,19 +171,7 @@ class RecommendationService(ProductWrites):
     # -- events -------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
         """Validate and store events (idempotent on event id); returns how many were new."""
-        for position, event in enumerate(events):
-            if event.item_id not in self.items.row_of:
-                raise RequestError(
-                    f"events[{position}].item_id",
-                    f"events[{position}].item_id: unknown item {event.item_id!r}; "
-                    "add it with PUT /v1/items first",
-                )
-            if event.event_type not in self.event_codes:
-                raise RequestError(
-                    f"events[{position}].event_type",
-                    f"events[{position}].event_type: unknown type {event.event_type!r}; "
-                    f"use one of {sorted(self.event_codes)}",
-                )
+        check_events(events, self.items, self.event_codes)
         check_event_times(events, self.config.max_future_s)
         try:
             return self.store.append(events)
@@ -205,13 +197,13 @@ class RecommendationService(ProductWrites):
         """Top-k items for a user (stored events) and/or an anonymous list of events, at
         time `at` (unix seconds; now when None), under `filters` over this service's rows,
         one query's (None: a request's defaults, `self.filters()`). At most the
-        catalogue's size come back, however large `k`."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
-        k = min(int(k), self.index.size)
+        catalogue's size come back. Bad input is refused by `starsrec.serving.request`'s
+        checks (RequestError naming the field), never dropped."""
+        k = min(check_k(k), self.index.size)
+        check_events(events, self.items, self.event_codes)
+        at = request_time(at, events, self.config.max_future_s)
         filters = self.filters() if filters is None else filters
         check_filters(filters, 1, len(self.items))
-        at = request_time(at, events, self.config.max_future_s)
         history, rows = self.history(user_id, events, at)
         query, short, long, gate = self.query_vectors(user_id, history, rows, at)
         allowed = filters.allowed
@@ -240,12 +232,12 @@ class RecommendationService(ProductWrites):
     def history(
         self, user_id: str | None, events: Sequence[Event], at: float
     ) -> tuple[list[Event], np.ndarray]:
-        """A request's history, oldest first (stored events, then the request's own, known
-        items only, none after `at`), and its item rows. The store's window ends at `at`, so
-        later events cannot crowd out the ones a request may use."""
+        """A request's history, oldest first (stored events, then the request's own,
+        checked by `recommend`; none after `at`), and its item rows. The store's window
+        ends at `at`, so later events cannot crowd out the ones a request may use."""
         limit = self.config.history_limit
         history = list(self.store.recent(user_id, limit, at)) if user_id else []
-        history += [e for e in events if e.item_id in self.items.row_of]
+        history += events
         history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
         return history, np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
 
@@ -336,6 +328,7 @@ class RecommendationService(ProductWrites):
         self, item_id: str, k: int = 10, in_stock_only: bool = True
     ) -> list[Recommendation]:
         """Items whose tokens have the largest inner product with this item's token."""
+        k = check_k(k)
         if item_id not in self.items.row_of:
             raise RequestError("item_id", f"item_id: unknown item {item_id!r}", status=404)
         row = self.items.row_of[item_id]

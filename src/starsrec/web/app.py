@@ -260,9 +260,6 @@ def create_app(
             )
             for n, e in enumerate(body.events)
         ]
-        unknown = [e.item_id for e in events if e.item_id not in svc.items.row_of]
-        if unknown:
-            raise RequestError("events", f"events: unknown item ids {unknown[:5]}")
         filters = svc.filters(body.filters)
         results = svc.recommend(body.user_id, events, body.k, seconds(body.timestamp), filters)
         return {
