@@ -110,7 +110,7 @@ def toy_artifact(root: Path) -> Path:
     log = EventLog.from_dataset(dataset, catalogue)
     recommender = StarsRecommender(config).fit(TrainingData(log, catalogue, "GB"))
     artifact = recommender.save(root / "toy-artifact", {"note": "hostile benchmark"})
-    write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
+    write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return artifact
 
 

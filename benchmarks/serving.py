@@ -45,15 +45,16 @@ from starsrec.index.config import IndexConfig
 from starsrec.index.item_index import ItemIndex
 from starsrec.serving.catalogue import ItemTable
 from starsrec.serving.product_tokens import new_product_bias
-from starsrec.serving.service import RecommendationService, RequestFilters
+from starsrec.serving.request import FiltersIn
+from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event
 
 RESULTS = Path(__file__).parent / "results"
 CLASSES, SUBCLASSES = 10, 100
 FILTERS = {
-    "none": RequestFilters(),
-    "10%": RequestFilters(classes=("class-3",)),
-    "1%": RequestFilters(subclasses=("sub-42",)),
+    "none": FiltersIn(),
+    "10%": FiltersIn(classes=["class-3"]),
+    "1%": FiltersIn(subclasses=["sub-42"]),
 }
 logger = logging.getLogger("serving-benchmark")
 
@@ -127,7 +128,7 @@ def synthetic_service(
         items,
         base.memories,
         serving["event_types"],
-        serving["allow_repeats"],
+        base.exclude_seen,
         base.encoder,
         base.config,
     )
@@ -158,7 +159,7 @@ def requests(service: RecommendationService, count: int, seed: int = 1) -> list[
     return bodies
 
 
-def _filters_json(filters: RequestFilters) -> dict:
+def _filters_json(filters: FiltersIn) -> dict:
     return {"classes": list(filters.classes), "subclasses": list(filters.subclasses)}
 
 
@@ -171,7 +172,8 @@ def latencies(service: RecommendationService, bodies: list[dict]) -> dict[str, l
             for k, e in enumerate(body["events"])
         ]
         started = time.perf_counter()
-        service.recommend(body["user_id"], events, body["k"], None, FILTERS[body["_filter"]])
+        filters = service.filters(FILTERS[body["_filter"]])
+        service.recommend(body["user_id"], events, body["k"], None, filters)
         if warm >= 50:
             timings[body["_filter"]].append((time.perf_counter() - started) * 1e3)
     return timings
@@ -197,17 +199,17 @@ def in_process(service: RecommendationService, bodies: list[dict]) -> dict:
 def recall(service: RecommendationService, queries: np.ndarray, k: int = 10) -> dict:
     """Mean recall@k of `index.search` against exact filtered search, per filter."""
     result = {}
-    for name, filters in FILTERS.items():
-        allowed, scope = service.allowed(filters)
-        found, _ = service.index.search(queries, k, allowed, None, scope)
-        truth, _ = service.index.exact_search(queries, k, allowed)
+    for name, request in FILTERS.items():
+        filters = service.filters(request)
+        found, _ = service.index.search(queries, k, filters.allowed, None, filters.scope)
+        truth, _ = service.index.exact_search(queries, k, filters.allowed)
         hits = [
             len(set(f[f >= 0]) & set(t[t >= 0])) / max((t >= 0).sum(), 1)
             for f, t in zip(found, truth, strict=True)
         ]
         result[name] = {
             "recall@10": float(np.mean(hits)),
-            "plan": service.index.plan(allowed, scope),
+            "plan": service.index.plan(filters.allowed, filters.scope),
         }
     return result
 

@@ -35,7 +35,7 @@ def served_artifact(tmp_path_factory) -> tuple[StarsRecommender, EventLog, Path]
     log = EventLog.from_dataset(dataset, catalogue)
     recommender = StarsRecommender(TINY).fit(TrainingData(log, catalogue, "GB"))
     artifact = recommender.save(tmp_path_factory.mktemp("served"), {"note": "test"})
-    write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
+    write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return recommender, log, artifact
 
 

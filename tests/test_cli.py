@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from conftest import TINY_OVERRIDES
 from starsrec.cli import main
 from starsrec.data.toyworld import make_toy_world
+from starsrec.serving.service import RecommendationService
 from starsrec.web.app import create_app
 
 
@@ -123,14 +124,16 @@ def test_train_then_evaluate_the_artifact(shop: Path, tmp_path: Path, capsys) ->
     assert main(argv) == 2
     assert "evaluate them with the same dataset and protocol" in capsys.readouterr().err
 
-    # The offline stage, then the service loaded from the artifact in the app's lifespan.
+    # The offline stage, then the service loaded from the artifact and served.
     assert main(["index", str(artifact)]) == 0
     assert "starsrec serve" in capsys.readouterr().out
     for name in ("serving.json", "encoder.onnx", "events.sqlite", "memories.safetensors"):
         assert (artifact / "serving" / name).exists(), name
-    with TestClient(create_app(artifact)) as client:
+    service = RecommendationService.load(artifact)
+    with TestClient(create_app(service)) as client:
         response = client.post("/v1/recommend", json={"k": 3})
         assert response.status_code == 200 and len(response.json()["items"]) == 3
+    service.store.close()
 
     # A dataset that changed since training is refused.
     events = pd.read_parquet(data_dir / "events.parquet")

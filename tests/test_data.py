@@ -263,7 +263,7 @@ def test_read_user_files_parquet_with_metadata(tmp_path: Path) -> None:
     dataset = read_user_files(root)
     assert dataset.name == "grocer"
     assert dataset.event_types[0] == EventType("view", 0.2, False)
-    assert dataset.country == "DE" and dataset.allow_repeats is False
+    assert dataset.country == "DE" and dataset.exclude_seen is True
     assert dataset.temporal_cuts == TemporalCuts("2024-01-02", "2024-01-03")
     assert dataset.users is not None and dataset.users["age"].tolist() == ["31", "45"]
     assert dataset.notes == {"source": "test"}
@@ -293,7 +293,7 @@ def test_save_and_load_prepared_round_trip(tmp_path: Path) -> None:
     assert loaded.users is not None and loaded.promotions is not None
     pd.testing.assert_frame_equal(loaded.users, dataset.users)
     pd.testing.assert_frame_equal(loaded.promotions, dataset.promotions)
-    for field in ("name", "event_types", "country", "allow_repeats", "temporal_cuts", "notes"):
+    for field in ("name", "event_types", "country", "exclude_seen", "temporal_cuts", "notes"):
         assert getattr(loaded, field) == getattr(dataset, field)
     assert loaded.unknown_item_events == 2
 

@@ -84,7 +84,7 @@ def test_online_retail(retail: Dataset) -> None:
     assert events["user_id"].str.fullmatch(r"\d+").all()  # no guests, no "12346.0"
     assert (events["quantity"] > 0).all()
     assert {"price", "country"} <= set(events.columns)
-    assert retail.country == "GB" and retail.allow_repeats
+    assert retail.country == "GB" and not retail.exclude_seen
     # Normalised descriptions: no doubled or edge whitespace, upper case.
     assert not retail.items["item_id"].str.contains(r"\s\s|^\s|\s$|[a-z]").any()
 
@@ -154,7 +154,7 @@ def test_movielens(movielens: Dataset) -> None:
     assert movielens.items.loc[movielens.items["item_id"] == "1", "text"].item() == (
         "Toy Story (1995)"
     )
-    assert not movielens.allow_repeats
+    assert movielens.exclude_seen
 
 
 def test_prepare_dispatches_and_rejects_unknown_names(tmp_path: Path) -> None:

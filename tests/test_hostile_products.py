@@ -148,7 +148,7 @@ def test_a_reload_waits_for_the_product_write_in_progress(artifact, monkeypatch)
 
     monkeypatch.setattr(RecommendationService, "load", load_and_tell)
     gate = Gate(monkeypatch)
-    app = create_app(artifact, service=service, insecure_open_writes=True)
+    app = create_app(service, reload_from=artifact, insecure_open_writes=True)
 
     async def scenario(client: httpx.AsyncClient):
         put = asyncio.create_task(client.put("/v1/items", json=products("during", 3)))
@@ -186,7 +186,9 @@ def test_a_restart_and_a_reload_embed_no_product_text_again(artifact, monkeypatc
     # A changed text is embedded (once); the others are not.
     restarted.upsert_items([Product("kept-3", "kept product 3, now in blue")])
     assert gate.texts == 1
-    with TestClient(create_app(artifact, service=restarted, insecure_open_writes=True)) as client:
+    with TestClient(
+        create_app(restarted, reload_from=artifact, insecure_open_writes=True)
+    ) as client:
         client.post("/v1/admin/reload").raise_for_status()
     assert gate.texts == 1, "the reload embedded texts again"
     restarted.store.close()

@@ -312,7 +312,8 @@ def test_trailing_slashes_get_no_host_derived_redirect(client) -> None:
 def test_a_refused_reload_names_no_absolute_path(artifact, tmp_path) -> None:
     copy = Path(shutil.copytree(artifact, tmp_path / "reloaded"))
     memory = copy / SERVING_DIR / MEMORY_FILE
-    with TestClient(create_app(copy, api_key=KEY)) as client:
+    app = create_app(RecommendationService.load(copy), reload_from=copy, api_key=KEY)
+    with TestClient(app) as client:
         memory.write_bytes(memory.read_bytes()[:100])
         answer = client.post("/v1/admin/reload", headers={"authorization": f"Bearer {KEY}"})
     assert answer.status_code == 409, answer.text

@@ -169,7 +169,8 @@ def test_reload_swaps_in_the_new_artifact_and_refuses_a_broken_one(
     _, _, artifact = served_artifact
     copy = copy_of(artifact, tmp_path)
     body = {"user_id": "u0000", "k": 3}
-    with TestClient(create_app(copy, api_key=KEY)) as client:
+    app = create_app(RecommendationService.load(copy), reload_from=copy, api_key=KEY)
+    with TestClient(app) as client:
         assert client.post("/v1/recommend", json=body).status_code == 200
         assert client.post("/v1/admin/reload").status_code == 401  # admin needs the key
         auth = {"Authorization": f"Bearer {KEY}"}
@@ -195,7 +196,9 @@ def test_reload_needs_an_artifact_directory(served_artifact) -> None:
 def test_the_known_users_are_the_same_after_reload(served_artifact, tmp_path) -> None:
     _, _, artifact = served_artifact
     body = {"user_id": "u0001", "k": 5}
-    with TestClient(create_app(copy_of(artifact, tmp_path), insecure_open_writes=True)) as client:
+    copy = copy_of(artifact, tmp_path)
+    app = create_app(RecommendationService.load(copy), reload_from=copy, insecure_open_writes=True)
+    with TestClient(app) as client:
         before = client.post("/v1/recommend", json=body).json()["items"]
         client.post("/v1/admin/reload").raise_for_status()
         after = client.post("/v1/recommend", json=body).json()["items"]
@@ -210,7 +213,8 @@ def test_products_put_while_serving_survive_reload_restart_and_reindex_log(
     _, _, artifact = served_artifact
     copy = copy_of(artifact, tmp_path)
     new = {"item_id": "added-live", "text": "product 3 of line 2, new edition"}
-    with TestClient(create_app(copy, insecure_open_writes=True)) as client:
+    app = create_app(RecommendationService.load(copy), reload_from=copy, insecure_open_writes=True)
+    with TestClient(app) as client:
         client.put("/v1/items", json=new).raise_for_status()
         client.put("/v1/items", json={**new, "in_stock": False}).raise_for_status()
         client.post("/v1/admin/reload").raise_for_status()

@@ -227,7 +227,7 @@ def test_new_item_bias_is_decided_by_the_kind_of_log(world, tmp_path, allow_repe
     explicit setting is kept."""
     catalogue, log, _ = world
     config = tiny(model={"dropout": 0.1}, train={"epochs": 1})
-    data = TrainingData(log, catalogue, "GB", allow_repeats=allow_repeats)
+    data = TrainingData(log, catalogue, "GB", exclude_seen=not allow_repeats)
     decided = StarsRecommender(config).fit(data)
     assert decided.config.model.use_new_item_bias is allow_repeats
     loaded = StarsRecommender.load(decided.save(tmp_path / "artifact"))

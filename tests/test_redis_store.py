@@ -183,7 +183,7 @@ def test_replicas_share_sessions_over_http(world, shared_url: str) -> None:  # n
     service = RecommendationService.load(artifact, config)
     # Replica B loads the artifact itself, with the store URL, as `starsrec serve` does.
     app_a = create_app(service=service, insecure_open_writes=True)
-    app_b = create_app(artifact, config=config, insecure_open_writes=True)
+    app_b = create_app(RecommendationService.load(artifact, config), insecure_open_writes=True)
     with TestClient(app_a) as replica_a, TestClient(app_b) as replica_b:
         for event in chain("http-walker", line=1):
             body = {

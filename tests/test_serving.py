@@ -19,7 +19,8 @@ from starsrec.recommender import Filters, TrainingData
 from starsrec.serving.catalogue import RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.offline import write_serving_files
-from starsrec.serving.service import Product, RecommendationService, RequestFilters
+from starsrec.serving.request import FiltersIn
+from starsrec.serving.service import Product, RecommendationService
 from starsrec.serving.store import Event
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.stars.recommender import StarsRecommender
@@ -52,7 +53,7 @@ def world(tmp_path_factory):
     recommender.model.own_item_taste.fill_(1.25)
     recommender.model.own_item_offset.fill_(-0.5)
     artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
-    write_serving_files(recommender, log, artifact / SERVING_DIR, allow_repeats=False)
+    write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return recommender, log, artifact
 
 
@@ -95,7 +96,7 @@ def test_service_ranks_like_the_offline_scorer(world, days_later, use_onnx, excl
             for q in range(len(users))
         ]
         assert np.sum(own) >= 5
-    filters = RequestFilters(exclude_purchased=exclude_seen)
+    filters = service.filters(FiltersIn(exclude_purchased=exclude_seen))
     for q, user in enumerate(users):
         results = service.recommend(user, k=10, at=at, filters=filters)
         assert [r.item_id for r in results] == list(expected[q]), user
@@ -175,11 +176,13 @@ def test_filters_are_never_violated(
 ) -> None:
     _, log, _ = world
     user_id = str(log.user_ids[user])
-    filters = RequestFilters(
-        classes=tuple(classes),
-        subclasses=tuple(subclasses),
-        exclude=tuple(exclude),
-        exclude_purchased=exclude_purchased,
+    filters = service.filters(
+        FiltersIn(
+            classes=list(classes),
+            subclasses=list(subclasses),
+            exclude=list(exclude),
+            exclude_purchased=exclude_purchased,
+        )
     )
     results = service.recommend(user_id, k=k, at=float(log.timestamp.max()) + DAY, filters=filters)
     purchased = {e.item_id for e in service.store.recent(user_id, 1000)}
@@ -197,7 +200,7 @@ def test_filters_are_never_violated(
 
 def test_bad_service_input_names_the_field(service) -> None:
     with pytest.raises(RequestError, match=r"filters\.classes"):
-        service.recommend("u0000", filters=RequestFilters(classes=("no-such-class",)))
+        service.recommend("u0000", filters=service.filters(FiltersIn(classes=["no-such-class"])))
     with pytest.raises(RequestError, match=r"events\[0\]\.item_id"):
         service.add_events([Event("x", "u0000", "no-such-item", "purchase", 1.0)])
     with pytest.raises(RequestError, match=r"events\[0\]\.event_type"):
@@ -247,6 +250,12 @@ def test_http_round_trip(client) -> None:
         ("post", "/v1/recommend", {"filters": {"classes": ["nope"]}}, "filters.classes"),
         ("post", "/v1/recommend", {"filters": {"exclude": ["nope"]}}, "filters.exclude"),
         ("post", "/v1/recommend", {"events": [{"item_id": "nope"}]}, "events"),
+        (
+            "post",
+            "/v1/recommend",
+            {"events": [{"item_id": "s0-n1", "event_type": "teleport"}]},
+            "events[0].event_type",
+        ),
         ("post", "/v1/events", {"user_id": "u", "item_id": "nope"}, "item_id"),
         (
             "post",

@@ -305,8 +305,8 @@ def test_default_protocol_follows_the_log() -> None:
     from starsrec.data.splits import default_protocol
 
     shop = make_toy_world(n_users=20)
-    assert shop.allow_repeats and shop.temporal_cuts is not None
+    assert not shop.exclude_seen and shop.temporal_cuts is not None
     assert default_protocol(shop) == "next-basket"
     assert default_protocol(type(shop)(**{**vars(shop), "temporal_cuts": None})) == "last-basket"
-    ratings = type(shop)(**{**vars(shop), "allow_repeats": False})
+    ratings = type(shop)(**{**vars(shop), "exclude_seen": True})
     assert default_protocol(ratings) == "leave-one-out"

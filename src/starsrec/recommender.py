@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -36,6 +36,7 @@ from starsrec.data.integrity import (
     write_json_atomic,
 )
 from starsrec.data.interactions import Catalogue, EventLog, Queries
+from starsrec.data.topk import top_k  # re-exported: the contract's top-k, used by every layer
 
 ARTIFACT_FORMAT = 1
 
@@ -44,6 +45,8 @@ ARTIFACT_FORMAT = 1
 class TrainingData:
     """What `fit` gets: training events, the catalogue, and optional validation queries.
 
+    exclude_seen: whether items already in a user's history are left out of their
+    recommendations (`Dataset.exclude_seen`), which models choose under and adapt to.
     validation_targets: each validation query's distinct target items (one per query under
     the single-target protocols, a whole basket under the basket ones); what models choose
     on (early stopping, tree counts, calibration), always with the test protocol's shape.
@@ -52,7 +55,7 @@ class TrainingData:
     train: EventLog
     catalogue: Catalogue
     country: str | None = None
-    allow_repeats: bool = True
+    exclude_seen: bool = False
     validation: Queries | None = None
     validation_targets: BasketTargets | None = None
 
@@ -66,16 +69,21 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Filters:
-    """Which items a request may return.
+    """Which items a request may return: the one vocabulary of filters, for every model,
+    the evaluation and the service (which turns a request's names into these at its edge,
+    `starsrec.serving.filters`).
 
     allowed: (N,) bool over the catalogue (in stock, a class scope...), None = all.
     exclude: per query, item ids never to return.
     exclude_seen: drop items already in the query's history.
+    scope: a key naming `allowed` (equal keys, equal bitmaps) under which a search may
+    cache what it derives from the bitmap; None = nothing cached.
     """
 
     allowed: np.ndarray | None = None
     exclude: Sequence[Sequence[str]] | None = None
     exclude_seen: bool = False
+    scope: Hashable | None = None
 
 
 class Recommender(ABC):
@@ -253,32 +261,6 @@ def apply_filters(
         query, rows = queries.flat_history()
         scores[query, queries.log.item[rows]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
-
-
-def top_k(
-    scores: np.ndarray, k: int, rows: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The one top-k: (Q, k) rows and scores of the best k entries per query of (Q, M)
-    `scores`, best first, ties by lower row; -inf entries (filtered) are absent, and rows
-    with fewer than k others are padded with row -1 and score -inf.
-    rows: (M,) or (Q, M) row ids of the columns, None for 0..M-1."""
-    count, m = scores.shape
-    out_rows = np.full((count, k), -1, dtype=np.int64)
-    out_scores = np.full((count, k), -np.inf, dtype=np.float32)
-    take = min(k, m)
-    if take == 0:
-        return out_rows, out_scores
-    labels = np.broadcast_to(np.arange(m) if rows is None else rows, scores.shape)
-    # The take-th best value per query; everything at least as good is a candidate, so ties
-    # at the boundary are settled by row, not by where partition happened to put them.
-    kth = np.partition(scores, m - take, axis=1)[:, m - take]
-    for q in range(count):
-        candidates = np.flatnonzero((scores[q] >= kth[q]) & (scores[q] > -np.inf))
-        order = np.lexsort((labels[q, candidates], -scores[q, candidates]))[:take]
-        chosen = candidates[order]
-        out_rows[q, : len(chosen)] = labels[q, chosen]
-        out_scores[q, : len(chosen)] = scores[q, chosen]
-    return out_rows, out_scores
 
 
 def ranks_of(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -182,7 +182,7 @@ class LambdaMARTRecommender(Recommender):
         write_atomic(out / BOOSTER_FILE, lambda temporary: booster.save_model(str(temporary)))
         context = {
             "country": generators.country,
-            "allow_repeats": generators.allow_repeats,
+            "allow_repeats": not generators.exclude_seen,
         }
         write_json_atomic(out / CONTEXT_FILE, context)
         return [BOOSTER_FILE, CONTEXT_FILE]

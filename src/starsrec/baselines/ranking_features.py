@@ -96,7 +96,7 @@ class FeatureGenerators:
 
     config: LambdaMARTConfig
     country: str | None
-    allow_repeats: bool
+    exclude_seen: bool
     item_class: np.ndarray  # (N,) the catalogue's, else derived from text
     subclass: np.ndarray  # (N,) likewise
     text: np.ndarray  # (N, Dt) unit-norm item text embeddings; (N, 0) without text
@@ -140,7 +140,7 @@ class FeatureGenerators:
         return cls(
             config=config,
             country=data.country,
-            allow_repeats=data.allow_repeats,
+            exclude_seen=data.exclude_seen,
             item_class=item_class,
             subclass=subclass,
             text=text,
@@ -191,7 +191,7 @@ class FeatureGenerators:
         return cls(
             config=config,
             country=context["country"],
-            allow_repeats=context["allow_repeats"],
+            exclude_seen=not context["allow_repeats"],  # the file's name, as dataset.json's
             repeat=repeat,
             cooccurrence=cooccurrence,
             **{name: state[name] if name in state else earlier[name] for name in ARRAYS},
@@ -280,7 +280,7 @@ class FeatureGenerators:
         """(Q, N) bool candidates from the generators' (Q, N) scores and history counts."""
         config = self.config
         mask = np.zeros(repeat.shape, dtype=bool)
-        if self.allow_repeats:
+        if not self.exclude_seen:
             _mark_top(mask, repeat, config.repeat_candidates)
             _mark_top(mask, neighbours, config.cooccurrence_candidates)
             _mark_top(mask, profile, config.text_candidates)
@@ -290,7 +290,7 @@ class FeatureGenerators:
             _mark_top(mask, np.where(unseen, neighbours, 0.0), config.cooccurrence_candidates)
             _mark_top(mask, np.where(unseen, profile, 0.0), config.text_candidates)
         mask[:, self.popular] = True
-        if not self.allow_repeats:
+        if self.exclude_seen:
             mask &= count == 0
         return mask
 

@@ -158,7 +158,7 @@ class TifuKnnRecommender(Recommender):
                         self,
                         data.validation,
                         data.validation_targets,
-                        exclude_seen=not data.allow_repeats,
+                        exclude_seen=data.exclude_seen,
                     )
                     if value > best_value:
                         best, best_value = self.config, value

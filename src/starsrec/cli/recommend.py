@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="all (every user the artifact knows) or a file of user ids: one per line, or "
         "the user_id column of a .csv or .parquet file",
     )
-    recommend.add_argument("--k", type=int, default=10, help="recommendations per user")
+    recommend.add_argument("--k", type=int, default=10, help="recommendations per user (1 to 1000)")
     recommend.add_argument(
         "--timestamp",
         help="the request time for every user: unix seconds or ISO 8601 (default: now)",
@@ -70,9 +70,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`starsrec recommend`: load, choose the users, write the file, print a summary."""
-    from starsrec.serving.api import check_k, load
+    from starsrec.serving.api import load
     from starsrec.serving.batch import BatchConfig, select_users, write_recommendations
-    from starsrec.serving.request import parse_filters, parse_timestamp
+    from starsrec.serving.request import check_k, parse_filters, parse_timestamp
 
     # Bad input is refused before the artifact is loaded (which can take a while).
     config = BatchConfig(chunk_size=args.chunk_size, unknown=args.unknown_users)

@@ -25,6 +25,7 @@ same way; `summarize` and `format_summary` here report what was read.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -77,9 +78,10 @@ class Dataset:
     users: pd.DataFrame | None = None
     promotions: pd.DataFrame | None = None
     country: str | None = None
-    # Whether recommending an item the user already interacted with makes sense by default
-    # (repeat purchase is normal in retail; a film is rated once).
-    allow_repeats: bool = True
+    # Whether items the user already had are left out of their recommendations by default:
+    # not in retail, where shoppers rebuy; yes for ratings, where a film is rated once.
+    # dataset.json says it the other way round, `allow_repeats` (see `exclude_seen_of`).
+    exclude_seen: bool = False
     temporal_cuts: TemporalCuts | None = None
     notes: dict[str, str] = field(default_factory=dict)
     # Events dropped because they name an item missing from the catalogue (never silent:
@@ -89,6 +91,11 @@ class Dataset:
     def with_events(self, events: pd.DataFrame) -> Dataset:
         """A copy with another events table (same catalogue and metadata)."""
         return replace(self, events=events)
+
+
+def exclude_seen_of(meta: Mapping) -> bool:
+    """dataset.json's `allow_repeats` (true when absent) as `Dataset.exclude_seen`."""
+    return not bool(meta.get("allow_repeats", True))
 
 
 def save_prepared(dataset: Dataset, out_dir: str | Path) -> Path:
@@ -108,7 +115,7 @@ def save_prepared(dataset: Dataset, out_dir: str | Path) -> Path:
         "name": dataset.name,
         "event_types": [asdict(t) for t in dataset.event_types],
         "country": dataset.country,
-        "allow_repeats": dataset.allow_repeats,
+        "allow_repeats": not dataset.exclude_seen,
         "temporal_cuts": asdict(dataset.temporal_cuts) if dataset.temporal_cuts else None,
         "notes": dataset.notes,
         "unknown_item_events": dataset.unknown_item_events,
@@ -142,7 +149,7 @@ def load_prepared(data_dir: str | Path) -> Dataset:
         users=optional["users"],
         promotions=optional["promotions"],
         country=meta.get("country"),
-        allow_repeats=meta.get("allow_repeats", True),
+        exclude_seen=exclude_seen_of(meta),
         temporal_cuts=TemporalCuts(**cuts) if cuts else None,
         notes=meta.get("notes", {}),
         unknown_item_events=meta.get("unknown_item_events", 0),

@@ -158,7 +158,7 @@ def load_online_retail() -> Dataset:
             EventType("return", weight=0.5, target=False),
         ),
         country="GB",
-        allow_repeats=True,
+        exclude_seen=False,
         temporal_cuts=TemporalCuts(validation="2011-10-15", test="2011-11-01"),
         notes={
             **_RETAIL_NOTES,
@@ -225,7 +225,7 @@ def load_instacart() -> Dataset:
         items=items,
         event_types=(EventType("purchase", weight=1.0, target=True),),
         country="US",
-        allow_repeats=True,
+        exclude_seen=False,
         temporal_cuts=TemporalCuts(validation="2017-06-11", test="2017-06-25"),
         notes=_INSTACART_NOTES,
     )
@@ -324,7 +324,7 @@ def load_movielens_100k() -> Dataset:
         ),
         users=user,
         country="US",
-        allow_repeats=False,  # each film is rated once
+        exclude_seen=True,  # each film is rated once
         temporal_cuts=TemporalCuts(validation="1998-03-01", test="1998-03-20"),
         notes=_MOVIELENS_NOTES,
     )

@@ -57,7 +57,7 @@ def default_protocol(dataset: Dataset) -> str:
     """The protocol that measures the task a dataset's users face: the next basket for shop
     logs (repeats allowed) by their cut dates or else each user's last basket, the next item
     (leave-one-out, the literature's protocol) for rating logs."""
-    if not dataset.allow_repeats:
+    if dataset.exclude_seen:
         return LEAVE_ONE_OUT
     return NEXT_BASKET if dataset.temporal_cuts is not None else LAST_BASKET
 

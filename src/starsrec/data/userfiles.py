@@ -15,6 +15,7 @@ from starsrec.data.dataset import (
     EventType,
     TemporalCuts,
     as_labels,
+    exclude_seen_of,
 )
 from starsrec.data.validation import validate
 
@@ -58,7 +59,7 @@ def read_user_files(path: str | Path) -> Dataset:
         users=tables.get("users"),
         promotions=tables.get("promotions"),
         country=meta.get("country"),
-        allow_repeats=bool(meta.get("allow_repeats", True)),
+        exclude_seen=exclude_seen_of(meta),
         temporal_cuts=_parse_cuts(cuts, root / "dataset.json") if cuts else None,
         notes={str(k): str(v) for k, v in meta.get("notes", {}).items()},
     )

@@ -82,7 +82,7 @@ def train_artifact(
     model = stars_variant(variant, config)
     model.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     started = time.perf_counter()
-    model.fit(training_data(dataset, split, not dataset.allow_repeats))
+    model.fit(training_data(dataset, split, dataset.exclude_seen))
     train_s = time.perf_counter() - started
     rank = distributed.current()
     if not rank.is_main:
@@ -147,6 +147,6 @@ def evaluate_artifact(artifact_dir: str | Path, data_dir: str | Path | None = No
         meta["seed"],
         dataset,
         split,
-        not dataset.allow_repeats,
+        dataset.exclude_seen,
         meta["train_s"],
     )

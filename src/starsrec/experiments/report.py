@@ -122,7 +122,7 @@ def training_data(dataset: Dataset, split: Split | BasketSplit, exclude_seen: bo
         train=split.train,
         catalogue=split.catalogue,
         country=dataset.country,
-        allow_repeats=not exclude_seen,
+        exclude_seen=exclude_seen,
         validation=split.validation,
         validation_targets=targets(split, "validation"),
     )
@@ -176,13 +176,13 @@ def run_models(
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
-    `exclude_seen` defaults to the dataset's own rule (`not dataset.allow_repeats`);
+    `exclude_seen` defaults to the dataset's own rule (`Dataset.exclude_seen`);
     `threads` is what each model may train with (see `make_model`), kept in the record.
     """
     if split is None:
         split = split_dataset(dataset, protocol)
     if exclude_seen is None:
-        exclude_seen = not dataset.allow_repeats
+        exclude_seen = dataset.exclude_seen
     data = training_data(dataset, split, exclude_seen)
     records = []
     for name in models:

@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from starsrec.data.topk import top_k
 from starsrec.features.encoders import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -219,9 +220,9 @@ class ZeroShotTagger:
         k = min(self.max_tags, scores.shape[1])
         if k == 0 or len(scores) == 0:
             return out
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (N, k)
-        rows = np.arange(len(scores))[:, None]
-        out[rows, top] = (scores[rows, top] >= self.threshold).astype(np.float32)
+        top, best = top_k(scores, k)  # (N, k) tag columns, best first, ties by lower column
+        rows, ranks = np.nonzero(best >= self.threshold)  # -inf pads the rows short of k
+        out[rows, top[rows, ranks]] = 1.0
         return out
 
     def extract(self, texts: Sequence[str]) -> np.ndarray:

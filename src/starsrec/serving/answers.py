@@ -8,8 +8,8 @@ or a plain `Recommender` made to answer like it.
 - `UnservedAnswers`: any other artifact (a baseline's, or STARS before `starsrec index`). The
   model's own `Recommender.recommend` ranks the users' histories in the dataset it was trained
   on, cut at the request time as the event store cuts them; the request filters are checked and
-  applied with the service's own code (`FilterScopes`, `ItemTable.rows`) on a table of the
-  model's catalogue. Its explanations are the item text and where the item came from: tags and
+  applied with the service's own code (`FilterScopes.filters`) on a table of the model's
+  catalogue. Its explanations are the item text and where the item came from: tags and
   memories belong to the served model.
 """
 
@@ -23,9 +23,9 @@ import pandas as pd
 from starsrec.data.interactions import EventLog, Queries
 from starsrec.recommender import Filters, Recommender
 from starsrec.serving.catalogue import ItemTable, RequestError
-from starsrec.serving.clock import request_time
 from starsrec.serving.explain import Recommendation
-from starsrec.serving.filters import FilterScopes, RequestFilters
+from starsrec.serving.filters import FilterScopes
+from starsrec.serving.request import FiltersIn, request_time
 from starsrec.serving.service import RecommendationService
 
 
@@ -47,15 +47,16 @@ class ServedAnswers:
             [u in memories or store.latest_time(u) is not None for u in user_ids], dtype=bool
         )
 
-    def check(self, filters: RequestFilters) -> None:
-        """A RequestError naming the field when `filters` name unknown classes or items."""
-        self.service.allowed(filters)
-        self.service.items.rows(list(filters.exclude), "filters.exclude")
+    def filters(self, request: FiltersIn) -> Filters:
+        """The service's `Filters` for `request`; a RequestError naming the field when it
+        names unknown classes or items."""
+        return self.service.filters(request)
 
     def recommend(
-        self, user_ids: Sequence[str], k: int, at: float, filters: RequestFilters
+        self, user_ids: Sequence[str], k: int, at: float, request: FiltersIn
     ) -> list[list[Recommendation]]:
         """Each user's answer, one service request per user."""
+        filters = self.filters(request)
         return [self.service.recommend(user, (), k, at, filters) for user in user_ids]
 
     def similar(self, item_ids: Sequence[str], k: int) -> list[list[Recommendation]]:
@@ -75,13 +76,13 @@ class UnservedAnswers:
         self,
         recommender: Recommender,
         log: EventLog,
-        allow_repeats: bool,
+        exclude_seen: bool,
         max_future_s: float | None = 86_400.0,
     ) -> None:
         self.recommender = recommender
         self.name = recommender.name
         self.log = log
-        self.allow_repeats = allow_repeats
+        self.exclude_seen = exclude_seen
         self.max_future_s = max_future_s
         catalogue = recommender._fitted_catalogue()
         n = catalogue.size
@@ -110,30 +111,28 @@ class UnservedAnswers:
         """(U,) bool: users of the dataset."""
         return self._users.get_indexer(pd.Index(np.asarray(user_ids, dtype=str))) >= 0
 
-    def check(self, filters: RequestFilters) -> None:
-        """A RequestError naming the field when `filters` name unknown classes or items."""
-        self._scopes.allowed(self.items, 0, filters)
-        self.items.rows(list(filters.exclude), "filters.exclude")
+    def filters(self, request: FiltersIn) -> Filters:
+        """`request` as `Filters` over the model's catalogue, as the service converts it;
+        a RequestError naming the field when it names unknown classes or items."""
+        return self._scopes.filters(self.items, 0, request, self.exclude_seen)
 
     def recommend(
-        self, user_ids: Sequence[str], k: int, at: float, filters: RequestFilters
+        self, user_ids: Sequence[str], k: int, at: float, request: FiltersIn
     ) -> list[list[Recommendation]]:
-        """Each user's top k under `filters` at time `at` (unix seconds)."""
+        """Each user's top k under `request` at time `at` (unix seconds)."""
         at = request_time(at, (), self.max_future_s)
         queries = self._queries(user_ids, int(at))
-        self.check(filters)  # as the service, unknown classes and items are refused
-        allowed, _ = self._scopes.allowed(self.items, 0, filters)
-        purchased = filters.exclude_purchased
+        filters = self.filters(request)
         query, rows = queries.flat_history()
-        if not (purchased if purchased is not None else not self.allow_repeats):
+        if not filters.exclude_seen:
             query, rows = query[:0], rows[:0]
         # As the service: what a user bought (target events) is excluded, not what they viewed.
         keep = self.log.is_target[rows]
         bought = self.recommender._fitted_catalogue().item_ids[self.log.item[rows[keep]]]
-        excluded = [list(filters.exclude) for _ in range(len(queries))]
+        excluded = [list(request.exclude) for _ in range(len(queries))]
         for q, item in zip(query[keep].tolist(), bought.tolist(), strict=True):
             excluded[q].append(item)
-        ids, scores = self.recommender.recommend(queries, k, Filters(allowed, excluded))
+        ids, scores = self.recommender.recommend(queries, k, Filters(filters.allowed, excluded))
         return [
             self._explain(ids[q], scores[q], self.log.item[queries.history(q)], self.name)
             for q in range(len(queries))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -36,12 +35,10 @@ from starsrec.data.interactions import EventLog
 from starsrec.experiments.artifact import artifact_dataset, load_config, train_artifact
 from starsrec.recommender import Recommender
 from starsrec.serving.answers import ServedAnswers, UnservedAnswers
-from starsrec.serving.catalogue import RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation
-from starsrec.serving.filters import RequestFilters
 from starsrec.serving.offline import build_serving
-from starsrec.serving.request import parse_filters, parse_timestamp
+from starsrec.serving.request import FiltersIn, check_k, parse_filters, parse_timestamp
 from starsrec.serving.service import RecommendationService
 from starsrec.stars.recommender import StarsConfig, StarsRecommender
 
@@ -79,13 +76,6 @@ def results_frame(key: str, keys: list[str], results: list[list[Recommendation]]
     )
 
 
-def check_k(k: object) -> int:
-    """`k` as an int >= 1; a RequestError naming `k` otherwise (as the service's)."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
-    return int(k)
-
-
 class Model:
     """A loaded artifact, answering as the service does (see module doc). Close it (or use
     `with`) to release the event store of a served one."""
@@ -112,24 +102,25 @@ class Model:
         """(U,) bool: whether each user has a history the model can use."""
         return self.answers.known(as_ids(user_ids))
 
-    def check_filters(self, filters: str | Mapping | RequestFilters | None) -> RequestFilters:
+    def check_filters(self, filters: str | Mapping | FiltersIn | None) -> FiltersIn:
         """`filters` parsed as the HTTP API parses them and checked against this catalogue
         (classes, subclasses and excluded items it has); a RequestError naming the field."""
         request = parse_filters(filters)
-        self.answers.check(request)
+        self.answers.filters(request)
         return request
 
     def recommend(
         self,
         user_ids: str | Iterable[Any],
         k: int = 10,
-        filters: str | Mapping | RequestFilters | None = None,
+        filters: str | Mapping | FiltersIn | None = None,
         timestamp: str | float | datetime | None = None,
     ) -> pd.DataFrame:
-        """The top k of each user, `RESULT_COLUMNS`, best first (rank 1), under `filters`
-        (the HTTP API's: a dict, JSON text or `RequestFilters`) at `timestamp` (unix
-        seconds or ISO 8601; now when None). An unknown user is answered as the HTTP API
-        answers one: from the request context alone (memory "context")."""
+        """The top k of each user (k from 1 to 1000, as the HTTP API's), `RESULT_COLUMNS`,
+        best first (rank 1), under `filters` (the HTTP API's: a dict, JSON text or
+        `FiltersIn`) at `timestamp` (unix seconds or ISO 8601; now when None). An unknown
+        user is answered as the HTTP API answers one: from the request context alone
+        (memory "context")."""
         ids, k = as_ids(user_ids), check_k(k)
         request = parse_filters(filters)
         parsed = parse_timestamp(timestamp)
@@ -182,7 +173,7 @@ def load(
     dataset = _training_dataset(root, data_dir)
     log = EventLog.from_dataset(dataset, recommender._fitted_catalogue())
     logger.info("loaded %s (%s, not indexed: answers from its model)", root, name)
-    answers = UnservedAnswers(recommender, log, dataset.allow_repeats, serving.max_future_s)
+    answers = UnservedAnswers(recommender, log, dataset.exclude_seen, serving.max_future_s)
     return Model(root, answers)
 
 

@@ -29,9 +29,8 @@ from tqdm.auto import tqdm
 
 from starsrec.data.dataset import DataError
 from starsrec.data.integrity import write_atomic
-from starsrec.serving.api import RESULT_COLUMNS, Model, check_k
-from starsrec.serving.filters import RequestFilters
-from starsrec.serving.request import parse_timestamp
+from starsrec.serving.api import RESULT_COLUMNS, Model
+from starsrec.serving.request import FiltersIn, check_k, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def write_recommendations(
     user_ids: list[str],
     out: str | Path,
     k: int = 10,
-    filters: str | dict | RequestFilters | None = None,
+    filters: str | dict | FiltersIn | None = None,
     timestamp: str | float | datetime | None = None,
     config: BatchConfig = BatchConfig(),
     skipped: int = 0,

@@ -1,27 +1,17 @@
-"""What one recommendation request may return: its filters, and the allowed-rows bitmap of
-its scope (stock, classes, subclasses), cached per catalogue version because a shop's
-requests share a handful of scopes while the bitmap costs a pass over the catalogue."""
+"""A request's filters, from its names to `Filters`: the service's edge for what a request
+may return. The allowed-rows bitmap of a scope (stock, classes, subclasses) is cached per
+catalogue version, because a shop's requests share a handful of scopes while the bitmap
+costs a pass over the catalogue."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from starsrec.recommender import Filters
 from starsrec.serving.catalogue import ItemTable, RequestError
+from starsrec.serving.request import FiltersIn
 
 MAX_CACHED_SCOPES = 256  # scopes are few in practice; the cache never grows unbounded
-
-
-@dataclass(frozen=True)
-class RequestFilters:
-    """What a request may return. exclude_purchased None = the dataset's default."""
-
-    in_stock_only: bool = True
-    classes: tuple[str, ...] = ()
-    subclasses: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    exclude_purchased: bool | None = None
 
 
 class FilterScopes:
@@ -35,20 +25,33 @@ class FilterScopes:
         """Forget every cached bitmap (call when the catalogue changes)."""
         self._bitmaps.clear()
 
-    def allowed(
-        self, items: ItemTable, version: int, filters: RequestFilters
+    def filters(
+        self, items: ItemTable, version: int, request: FiltersIn, exclude_seen: bool
+    ) -> Filters:
+        """The `Filters` of one request's names over `items` (a batch of one query): the
+        allowed rows of its scope, with the scope's key (which also keys the index's own
+        per-scope caches), its excluded ids and whether the user's own purchases go
+        (`request.exclude_purchased`; None takes `exclude_seen`, the dataset's rule).
+        A RequestError naming the field for an unknown class, subclass or item."""
+        allowed, scope = self._allowed(items, version, request)
+        items.rows(request.exclude, "filters.exclude")  # unknown ids are refused here
+        purchased = request.exclude_purchased
+        seen = exclude_seen if purchased is None else purchased
+        return Filters(allowed, [tuple(request.exclude)], seen, scope)
+
+    def _allowed(
+        self, items: ItemTable, version: int, request: FiltersIn
     ) -> tuple[np.ndarray | None, tuple]:
-        """The allowed-rows bitmap of a request's scope (None = every row) and its key,
-        which also keys the index's own per-scope caches."""
-        scope = (version, filters.in_stock_only, filters.classes, filters.subclasses)
+        """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
+        scope = (version, request.in_stock_only, tuple(request.classes), tuple(request.subclasses))
         if scope in self._bitmaps:
             return self._bitmaps[scope], scope
         allowed = (
-            items.in_stock.copy() if filters.in_stock_only else np.ones(len(items.texts), bool)
+            items.in_stock.copy() if request.in_stock_only else np.ones(len(items.texts), bool)
         )
         for name, wanted, codes, names in (
-            ("filters.classes", filters.classes, items.item_class, items.class_names),
-            ("filters.subclasses", filters.subclasses, items.subclass, items.subclass_names),
+            ("filters.classes", request.classes, items.item_class, items.class_names),
+            ("filters.subclasses", request.subclasses, items.subclass, items.subclass_names),
         ):
             if wanted:
                 unknown = sorted(set(wanted) - set(names))

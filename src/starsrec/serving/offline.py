@@ -68,13 +68,13 @@ logger = logging.getLogger(__name__)
 def load_offline_inputs(
     artifact_dir: str | Path, data_dir: str | Path | None = None
 ) -> tuple[dict, StarsRecommender, EventLog, bool]:
-    """An artifact's meta.json, recommender, event log and repeat convention, refusing a
-    dataset that changed since training."""
+    """An artifact's meta.json, recommender, event log and whether its dataset leaves seen
+    items out (`Dataset.exclude_seen`), refusing a dataset that changed since training."""
     root = Path(artifact_dir)
     meta, dataset = artifact_dataset(root, data_dir)
     recommender = StarsRecommender.load(root)
     log = EventLog.from_dataset(dataset, recommender._fitted_catalogue())
-    return meta, recommender, log, dataset.allow_repeats
+    return meta, recommender, log, dataset.exclude_seen
 
 
 def build_serving(
@@ -89,12 +89,12 @@ def build_serving(
     `precomputed`: every item's retrieval vector and every user's memory (merged shards),
     used instead of computing them here."""
     root = Path(artifact_dir)
-    meta, recommender, log, allow_repeats = load_offline_inputs(root, data_dir)
+    meta, recommender, log, exclude_seen = load_offline_inputs(root, data_dir)
     building = root / f"{SERVING_DIR}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
     write_serving_files(
-        recommender, log, building, allow_repeats, config, progress, meta["dataset"], precomputed
+        recommender, log, building, exclude_seen, config, progress, meta["dataset"], precomputed
     )
     final = root / SERVING_DIR
     if (final / PRODUCTS_FILE).exists():  # products put while serving outlive a re-index
@@ -114,7 +114,7 @@ def write_serving_files(
     recommender: StarsRecommender,
     log: EventLog,
     out: Path,
-    allow_repeats: bool = True,
+    exclude_seen: bool = False,
     config: ServingConfig = ServingConfig(),
     progress: bool = True,
     dataset_name: str = "",
@@ -160,7 +160,7 @@ def write_serving_files(
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dataset": dataset_name,
         "event_types": [dataclasses.asdict(t) for t in log.event_types],
-        "allow_repeats": allow_repeats,
+        "allow_repeats": not exclude_seen,  # the file's name, as dataset.json's
         "items": index.size,
         "index": index.kind,
         "index_breadth": index.breadth,

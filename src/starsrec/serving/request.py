@@ -1,18 +1,35 @@
-"""What a recommendation request may say, checked in one place for every caller.
+"""What a request may say, checked in one place for every caller.
 
-The HTTP API's bodies (`starsrec.web.app`), `starsrec recommend --filters/--timestamp` and
-`Model.recommend(filters=...)` (`starsrec.serving.api`) all parse filters and times through
-these pydantic models, so a filter means the same everywhere and a bad one is refused with
-the same field name. They live here rather than in the web layer because the batch command
-and the Python API sit beside the service, not above the HTTP app.
+The HTTP API (`starsrec.web.app`), `starsrec recommend` (`starsrec.serving.batch`), the
+Python API (`starsrec.serving.api`) and the service's own entry points
+(`RecommendationService.recommend`, `add_events`, `similar`, which every one of them
+reaches) check what they are given with these functions and pydantic types, so each bad
+input has one outcome: a RequestError naming the field (HTTP 422; the HTTP bodies use the
+same bounds and validators, answered in pydantic's 422 format). They live here rather than
+in the web layer because the batch command and the Python API sit beside the service, not
+above the HTTP app.
+
+- Filters (`FiltersIn`, `parse_filters`): the HTTP API's names; the service turns them into
+  `starsrec.recommender.Filters` (`starsrec.serving.filters`), refusing unknown names.
+- `check_k`: from 1 to MAX_K results.
+- `check_events`: an event naming an item or an event type the service does not know is
+  refused, whether it is posted or carried by a recommendation request (never dropped).
+- Times (issue 20, finding 5): unix seconds from 1970 on, not milliseconds, and no later
+  than the server's clock plus `ServingConfig.max_future_s` (a day by default: clients'
+  clocks drift and time zones get mixed up, but an event a year ahead is a bug or an
+  attack). Earlier times are all accepted: history is replayed. Refusing the future is half
+  of the defence against time poisoning; the other half is the store, which reads a
+  request's window of events at or before the request time (see `EventStore.recent`), so
+  even events stored under a generous bound cannot hide a user's real history.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import time
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import (
@@ -26,11 +43,11 @@ from pydantic import (
     ValidationError,
 )
 
-from starsrec.serving.catalogue import RequestError
-from starsrec.serving.filters import RequestFilters
-from starsrec.serving.store import is_timestamp
+from starsrec.serving.catalogue import ItemTable, RequestError
+from starsrec.serving.store import Event, is_timestamp
 
 MAX_BATCH = 10_000
+MAX_K = 1000  # the most results one request may ask for
 FILTERS_EXAMPLE = '{"exclude_purchased": true, "classes": ["Bags"], "exclude": ["SKU-1"]}'
 FILTER_FIELDS = (
     "in_stock_only (true/false), classes and subclasses (lists of names), exclude (a list "
@@ -82,7 +99,9 @@ class Strict(BaseModel):
 
 
 class FiltersIn(Strict):
-    """What a recommendation may return (`RequestFilters` at the edge)."""
+    """What a recommendation may return, in the request's words (the HTTP API's field
+    names); the service turns them into `starsrec.recommender.Filters` over its rows
+    (`RecommendationService.filters`). exclude_purchased None: the dataset's rule."""
 
     in_stock_only: StrictBool = True
     classes: list[Id] = Field(default_factory=list, max_length=1000)
@@ -90,25 +109,15 @@ class FiltersIn(Strict):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
     exclude_purchased: StrictBool | None = None
 
-    def to_filters(self) -> RequestFilters:
-        """The service's `RequestFilters` for these."""
-        return RequestFilters(
-            in_stock_only=self.in_stock_only,
-            classes=tuple(self.classes),
-            subclasses=tuple(self.subclasses),
-            exclude=tuple(self.exclude),
-            exclude_purchased=self.exclude_purchased,
-        )
 
-
-def parse_filters(value: str | Mapping | RequestFilters | None) -> RequestFilters:
+def parse_filters(value: str | Mapping | FiltersIn | None) -> FiltersIn:
     """Filters from JSON text or a mapping, checked as the HTTP API checks a request's
-    `filters` (a `RequestFilters` passes as is; None = the defaults). A RequestError
-    naming the field, saying what is wrong and how to write it, otherwise."""
-    if isinstance(value, RequestFilters):
+    `filters` (a `FiltersIn` passes as is; None = the defaults). A RequestError naming
+    the field, saying what is wrong and how to write it, otherwise."""
+    if isinstance(value, FiltersIn):
         return value
     if value is None:
-        return RequestFilters()
+        return FiltersIn()
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -123,7 +132,7 @@ def parse_filters(value: str | Mapping | RequestFilters | None) -> RequestFilter
             f"filters: must be a JSON object, got {type(value).__name__}; e.g. {FILTERS_EXAMPLE}",
         )
     try:
-        return FiltersIn.model_validate(dict(value)).to_filters()
+        return FiltersIn.model_validate(dict(value))
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(["filters", *(str(part) for part in first["loc"])])
@@ -149,3 +158,73 @@ def parse_timestamp(value: str | float | datetime | None) -> float | None:
             f"timestamp: {value!r} is neither unix seconds nor ISO 8601 "
             "(e.g. 1734480000 or 2024-12-18T10:00:00Z)",
         ) from error
+
+
+def check_k(k: object) -> int:
+    """`k` as an int from 1 to MAX_K (the bounds of the HTTP API's `k` too); a RequestError
+    naming `k` otherwise."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= MAX_K:
+        raise RequestError("k", f"k: must be an integer >= 1 and <= {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def check_events(events: Sequence[Event], items: ItemTable, event_types: Collection[str]) -> None:
+    """A RequestError naming `events[i].item_id` or `events[i].event_type` for the first
+    event whose item or type the service does not know."""
+    for position, event in enumerate(events):
+        if event.item_id not in items.row_of:
+            raise RequestError(
+                f"events[{position}].item_id",
+                f"events[{position}].item_id: unknown item {event.item_id!r}; "
+                "add it with PUT /v1/items first",
+            )
+        if event.event_type not in event_types:
+            raise RequestError(
+                f"events[{position}].event_type",
+                f"events[{position}].event_type: unknown type {event.event_type!r}; "
+                f"use one of {sorted(event_types)}",
+            )
+
+
+# -- times: no later than the server's clock plus a skew (see the module doc) -------------
+def latest_accepted(max_future_s: float | None) -> float:
+    """The latest time accepted now (infinity when `max_future_s` is None: no bound)."""
+    return float("inf") if max_future_s is None else time.time() + max_future_s
+
+
+def _too_late(field: str, value: float, max_future_s: float, latest: float) -> RequestError:
+    clock = datetime.fromtimestamp(latest - max_future_s, UTC).isoformat(timespec="seconds")
+    return RequestError(
+        field,
+        f"{field}: {value:.0f} is later than the server's clock ({clock}) plus "
+        f"{max_future_s:g} s: send the unix seconds of when it happened",
+    )
+
+
+def check_event_times(events: Sequence[Event], max_future_s: float | None) -> None:
+    """Raise RequestError naming `events[i].timestamp` for the first event later than the
+    clock allows (other problems with a timestamp are the store's to name)."""
+    latest = latest_accepted(max_future_s)
+    for position, event in enumerate(events):
+        if is_timestamp(event.timestamp) and event.timestamp > latest:
+            assert max_future_s is not None  # latest is finite
+            raise _too_late(f"events[{position}].timestamp", event.timestamp, max_future_s, latest)
+
+
+def request_time(
+    at: str | float | datetime | None, events: Sequence[Event], max_future_s: float | None
+) -> float:
+    """A recommendation request's time (as `parse_timestamp` reads it; now when None) as
+    float seconds, after checking it and its events' times; raises RequestError naming
+    `timestamp` or `events`."""
+    parsed = parse_timestamp(at)
+    when = time.time() if parsed is None else parsed
+    bad = [e.timestamp for e in events if not is_timestamp(e.timestamp)]
+    if bad:
+        raise RequestError("events", f"events: timestamps must be unix seconds, got {bad[:3]}")
+    latest = latest_accepted(max_future_s)
+    if when > latest:
+        assert max_future_s is not None
+        raise _too_late("timestamp", when, max_future_s, latest)
+    check_event_times(events, max_future_s)
+    return when

@@ -27,7 +27,6 @@ from starsrec.data.interactions import Queries
 from starsrec.index.exact import inner_scores
 from starsrec.recommender import Filters, Recommender, TrainingData, check_filters
 from starsrec.serving.config import ServingConfig
-from starsrec.serving.filters import RequestFilters
 from starsrec.serving.offline import write_serving_files
 from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.service import RecommendationService
@@ -54,7 +53,7 @@ class ServedRecommender(Recommender):
         stars = StarsRecommender(self.config).fit(data)
         self._directory = tempfile.TemporaryDirectory(prefix="starsrec-served-")
         artifact = stars.save(Path(self._directory.name) / "artifact")
-        write_serving_files(stars, data.train, artifact / SERVING_DIR, data.allow_repeats)
+        write_serving_files(stars, data.train, artifact / SERVING_DIR, data.exclude_seen)
         self._open(artifact)
 
     def _open(self, artifact: Path) -> None:
@@ -125,14 +124,12 @@ class ServedRecommender(Recommender):
         for q in range(len(queries)):
             events, at = self._request(queries, q)
             exclude = set(filters.exclude[q]) if filters.exclude is not None else set()
+            # The contract's seen items are the whole history, the service's only what
+            # was bought: every history item is excluded by id instead.
             if filters.exclude_seen:
                 exclude |= {e.item_id for e in events}
-            request = RequestFilters(
-                in_stock_only=False,
-                exclude=tuple(i for i in exclude if i in service.items.row_of),
-                exclude_purchased=False,  # the contract's exclude_seen is applied above
-            )
-            found = service.recommend(None, events, width, at, request, allowed)
+            known = tuple(i for i in exclude if i in service.items.row_of)
+            found = service.recommend(None, events, width, at, Filters(allowed, [known]))
             ids[q, : len(found)] = [r.item_id for r in found]
             scores[q, : len(found)] = [r.score for r in found]
         return ids.astype(str), scores

@@ -17,7 +17,6 @@ next request.
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from starsrec.data.integrity import (
 )
 from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
+from starsrec.recommender import Filters, check_filters
 from starsrec.serving.catalogue import (  # Product: re-exported for callers of the service
     ItemTable,
     Product,  # noqa: F401
@@ -44,15 +44,21 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
     item_table,
     tag_vocabulary,
 )
-from starsrec.serving.clock import check_event_times, request_time
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
-from starsrec.serving.filters import FilterScopes, RequestFilters
+from starsrec.serving.filters import FilterScopes
 from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
 from starsrec.serving.product_writes import ProductWrites
 from starsrec.serving.redis_store import RedisEventStore
+from starsrec.serving.request import (
+    FiltersIn,
+    check_event_times,
+    check_events,
+    check_k,
+    request_time,
+)
 from starsrec.serving.store import Event, EventStore, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
@@ -76,7 +82,7 @@ class RecommendationService(ProductWrites):
         items: ItemTable,
         memories: dict[str, np.ndarray],  # user id -> u_L (D,) from the offline stage
         event_types: list[dict],
-        allow_repeats: bool,
+        exclude_seen: bool,
         encoder: OnnxUserEncoder | EagerUserEncoder,
         config: ServingConfig = ServingConfig(),
         product_log: ProductLog | None = None,
@@ -94,7 +100,7 @@ class RecommendationService(ProductWrites):
         self.main_event_type = next(
             (t["name"] for t in event_types if t.get("target", True)), event_types[0]["name"]
         )
-        self.allow_repeats = allow_repeats
+        self.exclude_seen = exclude_seen  # the dataset's rule, when a request leaves it open
         self.encoder = encoder
         self.config = config
         self.version = 0  # bumped by every catalogue change: keys the filter caches
@@ -149,7 +155,7 @@ class RecommendationService(ProductWrites):
             items,
             memories,
             meta["event_types"],
-            meta["allow_repeats"],
+            not meta["allow_repeats"],
             encoder,
             config,
         )
@@ -165,19 +171,7 @@ class RecommendationService(ProductWrites):
     # -- events -------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
         """Validate and store events (idempotent on event id); returns how many were new."""
-        for position, event in enumerate(events):
-            if event.item_id not in self.items.row_of:
-                raise RequestError(
-                    f"events[{position}].item_id",
-                    f"events[{position}].item_id: unknown item {event.item_id!r}; "
-                    "add it with PUT /v1/items first",
-                )
-            if event.event_type not in self.event_codes:
-                raise RequestError(
-                    f"events[{position}].event_type",
-                    f"events[{position}].event_type: unknown type {event.event_type!r}; "
-                    f"use one of {sorted(self.event_codes)}",
-                )
+        check_events(events, self.items, self.event_codes)
         check_event_times(events, self.config.max_future_s)
         try:
             return self.store.append(events)
@@ -198,27 +192,26 @@ class RecommendationService(ProductWrites):
         events: Sequence[Event] = (),
         k: int = 10,
         at: float | None = None,
-        filters: RequestFilters = RequestFilters(),
-        allowed: np.ndarray | None = None,
+        filters: Filters | None = None,
     ) -> list[Recommendation]:
         """Top-k items for a user (stored events) and/or an anonymous list of events, at
-        time `at` (unix seconds; now when None), under `filters` and, when given, the
-        (N,) bool `allowed` rows. At most the catalogue's size come back, however large
-        `k`."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise RequestError("k", f"k: must be an integer >= 1, got {k!r}")
-        k = min(int(k), self.index.size)
+        time `at` (unix seconds; now when None), under `filters` over this service's rows,
+        one query's (None: a request's defaults, `self.filters()`). At most the
+        catalogue's size come back. Bad input is refused by `starsrec.serving.request`'s
+        checks (RequestError naming the field), never dropped."""
+        k = min(check_k(k), self.index.size)
+        check_events(events, self.items, self.event_codes)
         at = request_time(at, events, self.config.max_future_s)
+        filters = self.filters() if filters is None else filters
+        check_filters(filters, 1, len(self.items))
         history, rows = self.history(user_id, events, at)
         query, short, long, gate = self.query_vectors(user_id, history, rows, at)
-        scoped, scope = self.allowed(filters)
-        if allowed is not None:  # a caller's own bitmap: intersected, not cached by scope
-            allowed, scope = allowed & (True if scoped is None else scoped), None
-        else:
-            allowed = scoped
-        exclude = self.items.rows(list(filters.exclude), "filters.exclude")
-        purchased = filters.exclude_purchased
-        if purchased if purchased is not None else not self.allow_repeats:
+        allowed = filters.allowed
+        ids = filters.exclude[0] if filters.exclude is not None else ()
+        exclude = self.items.rows(list(ids), "filters.exclude")
+        # The service's seen items are what the user bought (events of a target type): a
+        # product only viewed stays recommendable.
+        if filters.exclude_seen:
             targets = [
                 r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
             ]
@@ -228,7 +221,7 @@ class RecommendationService(ProductWrites):
         # among its k, fewer than k others would be left to merge with them).
         own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
         found, scores = self.index.search(
-            query[None], k, allowed, [np.union1d(exclude, own)], scope
+            query[None], k, allowed, [np.union1d(exclude, own)], filters.scope
         )
         found, scores = self._merge_history(
             query, found[0], scores[0], history, rows, at, allowed, exclude, k
@@ -239,12 +232,12 @@ class RecommendationService(ProductWrites):
     def history(
         self, user_id: str | None, events: Sequence[Event], at: float
     ) -> tuple[list[Event], np.ndarray]:
-        """A request's history, oldest first (stored events, then the request's own, known
-        items only, none after `at`), and its item rows. The store's window ends at `at`, so
-        later events cannot crowd out the ones a request may use."""
+        """A request's history, oldest first (stored events, then the request's own,
+        checked by `recommend`; none after `at`), and its item rows. The store's window
+        ends at `at`, so later events cannot crowd out the ones a request may use."""
         limit = self.config.history_limit
         history = list(self.store.recent(user_id, limit, at)) if user_id else []
-        history += [e for e in events if e.item_id in self.items.row_of]
+        history += events
         history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
         return history, np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
 
@@ -296,9 +289,11 @@ class RecommendationService(ProductWrites):
         events = torch.from_numpy(np.asarray(active, np.float32))
         return self.model.retrieval_queries(torch.from_numpy(query)[None], events)[0].numpy()
 
-    def allowed(self, filters: RequestFilters) -> tuple[np.ndarray | None, tuple]:
-        """The allowed-rows bitmap of a request's scope (None = every row) and its key."""
-        return self._scopes.allowed(self.items, self.version, filters)
+    def filters(self, request: FiltersIn | None = None) -> Filters:
+        """A request's filters (None: the defaults) as `Filters` over this service's rows,
+        its scope's bitmap cached; a RequestError naming the field for unknown names."""
+        request = FiltersIn() if request is None else request
+        return self._scopes.filters(self.items, self.version, request, self.exclude_seen)
 
     def _merge_history(
         self,
@@ -333,13 +328,16 @@ class RecommendationService(ProductWrites):
         self, item_id: str, k: int = 10, in_stock_only: bool = True
     ) -> list[Recommendation]:
         """Items whose tokens have the largest inner product with this item's token."""
+        k = check_k(k)
         if item_id not in self.items.row_of:
             raise RequestError("item_id", f"item_id: unknown item {item_id!r}", status=404)
         row = self.items.row_of[item_id]
         query = np.zeros(self.index.dim, np.float32)
         query[: self.model.config.dim] = self.items.tokens[row]
-        allowed, scope = self.allowed(RequestFilters(in_stock_only=in_stock_only))
-        found, scores = self.index.search(query[None], k, allowed, [np.array([row])], scope)
+        filters = self.filters(FiltersIn(in_stock_only=in_stock_only))
+        found, scores = self.index.search(
+            query[None], k, filters.allowed, [np.array([row])], filters.scope
+        )
         keep = found[0] >= 0
         found = found[0][keep]
         return self._explain(found, scores[0][keep], np.array([row]), ["similar"] * len(found))

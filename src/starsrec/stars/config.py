@@ -25,11 +25,7 @@ class ModelConfig:
     # later) the way serving scores a product without training events: text and tags
     # only, plus one learned new-item bias. That bias learns how often shoppers buy a
     # product nobody has bought before, which is what ranks new products (cold start).
-    # None: the training data decides (StarsRecommender.fit): on for shop logs, where
-    # shoppers rebuy and an item's first sale follows its launch; off for rating logs,
-    # where each item is rated once and a film's first rating is not its release
-    # (docs/benchmarks.md has the measurement). A model built without training data to
-    # decide treats None as on.
+    # None: the training data decides, by the one rule `new_item_bias_on`.
     use_new_item_bias: bool | None = None
     repeat_half_life_days: float = 30.0
     use_text: bool = True
@@ -42,6 +38,17 @@ class ModelConfig:
     use_calendar_offsets: bool = True
     use_item_bias: bool = True
     use_repeat_score: bool = True
+
+    def new_item_bias_on(self, exclude_seen: bool = False) -> bool:
+        """Whether the new-item bias is on: `use_new_item_bias` when set; unset, off for a
+        log where each item is consumed once (`exclude_seen`: a rating log, where a film's
+        first rating is not its release; docs/benchmarks.md has the measurement) and on
+        otherwise (a shop log, where an item's first sale follows its launch), which is
+        also what a model built without training data to decide gets. `StarsRecommender.fit`
+        saves the decision in the config; an old config.json's unset value loads as on."""
+        if self.use_new_item_bias is None:
+            return not exclude_seen
+        return self.use_new_item_bias
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_tags or self.use_item_id):

@@ -222,7 +222,8 @@ class STARS(nn.Module):
         warm = self.item_tokens.warm[slots]
         owned = warm if owned is None else owned
         zero = torch.zeros(())
-        cold = torch.where(warm > 0, zero, self.new_item_bias if self.scores_new_items else zero)
+        new = self.new_item_bias if self.config.new_item_bias_on() else zero
+        cold = torch.where(warm > 0, zero, new)
         return self.item_bias(slots).squeeze(-1) * owned + cold * (1 - owned)
 
     def calendar_terms(self, request_events: torch.Tensor) -> torch.Tensor:
@@ -289,11 +290,6 @@ class STARS(nn.Module):
             return bonus
         return bonus + self.own_item_adjustment(taste, (count > 0).float())
 
-    @property
-    def scores_new_items(self) -> bool:
-        """Whether items before their first event are scored as new (see ModelConfig)."""
-        return self.config.use_new_item_bias is not False
-
     def score(
         self,
         query: torch.Tensor,
@@ -309,7 +305,7 @@ class STARS(nn.Module):
         vectors = self.item_vectors(slots, owned)  # (C, D)
         bias, offsets = self.item_terms(slots, request_events, owned)
         scores = query @ vectors.T + bias + offsets
-        if request_days is None or not self.scores_new_items:
+        if request_days is None or not self.config.new_item_bias_on():
             return scores
         unseen = self.first_day[slots] >= request_days[..., None]  # (..., C)
         new_vectors = self.item_vectors(slots, torch.zeros_like(owned))  # (C, D)

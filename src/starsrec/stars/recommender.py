@@ -135,14 +135,11 @@ class StarsRecommender(Recommender):
         self.checkpoint_dir: Path | None = None
 
     def _fit(self, data: TrainingData) -> None:
-        if self.config.model.use_new_item_bias is None:  # decided here, saved with the model
-            model = dataclasses.replace(self.config.model, use_new_item_bias=data.allow_repeats)
-            self.config = dataclasses.replace(self.config, model=model)
-            logger.info(
-                "new-item bias %s (%s log)",
-                "on" if data.allow_repeats else "off",
-                "shop" if data.allow_repeats else "rating",
-            )
+        # The new-item bias, decided by its one rule on this data and saved with the model.
+        decided = self.config.model.new_item_bias_on(data.exclude_seen)
+        model = dataclasses.replace(self.config.model, use_new_item_bias=decided)
+        self.config = dataclasses.replace(self.config, model=model)
+        logger.info("new-item bias %s", "on" if decided else "off")
         config = self.config
         torch.manual_seed(config.seed)
         with distributed.main_first():  # rank 0 fills the embedding cache, the rest read it
@@ -165,7 +162,7 @@ class StarsRecommender(Recommender):
 
             def validate(model: STARS) -> float:
                 model.eval()
-                return validation_metric(self, queries, targets, not data.allow_repeats)
+                return validation_metric(self, queries, targets, data.exclude_seen)
 
         self.training_state = train_model(
             self.model,
@@ -177,21 +174,21 @@ class StarsRecommender(Recommender):
             checkpoint_dir=self.checkpoint_dir,
         )
         if validate is not None:
-            self.calibrate(queries, targets, validate, data.allow_repeats)
+            self.calibrate(queries, targets, validate, data.exclude_seen)
 
     def calibrate(
         self,
         queries: Queries,
         targets: BasketTargets,
         validate: Callable[[STARS], float],
-        allow_repeats: bool,
+        exclude_seen: bool,
     ) -> None:
         """The steps after training that `config.calibration` switches on, where they apply."""
         steps, model = self.config.calibration, self.config.model
-        if steps.new_items and model.use_item_bias and self._fitted_model().scores_new_items:
-            self.calibrate_new_items(queries, targets, exclude_seen=not allow_repeats)
+        if steps.new_items and model.use_item_bias and model.new_item_bias_on():
+            self.calibrate_new_items(queries, targets, exclude_seen)
         # Own items are re-scored where they can be recommended and are scored apart.
-        if steps.own_items and allow_repeats and model.use_repeat_score:
+        if steps.own_items and not exclude_seen and model.use_repeat_score:
             self.calibrate_own_items(validate)
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The HTTP API (FastAPI): `create_app(...)`, run by `starsrec serve ARTIFACT_DIR`.
+"""The HTTP API (FastAPI): `create_app(service, ...)`, run by `starsrec serve ARTIFACT_DIR`.
 
     POST /v1/events              one event or a list (idempotent on event_id)
     DELETE /v1/users/{id}/events forget a user's stored events and long-term memory
@@ -42,7 +42,6 @@ from starlette.types import Scope
 
 from starsrec import __version__
 from starsrec.serving.catalogue import Product, RequestError
-from starsrec.serving.config import ServingConfig
 from starsrec.serving.request import seconds
 from starsrec.serving.service import RecommendationService
 from starsrec.serving.store import Event
@@ -82,26 +81,26 @@ def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
 
 
 def create_app(
-    artifact_dir: str | Path | None = None,
-    service: RecommendationService | None = None,
-    config: ServingConfig = ServingConfig(),
+    service: RecommendationService,
+    reload_from: str | Path | None = None,
     api_key: str | None = None,
     protect_reads: bool = False,
     max_body_bytes: int = 1 << 20,
     insecure_open_writes: bool = False,
     body_timeout_s: float = 30.0,
 ) -> FastAPI:
-    """The API for a ready `service`, or for the artifact at `artifact_dir`, loaded in the
-    app's lifespan (so importing or creating the app does no work); with both, `service`
-    is served and reloads read `artifact_dir`.
+    """The API serving `service`, which the caller loads (`starsrec serve` loads the
+    artifact before it starts, so a damaged one is refused in one line, not in a lifespan
+    traceback) and closes. POST /v1/admin/reload and SIGHUP load the artifact directory
+    `reload_from` again, with the serving config of the service they replace, and swap it
+    in; without `reload_from` they are refused (409). A reload closes the service it
+    replaces, and the app closes at shutdown one it loaded itself.
 
     With an `api_key` (MIN_KEY_CHARS or more), writes (events, items, reload) need
     `Authorization: Bearer KEY`; reads too when `protect_reads`. Without one, writes are
     refused (403) unless `insecure_open_writes` opens them to anyone, with a warning at
     start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413, and
     bodies not received whole within `body_timeout_s` of the first read with 408."""
-    if artifact_dir is None and service is None:
-        raise ValueError("create_app needs an artifact_dir or a service")
     metrics = Metrics()
 
     access = Access(api_key, protect_reads, insecure_open_writes)
@@ -115,9 +114,8 @@ def create_app(
     async def reader(request: Request) -> None:
         authorised(request, write=False)
 
-    # A given service is ready now (nothing to load), which also lets in-process clients
-    # that never run the lifespan (schema fuzzers) call the app.
-    state: dict[str, RecommendationService] = {} if service is None else {"service": service}
+    # Ready now, which also lets in-process clients that never run the lifespan call the app.
+    state = {"service": service}
     reloading = asyncio.Lock()
     # Product writes one at a time (two batches never interleave), and a reload's swap waits
     # for the one in progress: every acknowledged product reaches the service that serves.
@@ -145,19 +143,20 @@ def create_app(
         the swap cannot cut one short. The swap waits for a product write in progress, then
         the new service replays what the old one took while it loaded. A failed load
         (corrupt or half-written artifact) raises and leaves the old service serving."""
-        if artifact_dir is None:
+        if reload_from is None:
             raise RequestError(
-                "reload", "reload: this app serves a service object, not an artifact", 409
+                "reload", "reload: this app has no artifact directory to reload from", 409
             )
         async with reloading:
-            fresh = await asyncio.to_thread(RecommendationService.load, artifact_dir, config, False)
+            config = state["service"].config
+            fresh = await asyncio.to_thread(RecommendationService.load, reload_from, config, False)
             await ready_for_products(fresh)
             async with writing_products:
                 # The new service serves nothing yet, so a thread may change it.
                 await asyncio.to_thread(fresh.replay_products)
                 old, state["service"] = state["service"], fresh
             old.store.close()
-        logger.info("reloaded %s: serving %s items", artifact_dir, fresh.index.size)
+        logger.info("reloaded %s: serving %s items", reload_from, fresh.index.size)
         return fresh
 
     async def reload_on_signal() -> None:
@@ -168,16 +167,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if service is None:
-            assert artifact_dir is not None  # checked above: exactly one of the two is given
-            state["service"] = RecommendationService.load(artifact_dir, config)
         await ready_for_products(state["service"])
         logger.info("serving %s items", state["service"].index.size)
         access.announce()
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
         yield
         hangup()
-        if service is None:  # the app closes only what it opened
+        if state["service"] is not service:  # a reload loaded it: the app's to close
             state["service"].store.close()
 
     # No trailing-slash redirects: Starlette builds their Location from the Host header, so
@@ -260,10 +256,7 @@ def create_app(
             )
             for n, e in enumerate(body.events)
         ]
-        unknown = [e.item_id for e in events if e.item_id not in svc.items.row_of]
-        if unknown:
-            raise RequestError("events", f"events: unknown item ids {unknown[:5]}")
-        filters = body.filters.to_filters()
+        filters = svc.filters(body.filters)
         results = svc.recommend(body.user_id, events, body.k, seconds(body.timestamp), filters)
         return {
             "items": [dataclasses.asdict(r) for r in results],
@@ -319,7 +312,7 @@ def create_app(
         except (ValueError, OSError) as error:  # ArtifactError, an old index format, ...
             logger.warning("reload refused, still serving the previous artifact: %s", error)
             # The answer names the files by their place in the artifact, not on the server.
-            reason = without_paths(str(error), Path(artifact_dir or "."))
+            reason = without_paths(str(error), Path(reload_from or "."))
             message = f"reload refused, still serving the previous artifact: {reason}"
             raise RequestError("artifact", message, 409) from error
         took = round(time.perf_counter() - started, 3)

@@ -108,7 +108,7 @@ class CatalogueBrowser:
             "classes": list(items.class_names),
             "event_types": sorted(service.event_codes, key=service.event_codes.__getitem__),
             "main_event_type": service.main_event_type,
-            "allow_repeats": service.allow_repeats,
+            "allow_repeats": not service.exclude_seen,  # the page's name for it
         }
 
     def users(self, query: str = "", limit: int = 20) -> list[str]:

@@ -7,9 +7,8 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, StrictBool
 
-from starsrec.serving.request import MAX_BATCH, FiltersIn, Id, Strict, Timestamp, encodable
+from starsrec.serving.request import MAX_BATCH, MAX_K, FiltersIn, Id, Strict, Timestamp, encodable
 
-MAX_K = 1000
 T = TypeVar("T")
 
 
@@ -47,7 +46,7 @@ class RecommendIn(Strict):
 
     user_id: Id | None = None
     events: list[SessionEventIn] = Field(default_factory=list, max_length=MAX_BATCH)
-    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # not "5", 5.0 or true
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)  # check_k's bounds; not "5", 5.0 or true
     timestamp: Timestamp | None = Field(None, description="request time; now when omitted")
     filters: FiltersIn = Field(default_factory=FiltersIn)
 

@@ -139,9 +139,8 @@ def run_serve(args: argparse.Namespace) -> int:
     service = RecommendationService.load(args.artifact_dir, config)
     try:
         app = create_app(
-            args.artifact_dir,
-            service=service,
-            config=config,
+            service,
+            reload_from=args.artifact_dir,
             api_key=key,
             protect_reads=args.protect_reads,
             insecure_open_writes=args.insecure_open_writes,
