@@ -1,0 +1,143 @@
+"""The faiss half of an `ItemIndex`: the space its rows are held in, adding and replacing
+rows, and search with exact re-ranking.
+
+Spaces (`IndexConfig.spaces`; the sweep tries each factory in each):
+- "l2": faiss holds the MIPS-to-L2 transform of the rows (`l2_items`) and searches by L2.
+  Item vectors carry a bias column, so their norms differ a lot; IVF clustering by inner
+  product on them needed every list opened to reach the target, after the transform about
+  half (docs/benchmarks.md, Serving). Rows longer than the transform's bound cannot be
+  placed in it: `too_long` names them, and `ItemIndex` scans them exactly.
+- "ip": faiss holds the rows themselves and searches by inner product; no bound.
+
+Search: faiss returns k * k_factor candidates per query, their scores are recomputed from the
+caller's float32 matrix by `inner_scores` and the best k kept (`rerank`), so every score
+agrees bit for bit with exact search. A factory ending in ",RFlat" names this exact
+re-ranking and gets a k_factor calibrated by the sweep; any other gets k_factor 1 (its k
+results re-scored only). faiss's own IndexRefineFlat re-ranks the same way, but from a
+second copy of the rows, and supports neither add_with_ids nor remove_ids, which
+`ItemIndex.update` needs: the matrix the `ItemIndex` already keeps is the flat copy here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from starsrec.index.exact import SCORE_BLOCK, inner_scores
+from starsrec.recommender import top_k
+
+REFINE = ",RFlat"
+MAX_EF_SEARCH = 4096
+NORM_MARGIN = 1.1  # products added later may be a little longer than today's
+
+
+def max_norm(vectors: np.ndarray) -> float:
+    """The norm bound M of the MIPS-to-L2 transform, with room for products added later."""
+    return NORM_MARGIN * float(np.sqrt(np.einsum("ij,ij->i", vectors, vectors).max()))
+
+
+def l2_items(vectors: np.ndarray, norm: float) -> np.ndarray:
+    """[x, sqrt(M^2 - |x|^2)]: nearest neighbours of [q, 0] among these are the largest
+    inner products <q, x> (Bachrach et al. 2014)."""
+    squared = np.maximum(norm**2 - np.einsum("ij,ij->i", vectors, vectors), 0.0)
+    return np.hstack([vectors, np.sqrt(squared)[:, None]]).astype(np.float32)
+
+
+def l2_queries(queries: np.ndarray) -> np.ndarray:
+    """[q, 0]: the query side of `l2_items`."""
+    return np.hstack([queries, np.zeros((len(queries), 1), np.float32)]).astype(np.float32)
+
+
+def rerank(
+    queries: np.ndarray, found: np.ndarray, matrix: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best k of each query's candidate rows `found` ((Q, C), -1: none), scored exactly
+    from `matrix`: ((Q, k) rows, (Q, k) scores) as `top_k` orders them."""
+    parts: tuple[list[np.ndarray], list[np.ndarray]] = (
+        [np.empty((0, k), np.int64)],
+        [np.empty((0, k), np.float32)],
+    )
+    block = max(1, SCORE_BLOCK // max(1, found.shape[1] * matrix.shape[1]))
+    for start in range(0, len(queries), block):
+        candidates = found[start : start + block]
+        scores = inner_scores(queries[start : start + block], matrix[np.maximum(candidates, 0)])
+        scores[candidates < 0] = -np.inf
+        for part, out in zip(top_k(scores, k, candidates), parts, strict=True):
+            out.append(part)
+    return np.concatenate(parts[0]), np.concatenate(parts[1])
+
+
+@dataclass
+class AnnIndex:
+    """A faiss index over rows 0..N-1 of an `ItemIndex` and how to search it.
+
+    factory: the faiss factory string with nlist and dim filled in (",RFlat" kept).
+    space: "l2" or "ip" (module docstring). breadth: IVF nprobe or HNSW efSearch of an
+    unfiltered search. k_factor: candidates per result re-ranked exactly. norm: the bound M
+    of the "l2" space's transform (0 in the "ip" space).
+    """
+
+    index: faiss.Index
+    factory: str
+    space: str
+    breadth: int = 1
+    k_factor: int = 1
+    norm: float = 0.0
+
+    def search(
+        self,
+        matrix: np.ndarray,
+        queries: np.ndarray,
+        k: int,
+        breadth: int | None = None,
+        selector: faiss.IDSelector | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best k rows per query among the candidates faiss finds at `breadth` (None: the
+        calibrated one) and `selector`, re-ranked exactly from `matrix`, the rows' vectors."""
+        depth = max(k, min(k * self.k_factor, self.index.ntotal))
+        breadth = self.breadth if breadth is None else breadth
+        # faiss's stubs lack SearchParametersHNSW and the keywords its wrapper's constructors take.
+        params: faiss.SearchParameters
+        if isinstance(self.index, faiss.IndexHNSW):
+            ef_search = max(depth, min(breadth, MAX_EF_SEARCH))
+            params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
+        else:
+            assert isinstance(self.index, faiss.IndexIVF)  # the sweep makes no other kind
+            nprobe = min(breadth, self.index.nlist)
+            params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
+        if selector is not None:
+            params.sel = selector
+        if self.space == "l2":
+            _, found = self.index.search(l2_queries(queries), depth, params=params)
+        else:
+            _, found = self.index.search(queries, depth, params=params)
+        return rerank(queries, found, matrix, k)
+
+    def add(self, vectors: np.ndarray, first_row: int) -> None:
+        """Add `vectors` as rows first_row, first_row + 1, ..."""
+        held = self._held(vectors)
+        if isinstance(self.index, faiss.IndexHNSW):  # ids are insertion order, which is row order
+            self.index.add(held)
+        else:  # IVF ids are explicit, which lets `replace` remove and re-add rows
+            self.index.add_with_ids(held, np.arange(first_row, first_row + len(vectors)))
+
+    def replace(self, rows: np.ndarray, vectors: np.ndarray) -> bool:
+        """Give `rows` the new `vectors`; False (nothing changed) where the index cannot
+        remove rows (HNSW): the caller must keep the old ones out of results."""
+        if isinstance(self.index, faiss.IndexHNSW):
+            return False
+        self.index.remove_ids(rows)  # type: ignore[arg-type]  # the wrapper takes ids too
+        self.index.add_with_ids(self._held(vectors), rows)
+        return True
+
+    def too_long(self, vectors: np.ndarray) -> np.ndarray:
+        """(M,) bool: rows the "l2" space cannot place right (longer than its bound)."""
+        if self.space != "l2":
+            return np.zeros(len(vectors), dtype=bool)
+        return np.einsum("ij,ij->i", vectors, vectors) > self.norm**2
+
+    def _held(self, vectors: np.ndarray) -> np.ndarray:
+        """What faiss holds for `vectors` in this index's space."""
+        return l2_items(vectors, self.norm) if self.space == "l2" else vectors
