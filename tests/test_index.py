@@ -1,10 +1,12 @@
 """ItemIndex: recall parity with exact search, filters never violated (property test), add /
-update on every kind, save/load, input validation, and the build's sweep records.
+update on every kind (re-ranked quantised ones included), save/load (format 2 too), input
+validation, and the build's sweep records.
 
 Data are small gaussian clusters; tiny configs force the faiss path on 20k rows."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -27,7 +29,12 @@ KINDS = {
     "ivf-flat": IndexConfig(factories=("IVF{nlist},Flat",), **SMALL),
     "ivf-sq8": IndexConfig(factories=("IVF{nlist},SQ8",), **SMALL),
     "hnsw": IndexConfig(factories=("HNSW32,Flat",), **SMALL),
+    # 4-bit fast-scan codes in one inverted list, re-ranked exactly; by inner product or L2.
+    "pq4fs-ip": IndexConfig(factories=("IVF1,PQ{dim}x4fs,RFlat",), spaces=("ip",), **SMALL),
+    "pq4fs-l2": IndexConfig(factories=("IVF1,PQ{dim}x4fs,RFlat",), spaces=("l2",), **SMALL),
+    "rabitq-ip": IndexConfig(factories=("IVF1,RaBitQfs,RFlat",), spaces=("ip",), **SMALL),
 }
+RERANKED = ["pq4fs-ip", "pq4fs-l2", "rabitq-ip"]
 
 
 def clustered(n: int, seed: int, clusters: int = 64) -> np.ndarray:
@@ -81,6 +88,24 @@ def test_build_chooses_a_kind_and_records_the_sweep(ann: ItemIndex, exact: ItemI
     logging.getLogger(__name__).info("sweep:\n%s", format_sweep(ann.sweep))
 
 
+def test_sweep_tries_every_factory_in_every_space() -> None:
+    factories = ("IVF{nlist},Flat", "IVF1,PQ{dim}x4fs,RFlat")
+    config = IndexConfig(factories=factories, spaces=("l2", "ip"), **SMALL)
+    index = ItemIndex.build(clustered(4000, seed=17), config, progress=False)
+    sampled = [(r["factory"], r["space"]) for r in index.sweep if r["stage"] == "sample"]
+    assert sampled == [
+        ("IVF51,Flat", "l2"),
+        ("IVF51,Flat", "ip"),
+        ("IVF1,PQ17x4fs,RFlat", "l2"),  # {dim}: one more in the l2 space
+        ("IVF1,PQ16x4fs,RFlat", "ip"),
+    ]
+    flat = [r["k_factor"] for r in index.sweep if r["factory"] == "IVF51,Flat"]
+    assert flat == [1, 1]  # only ,RFlat factories re-rank beyond k
+    full = index.sweep[-1]
+    assert (full["factory"], full["space"]) == (index.kind, index.space)
+    assert full["k_factor"] == index.k_factor and full["breadth"] == index.breadth
+
+
 def test_catalogue_within_the_sweep_sample_reuses_the_sweep_index() -> None:
     config = IndexConfig(factories=("IVF{nlist},Flat",), exact_threshold=1000, sweep_rows=5000)
     users = clustered(600, seed=14)  # caller-given sweep queries, subsampled to sweep_queries
@@ -126,6 +151,29 @@ def test_queries_the_ann_leaves_short_are_answered_exactly(
     rows, scores = ann.search(queries[:3], 3000, exclude=exclude)
     truth, truth_scores = ann.exact_search(queries[:3], 3000, exclude=exclude)
     assert np.array_equal(rows, truth) and np.array_equal(scores, truth_scores)
+
+
+@pytest.mark.parametrize("name", RERANKED)
+def test_reranked_kinds_match_exact_search_under_filters_and_exclusions(
+    name: str, queries: np.ndarray
+) -> None:
+    index = ItemIndex.build(clustered(5000, seed=15), KINDS[name], progress=False)
+    assert index.kind.endswith(",RFlat") and index.space == KINDS[name].spaces[0]
+    assert index.k_factor >= 1 and index.sweep[-1]["recall"] >= KINDS[name].target_recall
+    allowed = bitmap(index.size, 0.1, seed=16)
+    best = [row[:2] for row in index.exact_search(queries, 2, allowed)[0]]
+    anywhere = [np.arange(q, 5000, 97) for q in range(len(queries))]
+    for mask, exclude in [(None, None), (allowed, None), (allowed, best), (None, anywhere)]:
+        assert index.plan(mask) == "ann"
+        rows, scores = index.search(queries, 10, mask, exclude)
+        truth, truth_scores = index.exact_search(queries, 10, mask, exclude)
+        assert recall(rows, truth) >= 0.99
+        if mask is not None:
+            assert mask[rows[rows >= 0]].all()
+        for q in range(len(queries)):
+            assert exclude is None or not np.isin(rows[q], exclude[q]).any()
+            _, mine, theirs = np.intersect1d(rows[q], truth[q], return_indices=True)
+            assert np.array_equal(scores[q, mine], truth_scores[q, theirs])
 
 
 # --- filters are never violated ----------------------------------------------------------
@@ -251,10 +299,11 @@ def test_add_update_save_load(name: str, queries: np.ndarray, tmp_path: Path) ->
     assert np.array_equal(loaded.search(other, 10)[0], rows)
 
 
-@pytest.mark.parametrize("name", ["ivf-flat", "hnsw"])
+@pytest.mark.parametrize("name", ["ivf-flat", "hnsw", "pq4fs-ip"])
 def test_products_longer_than_the_norm_bound_are_still_found(name: str) -> None:
-    """The L2 transform only places rows up to its norm bound; longer ones added later
-    are scanned exactly, so a much longer product still wins the queries it should."""
+    """The L2 transform only places rows up to its norm bound, and quantiser codebooks clip
+    longer ones; rows past it added later are scanned exactly, so a much longer product still
+    wins the queries it should."""
     index = ItemIndex.build(clustered(4000, seed=4), KINDS[name], progress=False)
     probe = clustered(20, seed=14)
     longest = np.linalg.norm(index.vectors, axis=1).max()
@@ -278,6 +327,24 @@ def test_save_load_round_trip_of_the_faiss_index(
         assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
 
 
+def test_format_2_indexes_still_load_and_older_ones_are_refused(
+    queries: np.ndarray, tmp_path: Path
+) -> None:
+    """Format 2 (before spaces and k_factor) held the L2 transform and re-ranked nothing."""
+    index = ItemIndex.build(clustered(3000, seed=5), KINDS["ivf-flat"], progress=False)
+    path = index.save(tmp_path / "index")
+    meta = json.loads((path / "index.json").read_text())
+    del meta["space"], meta["k_factor"], meta["config"]["spaces"]
+    (path / "index.json").write_text(json.dumps({**meta, "format": 2}))
+    loaded = ItemIndex.load(path)
+    assert (loaded.kind, loaded.space, loaded.k_factor) == (index.kind, "l2", 1)
+    before, after = index.search(queries, 10), loaded.search(queries, 10)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    (path / "index.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match="index format 1, expected 3: rebuild its serving"):
+        ItemIndex.load(path)
+
+
 def test_load_rejects_a_directory_without_an_index(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"index\.json missing"):
         ItemIndex.load(tmp_path)
@@ -290,6 +357,7 @@ def test_bad_inputs_raise_value_errors(exact: ItemIndex, queries: np.ndarray) ->
     nan = queries[:2].copy()
     nan[1, 3] = np.nan
     unsupported = IndexConfig(factories=("LSH",), exact_threshold=10)
+    flat_fast_scan = IndexConfig(factories=("PQ{dim}x4fs,RFlat",), exact_threshold=10)
     unknown = IndexConfig(factories=("NoSuchIndex",), exact_threshold=10)
     cases = [
         (lambda: exact.search(queries[:, :15], 5), "dimension 15"),
@@ -304,9 +372,11 @@ def test_bad_inputs_raise_value_errors(exact: ItemIndex, queries: np.ndarray) ->
         (lambda: exact.update([1, 1], queries[:2]), "unique"),
         (lambda: ItemIndex.build(np.where(np.eye(4, DIM) > 0, np.nan, 0.0)), "NaN"),
         (lambda: ItemIndex.build(clustered(200, 0), unsupported), "unsupported factory"),
+        (lambda: ItemIndex.build(clustered(200, 0), flat_fast_scan), "as IVF1,"),
         (lambda: ItemIndex.build(clustered(200, 0), unknown), "faiss cannot build"),
         (lambda: ItemIndex.build(clustered(200, 0), queries=queries[:, :4]), "dimension 4"),
         (lambda: IndexConfig(target_recall=1.5), "target_recall"),
+        (lambda: IndexConfig(spaces=("cosine",)), "spaces must be some of"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -5,9 +5,11 @@ Spaces (`IndexConfig.spaces`; the sweep tries each factory in each):
 - "l2": faiss holds the MIPS-to-L2 transform of the rows (`l2_items`) and searches by L2.
   Item vectors carry a bias column, so their norms differ a lot; IVF clustering by inner
   product on them needed every list opened to reach the target, after the transform about
-  half (docs/benchmarks.md, Serving). Rows longer than the transform's bound cannot be
-  placed in it: `too_long` names them, and `ItemIndex` scans them exactly.
-- "ip": faiss holds the rows themselves and searches by inner product; no bound.
+  half (docs/benchmarks.md, Serving).
+- "ip": faiss holds the rows themselves and searches by inner product.
+In both, rows longer than a bound a little above today's longest (`max_norm`) are placed
+badly: the transform has no room for them, and quantiser codebooks clip them. `too_long`
+names them, and `ItemIndex` keeps them out of ANN results and scans them exactly.
 
 Search: faiss returns k * k_factor candidates per query, their scores are recomputed from the
 caller's float32 matrix by `inner_scores` and the best k kept (`rerank`), so every score
@@ -76,7 +78,7 @@ class AnnIndex:
     factory: the faiss factory string with nlist and dim filled in (",RFlat" kept).
     space: "l2" or "ip" (module docstring). breadth: IVF nprobe or HNSW efSearch of an
     unfiltered search. k_factor: candidates per result re-ranked exactly. norm: the bound M
-    of the "l2" space's transform (0 in the "ip" space).
+    past which rows are `too_long` (and of the "l2" space's transform).
     """
 
     index: faiss.Index
@@ -133,9 +135,7 @@ class AnnIndex:
         return True
 
     def too_long(self, vectors: np.ndarray) -> np.ndarray:
-        """(M,) bool: rows the "l2" space cannot place right (longer than its bound)."""
-        if self.space != "l2":
-            return np.zeros(len(vectors), dtype=bool)
+        """(M,) bool: rows longer than the bound, which the index cannot place right."""
         return np.einsum("ij,ij->i", vectors, vectors) > self.norm**2
 
     def _held(self, vectors: np.ndarray) -> np.ndarray:

@@ -298,7 +298,7 @@ class ItemIndex:
         self._scopes.clear()
 
     def _too_long(self, vectors: np.ndarray) -> np.ndarray:
-        """(M,) rows longer than the "l2" space's bound, which it cannot place right: kept
+        """(M,) rows longer than the ANN index's bound, which it cannot place right: kept
         out of ANN results and scanned exactly, like stale HNSW rows."""
         if self._ann is None:
             return np.zeros(len(vectors), dtype=bool)

@@ -234,7 +234,7 @@ def _new_faiss(
             f"unsupported factory {factory!r}: use an IVF... or HNSW... string (a flat "
             "fast-scan index as IVF1,...: faiss rejects selectors on the flat ones)"
         )
-    ann = AnnIndex(index, factory, space, norm=norm if space == "l2" else 0.0)
+    ann = AnnIndex(index, factory, space, norm=norm)
     if isinstance(index, faiss.IndexIVF):
         train, limit = vectors, max(TRAIN_POINTS_PER_LIST * index.nlist, MIN_TRAIN_POINTS)
         if len(vectors) > limit:
