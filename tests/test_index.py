@@ -26,9 +26,9 @@ FAISS_CONFIG = IndexConfig(
 SMALL = dict(exact_threshold=1000, sweep_rows=2000, sweep_queries=100, exact_subset_rows=100)
 KINDS = {
     "exact": IndexConfig(),
-    "ivf-flat": IndexConfig(factories=("IVF{nlist},Flat",), **SMALL),
-    "ivf-sq8": IndexConfig(factories=("IVF{nlist},SQ8",), **SMALL),
-    "hnsw": IndexConfig(factories=("HNSW32,Flat",), **SMALL),
+    "ivf-flat": IndexConfig(factories=("IVF{nlist},Flat",), spaces=("l2",), **SMALL),
+    "ivf-sq8": IndexConfig(factories=("IVF{nlist},SQ8",), spaces=("l2",), **SMALL),
+    "hnsw": IndexConfig(factories=("HNSW32,Flat",), spaces=("l2",), **SMALL),
     # 4-bit fast-scan codes in one inverted list, re-ranked exactly; by inner product or L2.
     "pq4fs-ip": IndexConfig(factories=("IVF1,PQ{dim}x4fs,RFlat",), spaces=("ip",), **SMALL),
     "pq4fs-l2": IndexConfig(factories=("IVF1,PQ{dim}x4fs,RFlat",), spaces=("l2",), **SMALL),
@@ -107,7 +107,9 @@ def test_sweep_tries_every_factory_in_every_space() -> None:
 
 
 def test_catalogue_within_the_sweep_sample_reuses_the_sweep_index() -> None:
-    config = IndexConfig(factories=("IVF{nlist},Flat",), exact_threshold=1000, sweep_rows=5000)
+    config = IndexConfig(
+        factories=("IVF{nlist},Flat",), spaces=("l2",), exact_threshold=1000, sweep_rows=5000
+    )
     users = clustered(600, seed=14)  # caller-given sweep queries, subsampled to sweep_queries
     index = ItemIndex.build(clustered(3000, seed=5), config, queries=users, progress=False)
     assert index.kind == "IVF76,Flat" and [r["stage"] for r in index.sweep] == ["sample"]
@@ -316,6 +318,24 @@ def test_products_longer_than_the_norm_bound_are_still_found(name: str) -> None:
     assert np.array_equal(rows, index.exact_search(probe[:1], 2)[0])
 
 
+def test_rows_the_codes_fit_badly_are_scanned_exactly() -> None:
+    """Codebooks fit the bulk of a catalogue, so a small population unlike it (here rows
+    along one axis, within the norm bound) is coded badly: such rows are kept out of the ANN
+    and scanned exactly, at build and when added later, so queries they win still find them."""
+    bulk = clustered(5000, seed=18)
+    longest = np.linalg.norm(bulk, axis=1).max()
+    odd = 0.9 * longest * np.eye(DIM, dtype=np.float32)[np.arange(40) % DIM]
+    index = ItemIndex.build(np.concatenate([bulk, odd]), KINDS["pq4fs-ip"], progress=False)
+    assert 30 <= index.sweep[-1]["misplaced"] <= 100  # most: a few may get a centroid each
+    axes = np.eye(DIM, dtype=np.float32)
+    assert np.array_equal(index.search(axes, 2)[0], index.exact_search(axes, 2)[0])
+    (row,) = index.add(-0.8 * longest * axes[:1])
+    index.update(np.array([7]), -0.85 * longest * axes[1:2])
+    rows, scores = index.search(-axes[:2], 1)
+    assert rows[:, 0].tolist() == [row, 7]
+    assert np.array_equal(scores, index.exact_search(-axes[:2], 1)[1])
+
+
 def test_save_load_round_trip_of_the_faiss_index(
     ann: ItemIndex, queries: np.ndarray, tmp_path: Path
 ) -> None:
@@ -356,7 +376,7 @@ def test_load_rejects_a_directory_without_an_index(tmp_path: Path) -> None:
 def test_bad_inputs_raise_value_errors(exact: ItemIndex, queries: np.ndarray) -> None:
     nan = queries[:2].copy()
     nan[1, 3] = np.nan
-    unsupported = IndexConfig(factories=("LSH",), exact_threshold=10)
+    unsupported = IndexConfig(factories=("LSH",), spaces=("l2",), exact_threshold=10)
     flat_fast_scan = IndexConfig(factories=("PQ{dim}x4fs,RFlat",), exact_threshold=10)
     unknown = IndexConfig(factories=("NoSuchIndex",), exact_threshold=10)
     cases = [

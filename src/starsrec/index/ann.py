@@ -7,9 +7,14 @@ Spaces (`IndexConfig.spaces`; the sweep tries each factory in each):
   product on them needed every list opened to reach the target, after the transform about
   half (docs/benchmarks.md, Serving).
 - "ip": faiss holds the rows themselves and searches by inner product.
-In both, rows longer than a bound a little above today's longest (`max_norm`) are placed
-badly: the transform has no room for them, and quantiser codebooks clip them. `too_long`
-names them, and `ItemIndex` keeps them out of ANN results and scans them exactly.
+
+Misplaced rows (`misplaced`): rows the index cannot place right, which `ItemIndex` keeps out
+of ANN results and scans exactly on every query: rows longer than a bound a little above
+today's longest (`max_norm`: the transform has no room for them, and codebooks clip them),
+and rows whose codes reconstruct them worse than OUTLIER_RATIO times the median row does.
+Quantiser codebooks are fitted to the bulk of the catalogue, and a small population unlike
+it is coded badly: on the serving benchmark's catalogue, the trained products (with their
+learned deltas) among a million synthetic ones, which are most users' true top 10.
 
 Search: faiss returns k * k_factor candidates per query, their scores are recomputed from the
 caller's float32 matrix by `inner_scores` and the best k kept (`rerank`), so every score
@@ -22,6 +27,7 @@ second copy of the rows, and supports neither add_with_ids nor remove_ids, which
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import faiss
@@ -33,6 +39,8 @@ from starsrec.recommender import top_k
 REFINE = ",RFlat"
 MAX_EF_SEARCH = 4096
 NORM_MARGIN = 1.1  # products added later may be a little longer than today's
+OUTLIER_RATIO = 4.0  # far above the spread of a catalogue's bulk, far below its outliers'
+ERROR_CHUNK = 65_536  # rows encoded and decoded at once when measuring code errors
 
 
 def max_norm(vectors: np.ndarray) -> float:
@@ -78,7 +86,8 @@ class AnnIndex:
     factory: the faiss factory string with nlist and dim filled in (",RFlat" kept).
     space: "l2" or "ip" (module docstring). breadth: IVF nprobe or HNSW efSearch of an
     unfiltered search. k_factor: candidates per result re-ranked exactly. norm: the bound M
-    past which rows are `too_long` (and of the "l2" space's transform).
+    past which rows are misplaced (and of the "l2" space's transform). error_bound: the code
+    error past which rows are misplaced (infinite for exact codes, e.g. IVF-Flat).
     """
 
     index: faiss.Index
@@ -87,6 +96,7 @@ class AnnIndex:
     breadth: int = 1
     k_factor: int = 1
     norm: float = 0.0
+    error_bound: float = math.inf
 
     def search(
         self,
@@ -134,9 +144,24 @@ class AnnIndex:
         self.index.add_with_ids(self._held(vectors), rows)
         return True
 
-    def too_long(self, vectors: np.ndarray) -> np.ndarray:
-        """(M,) bool: rows longer than the bound, which the index cannot place right."""
-        return np.einsum("ij,ij->i", vectors, vectors) > self.norm**2
+    def misplaced(self, vectors: np.ndarray) -> np.ndarray:
+        """(M,) bool: rows the index cannot place right (module docstring)."""
+        too_long = np.einsum("ij,ij->i", vectors, vectors) > self.norm**2
+        if math.isinf(self.error_bound):
+            return too_long
+        return too_long | (self.code_errors(vectors) > self.error_bound)
+
+    def code_errors(self, vectors: np.ndarray) -> np.ndarray:
+        """(M,) how far each row's code decodes from it, in the index's space; zeros where
+        the codes are the rows themselves (IVF-Flat) or faiss cannot decode them alone (HNSW)."""
+        if isinstance(self.index, faiss.IndexIVFFlat | faiss.IndexHNSW):
+            return np.zeros(len(vectors), np.float32)
+        errors = [np.empty(0, np.float32)]
+        for start in range(0, len(vectors), ERROR_CHUNK):
+            held = self._held(vectors[start : start + ERROR_CHUNK])
+            decoded = self.index.sa_decode(self.index.sa_encode(held))
+            errors.append(np.linalg.norm(decoded - held, axis=1))
+        return np.concatenate(errors)
 
     def _held(self, vectors: np.ndarray) -> np.ndarray:
         """What faiss holds for `vectors` in this index's space."""

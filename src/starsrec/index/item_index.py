@@ -21,11 +21,14 @@ Design:
   element does not depend on which rows are scored together (BLAS sgemm's does), so all paths
   agree bit for bit with `exact_search` and merged lists order exactly; the ANN's candidates
   are ranked by these scores too (the matrix is the flat store of its exact re-ranking).
-- `add` appends rows to faiss at once. `update` removes and re-adds rows on IVF; HNSW cannot
-  remove, so updated rows are marked stale: the selector keeps their old vectors out of ANN
-  results and the rows are scanned exactly and merged in. Rebuild when many are stale.
+- Stale rows are kept out of ANN results by the selector, scanned exactly and merged in:
+  rows the ANN index cannot place right (`starsrec.index.ann`, misplaced: too long, or coded
+  badly), and rows updated on HNSW. `add` appends rows to faiss at once. `update` removes
+  and re-adds rows on IVF; HNSW cannot remove, so updated rows stay stale. Rebuild when
+  many are stale.
 - `save`/`load`: index.json, vectors.safetensors and faiss's own index file; never pickle.
-  Indexes saved in format 2 (before spaces and k_factor) load as "l2" with k_factor 1.
+  Indexes saved in format 2 (before spaces, k_factor and error_bound) load as "l2" with
+  k_factor 1 and no error bound, which is what they were.
 """
 
 from __future__ import annotations
@@ -47,14 +50,14 @@ from starsrec.data.integrity import reindex_remedy, write_atomic, write_json_ato
 from starsrec.index.ann import AnnIndex
 from starsrec.index.config import IndexConfig
 from starsrec.index.exact import merge_top_k, scan_top_k
-from starsrec.index.subset import Subset, checked_matrix
+from starsrec.index.subset import Subset, checked_allowed, checked_matrix, checked_rows
 from starsrec.index.sweep import build_faiss, format_sweep
 
 __all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 3  # 2: faiss holds the MIPS-to-L2 transform of the vectors; 3: a space and k_factor
+FORMAT = 3  # 2: faiss holds the MIPS-to-L2 transform of the vectors; 3: a space, k_factor...
 READABLE_FORMATS = (2, 3)
 SCOPE_CACHE_SIZE = 64
 _ALL = object()  # scope-cache key of the "every row allowed" subset
@@ -100,8 +103,8 @@ class ItemIndex:
         if n <= config.exact_threshold:
             logger.info("%d rows <= exact_threshold %d: exact search", n, config.exact_threshold)
             return cls(vectors, config)
-        ann, records = build_faiss(vectors, queries, config, progress)
-        return cls(vectors, config, ann, records)
+        ann, records, misplaced = build_faiss(vectors, queries, config, progress)
+        return cls(vectors, config, ann, records, misplaced)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -151,7 +154,7 @@ class ItemIndex:
     # -- searching --------------------------------------------------------------------
     def plan(self, allowed: np.ndarray | None = None, scope: Hashable | None = None) -> str:
         """ "exact" or "ann": the path `search` takes for this bitmap."""
-        return self._plan(self._subset(self._check_allowed(allowed), scope))
+        return self._plan(self._subset(checked_allowed(allowed, self._size), scope))
 
     def _plan(self, subset: Subset) -> str:
         exact = self._ann is None or subset.count <= self.config.exact_subset_rows
@@ -174,7 +177,7 @@ class ItemIndex:
         name is noticed and replaces the entry.
         """
         queries, exclude = self._check(queries, k, exclude)
-        subset = self._subset(self._check_allowed(allowed), scope)
+        subset = self._subset(checked_allowed(allowed, self._size), scope)
         if self._plan(subset) == "exact":
             return scan_top_k(queries, k, subset.rows, subset.matrix, exclude)
         return self._ann_search(queries, k, subset, exclude)
@@ -190,7 +193,9 @@ class ItemIndex:
         """The reference for `search` (same arguments and results; `scope` is ignored):
         scores every row, masks disallowed and excluded rows, takes the top k."""
         queries, exclude = self._check(queries, k, exclude)
-        return scan_top_k(queries, k, None, self._vectors, exclude, self._check_allowed(allowed))
+        return scan_top_k(
+            queries, k, None, self._vectors, exclude, checked_allowed(allowed, self._size)
+        )
 
     def _ann_search(
         self, queries: np.ndarray, k: int, subset: Subset, exclude: list[np.ndarray] | None
@@ -265,17 +270,20 @@ class ItemIndex:
             grown[:start] = self._vectors
             self._buffer = grown
         self._buffer[start:end] = vectors
+        misplaced = np.zeros(len(vectors), dtype=bool)
         if self._ann is not None:
             faiss.omp_set_num_threads(self.config.threads)
             self._ann.add(vectors, start)
-        self._stale = np.concatenate([self._stale, self._too_long(vectors)])
+            misplaced = self._ann.misplaced(vectors)
+        self._stale = np.concatenate([self._stale, misplaced])
+        self._warn_if_many_stale()
         self._size = end
         self._scopes.clear()
         return np.arange(start, end, dtype=np.int64)
 
     def update(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the vectors of `rows` (unique row ids) with (len(rows), D) `vectors`."""
-        rows = self._check_rows(rows, "rows")
+        rows = checked_rows(rows, self._size, "rows")
         vectors = checked_matrix(vectors, "vectors", self.dim)
         if len(np.unique(rows)) != len(rows) or len(vectors) != len(rows):
             raise ValueError(
@@ -284,25 +292,19 @@ class ItemIndex:
             )
         if self._ann is not None:
             faiss.omp_set_num_threads(self.config.threads)
-            if self._ann.replace(rows, vectors):
-                self._stale[rows] = self._too_long(vectors)
-            else:
-                self._stale[rows] = True
-                if self._stale.sum() > self.config.exact_subset_rows:
-                    logger.warning(
-                        "%d HNSW rows are stale and scanned exactly on every query: rebuild "
-                        "the index",
-                        self._stale.sum(),
-                    )
+            replaced = self._ann.replace(rows, vectors)  # HNSW keeps the old ones: stale
+            self._stale[rows] = self._ann.misplaced(vectors) if replaced else True
+            self._warn_if_many_stale()
         self._vectors[rows] = vectors
         self._scopes.clear()
 
-    def _too_long(self, vectors: np.ndarray) -> np.ndarray:
-        """(M,) rows longer than the ANN index's bound, which it cannot place right: kept
-        out of ANN results and scanned exactly, like stale HNSW rows."""
-        if self._ann is None:
-            return np.zeros(len(vectors), dtype=bool)
-        return self._ann.too_long(vectors)
+    def _warn_if_many_stale(self) -> None:
+        if self._stale.sum() > self.config.exact_subset_rows:
+            logger.warning(
+                "%d rows are scanned exactly on every query (updated on HNSW, or misplaced: "
+                "see starsrec.index.ann): rebuild the index",
+                self._stale.sum(),
+            )
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -325,6 +327,7 @@ class ItemIndex:
             "breadth": self.breadth,
             "k_factor": self.k_factor,
             "norm": 0.0 if ann is None else ann.norm,
+            "error_bound": None if ann is None or math.isinf(ann.error_bound) else ann.error_bound,
             "sweep": self._sweep,
         }
         write_json_atomic(out / INDEX_META_FILE, meta)
@@ -353,7 +356,11 @@ class ItemIndex:
         if meta["kind"] != "exact":
             index = faiss.read_index(str(path / FAISS_FILE))
             space, k_factor = meta.get("space", "l2"), meta.get("k_factor", 1)  # format 2: l2, 1
-            ann = AnnIndex(index, meta["kind"], space, meta["breadth"], k_factor, meta["norm"])
+            bound = meta.get("error_bound")  # None: no bound (always, in format 2)
+            bound = math.inf if bound is None else bound
+            ann = AnnIndex(
+                index, meta["kind"], space, meta["breadth"], k_factor, meta["norm"], bound
+            )
         faiss.omp_set_num_threads(config.threads)
         return cls(vectors, config, ann, meta["sweep"], state["stale"].astype(bool))
 
@@ -371,27 +378,4 @@ class ItemIndex:
                 f"exclude has {len(exclude)} entries for {len(queries)} queries: give one "
                 "array of rows per query (an empty one for none)"
             )
-        return queries, [self._check_rows(rows, "exclude") for rows in exclude]
-
-    def _check_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
-        if allowed is None:
-            return None
-        allowed = np.asarray(allowed)
-        if allowed.dtype != bool or allowed.shape != (self._size,):
-            raise ValueError(
-                f"allowed must be a bool bitmap of shape ({self._size},), one flag per row, "
-                f"got {allowed.dtype} of shape {allowed.shape}"
-            )
-        return allowed
-
-    def _check_rows(self, rows: np.ndarray, name: str) -> np.ndarray:
-        rows = np.asarray(rows).ravel()
-        if rows.size == 0:
-            return rows.astype(np.int64)
-        if rows.dtype.kind not in "iu":
-            raise ValueError(f"{name} must hold integer row ids, got dtype {rows.dtype}")
-        if rows.min() < 0 or rows.max() >= self._size:
-            raise ValueError(
-                f"{name} has rows outside 0..{self._size - 1}: {rows.min()}, {rows.max()}"
-            )
-        return rows.astype(np.int64)
+        return queries, [checked_rows(rows, self._size, "exclude") for rows in exclude]

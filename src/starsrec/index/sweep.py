@@ -4,7 +4,9 @@ The choice rule (`build_faiss`; the fields named are `IndexConfig`'s):
 1. On a sample of `sweep_rows` rows (every row when there are no more), build each of
    `factories` in each of `spaces` (`starsrec.index.ann`) and calibrate its search breadth
    (below) until recall@10 against exact search on the sweep queries reaches
-   `target_recall`, timing the queries one at a time at `threads`, as serving runs them.
+   `target_recall`, timing the queries one at a time at `threads`, as serving runs them
+   (its misplaced rows, `starsrec.index.ann`, kept out of the ANN and scanned exactly).
+   Recall is the ANN's own, on the rows it holds (`_measurer` says why).
 2. Drop the candidates whose full build, projected from the sample build as n log n, would
    take longer than `max_build_s`, unless that drops them all. Of the rest, the fastest per
    query that meets the target wins; if none does, the one with the best recall, with a
@@ -17,10 +19,10 @@ Breadth has two parts, each the smallest on its ladder that meets the target:
 - `breadth`: how far faiss looks: IVF nprobe through the powers of two up to nlist, HNSW
   efSearch through EF_SEARCH.
 - `k_factor`: how many candidates per result are re-ranked exactly (`ann.rerank`): through
-  K_FACTORS for factories ending in ",RFlat", 1 for the rest. These are calibrated second:
-  breadth first at the largest k_factor (so breadth covers the true top rows and
-  quantisation error does not count against it), then k_factor at that breadth. Recall
-  cannot fall as k_factor grows: the candidates of a larger one include those of a smaller.
+  K_FACTORS for factories ending in ",RFlat", 1 for the rest. Breadth is calibrated first,
+  at the largest k_factor (so it covers the true top rows and quantisation error does not
+  count against it), then k_factor at that breadth, by bisection: recall cannot fall as
+  k_factor grows, since the candidates of a larger one include those of a smaller.
 
 Factory strings may hold `{nlist}` (about 4 sqrt(rows) inverted lists) and `{dim}` (the
 dimension in the space: one more in "l2"), e.g. "IVF1,PQ{dim}x4fs,RFlat": 4-bit fast-scan
@@ -37,14 +39,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
-from starsrec.index.ann import REFINE, AnnIndex, l2_items, max_norm
+from starsrec.index.ann import OUTLIER_RATIO, REFINE, AnnIndex, l2_items, max_norm
+from starsrec.index.exact import merge_top_k, scan_top_k
 from starsrec.recommender import top_k
 
 if TYPE_CHECKING:  # for annotations only: starsrec.index.item_index imports this module
@@ -71,6 +74,7 @@ SWEEP_COLUMNS = (
     "build_s",
     "breadth",
     "k_factor",
+    "misplaced",
     "recall",
     "query_ms",
     "projected_build_s",
@@ -79,9 +83,9 @@ SWEEP_COLUMNS = (
 
 def build_faiss(
     vectors: np.ndarray, queries: np.ndarray | None, config: IndexConfig, progress: bool
-) -> tuple[AnnIndex, list[dict]]:
-    """(index, sweep records) for validated (N, D) float32 `vectors` and sweep `queries`
-    (None: the default ones). See the module docstring."""
+) -> tuple[AnnIndex, list[dict], np.ndarray]:
+    """(index, sweep records, (N,) bool misplaced rows) for validated (N, D) float32
+    `vectors` and sweep `queries` (None: the default ones). See the module docstring."""
     n = len(vectors)
     rng = np.random.default_rng(config.seed)
     queries = _sweep_queries(vectors, queries, config.sweep_queries, rng)
@@ -90,15 +94,16 @@ def build_faiss(
         sample = None
         if n > config.sweep_rows:
             sample = np.sort(rng.choice(n, config.sweep_rows, replace=False))
-        records, (template, space), ann = _sweep(
+        records, (template, space), (ann, misplaced) = _sweep(
             vectors if sample is None else vectors[sample], queries, config, n, max_norm(vectors)
         )
         if sample is not None:  # else the sweep's index already holds every row
-            ann, seconds = _new_faiss(template, space, vectors, ann.norm, config.seed, progress)
+            ann, misplaced, seconds = _new_faiss(
+                template, space, vectors, ann.norm, config.seed, progress
+            )
             queries = queries[:CALIBRATION_QUERIES]
-            truth = _exact_top(vectors, queries, RECALL_AT)
-            recall, query_ms = _calibrate(ann, vectors, queries, truth, config)
-            records.append(_record("full", ann, n, seconds, recall, query_ms))
+            recall, query_ms = _calibrate(ann, vectors, misplaced, queries, config)
+            records.append(_record("full", ann, n, seconds, recall, query_ms, misplaced.sum()))
             if recall < config.target_recall:
                 logger.warning("%s reaches only recall %.4f on all rows", ann.factory, recall)
             logger.info(
@@ -112,7 +117,7 @@ def build_faiss(
     finally:
         faiss.omp_set_num_threads(config.threads)
     logger.info("index sweep:\n%s", format_sweep(records))
-    return ann, records
+    return ann, records, misplaced
 
 
 def format_sweep(records: Sequence[dict]) -> str:
@@ -143,18 +148,18 @@ def _sweep_queries(
 
 def _sweep(
     sample: np.ndarray, queries: np.ndarray, config: IndexConfig, full_rows: int, norm: float
-) -> tuple[list[dict], tuple[str, str], AnnIndex]:
-    """(records, the winning (factory template, space), its index on the sample)."""
+) -> tuple[list[dict], tuple[str, str], tuple[AnnIndex, np.ndarray]]:
+    """(records, the winning (factory template, space), its index on the sample and
+    misplaced rows)."""
     n = len(sample)
-    truth = _exact_top(sample, queries, RECALL_AT)
     growth = full_rows / n * math.log(max(full_rows, 2)) / math.log(max(n, 2))
     records, built = {}, {}
     for candidate in ((t, s) for t in config.factories for s in config.spaces):
-        ann, seconds = _new_faiss(*candidate, sample, norm, config.seed, False)
-        measured = _calibrate(ann, sample, queries, truth, config)
-        record = _record("sample", ann, n, seconds, *measured)
+        ann, misplaced, seconds = _new_faiss(*candidate, sample, norm, config.seed, False)
+        measured = _calibrate(ann, sample, misplaced, queries, config)
+        record = _record("sample", ann, n, seconds, *measured, misplaced.sum())
         records[candidate] = {**record, "projected_build_s": round(seconds * growth, 1)}
-        built[candidate] = ann
+        built[candidate] = ann, misplaced
     fits = {c: r for c, r in records.items() if r["projected_build_s"] <= config.max_build_s}
     fits = fits or records
     meeting = {c: r for c, r in fits.items() if r["recall"] >= config.target_recall}
@@ -168,10 +173,15 @@ def _sweep(
 
 
 def _calibrate(
-    ann: AnnIndex, matrix: np.ndarray, queries: np.ndarray, truth: np.ndarray, config
+    ann: AnnIndex,
+    matrix: np.ndarray,
+    misplaced: np.ndarray,
+    queries: np.ndarray,
+    config: IndexConfig,
 ) -> tuple[float, float]:
-    """Set `ann`'s breadth and k_factor (module docstring) on the rows `matrix`;
-    (recall@10, ms per query) at them."""
+    """Set `ann`'s breadth and k_factor (module docstring) on the rows `matrix`, of which
+    `misplaced` are scanned exactly; (recall@10, ms per query) at them."""
+    measure = _measurer(ann, matrix, misplaced, queries)
     if isinstance(ann.index, faiss.IndexHNSW):
         breadths: Sequence[int] = EF_SEARCH
     else:
@@ -184,41 +194,67 @@ def _calibrate(
         ann.k_factor = k_factors[-1]
         for breadth in breadths:
             ann.breadth = breadth
-            recall, query_ms = _measure(ann, matrix, queries, truth)
+            recall, query_ms = measure()
             if recall >= config.target_recall:
                 break
-        widest = recall, query_ms
-        for k_factor in k_factors[:-1]:  # the last one was measured above
-            ann.k_factor = k_factor
-            recall, query_ms = _measure(ann, matrix, queries, truth)
-            if recall >= config.target_recall:
-                break
-        else:
-            ann.k_factor = k_factors[-1]
-            recall, query_ms = widest
+        best = len(k_factors) - 1, recall, query_ms  # the widest, measured above
+        if recall >= config.target_recall:
+            # Bisect for the least k_factor meeting the target: recall cannot fall as it grows.
+            low, high = 0, best[0]
+            while low < high:
+                middle = (low + high) // 2
+                ann.k_factor = k_factors[middle]
+                measured = measure()
+                if measured[0] >= config.target_recall:
+                    high, best = middle, (middle, *measured)
+                else:
+                    low = middle + 1
+        position, recall, query_ms = best
+        ann.k_factor = k_factors[position]
     finally:
         faiss.omp_set_num_threads(_HOST_THREADS)
     return recall, query_ms
 
 
-def _measure(
-    ann: AnnIndex, matrix: np.ndarray, queries: np.ndarray, truth: np.ndarray
-) -> tuple[float, float]:
-    """(recall@k, ms per query) of `ann` searched one query at a time."""
-    found = np.empty_like(truth)
-    start = time.perf_counter()
-    for q in range(len(queries)):
-        found[q] = ann.search(matrix, queries[q : q + 1], truth.shape[1])[0][0]
-    seconds = time.perf_counter() - start
-    hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
-    return hits / truth.size, 1000 * seconds / len(queries)
+def _measurer(
+    ann: AnnIndex, matrix: np.ndarray, misplaced: np.ndarray, queries: np.ndarray
+) -> Callable[[], tuple[float, float]]:
+    """A function measuring (recall@10, ms per query) of `ann` at its breadth and k_factor,
+    one query at a time. Time: of the search `ItemIndex.search` runs, misplaced rows kept
+    out by a selector, scanned exactly and merged in. Recall: of the ANN alone, against the
+    true top rows among those it holds. The exactly scanned rows would hide its misses: on
+    the serving benchmark they are most users' top 10, and a filter leaves few of them."""
+    truth = _exact_top(matrix, queries, RECALL_AT, misplaced)
+    exact = np.flatnonzero(misplaced)
+    selector = None
+    if exact.size:  # faiss's wrapper takes the packed bitmap alone; stubs: (n, ptr)
+        bitmap = np.packbits(~misplaced, bitorder="little")
+        selector = faiss.IDSelectorBitmap(bitmap)  # type: ignore[call-arg,arg-type]
+
+    def measure() -> tuple[float, float]:
+        found = np.empty_like(truth)
+        start = time.perf_counter()
+        for q in range(len(queries)):
+            query = queries[q : q + 1]
+            top = ann.search(matrix, query, truth.shape[1], None, selector)
+            found[q] = top[0][0]
+            if exact.size:
+                merge_top_k(
+                    top, scan_top_k(query, RECALL_AT, exact, matrix[exact], None), RECALL_AT
+                )
+        seconds = time.perf_counter() - start
+        hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
+        return hits / truth.size, 1000 * seconds / len(queries)
+
+    return measure
 
 
 def _new_faiss(
     template: str, space: str, vectors: np.ndarray, norm: float, seed: int, progress: bool
-) -> tuple[AnnIndex, float]:
-    """(index, seconds): `template` in `space`, trained and filled with `vectors` as rows
-    0..N-1; nlist and dim filled in for N rows."""
+) -> tuple[AnnIndex, np.ndarray, float]:
+    """(index, (N,) bool misplaced rows, seconds): `template` in `space`, trained and filled
+    with `vectors` as rows 0..N-1, nlist and dim filled in for N rows, its error bound set
+    from the rows' code errors (`starsrec.index.ann`)."""
     start = time.perf_counter()
     dim = vectors.shape[1] + (space == "l2")
     factory = template.format(nlist=_nlist(len(vectors)), dim=dim)
@@ -244,7 +280,12 @@ def _new_faiss(
         for first in range(0, len(vectors), ADD_CHUNK):
             ann.add(vectors[first : first + ADD_CHUNK], first)
             bar.update(min(ADD_CHUNK, len(vectors) - first))
-    return ann, time.perf_counter() - start
+    errors = ann.code_errors(vectors)
+    typical = float(np.median(errors))
+    if typical > 0:  # else the codes are exact (IVF-Flat) or faiss cannot tell (HNSW)
+        ann.error_bound = OUTLIER_RATIO * typical
+    # None is too long: `norm` bounds every row given here.
+    return ann, errors > ann.error_bound, time.perf_counter() - start
 
 
 def _nlist(rows: int) -> int:
@@ -252,15 +293,21 @@ def _nlist(rows: int) -> int:
     return max(1, min(round(4 * math.sqrt(rows)), rows // MIN_POINTS_PER_LIST))
 
 
-def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) true top rows for measuring recall (scores by BLAS, in blocks)."""
-    k = min(k, len(vectors))
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, skip: np.ndarray) -> np.ndarray:
+    """(Q, k) true top rows among those not in `skip` (scores by BLAS, in blocks)."""
+    k = min(k, len(vectors) - int(skip.sum()))
     block = max(1, TRUTH_BLOCK // len(vectors))
-    parts = [top_k(queries[s : s + block] @ vectors.T, k)[0] for s in range(0, len(queries), block)]
+    parts = []
+    for start in range(0, len(queries), block):
+        scores = queries[start : start + block] @ vectors.T
+        scores[:, skip] = -np.inf
+        parts.append(top_k(scores, k)[0])
     return np.concatenate(parts)
 
 
-def _record(stage: str, ann: AnnIndex, rows: int, build_s: float, recall, query_ms) -> dict:
+def _record(
+    stage: str, ann: AnnIndex, rows: int, build_s: float, recall, query_ms, misplaced
+) -> dict:
     values = (
         stage,
         ann.factory,
@@ -269,6 +316,7 @@ def _record(stage: str, ann: AnnIndex, rows: int, build_s: float, recall, query_
         round(build_s, 3),
         ann.breadth,
         ann.k_factor,
+        int(misplaced),
         round(recall, 4),
         round(query_ms, 4),
     )
