@@ -79,7 +79,12 @@ def test_build_chooses_a_kind_and_records_the_sweep(ann: ItemIndex, exact: ItemI
     assert exact.kind == "exact" and exact.breadth == 0 and exact.sweep == []
     assert ann.kind != "exact" and ann.breadth >= 1 and ann.size == 20_000 and ann.dim == DIM
     sampled = [r for r in ann.sweep if r["stage"] == "sample"]
-    assert [r["factory"] for r in sampled] == ["IVF128,Flat", "IVF128,SQ8", "HNSW32,Flat"]
+    assert [(r["factory"], r["space"]) for r in sampled] == [
+        ("IVF1,PQ16x4fs,RFlat", "ip"),
+        ("IVF1,PQ17x4fs,RFlat", "l2"),
+        ("IVF128,Flat", "ip"),
+        ("IVF128,Flat", "l2"),
+    ]
     for record in ann.sweep:
         assert {"factory", "rows", "build_s", "breadth", "recall", "query_ms"} <= set(record)
     full = ann.sweep[-1]
@@ -238,7 +243,7 @@ def test_ties_go_to_the_lower_row() -> None:
     vectors = clustered(2000, seed=7)
     vectors[[1500, 40, 900]] = vectors[5] * 50  # three identical best rows
     query = vectors[5:6]
-    for config in (IndexConfig(), KINDS["ivf-flat"]):
+    for config in (IndexConfig(), KINDS["ivf-flat"], KINDS["pq4fs-ip"]):
         index = ItemIndex.build(vectors, config, progress=False)
         rows, scores = index.search(query, 3)
         assert rows[0].tolist() == [40, 900, 1500] and scores[0, 0] == scores[0, 2]

@@ -21,8 +21,8 @@ class IndexConfig:
     """
 
     exact_threshold: int = 50_000
-    factories: tuple[str, ...] = ("IVF{nlist},Flat", "IVF{nlist},SQ8", "HNSW32,Flat")
-    spaces: tuple[str, ...] = ("l2",)
+    factories: tuple[str, ...] = ("IVF1,PQ{dim}x4fs,RFlat", "IVF{nlist},Flat")
+    spaces: tuple[str, ...] = ("ip", "l2")
     target_recall: float = 0.995
     sweep_rows: int = 100_000
     sweep_queries: int = 500
