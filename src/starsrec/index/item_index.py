@@ -225,7 +225,7 @@ class ItemIndex:
                 rows[q : q + 1], scores[q : q + 1] = ann.search(
                     self._vectors, one, k, breadth, selector
                 )
-        if subset.stale_rows.size:  # HNSW rows updated since build: their new vectors, exactly
+        if subset.stale_rows.size:  # misplaced rows, or rows updated on HNSW: exactly
             matrix = self._vectors[subset.stale_rows]
             stale = scan_top_k(queries, k, subset.stale_rows, matrix, exclude)
             rows, scores = merge_top_k((rows, scores), stale, k)
