@@ -102,6 +102,25 @@ def synthetic_catalogue(base: RecommendationService, n_items: int, seed: int = 0
     }
 
 
+@torch.no_grad()
+def retrieval_vectors(base: RecommendationService, arrays: dict) -> np.ndarray:
+    """(N, D) the synthetic catalogue's retrieval vectors, by the model's own item path."""
+    return base.model.retrieval_items(
+        torch.from_numpy(arrays["tokens"]),
+        torch.from_numpy(arrays["bias"]),
+        torch.from_numpy(arrays["model_class"]),
+    ).numpy()
+
+
+def user_queries(base: RecommendationService, dim: int) -> np.ndarray:
+    """(users, dim) query vectors: each user's long-term memory, then the bias column's 1."""
+    memories = np.stack(list(base.memories.values()))
+    queries = np.zeros((len(memories), dim), np.float32)
+    queries[:, : memories.shape[1]] = memories
+    queries[:, memories.shape[1]] = 1.0
+    return queries
+
+
 def synthetic_service(
     base: RecommendationService, arrays: dict, index: ItemIndex, artifact: Path
 ) -> RecommendationService:
@@ -348,16 +367,8 @@ def main() -> None:
 
     base = RecommendationService.load(args.artifact)
     arrays = synthetic_catalogue(base, args.items)
-    with torch.no_grad():
-        vectors = base.model.retrieval_items(
-            torch.from_numpy(arrays["tokens"]),
-            torch.from_numpy(arrays["bias"]),
-            torch.from_numpy(arrays["model_class"]),
-        ).numpy()
-    memories = np.stack(list(base.memories.values()))
-    queries = np.zeros((len(memories), vectors.shape[1]), np.float32)
-    queries[:, : memories.shape[1]] = memories
-    queries[:, memories.shape[1]] = 1.0
+    vectors = retrieval_vectors(base, arrays)
+    queries = user_queries(base, vectors.shape[1])
     rss_before, started = rss_mib(), time.perf_counter()
     index = ItemIndex.build(vectors, IndexConfig(), queries=queries[:1000], progress=False)
     build_s, index_mib = time.perf_counter() - started, rss_mib() - rss_before
@@ -368,7 +379,9 @@ def main() -> None:
         "items": len(arrays["tokens"]),
         "dim": int(vectors.shape[1]),
         "index": index.kind,
+        "space": index.space,
         "breadth": index.breadth,
+        "k_factor": index.k_factor,
         "build_s": build_s,
         "index_rss_mib": index_mib,
         "in_process": latency_summary(timings),
@@ -410,7 +423,8 @@ def table(record: dict) -> str:
     http = record["http"]
     head = (
         f"{record['items']:,} items x {record['dim']} ({record['index']}, "
-        f"breadth {record['breadth']}): build {record['build_s']:.1f} s, "
+        f"{record['space']}, breadth {record['breadth']}, "
+        f"k_factor {record['k_factor']}): build {record['build_s']:.1f} s, "
         f"+{record['index_rss_mib']:.0f} MiB"
     )
     lines = [

@@ -1,10 +1,12 @@
 """ItemIndex: recall parity with exact search, filters never violated (property test), add /
-update on every kind, save/load, input validation, and the build's sweep records.
+update on every kind (re-ranked quantised ones included), save/load (format 2 too), input
+validation, and the build's sweep records.
 
 Data are small gaussian clusters; tiny configs force the faiss path on 20k rows."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -24,10 +26,15 @@ FAISS_CONFIG = IndexConfig(
 SMALL = dict(exact_threshold=1000, sweep_rows=2000, sweep_queries=100, exact_subset_rows=100)
 KINDS = {
     "exact": IndexConfig(),
-    "ivf-flat": IndexConfig(factories=("IVF{nlist},Flat",), **SMALL),
-    "ivf-sq8": IndexConfig(factories=("IVF{nlist},SQ8",), **SMALL),
-    "hnsw": IndexConfig(factories=("HNSW32,Flat",), **SMALL),
+    "ivf-flat": IndexConfig(factories=("IVF{nlist},Flat",), spaces=("l2",), **SMALL),
+    "ivf-sq8": IndexConfig(factories=("IVF{nlist},SQ8",), spaces=("l2",), **SMALL),
+    "hnsw": IndexConfig(factories=("HNSW32,Flat",), spaces=("l2",), **SMALL),
+    # 4-bit fast-scan codes in one inverted list, re-ranked exactly; by inner product or L2.
+    "pq4fs-ip": IndexConfig(factories=("IVF1,PQ{dim}x4fs,RFlat",), spaces=("ip",), **SMALL),
+    "pq4fs-l2": IndexConfig(factories=("IVF1,PQ{dim}x4fs,RFlat",), spaces=("l2",), **SMALL),
+    "rabitq-ip": IndexConfig(factories=("IVF1,RaBitQfs,RFlat",), spaces=("ip",), **SMALL),
 }
+RERANKED = ["pq4fs-ip", "pq4fs-l2", "rabitq-ip"]
 
 
 def clustered(n: int, seed: int, clusters: int = 64) -> np.ndarray:
@@ -72,7 +79,12 @@ def test_build_chooses_a_kind_and_records_the_sweep(ann: ItemIndex, exact: ItemI
     assert exact.kind == "exact" and exact.breadth == 0 and exact.sweep == []
     assert ann.kind != "exact" and ann.breadth >= 1 and ann.size == 20_000 and ann.dim == DIM
     sampled = [r for r in ann.sweep if r["stage"] == "sample"]
-    assert [r["factory"] for r in sampled] == ["IVF128,Flat", "IVF128,SQ8", "HNSW32,Flat"]
+    assert [(r["factory"], r["space"]) for r in sampled] == [
+        ("IVF1,PQ16x4fs,RFlat", "ip"),
+        ("IVF1,PQ17x4fs,RFlat", "l2"),
+        ("IVF128,Flat", "ip"),
+        ("IVF128,Flat", "l2"),
+    ]
     for record in ann.sweep:
         assert {"factory", "rows", "build_s", "breadth", "recall", "query_ms"} <= set(record)
     full = ann.sweep[-1]
@@ -81,8 +93,28 @@ def test_build_chooses_a_kind_and_records_the_sweep(ann: ItemIndex, exact: ItemI
     logging.getLogger(__name__).info("sweep:\n%s", format_sweep(ann.sweep))
 
 
+def test_sweep_tries_every_factory_in_every_space() -> None:
+    factories = ("IVF{nlist},Flat", "IVF1,PQ{dim}x4fs,RFlat")
+    config = IndexConfig(factories=factories, spaces=("l2", "ip"), **SMALL)
+    index = ItemIndex.build(clustered(4000, seed=17), config, progress=False)
+    sampled = [(r["factory"], r["space"]) for r in index.sweep if r["stage"] == "sample"]
+    assert sampled == [
+        ("IVF51,Flat", "l2"),
+        ("IVF51,Flat", "ip"),
+        ("IVF1,PQ17x4fs,RFlat", "l2"),  # {dim}: one more in the l2 space
+        ("IVF1,PQ16x4fs,RFlat", "ip"),
+    ]
+    flat = [r["k_factor"] for r in index.sweep if r["factory"] == "IVF51,Flat"]
+    assert flat == [1, 1]  # only ,RFlat factories re-rank beyond k
+    full = index.sweep[-1]
+    assert (full["factory"], full["space"]) == (index.kind, index.space)
+    assert full["k_factor"] == index.k_factor and full["breadth"] == index.breadth
+
+
 def test_catalogue_within_the_sweep_sample_reuses_the_sweep_index() -> None:
-    config = IndexConfig(factories=("IVF{nlist},Flat",), exact_threshold=1000, sweep_rows=5000)
+    config = IndexConfig(
+        factories=("IVF{nlist},Flat",), spaces=("l2",), exact_threshold=1000, sweep_rows=5000
+    )
     users = clustered(600, seed=14)  # caller-given sweep queries, subsampled to sweep_queries
     index = ItemIndex.build(clustered(3000, seed=5), config, queries=users, progress=False)
     assert index.kind == "IVF76,Flat" and [r["stage"] for r in index.sweep] == ["sample"]
@@ -126,6 +158,29 @@ def test_queries_the_ann_leaves_short_are_answered_exactly(
     rows, scores = ann.search(queries[:3], 3000, exclude=exclude)
     truth, truth_scores = ann.exact_search(queries[:3], 3000, exclude=exclude)
     assert np.array_equal(rows, truth) and np.array_equal(scores, truth_scores)
+
+
+@pytest.mark.parametrize("name", RERANKED)
+def test_reranked_kinds_match_exact_search_under_filters_and_exclusions(
+    name: str, queries: np.ndarray
+) -> None:
+    index = ItemIndex.build(clustered(5000, seed=15), KINDS[name], progress=False)
+    assert index.kind.endswith(",RFlat") and index.space == KINDS[name].spaces[0]
+    assert index.k_factor >= 1 and index.sweep[-1]["recall"] >= KINDS[name].target_recall
+    allowed = bitmap(index.size, 0.1, seed=16)
+    best = [row[:2] for row in index.exact_search(queries, 2, allowed)[0]]
+    anywhere = [np.arange(q, 5000, 97) for q in range(len(queries))]
+    for mask, exclude in [(None, None), (allowed, None), (allowed, best), (None, anywhere)]:
+        assert index.plan(mask) == "ann"
+        rows, scores = index.search(queries, 10, mask, exclude)
+        truth, truth_scores = index.exact_search(queries, 10, mask, exclude)
+        assert recall(rows, truth) >= 0.99
+        if mask is not None:
+            assert mask[rows[rows >= 0]].all()
+        for q in range(len(queries)):
+            assert exclude is None or not np.isin(rows[q], exclude[q]).any()
+            _, mine, theirs = np.intersect1d(rows[q], truth[q], return_indices=True)
+            assert np.array_equal(scores[q, mine], truth_scores[q, theirs])
 
 
 # --- filters are never violated ----------------------------------------------------------
@@ -188,7 +243,7 @@ def test_ties_go_to_the_lower_row() -> None:
     vectors = clustered(2000, seed=7)
     vectors[[1500, 40, 900]] = vectors[5] * 50  # three identical best rows
     query = vectors[5:6]
-    for config in (IndexConfig(), KINDS["ivf-flat"]):
+    for config in (IndexConfig(), KINDS["ivf-flat"], KINDS["pq4fs-ip"]):
         index = ItemIndex.build(vectors, config, progress=False)
         rows, scores = index.search(query, 3)
         assert rows[0].tolist() == [40, 900, 1500] and scores[0, 0] == scores[0, 2]
@@ -251,10 +306,11 @@ def test_add_update_save_load(name: str, queries: np.ndarray, tmp_path: Path) ->
     assert np.array_equal(loaded.search(other, 10)[0], rows)
 
 
-@pytest.mark.parametrize("name", ["ivf-flat", "hnsw"])
+@pytest.mark.parametrize("name", ["ivf-flat", "hnsw", "pq4fs-ip"])
 def test_products_longer_than_the_norm_bound_are_still_found(name: str) -> None:
-    """The L2 transform only places rows up to its norm bound; longer ones added later
-    are scanned exactly, so a much longer product still wins the queries it should."""
+    """The L2 transform only places rows up to its norm bound, and quantiser codebooks clip
+    longer ones; rows past it added later are scanned exactly, so a much longer product still
+    wins the queries it should."""
     index = ItemIndex.build(clustered(4000, seed=4), KINDS[name], progress=False)
     probe = clustered(20, seed=14)
     longest = np.linalg.norm(index.vectors, axis=1).max()
@@ -265,6 +321,24 @@ def test_products_longer_than_the_norm_bound_are_still_found(name: str) -> None:
     rows, _ = index.search(probe[:1], 2)
     assert rows[0].tolist() == [5, row]
     assert np.array_equal(rows, index.exact_search(probe[:1], 2)[0])
+
+
+def test_rows_the_codes_fit_badly_are_scanned_exactly() -> None:
+    """Codebooks fit the bulk of a catalogue, so a small population unlike it (here rows
+    along one axis, within the norm bound) is coded badly: such rows are kept out of the ANN
+    and scanned exactly, at build and when added later, so queries they win still find them."""
+    bulk = clustered(5000, seed=18)
+    longest = np.linalg.norm(bulk, axis=1).max()
+    odd = 0.9 * longest * np.eye(DIM, dtype=np.float32)[np.arange(40) % DIM]
+    index = ItemIndex.build(np.concatenate([bulk, odd]), KINDS["pq4fs-ip"], progress=False)
+    assert 30 <= index.sweep[-1]["misplaced"] <= 100  # most: a few may get a centroid each
+    axes = np.eye(DIM, dtype=np.float32)
+    assert np.array_equal(index.search(axes, 2)[0], index.exact_search(axes, 2)[0])
+    (row,) = index.add(-0.8 * longest * axes[:1])
+    index.update(np.array([7]), -0.85 * longest * axes[1:2])
+    rows, scores = index.search(-axes[:2], 1)
+    assert rows[:, 0].tolist() == [row, 7]
+    assert np.array_equal(scores, index.exact_search(-axes[:2], 1)[1])
 
 
 def test_save_load_round_trip_of_the_faiss_index(
@@ -278,6 +352,24 @@ def test_save_load_round_trip_of_the_faiss_index(
         assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
 
 
+def test_format_2_indexes_still_load_and_older_ones_are_refused(
+    queries: np.ndarray, tmp_path: Path
+) -> None:
+    """Format 2 (before spaces and k_factor) held the L2 transform and re-ranked nothing."""
+    index = ItemIndex.build(clustered(3000, seed=5), KINDS["ivf-flat"], progress=False)
+    path = index.save(tmp_path / "index")
+    meta = json.loads((path / "index.json").read_text())
+    del meta["space"], meta["k_factor"], meta["config"]["spaces"]
+    (path / "index.json").write_text(json.dumps({**meta, "format": 2}))
+    loaded = ItemIndex.load(path)
+    assert (loaded.kind, loaded.space, loaded.k_factor) == (index.kind, "l2", 1)
+    before, after = index.search(queries, 10), loaded.search(queries, 10)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    (path / "index.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match="index format 1, expected 3: rebuild its serving"):
+        ItemIndex.load(path)
+
+
 def test_load_rejects_a_directory_without_an_index(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"index\.json missing"):
         ItemIndex.load(tmp_path)
@@ -289,7 +381,8 @@ def test_load_rejects_a_directory_without_an_index(tmp_path: Path) -> None:
 def test_bad_inputs_raise_value_errors(exact: ItemIndex, queries: np.ndarray) -> None:
     nan = queries[:2].copy()
     nan[1, 3] = np.nan
-    unsupported = IndexConfig(factories=("LSH",), exact_threshold=10)
+    unsupported = IndexConfig(factories=("LSH",), spaces=("l2",), exact_threshold=10)
+    flat_fast_scan = IndexConfig(factories=("PQ{dim}x4fs,RFlat",), exact_threshold=10)
     unknown = IndexConfig(factories=("NoSuchIndex",), exact_threshold=10)
     cases = [
         (lambda: exact.search(queries[:, :15], 5), "dimension 15"),
@@ -304,9 +397,11 @@ def test_bad_inputs_raise_value_errors(exact: ItemIndex, queries: np.ndarray) ->
         (lambda: exact.update([1, 1], queries[:2]), "unique"),
         (lambda: ItemIndex.build(np.where(np.eye(4, DIM) > 0, np.nan, 0.0)), "NaN"),
         (lambda: ItemIndex.build(clustered(200, 0), unsupported), "unsupported factory"),
+        (lambda: ItemIndex.build(clustered(200, 0), flat_fast_scan), "as IVF1,"),
         (lambda: ItemIndex.build(clustered(200, 0), unknown), "faiss cannot build"),
         (lambda: ItemIndex.build(clustered(200, 0), queries=queries[:, :4]), "dimension 4"),
         (lambda: IndexConfig(target_recall=1.5), "target_recall"),
+        (lambda: IndexConfig(spaces=("cosine",)), "spaces must be some of"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

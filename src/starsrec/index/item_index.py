@@ -7,9 +7,11 @@ per-query exclusions. Rows are padded with -1 / -inf only when fewer than k rows
 
 Design:
 - The index keeps the full float32 matrix. Catalogues of at most `exact_threshold` rows are
-  only ever scanned exactly; larger ones also get the faiss index (IVF or HNSW) that
-  `starsrec.index.sweep` chooses: the fastest factory meeting `target_recall` on a sample,
-  built on every row with its breadth (IVF nprobe, HNSW efSearch) calibrated again there.
+  only ever scanned exactly; larger ones also get the faiss index (IVF or HNSW, in the "l2"
+  or "ip" space of `starsrec.index.ann`) that `starsrec.index.sweep` chooses: the fastest
+  factory meeting `target_recall` on a sample, built on every row with its breadth (IVF
+  nprobe, HNSW efSearch) and k_factor (candidates re-ranked exactly per result) calibrated
+  again there.
 - A selectivity planner answers filtered queries: an allowed subset of at most
   `exact_subset_rows` rows is scanned exactly (its row list and matrix cached per `scope`
   key); otherwise faiss searches with the filters as C++ selectors (allowed bitmap AND NOT
@@ -17,11 +19,16 @@ Design:
   fewer than min(k, qualifying rows) results is answered by exact search instead.
 - Every returned score is recomputed from the stored matrix by `inner_scores`, whose sum order per
   element does not depend on which rows are scored together (BLAS sgemm's does), so all paths
-  agree bit for bit with `exact_search` and merged lists order exactly.
-- `add` appends rows to faiss at once. `update` removes and re-adds rows on IVF; HNSW cannot
-  remove, so updated rows are marked stale: the selector keeps their old vectors out of ANN
-  results and the rows are scanned exactly and merged in. Rebuild when many are stale.
+  agree bit for bit with `exact_search` and merged lists order exactly; the ANN's candidates
+  are ranked by these scores too (the matrix is the flat store of its exact re-ranking).
+- Stale rows are kept out of ANN results by the selector, scanned exactly and merged in:
+  rows the ANN index cannot place right (`starsrec.index.ann`, misplaced: too long, or coded
+  badly), and rows updated on HNSW. `add` appends rows to faiss at once. `update` removes
+  and re-adds rows on IVF; HNSW cannot remove, so updated rows stay stale. Rebuild when
+  many are stale.
 - `save`/`load`: index.json, vectors.safetensors and faiss's own index file; never pickle.
+  Indexes saved in format 2 (before spaces, k_factor and error_bound) load as "l2" with
+  k_factor 1 and no error bound, which is what they were.
 """
 
 from __future__ import annotations
@@ -40,18 +47,18 @@ from safetensors.numpy import load_file, save_file
 
 from starsrec.data.files import FAISS_FILE, INDEX_META_FILE, VECTORS_FILE
 from starsrec.data.integrity import reindex_remedy, write_atomic, write_json_atomic
+from starsrec.index.ann import AnnIndex
 from starsrec.index.config import IndexConfig
-from starsrec.index.exact import inner_scores, merge_top_k, scan_top_k
-from starsrec.index.subset import Subset, checked_matrix
-from starsrec.index.sweep import add_rows, build_faiss, format_sweep, l2_items, l2_queries
-from starsrec.recommender import top_k
+from starsrec.index.exact import merge_top_k, scan_top_k
+from starsrec.index.subset import Subset, checked_allowed, checked_matrix, checked_rows
+from starsrec.index.sweep import build_faiss, format_sweep
 
 __all__ = ["IndexConfig", "ItemIndex", "format_sweep"]  # format_sweep re-exported
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: faiss holds the MIPS-to-L2 transform of the vectors
-MAX_EF_SEARCH = 4096
+FORMAT = 3  # 2: faiss holds the MIPS-to-L2 transform of the vectors; 3: a space, k_factor...
+READABLE_FORMATS = (2, 3)
 SCOPE_CACHE_SIZE = 64
 _ALL = object()  # scope-cache key of the "every row allowed" subset
 
@@ -66,20 +73,14 @@ class ItemIndex:
         self,
         vectors: np.ndarray,
         config: IndexConfig,
-        faiss_index: faiss.Index | None = None,
-        kind: str = "exact",
-        breadth: int = 0,
+        ann: AnnIndex | None = None,
         sweep: Sequence[dict] = (),
         stale: np.ndarray | None = None,
-        norm: float = 0.0,
     ) -> None:
         self.config = config
-        self._norm = norm  # M of the MIPS-to-L2 transform the faiss index holds
         self._buffer = vectors  # rows [0, size) are the index; spare rows make `add` cheap
         self._size = len(vectors)
-        self._faiss = faiss_index
-        self._kind = kind
-        self._breadth = breadth
+        self._ann = ann
         self._sweep = [dict(record) for record in sweep]
         self._stale = np.zeros(self._size, dtype=bool) if stale is None else stale
         self._scopes: OrderedDict[object, Subset] = OrderedDict()
@@ -102,8 +103,8 @@ class ItemIndex:
         if n <= config.exact_threshold:
             logger.info("%d rows <= exact_threshold %d: exact search", n, config.exact_threshold)
             return cls(vectors, config)
-        index, factory, breadth, records, norm = build_faiss(vectors, queries, config, progress)
-        return cls(vectors, config, index, factory, breadth, records, norm=norm)
+        ann, records, misplaced = build_faiss(vectors, queries, config, progress)
+        return cls(vectors, config, ann, records, misplaced)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -118,13 +119,23 @@ class ItemIndex:
 
     @property
     def kind(self) -> str:
-        """ "exact", or the faiss factory string of the ANN index (nlist filled in)."""
-        return self._kind
+        """ "exact", or the faiss factory string of the ANN index (nlist and dim filled in)."""
+        return "exact" if self._ann is None else self._ann.factory
+
+    @property
+    def space(self) -> str:
+        """ "exact", or the ANN index's space: "l2" or "ip" (`starsrec.index.ann`)."""
+        return "exact" if self._ann is None else self._ann.space
 
     @property
     def breadth(self) -> int:
         """Unfiltered search breadth: IVF nprobe or HNSW efSearch (0 for exact)."""
-        return self._breadth
+        return 0 if self._ann is None else self._ann.breadth
+
+    @property
+    def k_factor(self) -> int:
+        """ANN candidates re-ranked exactly per result (0 for exact)."""
+        return 0 if self._ann is None else self._ann.k_factor
 
     @property
     def sweep(self) -> list[dict]:
@@ -143,10 +154,10 @@ class ItemIndex:
     # -- searching --------------------------------------------------------------------
     def plan(self, allowed: np.ndarray | None = None, scope: Hashable | None = None) -> str:
         """ "exact" or "ann": the path `search` takes for this bitmap."""
-        return self._plan(self._subset(self._check_allowed(allowed), scope))
+        return self._plan(self._subset(checked_allowed(allowed, self._size), scope))
 
     def _plan(self, subset: Subset) -> str:
-        exact = self._faiss is None or subset.count <= self.config.exact_subset_rows
+        exact = self._ann is None or subset.count <= self.config.exact_subset_rows
         return "exact" if exact else "ann"
 
     def search(
@@ -166,7 +177,7 @@ class ItemIndex:
         name is noticed and replaces the entry.
         """
         queries, exclude = self._check(queries, k, exclude)
-        subset = self._subset(self._check_allowed(allowed), scope)
+        subset = self._subset(checked_allowed(allowed, self._size), scope)
         if self._plan(subset) == "exact":
             return scan_top_k(queries, k, subset.rows, subset.matrix, exclude)
         return self._ann_search(queries, k, subset, exclude)
@@ -182,24 +193,27 @@ class ItemIndex:
         """The reference for `search` (same arguments and results; `scope` is ignored):
         scores every row, masks disallowed and excluded rows, takes the top k."""
         queries, exclude = self._check(queries, k, exclude)
-        return scan_top_k(queries, k, None, self._vectors, exclude, self._check_allowed(allowed))
+        return scan_top_k(
+            queries, k, None, self._vectors, exclude, checked_allowed(allowed, self._size)
+        )
 
     def _ann_search(
         self, queries: np.ndarray, k: int, subset: Subset, exclude: list[np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        assert self._faiss is not None  # _plan takes the ANN path only with a faiss index
+        ann = self._ann
+        assert ann is not None  # _plan takes the ANN path only with a faiss index
         faiss.omp_set_num_threads(self.config.threads)
-        found = np.full((len(queries), k), -1, dtype=np.int64)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         searchable = subset.count - len(subset.stale_rows)
         if searchable:
             # A filter keeps `selectivity` of each list / neighbourhood: look that much wider.
-            breadth = math.ceil(self._breadth * self._faiss.ntotal / searchable)
+            breadth = math.ceil(ann.breadth * ann.index.ntotal / searchable)
             base = None
             if subset.ann_bitmap is not None:  # faiss's wrapper takes it alone; stubs: (n, ptr)
                 base = faiss.IDSelectorBitmap(subset.ann_bitmap)  # type: ignore[call-arg,arg-type]
             if exclude is None:
-                params = self._params(k, breadth, base)
-                _, found = self._faiss.search(l2_queries(queries), k, params=params)
+                rows, scores = ann.search(self._vectors, queries, k, breadth, base)
             for q, banned in enumerate(exclude or ()):
                 selector: faiss.IDSelector | None = base
                 if banned.size:
@@ -207,14 +221,11 @@ class ItemIndex:
                     batch = faiss.IDSelectorBatch(banned)
                     negated = faiss.IDSelectorNot(batch)
                     selector = negated if base is None else faiss.IDSelectorAnd(base, negated)
-                params = self._params(k, breadth, selector)
-                one = l2_queries(queries[q : q + 1])
-                _, found[q : q + 1] = self._faiss.search(one, k, params=params)
-        safe = np.maximum(found, 0)
-        scores = inner_scores(queries, self._vectors[safe])
-        scores[found < 0] = -np.inf
-        rows, scores = top_k(scores, k, found)
-        if subset.stale_rows.size:  # HNSW rows updated since build: their new vectors, exactly
+                one = queries[q : q + 1]
+                rows[q : q + 1], scores[q : q + 1] = ann.search(
+                    self._vectors, one, k, breadth, selector
+                )
+        if subset.stale_rows.size:  # misplaced rows, or rows updated on HNSW: exactly
             matrix = self._vectors[subset.stale_rows]
             stale = scan_top_k(queries, k, subset.stale_rows, matrix, exclude)
             rows, scores = merge_top_k((rows, scores), stale, k)
@@ -230,19 +241,6 @@ class ItemIndex:
                 queries[short], k, None, self._vectors, excluded, subset.allowed
             )
         return rows, scores
-
-    def _params(self, k: int, breadth: int, selector: faiss.IDSelector | None):
-        # faiss's stubs lack SearchParametersHNSW and the keywords its wrapper's constructors take.
-        if isinstance(self._faiss, faiss.IndexHNSW):
-            ef_search = max(k, min(breadth, MAX_EF_SEARCH))
-            params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
-        else:
-            assert isinstance(self._faiss, faiss.IndexIVF)  # build makes no other ANN kind
-            nprobe = min(breadth, self._faiss.nlist)
-            params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
-        if selector is not None:
-            params.sel = selector
-        return params
 
     def _subset(self, allowed: np.ndarray | None, scope: Hashable | None) -> Subset:
         key = _ALL if allowed is None else scope
@@ -272,44 +270,41 @@ class ItemIndex:
             grown[:start] = self._vectors
             self._buffer = grown
         self._buffer[start:end] = vectors
-        if self._faiss is not None:
+        misplaced = np.zeros(len(vectors), dtype=bool)
+        if self._ann is not None:
             faiss.omp_set_num_threads(self.config.threads)
-            add_rows(self._faiss, vectors, start, self._norm)
-        self._stale = np.concatenate([self._stale, self._too_long(vectors)])
+            self._ann.add(vectors, start)
+            misplaced = self._ann.misplaced(vectors)
+        self._stale = np.concatenate([self._stale, misplaced])
+        self._warn_if_many_stale()
         self._size = end
         self._scopes.clear()
         return np.arange(start, end, dtype=np.int64)
 
     def update(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the vectors of `rows` (unique row ids) with (len(rows), D) `vectors`."""
-        rows = self._check_rows(rows, "rows")
+        rows = checked_rows(rows, self._size, "rows")
         vectors = checked_matrix(vectors, "vectors", self.dim)
         if len(np.unique(rows)) != len(rows) or len(vectors) != len(rows):
             raise ValueError(
                 f"update needs unique rows and one vector per row, got {len(rows)} rows "
                 f"({len(np.unique(rows))} unique) and {len(vectors)} vectors"
             )
-        if isinstance(self._faiss, faiss.IndexHNSW):
-            self._stale[rows] = True
-            if self._stale.sum() > self.config.exact_subset_rows:
-                logger.warning(
-                    "%d HNSW rows are stale and scanned exactly on every query: rebuild the index",
-                    self._stale.sum(),
-                )
-        elif self._faiss is not None:
+        if self._ann is not None:
             faiss.omp_set_num_threads(self.config.threads)
-            self._faiss.remove_ids(rows)  # type: ignore[arg-type]  # the wrapper takes ids too
-            self._faiss.add_with_ids(l2_items(vectors, self._norm), rows)
-            self._stale[rows] = self._too_long(vectors)
+            replaced = self._ann.replace(rows, vectors)  # HNSW keeps the old ones: stale
+            self._stale[rows] = self._ann.misplaced(vectors) if replaced else True
+            self._warn_if_many_stale()
         self._vectors[rows] = vectors
         self._scopes.clear()
 
-    def _too_long(self, vectors: np.ndarray) -> np.ndarray:
-        """(M,) rows longer than the transform's bound M, which the L2 space cannot place
-        right: kept out of ANN results and scanned exactly, like stale HNSW rows."""
-        if self._faiss is None:
-            return np.zeros(len(vectors), dtype=bool)
-        return np.einsum("ij,ij->i", vectors, vectors) > self._norm**2
+    def _warn_if_many_stale(self) -> None:
+        if self._stale.sum() > self.config.exact_subset_rows:
+            logger.warning(
+                "%d rows are scanned exactly on every query (updated on HNSW, or misplaced: "
+                "see starsrec.index.ann): rebuild the index",
+                self._stale.sum(),
+            )
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -319,17 +314,20 @@ class ItemIndex:
         out.mkdir(parents=True, exist_ok=True)
         state = {"vectors": self._vectors, "stale": self._stale.astype(np.uint8)}
         write_atomic(out / VECTORS_FILE, lambda temporary: save_file(state, str(temporary)))
-        index = self._faiss
-        if index is not None:
+        ann = self._ann
+        if ann is not None:
             write_atomic(
-                out / FAISS_FILE, lambda temporary: faiss.write_index(index, str(temporary))
+                out / FAISS_FILE, lambda temporary: faiss.write_index(ann.index, str(temporary))
             )
         meta = {
             "format": FORMAT,
             "config": asdict(self.config),
-            "kind": self._kind,
-            "breadth": self._breadth,
-            "norm": self._norm,
+            "kind": self.kind,
+            "space": self.space,
+            "breadth": self.breadth,
+            "k_factor": self.k_factor,
+            "norm": 0.0 if ann is None else ann.norm,
+            "error_bound": None if ann is None or math.isinf(ann.error_bound) else ann.error_bound,
             "sweep": self._sweep,
         }
         write_json_atomic(out / INDEX_META_FILE, meta)
@@ -344,19 +342,27 @@ class ItemIndex:
                 f"{path} holds no ItemIndex ({INDEX_META_FILE} missing): use save() first"
             )
         meta = json.loads((path / INDEX_META_FILE).read_text())
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             raise ValueError(
                 f"{path}: index format {meta.get('format')}, expected {FORMAT}: "
                 f"{reindex_remedy('ARTIFACT_DIR')}"
             )
-        config = IndexConfig(**{**meta["config"], "factories": tuple(meta["config"]["factories"])})
+        fields = meta["config"]  # JSON arrays back to tuples; format 2 had no spaces
+        lists = {key: tuple(fields[key]) for key in ("factories", "spaces") if key in fields}
+        config = IndexConfig(**{**fields, **lists})
         state = load_file(str(path / VECTORS_FILE))
         vectors = np.require(state["vectors"], np.float32, ["C", "W"])
-        index = None if meta["kind"] == "exact" else faiss.read_index(str(path / FAISS_FILE))
+        ann = None
+        if meta["kind"] != "exact":
+            index = faiss.read_index(str(path / FAISS_FILE))
+            space, k_factor = meta.get("space", "l2"), meta.get("k_factor", 1)  # format 2: l2, 1
+            bound = meta.get("error_bound")  # None: no bound (always, in format 2)
+            bound = math.inf if bound is None else bound
+            ann = AnnIndex(
+                index, meta["kind"], space, meta["breadth"], k_factor, meta["norm"], bound
+            )
         faiss.omp_set_num_threads(config.threads)
-        stale = state["stale"].astype(bool)
-        kind, breadth, sweep = meta["kind"], meta["breadth"], meta["sweep"]
-        return cls(vectors, config, index, kind, breadth, sweep, stale, meta["norm"])
+        return cls(vectors, config, ann, meta["sweep"], state["stale"].astype(bool))
 
     # -- validation -------------------------------------------------------------------
     def _check(
@@ -372,27 +378,4 @@ class ItemIndex:
                 f"exclude has {len(exclude)} entries for {len(queries)} queries: give one "
                 "array of rows per query (an empty one for none)"
             )
-        return queries, [self._check_rows(rows, "exclude") for rows in exclude]
-
-    def _check_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
-        if allowed is None:
-            return None
-        allowed = np.asarray(allowed)
-        if allowed.dtype != bool or allowed.shape != (self._size,):
-            raise ValueError(
-                f"allowed must be a bool bitmap of shape ({self._size},), one flag per row, "
-                f"got {allowed.dtype} of shape {allowed.shape}"
-            )
-        return allowed
-
-    def _check_rows(self, rows: np.ndarray, name: str) -> np.ndarray:
-        rows = np.asarray(rows).ravel()
-        if rows.size == 0:
-            return rows.astype(np.int64)
-        if rows.dtype.kind not in "iu":
-            raise ValueError(f"{name} must hold integer row ids, got dtype {rows.dtype}")
-        if rows.min() < 0 or rows.max() >= self._size:
-            raise ValueError(
-                f"{name} has rows outside 0..{self._size - 1}: {rows.min()}, {rows.max()}"
-            )
-        return rows.astype(np.int64)
+        return queries, [checked_rows(rows, self._size, "exclude") for rows in exclude]

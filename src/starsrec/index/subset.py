@@ -33,7 +33,7 @@ class Subset:
 
     @cached_property
     def stale_rows(self) -> np.ndarray:
-        """Allowed rows the ANN cannot return right (stale or too long), to scan exactly."""
+        """Allowed rows the ANN cannot return right (stale or misplaced), to scan exactly."""
         stale = np.flatnonzero(self._stale)
         return stale if self.allowed is None else stale[self.allowed[stale]]
 
@@ -72,3 +72,28 @@ def checked_matrix(
             f"({(~finite).sum()} such rows): fix or drop them"
         )
     return array
+
+
+def checked_allowed(allowed: np.ndarray | None, size: int) -> np.ndarray | None:
+    """`allowed` as an (size,) bool bitmap (None stays None), or a ValueError."""
+    if allowed is None:
+        return None
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.shape != (size,):
+        raise ValueError(
+            f"allowed must be a bool bitmap of shape ({size},), one flag per row, "
+            f"got {allowed.dtype} of shape {allowed.shape}"
+        )
+    return allowed
+
+
+def checked_rows(rows: np.ndarray, size: int, name: str) -> np.ndarray:
+    """`rows` as flat int64 row ids in 0..size-1, or a ValueError naming `name`."""
+    rows = np.asarray(rows).ravel()
+    if rows.size == 0:
+        return rows.astype(np.int64)
+    if rows.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer row ids, got dtype {rows.dtype}")
+    if rows.min() < 0 or rows.max() >= size:
+        raise ValueError(f"{name} has rows outside 0..{size - 1}: {rows.min()}, {rows.max()}")
+    return rows.astype(np.int64)

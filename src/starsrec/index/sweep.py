@@ -2,24 +2,36 @@
 
 The choice rule (`build_faiss`; the fields named are `IndexConfig`'s):
 1. On a sample of `sweep_rows` rows (every row when there are no more), build each of
-   `factories` and raise its breadth (IVF nprobe through the powers of two, HNSW efSearch
-   through EF_SEARCH) until recall@10 against exact search on the sweep queries reaches
-   `target_recall`, timing the queries at `threads` as serving runs them.
-2. Drop the factories whose full build, projected from the sample build as n log n, would take
-   longer than `max_build_s`, unless that drops them all. Of the rest, the fastest per query
-   that meets the target wins; if none does, the one with the best recall, with a warning.
-3. Build the winner on every row (nlist recomputed for them) and calibrate its breadth again
-   there on the first CALIBRATION_QUERIES queries: the breadth a sample needs does not carry
-   over to the full index. A catalogue that fits in the sample keeps the sweep's index.
+   `factories` in each of `spaces` (`starsrec.index.ann`) and calibrate its search breadth
+   (below) until recall@10 against exact search on the sweep queries reaches
+   `target_recall`, timing the queries one at a time at `threads`, as serving runs them
+   (its misplaced rows, `starsrec.index.ann`, kept out of the ANN and scanned exactly).
+   Recall is the ANN's own, on the rows it holds (`_measurer` says why).
+2. Drop the candidates whose full build, projected from the sample build as n log n, would
+   take longer than `max_build_s`, unless that drops them all. Of the rest, the fastest per
+   query that meets the target wins; if none does, the one with the best recall, with a
+   warning.
+3. Build the winner on every row (nlist recomputed for them) and calibrate it again there
+   on the first CALIBRATION_QUERIES queries: the breadth a sample needs does not carry over
+   to the full index. A catalogue that fits in the sample keeps the sweep's index.
 
-Every factory is built over L2 on the MIPS-to-L2 transform of the rows (`l2_items`): item
-vectors carry a bias column, so their norms differ a lot, and IVF clustering by inner product
-on them needed every list opened to reach the target here; after the transform it needs about
-half (see docs/benchmarks.md, Serving).
+Breadth has two parts, each the smallest on its ladder that meets the target:
+- `breadth`: how far faiss looks: IVF nprobe through the powers of two up to nlist, HNSW
+  efSearch through EF_SEARCH.
+- `k_factor`: how many candidates per result are re-ranked exactly (`ann.rerank`): through
+  K_FACTORS for factories ending in ",RFlat", 1 for the rest. Breadth is calibrated first,
+  at the largest k_factor (so it covers the true top rows and quantisation error does not
+  count against it), then k_factor at that breadth, by bisection: recall cannot fall as
+  k_factor grows, since the candidates of a larger one include those of a smaller.
+
+Factory strings may hold `{nlist}` (about 4 sqrt(rows) inverted lists) and `{dim}` (the
+dimension in the space: one more in "l2"), e.g. "IVF1,PQ{dim}x4fs,RFlat": 4-bit fast-scan
+PQ codes, one subquantiser per dimension, all in one inverted list (an IVF wrapper keeps
+faiss's selector support, which the flat fast-scan indexes lack), re-ranked exactly.
 
 Sweep queries are the caller's (e.g. user vectors), at most `sweep_queries` of them, or rows of
-the catalogue plus small gaussian noise. Each factory tried and the full build leave a record
-(SWEEP_COLUMNS), which the index keeps and `format_sweep` prints.
+the catalogue plus small gaussian noise. Each candidate tried and the full build leave a
+record (SWEEP_COLUMNS), which the index keeps and `format_sweep` prints.
 """
 
 from __future__ import annotations
@@ -27,13 +39,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
+from starsrec.index.ann import OUTLIER_RATIO, REFINE, AnnIndex, l2_items, max_norm
+from starsrec.index.exact import merge_top_k, scan_top_k
 from starsrec.recommender import top_k
 
 if TYPE_CHECKING:  # for annotations only: starsrec.index.item_index imports this module
@@ -45,51 +59,34 @@ RECALL_AT = 10
 CALIBRATION_QUERIES = 300
 MIN_POINTS_PER_LIST = 39  # faiss k-means warns with fewer training points per centroid
 TRAIN_POINTS_PER_LIST = 64  # plenty for IVF centroids; faiss's 256 makes 1M-row training 4x slower
+MIN_TRAIN_POINTS = 65_536  # codebooks (PQ, SQ) need them even where there are few lists
 ADD_CHUNK = 65_536
-NORM_MARGIN = 1.1  # products added later may be a little longer than today's
 EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TRUTH_BLOCK = 1 << 24  # scores held at once when finding the true top rows (64 MiB of float32)
 # Read before anything changes it, so OMP_NUM_THREADS caps the threads used for building.
 _HOST_THREADS = max(1, faiss.omp_get_max_threads())
 SWEEP_COLUMNS = (
     "stage",
     "factory",
+    "space",
     "rows",
     "build_s",
     "breadth",
+    "k_factor",
+    "misplaced",
     "recall",
     "query_ms",
     "projected_build_s",
 )
 
 
-def max_norm(vectors: np.ndarray) -> float:
-    """The norm bound M of the MIPS-to-L2 transform, with room for products added later."""
-    return NORM_MARGIN * float(np.sqrt(np.einsum("ij,ij->i", vectors, vectors).max()))
-
-
-def l2_items(vectors: np.ndarray, norm: float) -> np.ndarray:
-    """[x, sqrt(M^2 - |x|^2)]: nearest neighbours of [q, 0] among these are the largest
-    inner products <q, x> (Bachrach et al. 2014). IVF clusters and HNSW graphs built on
-    inner products of non-normalised vectors lose recall badly here: item vectors carry a
-    bias column, so norms differ a lot; in L2 after the transform they do not."""
-    squared = np.maximum(norm**2 - np.einsum("ij,ij->i", vectors, vectors), 0.0)
-    return np.hstack([vectors, np.sqrt(squared)[:, None]]).astype(np.float32)
-
-
-def l2_queries(queries: np.ndarray) -> np.ndarray:
-    """[q, 0]: the query side of `l2_items`."""
-    return np.hstack([queries, np.zeros((len(queries), 1), np.float32)]).astype(np.float32)
-
-
 def build_faiss(
     vectors: np.ndarray, queries: np.ndarray | None, config: IndexConfig, progress: bool
-) -> tuple[faiss.Index, str, int, list[dict], float]:
-    """(index, factory with nlist filled in, breadth, sweep records, norm bound M) for
-    validated (N, D) float32 `vectors` and sweep `queries` (None: the default ones); the
-    faiss index holds `l2_items(vectors, M)`. See the module docstring."""
+) -> tuple[AnnIndex, list[dict], np.ndarray]:
+    """(index, sweep records, (N,) bool misplaced rows) for validated (N, D) float32
+    `vectors` and sweep `queries` (None: the default ones). See the module docstring."""
     n = len(vectors)
-    norm = max_norm(vectors)
     rng = np.random.default_rng(config.seed)
     queries = _sweep_queries(vectors, queries, config.sweep_queries, rng)
     faiss.omp_set_num_threads(_HOST_THREADS)  # building may use every core
@@ -97,43 +94,30 @@ def build_faiss(
         sample = None
         if n > config.sweep_rows:
             sample = np.sort(rng.choice(n, config.sweep_rows, replace=False))
-        records, template, index, breadth = _sweep(
-            vectors if sample is None else vectors[sample], queries, config, n, norm
+        records, (template, space), (ann, misplaced) = _sweep(
+            vectors if sample is None else vectors[sample], queries, config, n, max_norm(vectors)
         )
-        factory = template.format(nlist=_nlist(n))
         if sample is not None:  # else the sweep's index already holds every row
-            index, seconds = _new_faiss(factory, vectors, norm, config.seed, progress)
+            ann, misplaced, seconds = _new_faiss(
+                template, space, vectors, ann.norm, config.seed, progress
+            )
             queries = queries[:CALIBRATION_QUERIES]
-            truth = _exact_top(vectors, queries, RECALL_AT)
-            breadth, recall, query_ms = _calibrate(index, queries, truth, config)
-            records.append(_record("full", factory, n, seconds, breadth, recall, query_ms))
+            recall, query_ms = _calibrate(ann, vectors, misplaced, queries, config)
+            records.append(_record("full", ann, n, seconds, recall, query_ms, misplaced.sum()))
             if recall < config.target_recall:
-                logger.warning("%s reaches only recall %.4f on all rows", factory, recall)
+                logger.warning("%s reaches only recall %.4f on all rows", ann.factory, recall)
             logger.info(
-                "built %s on %d rows in %.1f s (%.0f rows/s)", factory, n, seconds, n / seconds
+                "built %s (%s) on %d rows in %.1f s (%.0f rows/s)",
+                ann.factory,
+                space,
+                n,
+                seconds,
+                n / seconds,
             )
     finally:
         faiss.omp_set_num_threads(config.threads)
     logger.info("index sweep:\n%s", format_sweep(records))
-    return index, factory, breadth, records, norm
-
-
-def add_rows(index: faiss.Index, vectors: np.ndarray, first_row: int, norm: float) -> None:
-    """Add `vectors` to `index` as rows first_row, first_row + 1, ... (transformed)."""
-    vectors = l2_items(vectors, norm)
-    if isinstance(index, faiss.IndexHNSW):  # ids are insertion order, which is row order
-        index.add(vectors)
-    else:  # IVF ids are explicit, which lets `ItemIndex.update` remove and re-add rows
-        index.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors)))
-
-
-def _search_params(index: faiss.Index, breadth: int) -> faiss.SearchParameters:
-    """Search parameters of breadth `breadth`: efSearch for HNSW, nprobe for IVF."""
-    # faiss's stubs lack SearchParametersHNSW, and the keyword arguments that faiss's Python
-    # wrapper gives every SearchParameters constructor.
-    if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(efSearch=breadth)  # type: ignore[attr-defined]
-    return faiss.SearchParametersIVF(nprobe=breadth)  # type: ignore[call-arg]
+    return ann, records, misplaced
 
 
 def format_sweep(records: Sequence[dict]) -> str:
@@ -164,77 +148,144 @@ def _sweep_queries(
 
 def _sweep(
     sample: np.ndarray, queries: np.ndarray, config: IndexConfig, full_rows: int, norm: float
-):
-    """(records, winning factory template, its index on the sample, its breadth)."""
-    nlist, n = _nlist(len(sample)), len(sample)
-    truth = _exact_top(sample, queries, RECALL_AT)
+) -> tuple[list[dict], tuple[str, str], tuple[AnnIndex, np.ndarray]]:
+    """(records, the winning (factory template, space), its index on the sample and
+    misplaced rows)."""
+    n = len(sample)
     growth = full_rows / n * math.log(max(full_rows, 2)) / math.log(max(n, 2))
-    records, built = [], {}
-    for template in config.factories:
-        index, seconds = _new_faiss(template.format(nlist=nlist), sample, norm, config.seed, False)
-        measured = _calibrate(index, queries, truth, config)
-        record = _record("sample", template.format(nlist=nlist), n, seconds, *measured)
-        records.append({**record, "projected_build_s": round(seconds * growth, 1)})
-        built[template] = (index, measured[0])
-    sampled = dict(zip(config.factories, records, strict=True))
-    fits = {t: r for t, r in sampled.items() if r["projected_build_s"] <= config.max_build_s}
-    fits = fits or sampled
-    meeting = {t: r for t, r in fits.items() if r["recall"] >= config.target_recall}
+    records, built = {}, {}
+    for candidate in ((t, s) for t in config.factories for s in config.spaces):
+        ann, misplaced, seconds = _new_faiss(*candidate, sample, norm, config.seed, False)
+        measured = _calibrate(ann, sample, misplaced, queries, config)
+        record = _record("sample", ann, n, seconds, *measured, misplaced.sum())
+        records[candidate] = {**record, "projected_build_s": round(seconds * growth, 1)}
+        built[candidate] = ann, misplaced
+    fits = {c: r for c, r in records.items() if r["projected_build_s"] <= config.max_build_s}
+    fits = fits or records
+    meeting = {c: r for c, r in fits.items() if r["recall"] >= config.target_recall}
     if meeting:
-        best = min(meeting, key=lambda t: meeting[t]["query_ms"])
+        best = min(meeting, key=lambda c: meeting[c]["query_ms"])
     else:
-        best = max(fits, key=lambda t: fits[t]["recall"])
+        best = max(fits, key=lambda c: fits[c]["recall"])
         factory, recall = fits[best]["factory"], fits[best]["recall"]
         logger.warning("no factory reached the target recall; best: %s at %.4f", factory, recall)
-    return records, best, *built[best]
+    return list(records.values()), best, built[best]
 
 
-def _calibrate(index, queries: np.ndarray, truth: np.ndarray, config: IndexConfig):
-    """(breadth, recall@10, ms per query): the smallest breadth reaching target_recall."""
-    breadths: Sequence[int]
-    if isinstance(index, faiss.IndexHNSW):
-        breadths = EF_SEARCH
+def _calibrate(
+    ann: AnnIndex,
+    matrix: np.ndarray,
+    misplaced: np.ndarray,
+    queries: np.ndarray,
+    config: IndexConfig,
+) -> tuple[float, float]:
+    """Set `ann`'s breadth and k_factor (module docstring) on the rows `matrix`, of which
+    `misplaced` are scanned exactly; (recall@10, ms per query) at them."""
+    measure = _measurer(ann, matrix, misplaced, queries)
+    if isinstance(ann.index, faiss.IndexHNSW):
+        breadths: Sequence[int] = EF_SEARCH
     else:
-        breadths = [2**i for i in range(index.nlist.bit_length()) if 2**i < index.nlist]
-        breadths = [*breadths, index.nlist]
-    queries = l2_queries(queries)
+        assert isinstance(ann.index, faiss.IndexIVF)  # _new_faiss makes no other kind
+        nlist = ann.index.nlist
+        breadths = [*(2**i for i in range(nlist.bit_length()) if 2**i < nlist), nlist]
+    k_factors = K_FACTORS if ann.factory.endswith(REFINE) else (1,)
     faiss.omp_set_num_threads(config.threads)  # time queries as serving runs them
     try:
+        ann.k_factor = k_factors[-1]
         for breadth in breadths:
-            start = time.perf_counter()
-            _, found = index.search(queries, truth.shape[1], params=_search_params(index, breadth))
-            seconds = time.perf_counter() - start
-            hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
-            recall = hits / truth.size
+            ann.breadth = breadth
+            recall, query_ms = measure()
             if recall >= config.target_recall:
                 break
+        best = len(k_factors) - 1, recall, query_ms  # the widest, measured above
+        if recall >= config.target_recall:
+            # Bisect for the least k_factor meeting the target: recall cannot fall as it grows.
+            low, high = 0, best[0]
+            while low < high:
+                middle = (low + high) // 2
+                ann.k_factor = k_factors[middle]
+                measured = measure()
+                if measured[0] >= config.target_recall:
+                    high, best = middle, (middle, *measured)
+                else:
+                    low = middle + 1
+        position, recall, query_ms = best
+        ann.k_factor = k_factors[position]
     finally:
         faiss.omp_set_num_threads(_HOST_THREADS)
-    return breadth, recall, 1000 * seconds / len(queries)
+    return recall, query_ms
 
 
-def _new_faiss(factory: str, vectors: np.ndarray, norm: float, seed: int, progress: bool):
-    """(index, seconds): `factory` trained and filled with `vectors` as ids 0..N-1, in the
-    L2 space of `l2_items`."""
+def _measurer(
+    ann: AnnIndex, matrix: np.ndarray, misplaced: np.ndarray, queries: np.ndarray
+) -> Callable[[], tuple[float, float]]:
+    """A function measuring (recall@10, ms per query) of `ann` at its breadth and k_factor,
+    one query at a time. Time: of the search `ItemIndex.search` runs, misplaced rows kept
+    out by a selector, scanned exactly and merged in. Recall: of the ANN alone, against the
+    true top rows among those it holds. The exactly scanned rows would hide its misses: on
+    the serving benchmark they are most users' top 10, and a filter leaves few of them."""
+    truth = _exact_top(matrix, queries, RECALL_AT, misplaced)
+    exact = np.flatnonzero(misplaced)
+    selector = None
+    if exact.size:  # faiss's wrapper takes the packed bitmap alone; stubs: (n, ptr)
+        bitmap = np.packbits(~misplaced, bitorder="little")
+        selector = faiss.IDSelectorBitmap(bitmap)  # type: ignore[call-arg,arg-type]
+
+    def measure() -> tuple[float, float]:
+        found = np.empty_like(truth)
+        start = time.perf_counter()
+        for q in range(len(queries)):
+            query = queries[q : q + 1]
+            top = ann.search(matrix, query, truth.shape[1], None, selector)
+            found[q] = top[0][0]
+            if exact.size:
+                merge_top_k(
+                    top, scan_top_k(query, RECALL_AT, exact, matrix[exact], None), RECALL_AT
+                )
+        seconds = time.perf_counter() - start
+        hits = sum(np.intersect1d(f, t).size for f, t in zip(found, truth, strict=True))
+        return hits / truth.size, 1000 * seconds / len(queries)
+
+    return measure
+
+
+def _new_faiss(
+    template: str, space: str, vectors: np.ndarray, norm: float, seed: int, progress: bool
+) -> tuple[AnnIndex, np.ndarray, float]:
+    """(index, (N,) bool misplaced rows, seconds): `template` in `space`, trained and filled
+    with `vectors` as rows 0..N-1, nlist and dim filled in for N rows, its error bound set
+    from the rows' code errors (`starsrec.index.ann`)."""
     start = time.perf_counter()
+    dim = vectors.shape[1] + (space == "l2")
+    factory = template.format(nlist=_nlist(len(vectors)), dim=dim)
     try:
-        index = faiss.index_factory(vectors.shape[1] + 1, factory, faiss.METRIC_L2)
+        metric = faiss.METRIC_L2 if space == "l2" else faiss.METRIC_INNER_PRODUCT
+        index = faiss.index_factory(dim, factory.removesuffix(REFINE), metric)
     except RuntimeError as error:
         raise ValueError(
             f"faiss cannot build {factory!r} ({error}): fix IndexConfig.factories"
         ) from error
     if not isinstance(index, faiss.IndexIVF | faiss.IndexHNSW):
-        raise ValueError(f"unsupported factory {factory!r}: use an IVF... or HNSW... string")
+        raise ValueError(
+            f"unsupported factory {factory!r}: use an IVF... or HNSW... string (a flat "
+            "fast-scan index as IVF1,...: faiss rejects selectors on the flat ones)"
+        )
+    ann = AnnIndex(index, factory, space, norm=norm)
     if isinstance(index, faiss.IndexIVF):
-        train, limit = vectors, TRAIN_POINTS_PER_LIST * index.nlist
+        train, limit = vectors, max(TRAIN_POINTS_PER_LIST * index.nlist, MIN_TRAIN_POINTS)
         if len(vectors) > limit:
             train = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), limit, False))]
-        index.train(l2_items(train, norm))
+        index.train(l2_items(train, norm) if space == "l2" else train)
     with tqdm(total=len(vectors), unit="rows", desc=factory, disable=not progress) as bar:
         for first in range(0, len(vectors), ADD_CHUNK):
-            add_rows(index, vectors[first : first + ADD_CHUNK], first, norm)
+            ann.add(vectors[first : first + ADD_CHUNK], first)
             bar.update(min(ADD_CHUNK, len(vectors) - first))
-    return index, time.perf_counter() - start
+    errors = ann.code_errors(vectors)
+    typical = float(np.median(errors))
+    if typical > 0:  # else the codes are exact (IVF-Flat) or faiss cannot tell (HNSW)
+        ann.error_bound = OUTLIER_RATIO * typical
+    # None is too long: `norm` bounds every row given here.
+    return ann, errors > ann.error_bound, time.perf_counter() - start
 
 
 def _nlist(rows: int) -> int:
@@ -242,15 +293,31 @@ def _nlist(rows: int) -> int:
     return max(1, min(round(4 * math.sqrt(rows)), rows // MIN_POINTS_PER_LIST))
 
 
-def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) true top rows for measuring recall (scores by BLAS, in blocks)."""
-    k = min(k, len(vectors))
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, skip: np.ndarray) -> np.ndarray:
+    """(Q, k) true top rows among those not in `skip` (scores by BLAS, in blocks)."""
+    k = min(k, len(vectors) - int(skip.sum()))
     block = max(1, TRUTH_BLOCK // len(vectors))
-    parts = [top_k(queries[s : s + block] @ vectors.T, k)[0] for s in range(0, len(queries), block)]
+    parts = []
+    for start in range(0, len(queries), block):
+        scores = queries[start : start + block] @ vectors.T
+        scores[:, skip] = -np.inf
+        parts.append(top_k(scores, k)[0])
     return np.concatenate(parts)
 
 
-def _record(stage: str, factory: str, rows: int, build_s: float, *measured) -> dict:
-    breadth, recall, query_ms = measured
-    values = stage, factory, rows, round(build_s, 3), breadth, round(recall, 4), round(query_ms, 4)
+def _record(
+    stage: str, ann: AnnIndex, rows: int, build_s: float, recall, query_ms, misplaced
+) -> dict:
+    values = (
+        stage,
+        ann.factory,
+        ann.space,
+        rows,
+        round(build_s, 3),
+        ann.breadth,
+        ann.k_factor,
+        int(misplaced),
+        round(recall, 4),
+        round(query_ms, 4),
+    )
     return dict(zip(SWEEP_COLUMNS, values, strict=False))
