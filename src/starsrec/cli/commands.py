@@ -27,6 +27,7 @@ from starsrec.experiments.artifact import (
 )
 from starsrec.experiments.report import MODEL_NAMES, read_report, run_models, write_report
 from starsrec.stars import distributed
+from starsrec.stars.device import resolve_device
 
 PROTOCOL_HELP = "default: next-basket (shop logs; last-basket without cuts), else leave-one-out"
 EXAMPLES = {
@@ -42,7 +43,10 @@ EXAMPLES = {
         "  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-id stars1 --rdzv-backend c10d \\\n"
         "    --rdzv-endpoint HEAD_NODE:29500 -m starsrec.cli train data/shop \\\n"
         "    --checkpoints checkpoints/shop --out artifacts/shop\n"
-        "resuming from --checkpoints is bit-exact at the same world size and valid at another"
+        "resuming from --checkpoints is bit-exact at the same world size and device, and valid "
+        "at another\n\n"
+        "on GPUs (--device auto takes one when torch sees it; NCCL between GPU ranks):\n"
+        "  starsrec train data/shop --device cuda --nproc 8 --out artifacts/shop"
     ),
     "evaluate": (
         "example: starsrec evaluate data/movielens-100k --protocol leave-one-out "
@@ -109,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train data-parallel with N local processes (re-launches itself under torchrun)",
     )
+    serving.add_device_argument(train, "train on (sets train.device; bf16 autocast on a GPU)")
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -140,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let already-seen items be recommended (default unless the dataset says otherwise)",
     )
     evaluate.add_argument("--seed", type=int, default=0)
+    serving.add_device_argument(evaluate, "score an artifact on")
     compare = "a baselines report on the same test queries, for the artifact's paired intervals"
     evaluate.add_argument("--compare-with", metavar="REPORT_DIR", help=compare)
     evaluate.add_argument("--out", default="reports/latest", help="report directory")
@@ -164,8 +170,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.command == "train":
         if args.nproc > 1 and not distributed.launched_by_torchrun():
             return distributed.relaunch(args.nproc, without_option(argv, "--nproc"))
-        config = load_config(args.config, args.overrides)
-        rank = distributed.init_from_environment()
+        overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device else [])]
+        config = load_config(args.config, overrides)
+        device = resolve_device(config.train.device)  # refuses a GPU torch cannot see
+        rank = distributed.init_from_environment(use_cuda=device.type == "cuda")
         try:
             out = train_artifact(
                 args.data_dir, args.out, config, args.protocol, args.variant, args.checkpoints
@@ -176,7 +184,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             print(f"wrote {out}/")
         return 0
     if args.command == "evaluate" and is_artifact(args.data_dir):
-        record = evaluate_artifact(args.data_dir)
+        record = evaluate_artifact(args.data_dir, device=args.device or "auto")
         title = f"{record['dataset']}, {record['protocol']}, artifact {args.data_dir}"
         earlier = read_report(args.compare_with, like=record) if args.compare_with else []
         report = write_report([*earlier, record], args.out, title)

@@ -29,6 +29,16 @@ EXAMPLES = {
 }
 
 
+def add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--device auto|cpu|cuda[:N]` on `parser`: the device to `what`."""
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help=f"the device to {what}: auto (a GPU when torch sees one, else the CPU; the "
+        "default), cpu, cuda or cuda:N",
+    )
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Add the `index` and `serve` commands to the `starsrec` parser's `commands`."""
     index = commands.add_parser(
@@ -54,6 +64,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="compute N shards as N local processes under torchrun, then merge",
     )
+    add_device_argument(index, "compute item vectors and user memories on")
 
     serve = commands.add_parser(
         "serve",
@@ -87,13 +98,14 @@ def run_index(args: argparse.Namespace, relaunch_argv: Sequence[str]) -> int:
     if args.nproc > 1 and not distributed.launched_by_torchrun():
         return distributed.relaunch(args.nproc, list(relaunch_argv))
     rank = distributed.init_from_environment()
+    device = args.device or "auto"
     if rank.distributed:
         try:
             if rank.is_main:  # shards of an earlier, different split must not be merged
                 rmtree(f"{root}/{offline_shards.SHARDS_DIR}", ignore_errors=True)
             distributed.barrier()
             offline_shards.compute_shard(
-                root, rank.world_size, rank.rank, args.data, progress=rank.is_main
+                root, rank.world_size, rank.rank, args.data, progress=rank.is_main, device=device
             )
             distributed.barrier()
         finally:
@@ -102,12 +114,12 @@ def run_index(args: argparse.Namespace, relaunch_argv: Sequence[str]) -> int:
             return 0
         out = offline_shards.build_serving_from_shards(root, args.data)
     elif args.shards is not None:
-        path = offline_shards.compute_shard(root, args.shards, args.shard, args.data)
+        path = offline_shards.compute_shard(root, args.shards, args.shard, args.data, device=device)
         print(f"wrote {path}; once all {args.shards} shards exist: starsrec index {root}")
         return 0
     elif offline_shards.has_shards(root):
         out = offline_shards.build_serving_from_shards(root, args.data)
     else:
-        out = build_serving(root, args.data)
+        out = build_serving(root, args.data, device=device)
     print(f"wrote {out}/; start the service with: starsrec serve {root}")
     return 0

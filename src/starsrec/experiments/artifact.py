@@ -135,12 +135,15 @@ def artifact_dataset(
     return meta, dataset
 
 
-def evaluate_artifact(artifact_dir: str | Path, data_dir: str | Path | None = None) -> dict:
-    """Evaluate an artifact on the test queries of the split it was trained with."""
+def evaluate_artifact(
+    artifact_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto"
+) -> dict:
+    """Evaluate an artifact on the test queries of the split it was trained with, scoring
+    on `device` (`starsrec.stars.device`)."""
     root = Path(artifact_dir)
     meta, dataset = artifact_dataset(root, data_dir)
     split = split_dataset(dataset, meta["protocol"])
-    model = StarsRecommender.load(root)
+    model = StarsRecommender.load(root).to(device)
     return evaluation_record(
         model,
         meta["variant"],

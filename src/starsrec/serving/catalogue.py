@@ -142,7 +142,10 @@ def retrieval_vectors(recommender: StarsRecommender) -> np.ndarray:
     """(N, D + 1 + n_classes) the index rows of the trained catalogue."""
     model = recommender._fitted_model()
     item_class = torch.from_numpy(recommender.features["item_class"].astype(np.int64))
-    return model.retrieval_items(model.item_vectors(), model.item_biases(), item_class).numpy()
+    vectors = model.retrieval_items(
+        model.item_vectors(), model.item_biases(), item_class.to(model.device)
+    )
+    return vectors.cpu().numpy()
 
 
 def code(names: list[str], name: str | None) -> int:

@@ -66,13 +66,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_offline_inputs(
-    artifact_dir: str | Path, data_dir: str | Path | None = None
+    artifact_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu"
 ) -> tuple[dict, StarsRecommender, EventLog, bool]:
-    """An artifact's meta.json, recommender, event log and whether its dataset leaves seen
-    items out (`Dataset.exclude_seen`), refusing a dataset that changed since training."""
+    """An artifact's meta.json, recommender (on `device`), event log and whether its dataset
+    leaves seen items out (`Dataset.exclude_seen`), refusing a dataset that changed since
+    training."""
     root = Path(artifact_dir)
     meta, dataset = artifact_dataset(root, data_dir)
-    recommender = StarsRecommender.load(root)
+    recommender = StarsRecommender.load(root).to(device)
     log = EventLog.from_dataset(dataset, recommender._fitted_catalogue())
     return meta, recommender, log, dataset.exclude_seen
 
@@ -83,13 +84,15 @@ def build_serving(
     config: ServingConfig = ServingConfig(),
     progress: bool = True,
     precomputed: tuple[np.ndarray, np.ndarray] | None = None,
+    device: str = "auto",
 ) -> Path:
-    """Run the offline stage for an artifact on the events of its dataset (see module doc).
+    """Run the offline stage for an artifact on the events of its dataset (see module doc),
+    computing item vectors and user memories on `device` (`starsrec.stars.device`).
 
     `precomputed`: every item's retrieval vector and every user's memory (merged shards),
     used instead of computing them here."""
     root = Path(artifact_dir)
-    meta, recommender, log, exclude_seen = load_offline_inputs(root, data_dir)
+    meta, recommender, log, exclude_seen = load_offline_inputs(root, data_dir, device)
     building = root / f"{SERVING_DIR}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
@@ -154,7 +157,7 @@ def write_serving_files(
     timings["store"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    export_onnx(recommender._fitted_model(), out / ENCODER_FILE)
+    export_onnx(recommender.to("cpu")._fitted_model(), out / ENCODER_FILE)  # ONNX Runtime: CPU
     timings["encoder"] = time.perf_counter() - started
     meta = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -206,8 +209,8 @@ def long_term_memories(
         part = queries[lo : lo + batch]
         rows = query_windows(part, model.config.max_length)
         events = featurize(log, rows, part.time, calendar, model.config.session_gap_minutes)
-        _, long, _ = model.memories(events)
-        memories[lo : lo + len(part)] = long[:, -1].numpy()
+        _, long, _ = model.memories(events.to(model.device))
+        memories[lo : lo + len(part)] = long[:, -1].cpu().numpy()
     return memories
 
 

@@ -44,10 +44,11 @@ def item_vectors_range(recommender: StarsRecommender, start: int, stop: int) -> 
     the rows `catalogue.retrieval_vectors` gives for the whole catalogue."""
     model = recommender._fitted_model()
     model.eval()
-    item_slots = slot_of(torch.arange(start, stop))
+    item_slots = slot_of(torch.arange(start, stop, device=model.device))
     item_class = torch.from_numpy(recommender.features["item_class"][start:stop].astype(np.int64))
     bias = model.item_biases()[start:stop]
-    return model.retrieval_items(model.item_vectors(item_slots), bias, item_class).numpy()
+    vectors = model.item_vectors(item_slots)
+    return model.retrieval_items(vectors, bias, item_class.to(model.device)).cpu().numpy()
 
 
 def compute_shard(
@@ -56,9 +57,10 @@ def compute_shard(
     shard: int,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> Path:
-    """Compute and write shard `shard` of `shards` (see module doc); its path."""
-    meta, recommender, log, _ = load_offline_inputs(artifact_dir, data_dir)
+    """Compute and write shard `shard` of `shards` (see module doc) on `device`; its path."""
+    meta, recommender, log, _ = load_offline_inputs(artifact_dir, data_dir, device)
     n_items, n_users = recommender._fitted_catalogue().size, log.n_users
     items = shard_range(n_items, shard, shards)
     users = shard_range(n_users, shard, shards)

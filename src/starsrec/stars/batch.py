@@ -6,11 +6,13 @@ embedding table of N + 1 rows serves both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 import numpy as np
 import torch
+
+from starsrec.stars.device import to_device
 
 RECENCY_BUCKETS = 16
 PAD = 0  # item slot 0 is padding; item index i lives in slot i + 1
@@ -50,6 +52,11 @@ class EventBatch:
     new_session: torch.Tensor
     event_days: torch.Tensor
     request_days: torch.Tensor
+
+    def to(self, device: torch.device) -> EventBatch:
+        """The batch on `device` (the same tensors on the CPU; see `device.to_device`)."""
+        moved = {f.name: to_device(getattr(self, f.name), device) for f in fields(self)}
+        return EventBatch(**moved)
 
 
 def recency_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ with no process group every helper is a no-op (barrier), an identity (broadcast,
 the whole range (shards). Under `torchrun` (or `starsrec ... --nproc N`, which re-launches
 itself through `torch.distributed.run`) the environment carries RANK, WORLD_SIZE,
 LOCAL_RANK and the rendezvous address; `init_from_environment` joins the group with gloo
-on CPU, or NCCL when the model runs on CUDA.
+on CPU, or NCCL when the model runs on CUDA (`starsrec train --device`), each rank on the
+GPU of its LOCAL_RANK.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def broadcast_float(value: float) -> float:
     """Rank 0's `value` on every rank (identity without a group)."""
     if not current().distributed:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.broadcast(tensor, src=0)
     return float(tensor.item())
 
@@ -110,9 +111,16 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """The element-wise sum of `values` over all ranks (the values without a group)."""
     if not current().distributed:
         return list(values)
-    tensor = torch.tensor(list(values), dtype=torch.float64)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must live: this rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -107,6 +107,11 @@ class STARS(nn.Module):
         for embedding in (self.request_hour, self.request_weekday, self.request_month):
             nn.init.zeros_(embedding.weight)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live (`starsrec.stars.device`)."""
+        return self.item_class.device
+
     # -- 2. sequence encoder ------------------------------------------------------------
     def encode(self, batch: EventBatch, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) events -> (B, T + 1, D) outputs; position 0 is the [USER] token.
@@ -128,7 +133,8 @@ class STARS(nn.Module):
         keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, T+1)
         causal = torch.ones(length + 1, length + 1, dtype=torch.bool, device=x.device).tril()
         # Each position sees earlier valid events and always itself (no empty rows).
-        mask = (causal & keys[:, None, :]) | torch.eye(length + 1, dtype=torch.bool)
+        eye = torch.eye(length + 1, dtype=torch.bool, device=x.device)
+        mask = (causal & keys[:, None, :]) | eye
         mask = mask[:, None]  # (B, 1, T+1, T+1)
         for block in self.blocks:
             x = block(x, mask)
@@ -189,7 +195,10 @@ class STARS(nn.Module):
     def context_table(self) -> torch.Tensor:
         """(24, 7, 12, D) `request_context` of every (hour, weekday, month): the service
         reads a request's row of it instead of running the embeddings."""
-        parts = torch.meshgrid(torch.arange(24), torch.arange(7), torch.arange(12), indexing="ij")
+        device = self.device
+        parts = torch.meshgrid(
+            *(torch.arange(n, device=device) for n in (24, 7, 12)), indexing="ij"
+        )
         return self.request_context(*parts)
 
     # -- 4. scoring ---------------------------------------------------------------------
@@ -198,9 +207,7 @@ class STARS(nn.Module):
     ) -> torch.Tensor:
         """(C, D) retrieval vectors of item slots (all items when None), tied to tokens."""
         if slots is None:
-            slots = slot_of(
-                torch.arange(self.item_class.shape[0] - 1, device=self.item_class.device)
-            )
+            slots = slot_of(torch.arange(self.item_class.shape[0] - 1, device=self.device))
         return self.item_tokens(slots, owned)
 
     def item_terms(
@@ -218,10 +225,10 @@ class STARS(nn.Module):
         was seen in training (and is not dropped, `owned`); a warm item dropped in training
         has none (0), an item never seen in training gets the new-item bias."""
         if not self.config.use_item_bias:
-            return torch.zeros(slots.shape)
+            return torch.zeros(slots.shape, device=slots.device)
         warm = self.item_tokens.warm[slots]
         owned = warm if owned is None else owned
-        zero = torch.zeros(())
+        zero = torch.zeros((), device=slots.device)
         new = self.new_item_bias if self.config.new_item_bias_on() else zero
         cold = torch.where(warm > 0, zero, new)
         return self.item_bias(slots).squeeze(-1) * owned + cold * (1 - owned)
@@ -329,4 +336,6 @@ class STARS(nn.Module):
 
     def item_biases(self) -> torch.Tensor:
         """(N,) the bias b_i each catalogue item is served with (eval mode: no dropout)."""
-        return self.item_bias_terms(slot_of(torch.arange(self.item_class.shape[0] - 1)))
+        return self.item_bias_terms(
+            slot_of(torch.arange(self.item_class.shape[0] - 1, device=self.device))
+        )

@@ -48,6 +48,7 @@ from starsrec.stars.calibration import (
     new_item_offset,
 )
 from starsrec.stars.config import ModelConfig, model_config
+from starsrec.stars.device import resolve_device, to_device
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import history_counts
 from starsrec.stars.sequences import featurize, query_windows
@@ -133,6 +134,14 @@ class StarsRecommender(Recommender):
         self.training_state: TrainingState | None = None  # set by fit, not saved
         # Where fit checkpoints every epoch and resumes from (None: no checkpoints).
         self.checkpoint_dir: Path | None = None
+        self.device = torch.device("cpu")  # fit takes config.train.device, load the CPU
+
+    def to(self, device: str | torch.device) -> StarsRecommender:
+        """Move the model to `device` (a torch device or a `resolve_device` name); returns self."""
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        if self.model is not None:
+            self.model.to(self.device)
+        return self
 
     def _fit(self, data: TrainingData) -> None:
         # The new-item bias, decided by its one rule on this data and saved with the model.
@@ -154,6 +163,7 @@ class StarsRecommender(Recommender):
         self.calendar = CalendarEvents.build(data.country, first - 1, last + 1)
         self.n_event_types = len(data.train.event_types)
         self.model = self._build()
+        self.to(config.train.device)
         validate = None
         if data.validation is not None and len(data.validation):
             assert data.validation_targets is not None  # given with the validation queries
@@ -221,10 +231,8 @@ class StarsRecommender(Recommender):
             model.own_item_taste.fill_(pair[0])
             model.own_item_offset.fill_(pair[1])
 
-        steps = self.config.calibration
-        grid = list(
-            itertools.product(steps.own_item_tastes, steps.own_item_offsets)
-        )  # (1, 0) first
+        steps = self.config.calibration  # (1, 0) first in the grid
+        grid = list(itertools.product(steps.own_item_tastes, steps.own_item_offsets))
         grid_search("own items (taste weight, offset)", lambda: validate(model), grid, apply)
 
     def _fitted_model(self) -> STARS:
@@ -254,39 +262,31 @@ class StarsRecommender(Recommender):
     def score(self, queries: Queries) -> np.ndarray:
         """(Q, N) float32 served score of every item: the model's terms (`STARS.user_side`,
         `item_terms`, `own_item_score`) for each query's recent history."""
-        model, calendar = self._fitted_model(), self._fitted_calendar()
+        model, calendar, device = self._fitted_model(), self._fitted_calendar(), self.device
+        gap = model.config.session_gap_minutes
         model.eval()
         vectors = model.item_vectors()  # (N, D)
-        all_slots = slot_of(torch.arange(vectors.shape[0]))
+        all_slots = slot_of(torch.arange(vectors.shape[0], device=device))
         scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
         for lo in range(0, len(queries), self.config.score_batch):
             part = queries[lo : lo + self.config.score_batch]
             rows = query_windows(part, model.config.max_length)
-            batch = featurize(part.log, rows, part.time, calendar, model.config.session_gap_minutes)
+            batch = featurize(part.log, rows, part.time, calendar, gap).to(device)
             query = model.user_vectors(batch)[:, -1]  # (B, D)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             taste = query @ vectors.T  # (B, N)
-            counts, age, sessions = history_counts(
-                part, vectors.shape[0], model.config.session_gap_minutes
+            counts, age, sessions = (
+                to_device(torch.from_numpy(a), device)
+                for a in history_counts(part, vectors.shape[0], gap)
             )
-            block = (
-                taste
-                + bias
-                + offsets
-                + model.own_item_score(
-                    taste,
-                    torch.from_numpy(counts),
-                    torch.from_numpy(age),
-                    all_slots,
-                    torch.from_numpy(sessions)[:, None],
-                    model.user_repeat_weights(query)[:, None, :],
-                )
-            )
-            scores[lo : lo + len(part)] = block.numpy()
+            weights = model.user_repeat_weights(query)[:, None, :]
+            own = model.own_item_score(taste, counts, age, all_slots, sessions[:, None], weights)
+            scores[lo : lo + len(part)] = (taste + bias + offsets + own).cpu().numpy()
         return scores
 
     def _state(self) -> dict[str, np.ndarray]:
-        state = {f"model.{k}": v.numpy() for k, v in self._fitted_model().state_dict().items()}
+        model = self._fitted_model()
+        state = {f"model.{k}": v.cpu().numpy() for k, v in model.state_dict().items()}
         state |= {f"features.{k}": v for k, v in self.features.items()}
         calendar = self._fitted_calendar()
         state |= {
@@ -327,6 +327,7 @@ class StarsRecommender(Recommender):
             }
         )
         self.model.eval()
+        self.device = torch.device("cpu")  # read into host memory; `to` moves it
 
 
 # Named configurations for the benchmark's ablation table: (model switches, training

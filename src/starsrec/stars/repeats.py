@@ -22,6 +22,7 @@ import torch
 from starsrec.data.calendar import DAY
 from starsrec.data.interactions import EventLog, Queries, session_opens
 from starsrec.stars.batch import PAD, EventBatch, slot_of
+from starsrec.stars.device import to_device
 
 
 def history_counts(
@@ -61,6 +62,11 @@ class CarriedRepeats:
     counts: torch.Tensor  # (B, K) float: occurrences before the window
     last_days: torch.Tensor  # (B, K) float: day of the last of them
     sessions: torch.Tensor  # (B, T) float: sessions in the user's history up to each row
+
+    def to(self, device: torch.device) -> CarriedRepeats:
+        """The same on `device` (see `device.to_device`)."""
+        tensors = (self.slots, self.counts, self.last_days, self.sessions)
+        return CarriedRepeats(*(to_device(t, device) for t in tensors))
 
 
 class RepeatEntries(NamedTuple):
@@ -144,13 +150,13 @@ def history_repeats(
     )
     # Items new in the window: counted from their first occurrence in it.
     same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, :, None]  # (B, S, S')
-    earlier = torch.ones(length, length, dtype=torch.bool).tril(-1)  # s' < s
+    earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)  # s' < s
     first = ~(same & earlier).any(-1) & ~again.any(1)  # (B, S): first sight of the item
     column = torch.searchsorted(slots, items).clamp(max=len(slots) - 1)  # (B, S)
     candidate = slots[column] == items
     count = same.float().cumsum(-1)  # (B, S, T): occurrences of item s up to position t
     last = torch.where(same, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
-    upto = torch.ones(length, length, dtype=torch.bool).triu()  # s <= t
+    upto = torch.ones(length, length, dtype=torch.bool, device=items.device).triu()  # s <= t
     b, s, t = ((first & candidate)[:, :, None] & upto & mask[:, None, :]).nonzero(as_tuple=True)
     window_entries = (
         row_of[b, t],

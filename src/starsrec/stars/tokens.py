@@ -52,7 +52,8 @@ class ItemTokens(nn.Module):
         """(...) float: 1 where the item's delta and bias apply (warm, and not dropped)."""
         owned = self.warm[slots]
         if self.training and self.config.cold_dropout > 0:
-            owned = owned * (torch.rand(slots.shape) >= self.config.cold_dropout)
+            draw = torch.rand(slots.shape, device=slots.device)
+            owned = owned * (draw >= self.config.cold_dropout)
         return owned
 
     def forward(self, slots: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,5 +80,7 @@ class ItemTokens(nn.Module):
         if self.config.use_tags:
             parts.append(self.attributes(tags))
         if self.config.use_item_id:
-            parts.append(torch.zeros(*text.shape[:-1], self.config.dim) if ids is None else ids)
+            if ids is None:
+                ids = torch.zeros(*text.shape[:-1], self.config.dim, device=text.device)
+            parts.append(ids)
         return self.project(torch.cat(parts, dim=-1))

@@ -6,33 +6,32 @@ batch's own targets (in-batch negatives), `uniform_negatives` items drawn unifor
 the log-Q correction: each candidate's logit is reduced by the log of how often the
 sampler proposes it, so popular items are not over-penalised. Positives are weighted by
 their event type's engagement weight. AdamW, early stopping on validation NDCG@10, a
-checkpoint after every epoch that resumes exactly (model, optimiser, RNG states).
+checkpoint after every epoch that resumes exactly (model, optimiser, RNG states), on the
+device it was written on, and validly on any other.
 
 Under torchrun (world size W > 1) the same loop runs as DistributedDataParallel: every
 rank draws the same shuffled epoch order from the shared seeded generator, takes every
 W-th window of each global batch (so a step covers the same `batch_size` windows as one
 process does), samples its negatives and dropout from a stream derived from (seed, epoch,
-rank), and DDP averages the gradients. Rank 0 validates and broadcasts the metric, so
-early stopping is decided once; rank 0 alone writes checkpoints. The checkpoint holds the
+rank), and DDP averages the gradients (NCCL on GPUs, gloo on the CPU). Rank 0 validates
+and broadcasts the metric, so early stopping is decided once; rank 0 alone writes
+checkpoints (`starsrec.stars.checkpoint`). The checkpoint holds the
 same tensors at any world size: resuming at the same W is bit-exact, at another W valid
 (the model, optimiser and epoch carry over; the negative samples differ).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -41,6 +40,8 @@ from starsrec.data.calendar import CalendarEvents
 from starsrec.data.interactions import EventLog
 from starsrec.stars import distributed
 from starsrec.stars.batch import EventBatch, slot_of
+from starsrec.stars.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from starsrec.stars.device import mixed_precision, to_device
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import CarriedRepeats, carried_repeats, history_repeats
 from starsrec.stars.sequences import featurize, training_windows
@@ -63,17 +64,9 @@ class TrainConfig:
     threads: int = 1
     seed: int = 0
     progress: bool = True
-
-
-@dataclass
-class TrainingState:
-    """What a checkpoint restores besides the weights."""
-
-    epoch: int = 0
-    best_metric: float = -math.inf  # any first epoch improves on it (metric may be -loss)
-    best_epoch: int = -1
-    stale_epochs: int = 0
-    history: list[dict] = field(default_factory=list)  # one record per epoch
+    # "auto" (a GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N"
+    # (starsrec.stars.device). Only where training runs: results load on any device.
+    device: str = "auto"
 
 
 class Sampler:
@@ -124,11 +117,13 @@ def train_model(
     validate: Callable[[STARS], float] | None = None,
     checkpoint_dir: Path | None = None,
 ) -> TrainingState:
-    """Train `model` in place on `log`; keeps the weights of the best validation epoch.
+    """Train `model` in place on `log`, on the device the model is on (bf16 autocast on a
+    GPU, `starsrec.stars.device`); keeps the weights of the best validation epoch.
 
     In a process group (see module doc) every rank calls this with the same arguments;
     `validate` runs on rank 0 only and `checkpoint_dir` must be readable by every rank."""
     rank = distributed.current()
+    device = model.device
     torch.set_num_threads(1 if rank.distributed else config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)  # the epoch order: identical on every rank
@@ -142,14 +137,19 @@ def train_model(
         # syncing them every forward would be pure traffic. Switched-off components leave
         # parameters without gradients, which DDP must be told to expect.
         step = DistributedDataParallel(
-            step, forward_sync_buffers=False, find_unused_parameters=True
+            step,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,
+            find_unused_parameters=True,
         )
     state = TrainingState(history=[])
-    best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    best_weights = _host_copy(model)
     if checkpoint_dir is not None and (checkpoint_dir / "trainer.json").exists():
-        state, rng = _load_checkpoint(checkpoint_dir, model, optimizer, best_weights)
+        state, rng = load_checkpoint(checkpoint_dir, model, optimizer, best_weights)
         logger.info("resumed from %s at epoch %d", checkpoint_dir, state.epoch)
-    logger.info("training on %d windows of up to %d events, rank %s", len(windows), length, rank)
+    logger.info(
+        "training on %d windows of up to %d events on %s, %s", len(windows), length, device, rank
+    )
     while state.epoch < config.epochs and state.stale_epochs < config.patience:
         started = time.perf_counter()
         sample_rng = rng
@@ -179,7 +179,7 @@ def train_model(
         state.epoch += 1
         if metric > state.best_metric:
             state.best_metric, state.best_epoch, state.stale_epochs = metric, state.epoch, 0
-            best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+            best_weights = _host_copy(model)
         else:
             state.stale_epochs += 1
         state.history.append(
@@ -200,11 +200,16 @@ def train_model(
         )
         if checkpoint_dir is not None:
             if rank.is_main:
-                _save_checkpoint(checkpoint_dir, model, optimizer, state, rng, best_weights)
+                save_checkpoint(checkpoint_dir, model, optimizer, state, rng, best_weights)
             distributed.barrier()  # no rank runs ahead of a checkpoint it may resume from
     model.load_state_dict(best_weights)
     model.eval()
     return state
+
+
+def _host_copy(model: STARS) -> dict[str, torch.Tensor]:
+    """A copy of the model's state in host memory (the best weights, kept off the GPU)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _optimizer(model: STARS, config: TrainConfig) -> torch.optim.Optimizer:
@@ -251,13 +256,14 @@ def _epoch(
 ) -> tuple[float, int]:
     """One pass over this rank's share of the windows: (mean loss, target events)."""
     model.train()
-    rank = distributed.current()
+    rank, device = distributed.current(), model.device
     order_rng, sample_rng = rngs
     order = order_rng.permutation(len(windows))
     # A window can predict something when a position has an input and a target event.
     targets_ok = (windows[:, 1:] >= 0) & log.is_target[np.maximum(windows[:, 1:], 0)]
     useful = (targets_ok & (windows[:, :-1] >= 0)).any(axis=1)
-    total_loss, total_events = 0.0, 0
+    # Summed on the device in float64, as Python floats would be: no wait for the GPU per step.
+    total_loss, total_events = torch.zeros((), dtype=torch.float64, device=device), 0
     batches = range(0, len(order), config.batch_size)
     show = config.progress and rank.is_main
     bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not show)
@@ -282,38 +288,42 @@ def _epoch(
         valid &= log.is_target[safe]
         targets = log.item[safe]
         candidates, log_q = sampler.sample(targets[valid], sample_rng)
-        carried = carried_repeats(
-            log, inputs, torch.from_numpy(slot_of(candidates)), model.config.session_gap_minutes
-        )
-        loss = step(batch, carried, targets, valid, log.weight[safe], candidates, log_q)
+        slots = torch.from_numpy(slot_of(candidates))
+        carried = carried_repeats(log, inputs, slots, model.config.session_gap_minutes)
+        arrays = (targets, valid, log.weight[safe].astype(np.float32), slot_of(candidates))
+        tensors = [to_device(torch.from_numpy(a), device) for a in arrays]
+        log_q_tensor = to_device(torch.from_numpy(log_q).float(), device)
+        with mixed_precision(device):
+            loss = step(batch.to(device), carried.to(device), *tensors, log_q_tensor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         events = int(valid.sum())
-        total_loss += loss.item() * events
+        total_loss += loss.detach().double() * events
         total_events += events
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return total_loss / max(total_events, 1), total_events
+        if show:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return total_loss.item() / max(total_events, 1), total_events
 
 
 def _loss(
     model: STARS,
     batch: EventBatch,
     carried: CarriedRepeats,  # what each window's user had before the window
-    targets: np.ndarray,  # (B, T) item index of the event after each input
-    valid: np.ndarray,  # (B, T) positions that have a target to predict
-    weights: np.ndarray,  # (B, T) engagement weight of each target
-    candidates: np.ndarray,  # (C,) sorted unique item indices
-    log_q: np.ndarray,  # (C,)
+    targets: torch.Tensor,  # (B, T) long: item index of the event after each input
+    mask: torch.Tensor,  # (B, T) bool: positions that have a target to predict
+    weights: torch.Tensor,  # (B, T) float: engagement weight of each target
+    candidate_slots: torch.Tensor,  # (C,) sorted unique item slots
+    log_q: torch.Tensor,  # (C,) float
 ) -> torch.Tensor:
     query = model.user_vectors(batch)  # (B, T, D)
-    mask = torch.from_numpy(valid)
     query = query[mask]  # (P, D)
-    candidate_slots = torch.from_numpy(slot_of(candidates))
+    # float32 from here, also under autocast (its matmuls give bf16): the loss and the
+    # sparse repeat bonus added into it.
     logits = model.score(
         query, candidate_slots, batch.request_events[mask], batch.request_days[mask]
-    )
+    ).float()
     repeats = history_repeats(batch, candidate_slots, mask, carried)
     bonus = model.own_item_score(
         None,  # the own-item re-scoring is fitted after training: identity here
@@ -323,60 +333,11 @@ def _loss(
         repeats.sessions,
         model.user_repeat_weights(query)[repeats.rows],
     )
-    logits = logits.index_put((repeats.rows, repeats.columns), bonus, accumulate=True)
-    logits = logits - torch.from_numpy(log_q).float()
-    label = torch.from_numpy(np.searchsorted(candidates, targets[valid]))
+    logits = logits.index_put(
+        (repeats.rows, repeats.columns), bonus.to(logits.dtype), accumulate=True
+    )
+    logits = logits - log_q
+    label = torch.searchsorted(candidate_slots, slot_of(targets[mask]))
     per_event = F.cross_entropy(logits, label, reduction="none")
-    weight = torch.from_numpy(weights[valid].astype(np.float32))
+    weight = weights[mask]
     return (per_event * weight).sum() / weight.sum()
-
-
-# -- checkpoints: safetensors for tensors, JSON for the rest (never pickles) -------------
-def _save_checkpoint(
-    directory: Path,
-    model: STARS,
-    optimizer: torch.optim.Optimizer,
-    state: TrainingState,
-    rng: np.random.Generator,
-    best_weights: dict[str, torch.Tensor],
-) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    optimizer_state = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors |= {f"best.{k}": v for k, v in best_weights.items()}
-    tensors["torch_rng"] = torch.get_rng_state()
-    for index, values in optimizer_state["state"].items():
-        for key, value in values.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
-    meta = {
-        "state": asdict(state),
-        "numpy_rng": rng.bit_generator.state,
-        "param_groups": optimizer_state["param_groups"],
-    }
-    tmp_tensors, tmp_meta = directory / "checkpoint.tmp", directory / "trainer.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_tensors)
-    tmp_meta.write_text(json.dumps(meta))
-    tmp_tensors.replace(directory / "checkpoint.safetensors")
-    tmp_meta.replace(directory / "trainer.json")
-
-
-def _load_checkpoint(
-    directory: Path,
-    model: STARS,
-    optimizer: torch.optim.Optimizer,
-    best_weights: dict[str, torch.Tensor],
-) -> tuple[TrainingState, np.random.Generator]:
-    tensors = load_file(directory / "checkpoint.safetensors")
-    meta = json.loads((directory / "trainer.json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best_weights.update({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-    torch.set_rng_state(tensors["torch_rng"])
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    rng = np.random.default_rng()
-    rng.bit_generator.state = meta["numpy_rng"]
-    return TrainingState(**meta["state"]), rng
