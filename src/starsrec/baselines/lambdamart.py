@@ -109,9 +109,6 @@ class LambdaMARTRecommender(Recommender):
             sum(len(groups) for _, _, groups in parts),
             self.booster.best_iteration or config.n_estimators,
         )
-        if data.validation is not None and data.validation_targets is not None:
-            recall = self.diagnostics(data.validation, data.validation_targets)
-            logger.info("lambdamart: validation candidate recall %.4f", recall["candidate_recall"])
 
     def diagnostics(self, queries: Queries, targets: BasketTargets) -> dict[str, float]:
         """candidate_recall: the share of the queries' target items among their candidates
