@@ -92,6 +92,10 @@ CELLS = (
     Cell("instacart", "in-session"),  # add-to-cart order is real
 )
 MODELS = (*BASELINES, "stars", "sasrec")
+# Grids chosen on validation (first seed; report.run_models). The other models tune inside
+# their fit (LambdaMART's tree count, TIFU-KNN's grid, STARS's epochs and calibration).
+# ID-only SASRec gets its learning rate tuned; its epochs come from early stopping.
+TUNING = {"sasrec": {"train.learning_rate": (1e-3, 2.5e-3, 5e-3)}}
 
 
 def key(record: dict) -> tuple:
@@ -127,6 +131,7 @@ def run_cell(cell: Cell, models: list[str], seeds: list[int], threads: int) -> l
         split=split,
         progress=False,
         threads=threads,
+        tuning=TUNING,
     )
     if cell.exclude_seen is False and cell.dataset == "movielens-100k":
         records.append(sanity_record(dataset, split))
@@ -189,16 +194,39 @@ def sanity_lines(records: list[dict]) -> list[str]:
 
 
 def diagnostic_lines(records: list[dict]) -> list[str]:
-    """Each model's diagnostics per cell (mean over seeds): LambdaMART's candidate recall,
-    the share of test targets its candidates hold, which no re-ranking can exceed."""
-    values: dict[tuple[str, str, str, str], list[float]] = {}
+    """Each model's diagnostics per cell (mean over seeds; see `Recommender.diagnostics`)."""
+    values: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     for r in records:
         for name, value in (r.get("diagnostics") or {}).items():
-            values.setdefault((r["dataset"], r["protocol"], r["model"], name), []).append(value)
+            group = values.setdefault((r["dataset"], r["protocol"], r["model"]), {})
+            group.setdefault(name, []).append(value)
     return [
-        f"- {dataset} / {protocol}: {model} {name.replace('_', ' ')} {np.mean(v):.4f}"
-        for (dataset, protocol, model, name), v in sorted(values.items())
+        f"- {dataset} / {protocol}: {model} "
+        + ", ".join(f"{name.replace('_', ' ')} {np.mean(v):.4g}" for name, v in group.items())
+        for (dataset, protocol, model), group in sorted(values.items())
     ]
+
+
+def tuning_lines(records: list[dict]) -> list[str]:
+    """Per cell and tuned model: what validation chose from its grid."""
+    lines = []
+    for r in records:
+        if not r.get("tuning") or r["seed"] != min(
+            o["seed"] for o in records if key(o)[:3] == key(r)[:3]
+        ):
+            continue
+        tried = ", ".join(
+            f"{_settings(t['settings'])}: {t['validation_ndcg@10']:.4f}" for t in r["tuning"]
+        )
+        lines.append(
+            f"- {r['dataset']} / {r['protocol']}: {r['model']} kept {_settings(r['settings'])} "
+            f"(validation NDCG@10 {tried})"
+        )
+    return lines
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
 
 
 def cell_lines(rows: list[dict]) -> list[str]:
@@ -260,9 +288,15 @@ def rebuild(records: list[dict], results: Path, docs: Path) -> str:
         "",
         *cell_lines(rows),
         "",
-        "Test targets among LambdaMART's candidates (candidate recall: its recall's ceiling):",
+        "Diagnostics (mean over seeds): LambdaMART's candidate recall (the share of test "
+        "targets among its candidates, its recall's ceiling); for STARS and SASRec the "
+        "validation epoch whose weights were kept, of the epochs run (at most 40, patience 8):",
         "",
         *(diagnostic_lines(records) or ["- not recorded by these runs"]),
+        "",
+        "Chosen on validation from a grid (first seed, kept for every seed):",
+        "",
+        *(tuning_lines(records) or ["- no grid in these runs"]),
         "",
         *sanity_lines(records),
         "",

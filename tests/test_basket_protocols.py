@@ -14,7 +14,7 @@ from starsrec.baselines.lambdamart import LambdaMARTRecommender
 from starsrec.data.baskets import BasketSplit
 from starsrec.data.splits import LAST_BASKET, NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
-from starsrec.experiments.report import run_models, training_data, write_report
+from starsrec.experiments.report import make_model, run_models, training_data, write_report
 from tiny import TINY_LAMBDAMART
 
 
@@ -84,3 +84,30 @@ def test_lambdamart_learns_from_whole_validation_baskets(dataset) -> None:
     expected = [np.isin(item[query == q], targets.of(q)).sum() for q in range(len(queries))]
     assert positives.tolist() == [n for n in expected if n > 0]
     assert positives.max() > 1  # some groups have several positives
+
+
+def test_run_models_tunes_a_grid_on_validation_and_keeps_it_for_every_seed(dataset) -> None:
+    grid = {
+        "lambdamart": {
+            "text_encoder": ("hashing",),
+            "embedding_cache": (None,),
+            "n_estimators": (1, 30),
+        }
+    }
+    records = run_models(
+        dataset, NEXT_BASKET, ["lambdamart"], seeds=(0, 1), progress=False, tuning=grid
+    )
+    first, second = records
+    tried = first["tuning"]
+    assert [t["settings"]["n_estimators"] for t in tried] == [1, 30]
+    best = max(tried, key=lambda t: t["validation_ndcg@10"])
+    assert first["settings"] == best["settings"]
+    assert second["settings"] == first["settings"] and second["tuning"] == tried
+
+
+def test_settings_replace_nested_fields_by_dotted_path() -> None:
+    model = make_model("sasrec", seed=0, settings={"train.learning_rate": 1e-3})
+    assert model.config.train.learning_rate == 1e-3
+    assert not model.config.model.use_text  # the variant's switches still apply
+    with pytest.raises(ValueError, match="no field 'learning_rat'"):
+        make_model("sasrec", seed=0, settings={"train.learning_rat": 1e-3})

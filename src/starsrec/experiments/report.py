@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +27,7 @@ from starsrec.baselines import BASELINES
 from starsrec.data.baskets import BasketSplit, BasketTargets
 from starsrec.data.dataset import DataError, Dataset
 from starsrec.data.splits import Split, split_dataset
-from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate, validation_metric
 from starsrec.experiments.comparisons import (
     comparison_table,
     comparisons,
@@ -82,21 +84,35 @@ def source_revision() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def make_model(name: str, seed: int, threads: int = 1) -> Recommender:
+def make_model(
+    name: str, seed: int, threads: int = 1, settings: Mapping[str, Any] | None = None
+) -> Recommender:
     """A model by name with its default config (and `seed` and `threads` where it has them):
     a baseline or a STARS variant (full STARS, ID-only SASRec, the ablations). `threads` is
-    the CPU threads training may use: 1 when several jobs share the cores."""
+    the CPU threads training may use: 1 when several jobs share the cores. `settings`
+    overrides config fields by dotted path, e.g. {"train.learning_rate": 1e-3}."""
     if name in VARIANTS:
-        return stars_variant(name, StarsConfig(seed=seed, train=TrainConfig(threads=threads)))
+        config = StarsConfig(seed=seed, train=TrainConfig(threads=threads))
+        return stars_variant(name, with_settings(config, settings or {}))
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     model_class = BASELINES[name]
     config = model_class.config_class()
     fields = {f.name for f in dataclasses.fields(config)}
-    settings = {"seed": seed, "threads": threads}
-    return model_class(
-        dataclasses.replace(config, **{k: v for k, v in settings.items() if k in fields})
-    )
+    defaults = {"seed": seed, "threads": threads}
+    config = dataclasses.replace(config, **{k: v for k, v in defaults.items() if k in fields})
+    return model_class(with_settings(config, settings or {}))
+
+
+def with_settings(config: Any, settings: Mapping[str, Any]) -> Any:
+    """`config` (a frozen dataclass) with fields replaced by dotted path ("train.epochs")."""
+    for path, value in settings.items():
+        head, _, rest = path.partition(".")
+        if not any(f.name == head for f in dataclasses.fields(config)):
+            raise ValueError(f"{type(config).__name__} has no field {head!r} (in {path!r})")
+        inner = with_settings(getattr(config, head), {rest: value}) if rest else value
+        config = dataclasses.replace(config, **{head: inner})
+    return config
 
 
 def is_seeded(name: str) -> bool:
@@ -173,11 +189,16 @@ def run_models(
     split: Split | BasketSplit | None = None,
     progress: bool = True,
     threads: int = 1,
+    tuning: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
     `exclude_seen` defaults to the dataset's own rule (`Dataset.exclude_seen`);
     `threads` is what each model may train with (see `make_model`), kept in the record.
+    `tuning` gives models a grid ({model: {dotted field: values}}): with the first seed each
+    combination is fitted and the one with the best validation NDCG@10 (every validation
+    query) is kept for every seed; the records say what was tried ("tuning") and kept
+    ("settings"). Test queries play no part in the choice.
     """
     if split is None:
         split = split_dataset(dataset, protocol)
@@ -186,16 +207,51 @@ def run_models(
     data = training_data(dataset, split, exclude_seen)
     records = []
     for name in models:
+        grid = (tuning or {}).get(name, {})
+        settings: dict[str, Any] = {}
+        tried: list[dict] = []
         for seed in seeds if is_seeded(name) else seeds[:1]:
-            model = make_model(name, seed, threads)
             started = time.perf_counter()
-            model.fit(data)
+            if grid and not tried:
+                model, settings, tried = _tuned(name, seed, threads, grid, data)
+            else:
+                model = make_model(name, seed, threads, settings).fit(data)
             train_s = time.perf_counter() - started
             record = evaluation_record(
                 model, name, seed, dataset, split, exclude_seen, train_s, progress
             )
-            records.append(record | {"threads": threads})
+            extra = {"settings": settings, "tuning": tried} if grid else {}
+            records.append(record | {"threads": threads} | extra)
     return records
+
+
+def _tuned(
+    name: str,
+    seed: int,
+    threads: int,
+    grid: Mapping[str, Sequence[Any]],
+    data: TrainingData,
+) -> tuple[Recommender, dict[str, Any], list[dict]]:
+    """(the fitted model with the best validation NDCG@10 over `grid`, its settings, every
+    combination tried with its validation NDCG@10)."""
+    if data.validation is None or not len(data.validation):
+        raise DataError(f"tuning {name} needs validation queries; this split has none")
+    assert data.validation_targets is not None  # given with the validation queries
+    best: tuple[float, Recommender | None, dict[str, Any]] = (-np.inf, None, {})
+    tried = []
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values, strict=True))
+        model = make_model(name, seed, threads, settings).fit(data)
+        metric = validation_metric(
+            model, data.validation, data.validation_targets, data.exclude_seen
+        )
+        logger.info("%s %s: validation ndcg@10 %.4f", name, settings, metric)
+        tried.append({"settings": settings, "validation_ndcg@10": round(metric, 6)})
+        if metric > best[0]:
+            best = (metric, model, settings)
+    _, model, settings = best
+    assert model is not None  # the grid is not empty
+    return model, settings, tried
 
 
 def _mean_std(values: Iterable[float]) -> str:

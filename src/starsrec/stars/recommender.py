@@ -186,6 +186,15 @@ class StarsRecommender(Recommender):
         if validate is not None:
             self.calibrate(queries, targets, validate, data.exclude_seen)
 
+    def diagnostics(self, queries: Queries, targets: BasketTargets) -> dict[str, float]:
+        """best_epoch (the validation epoch whose weights were kept) and epochs_run, from
+        the fit in this process (none after `load`): a best epoch at the cap says more epochs
+        could help."""
+        state = self.training_state
+        if state is None:
+            return {}
+        return {"best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)}
+
     def calibrate(
         self,
         queries: Queries,
