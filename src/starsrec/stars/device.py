@@ -1,11 +1,13 @@
-"""Where STARS computes: the device a setting names, and the two things that differ on it.
+"""Where STARS computes: the device a setting names, and what training does about it.
 
 `TrainConfig.device` (and `starsrec train|evaluate|index --device`) is "auto" (a GPU when
 torch sees one, else the CPU), "cpu", "cuda" or "cuda:N"; under torchrun a bare "cuda"
 means the GPU of the rank's LOCAL_RANK. On a GPU, training runs its forward pass and loss
-under bf16 autocast (weights, optimiser state, checkpoints and scores stay float32) and
-host tensors reach the GPU through pinned memory without blocking. On the CPU both are
-no-ops, so the CPU path is the float32 code it always was, bit for bit.
+under bf16 autocast (weights, optimiser state, checkpoints and scores stay float32), host
+tensors reach the GPU through pinned memory without blocking, and the next steps' host
+work runs ahead in a thread (`prefetched`). On the CPU the three are no-ops: the float32
+code it always was. Either way `reused_host_memory` keeps the freed blocks of one step for
+the next.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def reused_host_memory() -> Iterator[None]:
     if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
         yield
         return
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # glibc's largest allowed mmap threshold
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # blocks under 1 GiB from the heap
     libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
     try:
         yield
