@@ -247,7 +247,7 @@ def scaling_loglog(rows: Sequence[dict], path: str | Path, title: str) -> Path:
             FuncFormatter(lambda v, p: f"{v:,.0f}" * bool(_minor_label(v, p)))
         )
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax.set(xlabel="events or items (log scale)", ylabel=f"{label} (log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="upper left")
