@@ -1,6 +1,7 @@
-"""Training and scoring on a device (`starsrec.stars.device`): the CPU path is the code it
-always was, bf16 autocast keeps the loss in float32, and a model trained on a GPU saves,
-loads and resumes on the CPU."""
+"""Training and scoring on a device (`starsrec.stars.device`): `--device cpu` trains what the
+default does without a GPU, bit for bit; bf16 autocast keeps the loss in float32; the host
+helpers keep order and numbers; and a model trained on a GPU saves, loads and resumes on the
+CPU (where torch sees a GPU)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def fit(split, **train) -> StarsRecommender:
 
 
 def test_cpu_trains_the_same_weights_as_the_default_without_a_gpu(split, monkeypatch) -> None:
-    """`--device cpu` and the default ("auto" on a machine without a GPU, as every machine
-    is here) give the same weights and scores, bit for bit."""
+    """`--device cpu` and the default ("auto", on a machine made to look GPU-less) give the
+    same weights and scores, bit for bit."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     default = fit(split)
     on_cpu = fit(split, device="cpu")
