@@ -1,10 +1,12 @@
-"""Training and scoring on a device (`starsrec.stars.device`): the CPU path is the code it
-always was, bf16 autocast keeps the loss in float32, and a model trained on a GPU saves,
-loads and resumes on the CPU."""
+"""Training and scoring on a device (`starsrec.stars.device`): `--device cpu` trains what the
+default does without a GPU, bit for bit; bf16 autocast keeps the loss in float32; the host
+helpers keep order and numbers; and a model trained on a GPU saves, loads and resumes on the
+CPU (where torch sees a GPU)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +18,13 @@ from starsrec.data.interactions import Catalogue, EventLog
 from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
-from starsrec.stars.device import mixed_precision, resolve_device, to_device
+from starsrec.stars.device import (
+    mixed_precision,
+    prefetched,
+    resolve_device,
+    reused_host_memory,
+    to_device,
+)
 from starsrec.stars.recommender import StarsRecommender
 from starsrec.stars.repeats import carried_repeats
 from starsrec.stars.sequences import featurize, training_windows
@@ -36,8 +44,8 @@ def fit(split, **train) -> StarsRecommender:
 
 
 def test_cpu_trains_the_same_weights_as_the_default_without_a_gpu(split, monkeypatch) -> None:
-    """`--device cpu` and the default ("auto" on a machine without a GPU, as every machine
-    is here) give the same weights and scores, bit for bit."""
+    """`--device cpu` and the default ("auto", on a machine made to look GPU-less) give the
+    same weights and scores, bit for bit."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     default = fit(split)
     on_cpu = fit(split, device="cpu")
@@ -58,6 +66,44 @@ def test_devices_are_resolved_or_refused_by_name(monkeypatch) -> None:
     host = torch.arange(3)
     assert to_device(host, torch.device("cpu")) is host  # the CPU path copies nothing
     assert not isinstance(mixed_precision(torch.device("cpu")), torch.autocast)  # float32
+
+
+def test_prefetching_keeps_the_order_and_raises_where_the_producer_failed() -> None:
+    """What overlaps host work with a GPU's (`prefetched`, the training steps on CUDA):
+    the items in their order, at most `depth` produced ahead, the producer's error raised
+    at the item it failed on."""
+    produced = []
+
+    def items():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    stream = prefetched(items(), depth=2)
+    assert next(stream) == 0
+    time.sleep(0.1)
+    assert len(produced) <= 4  # the one taken, two queued, one waiting to be queued
+    assert list(stream) == list(range(1, 50))
+
+    def failing():
+        yield 1
+        raise RuntimeError("bad batch")
+
+    stream = prefetched(failing())
+    assert next(stream) == 1
+    with pytest.raises(RuntimeError, match="bad batch"):
+        next(stream)
+
+
+def test_reused_host_memory_changes_no_numbers() -> None:
+    """Training's epochs run inside `reused_host_memory` (glibc keeps freed blocks): only
+    where memory comes from changes, and it can be entered again."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(600, 81, generator=generator), torch.randn(81, 3000, generator=generator)
+    plain = torch.log_softmax(a @ b, dim=1)
+    for _ in range(2):
+        with reused_host_memory():
+            assert torch.equal(torch.log_softmax(a @ b, dim=1), plain)
 
 
 def test_train_refuses_a_gpu_it_cannot_see(monkeypatch, tmp_path, capsys) -> None:

@@ -120,6 +120,45 @@ def test_training_resumes_exactly(world, tmp_path) -> None:
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"use_calendar_offsets": False}, {"use_item_bias": False}, {"use_new_item_bias": False}],
+)
+def test_the_inner_product_score_matches_the_reference(world, switches) -> None:
+    """Training's fast path `score_inner` (inner products, row blocks that skip what no
+    request there needs) equals the reference `score` plus the shift, with requests and
+    candidates in time order (as training sorts them) and in any other order, items new
+    to some requests, and the cold-dropout draw of training mode."""
+    catalogue, log, calendar = world
+    model = build(catalogue, calendar, replace(TINY, cold_dropout=0.5, **switches))
+    windows = training_windows(log, TINY.max_length)[:12]
+    batch = featurize(log, windows[:, :-1], log.timestamp[windows[:, -1]], calendar, 30.0)
+    mask = batch.items != PAD
+    days, events = batch.request_days[mask], batch.request_events[mask]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        low, high = float(days.min()), float(days.max())
+        model.first_day[1:] = low + (high - low) * torch.rand(catalogue.size, generator=generator)
+        for parameter in (model.item_bias.weight, model.calendar_offsets, model.new_item_bias):
+            parameter.normal_(generator=generator)
+        query = model.user_vectors(batch)[mask]
+    slots = torch.arange(1, catalogue.size + 1)[torch.rand(catalogue.size) < 0.6]
+    shift = torch.randn(len(slots), generator=generator)
+    assert len(query) > 8 * 5  # several rows in every block
+    by_time = torch.argsort(days), torch.argsort(model.first_day[slots])
+    shuffled = torch.randperm(len(days)), torch.randperm(len(slots))
+    for rows, columns in [by_time, shuffled]:
+        torch.manual_seed(0)
+        want = model.score(query[rows], slots[columns], events[rows], days[rows])
+        torch.manual_seed(0)
+        got = model.score_inner(
+            query[rows], slots[columns], events[rows], days[rows], shift[columns]
+        )
+        np.testing.assert_allclose(got.detach(), (want + shift[columns]).detach(), atol=1e-5)
+    unseen = model.first_day[slots] >= days[:, None]
+    assert 0.1 < float(unseen.float().mean()) < 0.9  # both item states are scored
+
+
 def test_serving_scores_match_the_training_path() -> None:
     """The fast full-catalogue `score` (whole-history repeat counts, one matrix product)
     equals the training computation (window + carried-in repeat counts, candidate scoring),

@@ -43,8 +43,8 @@ EXAMPLES = {
         "  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-id stars1 --rdzv-backend c10d \\\n"
         "    --rdzv-endpoint HEAD_NODE:29500 -m starsrec.cli train data/shop \\\n"
         "    --checkpoints checkpoints/shop --out artifacts/shop\n"
-        "resuming from --checkpoints is bit-exact at the same world size and device, and valid "
-        "at another\n\n"
+        "resuming from --checkpoints is bit-exact at the same world size on the CPU, and valid "
+        "at another world size or device\n\n"
         "on GPUs (--device auto takes one when torch sees it; NCCL between GPU ranks):\n"
         "  starsrec train data/shop --device cuda --nproc 8 --out artifacts/shop"
     ),

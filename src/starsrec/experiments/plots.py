@@ -4,7 +4,8 @@ Records are those of `starsrec.experiments.report` ({"dataset", "protocol", "mod
 "metrics", "slices", ...}). `write_figures` draws, per (dataset, protocol): Recall@K and
 NDCG@K against K, Recall@10 on the hard slices, the STARS ablations when there are any, and
 each model's paired difference to the strongest baseline with its 95% interval;
-`latency_cdf` draws the serving benchmark's per-request latencies. matplotlib is imported
+`latency_cdf` draws the serving benchmark's per-request latencies, `scaling_loglog` the
+training benchmark's time and memory against events and items. matplotlib is imported
 inside the functions, through its object-oriented API (no pyplot state, no backend switch), so
 importing this module or `starsrec` stays cheap. Figures are 1200x700 px, colours from "tab10".
 """
@@ -210,6 +211,46 @@ def latency_cdf(latencies_ms: Mapping[str, Sequence[float]], path: str | Path, t
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", title="filter (dots: p50, p99)")
+    return _save(figure, path)
+
+
+def scaling_loglog(rows: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Training time per epoch and peak memory against the events (at the fewest items)
+    and the items (at the fewest events) on log-log axes, each line with its fitted slope
+    (the exponent of the growth). `rows`: the training-throughput benchmark's synthetic
+    runs ({"events", "items", "train_s", "epochs", "peak_rss_mib"})."""
+    from matplotlib.ticker import FuncFormatter
+
+    figure, axes = _figure(title, ncols=2)
+    fewest = {key: min(row[key] for row in rows) for key in ("events", "items")}
+    sweeps = {
+        f"events (items = {fewest['items']:,})": ("events", "items"),
+        f"items (events = {fewest['events']:,})": ("items", "events"),
+    }
+    panels = [
+        ("seconds per epoch", lambda r: r["train_s"] / r["epochs"]),
+        ("peak memory (GiB, RSS)", lambda r: r["peak_rss_mib"] / 1024),
+    ]
+    for ax, (label, value) in zip(axes, panels, strict=True):
+        for i, (name, (swept, fixed)) in enumerate(sweeps.items()):
+            points = sorted((r[swept], value(r)) for r in rows if r[fixed] == fewest[fixed])
+            if len(points) < 2:
+                continue
+            x, y = np.array(points, dtype=np.float64).T
+            slope = np.polyfit(np.log(x), np.log(y), 1)[0]
+            line = f"against {name}: slope {slope:.2f}"
+            ax.plot(x, y, marker=MARKERS[i], color=_colour(i), linewidth=2, label=line)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(
+            FuncFormatter(lambda v, p: f"{v:,.0f}" * bool(_minor_label(v, p)))
+        )
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.set(xlabel="events or items (log scale)", ylabel=f"{label} (log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper left")
     return _save(figure, path)
 
 

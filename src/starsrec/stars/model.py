@@ -19,9 +19,10 @@
 
 The served score is defined here once: `user_side` (the query), `item_terms` and
 `calendar_terms` (the item side), `own_item_score` (what the user's own items add), and
-`retrieval_items` / `retrieval_queries` (the same score as one inner product). Training,
-the offline scorer, the exported encoder and the service (through `request_tables`) call
-these; none re-implements them.
+`retrieval_items` / `retrieval_queries` (the same score as one inner product). Training
+(through `score_inner`, that inner product over sampled candidates, checked against the
+plain `score`), the offline scorer, the exported encoder and the service (through
+`request_tables`) call these; none re-implements them.
 
 Every component has a switch in `ModelConfig`; all off but `use_item_id` is SASRec.
 Shapes: B batch, T events, N items, D model width, K calendar events, C candidates.
@@ -37,6 +38,8 @@ from starsrec.stars.batch import PAD, RECENCY_BUCKETS, EventBatch, slot_of
 from starsrec.stars.config import REPEAT_FEATURES, ModelConfig
 from starsrec.stars.layers import Block
 from starsrec.stars.tokens import ItemTokens
+
+SCORE_BLOCKS = 8  # of `STARS.score_inner`: more, and each of its products is smaller
 
 
 class STARS(nn.Module):
@@ -195,11 +198,8 @@ class STARS(nn.Module):
     def context_table(self) -> torch.Tensor:
         """(24, 7, 12, D) `request_context` of every (hour, weekday, month): the service
         reads a request's row of it instead of running the embeddings."""
-        device = self.device
-        parts = torch.meshgrid(
-            *(torch.arange(n, device=device) for n in (24, 7, 12)), indexing="ij"
-        )
-        return self.request_context(*parts)
+        hour, weekday, month = (torch.arange(n, device=self.device) for n in (24, 7, 12))
+        return self.request_context(*torch.meshgrid(hour, weekday, month, indexing="ij"))
 
     # -- 4. scoring ---------------------------------------------------------------------
     def item_vectors(
@@ -318,6 +318,59 @@ class STARS(nn.Module):
         new_vectors = self.item_vectors(slots, torch.zeros_like(owned))  # (C, D)
         new_bias = self.new_item_bias if self.config.use_item_bias else 0.0
         return torch.where(unseen, query @ new_vectors.T + new_bias + offsets, scores)
+
+    def score_inner(
+        self,
+        query: torch.Tensor,
+        slots: torch.Tensor,
+        request_events: torch.Tensor,
+        request_days: torch.Tensor | None,
+        shift: torch.Tensor,
+        owned: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`score` of (P, D) queries plus a (C,) per-candidate `shift` (training's -log Q), as
+        inner products [u + q(c), 1, events] . [e_i, b_i + shift_i, o[:, class(i)]]: training
+        spends most of its time on (P, C) tensors, of which `score` makes several. Equal to
+        `score` to float rounding (tests/test_model.py). `owned`: the cold-dropout draw
+        (`item_tokens.owned(slots)`), drawn here when None.
+
+        Items new to a request take a second product. In each of `SCORE_BLOCKS` row blocks,
+        columns seen by every request there take only the first, those new to every one only
+        the second: with rows in request-time order and columns in first-day order (training
+        sorts them so) the two cover little more than one. Any order gives the same numbers."""
+        owned = self.item_tokens.owned(slots) if owned is None else owned
+        columns = [query, torch.ones_like(query[:, :1])]
+        offsets = self.calendar_offsets[:, self.item_class[slots]].T  # (C, K)
+        if self.config.use_calendar_offsets:
+            columns.append(request_events)
+        queries = torch.cat(columns, dim=-1)  # (P, D + 1 [+ K])
+
+        def items(vectors: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            rows = [vectors, (bias + shift)[:, None]]
+            if self.config.use_calendar_offsets:
+                rows.append(offsets)
+            return torch.cat(rows, dim=1)  # (C, D + 1 [+ K])
+
+        seen = items(self.item_vectors(slots, owned), self.item_bias_terms(slots, owned))
+        if request_days is None or not self.scores_new_items:
+            return queries @ seen.T
+        new_bias = self.new_item_bias if self.config.use_item_bias else shift.new_zeros(())
+        new = items(self.item_vectors(slots, torch.zeros_like(owned)), new_bias.expand_as(shift))
+        first_day, width, blocks = self.first_day[slots], len(slots), []
+        for rows, days in zip(
+            queries.tensor_split(SCORE_BLOCKS), request_days.tensor_split(SCORE_BLOCKS), strict=True
+        ):
+            if not len(days):  # fewer rows than blocks
+                continue
+            # An item is new to a request when its first day is at or after the request's:
+            # columns before `lo` are seen by every row, from `hi` on new to every row.
+            lo = int((first_day < days.min()).long().cumprod(0).sum())
+            hi = width - int((first_day.flip(0) >= days.max()).long().cumprod(0).sum())
+            as_seen, as_new = rows @ seen[:hi].T, rows @ new[lo:].T  # (rows, hi), (rows, C - lo)
+            unseen = first_day[lo:hi] >= days[:, None]  # (rows, hi - lo)
+            mixed = torch.where(unseen, as_new[:, : hi - lo], as_seen[:, lo:])
+            blocks.append(torch.cat([as_seen[:, :lo], mixed, as_new[:, hi - lo :]], dim=1))
+        return torch.cat(blocks)
 
     # -- 5. the same score as one inner product, for MIPS serving (DESIGN 1.3) ----------
     def retrieval_items(

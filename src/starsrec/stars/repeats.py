@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from starsrec.data.calendar import DAY
 from starsrec.data.interactions import EventLog, Queries, session_opens
@@ -129,34 +130,61 @@ def history_repeats(
     with its count, age and the history's sessions: the same numbers as `history_counts`
     over the user's history up to there.
 
-    A window holds at most T distinct items, so its part works on (B, T, T) pairs of events
-    instead of (B, T, C) event-candidate pairs: about C / T times less memory and time;
-    the carried-in part on (B, K, T)."""
+    A window holds at most T distinct items, so its own events work on (B, T, T) pairs of
+    events instead of (B, T, C) event-candidate pairs: about C / T times less memory and
+    time. A carried-in item adds to its count before the window what the window's pairs
+    say about its first occurrence in the window, if any; its entries are built per
+    (item, masked position) pair, never as a padded (B, K, T) block (K reaches thousands
+    for a wholesale buyer)."""
     items = batch.items  # (B, T)
     length = items.shape[1]
-    row_of = (mask.flatten().cumsum(0) - 1).view_as(mask)  # (B, T) index of a masked position
-    # Carried-in items: their count before the window plus their occurrences inside it.
+    # Within the window: item s against every position t, (B, S, T).
+    same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, :, None]
+    count = same.float().cumsum(-1)  # occurrences of item s up to position t
+    last = torch.where(same, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
+    earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
+    first = ~(same & earlier).any(-1)  # (B, S): the item's first sight in the window
+    # Carried-in items (sorted per window, PAD after them): which of them each event is,
+    # and where each first occurs in the window (`length`: it does not).
     had = carried.slots != PAD  # (B, K)
-    again = (carried.slots[:, :, None] == items[:, None, :]) & had[:, :, None]  # (B, K, T)
-    carried_count = carried.counts[:, :, None] + again.float().cumsum(-1)
-    inside = torch.where(again, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
-    carried_last = torch.maximum(carried.last_days[:, :, None], inside)
-    b, k, t = (had[:, :, None] & mask[:, None, :]).nonzero(as_tuple=True)
+    beyond = torch.iinfo(torch.int64).max  # PAD as a slot after every item: rows sorted
+    ordered = torch.where(F.pad(had, (0, 1)), F.pad(carried.slots, (0, 1)), beyond)
+    which = torch.searchsorted(ordered, items)  # (B, S), in 0..K
+    carried_event = (ordered.gather(1, which) == items) & (items != PAD)
+    positions = torch.arange(length, device=items.device).expand_as(items)
+    first_at = torch.full_like(ordered, length).scatter_reduce(
+        1, which, torch.where(carried_event & first, positions, length), "amin"
+    )
+    # Carried-in entries: every (carried item, masked position) pair of each window, in
+    # (window, item, position) order.
+    pair_b, pair_k = had.nonzero(as_tuple=True)  # (H,)
+    per_window = mask.sum(1)  # (B,) masked positions
+    repeats = per_window[pair_b]  # (H,)
+    pair = torch.repeat_interleave(torch.arange(len(pair_b), device=items.device), repeats)
+    offset = torch.arange(len(pair), device=items.device) - torch.repeat_interleave(
+        repeats.cumsum(0) - repeats, repeats
+    )
+    rows = (per_window.cumsum(0) - per_window)[pair_b][pair] + offset  # (E,) masked position
+    b, k, t = pair_b[pair], pair_k[pair], mask.nonzero(as_tuple=True)[1][rows]
+    s = first_at[b, k]
+    again = s < length
+    s = s.clamp(max=length - 1)
+    carried_count = carried.counts[b, k] + torch.where(again, count[b, s, t], 0.0)
+    carried_last = torch.maximum(
+        carried.last_days[b, k], torch.where(again, last[b, s, t], -torch.inf)
+    )
     carried_entries = (
-        row_of[b, t],
-        torch.searchsorted(slots, carried.slots[b, k]),
-        carried_count[b, k, t],
-        batch.request_days[b, t] - carried_last[b, k, t],
+        rows,
+        torch.searchsorted(slots, carried.slots)[b, k],
+        carried_count,
+        batch.request_days[b, t] - carried_last,
     )
     # Items new in the window: counted from their first occurrence in it.
-    same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, :, None]  # (B, S, S')
-    earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)  # s' < s
-    first = ~(same & earlier).any(-1) & ~again.any(1)  # (B, S): first sight of the item
+    first = first & ~carried_event
     column = torch.searchsorted(slots, items).clamp(max=len(slots) - 1)  # (B, S)
     candidate = slots[column] == items
-    count = same.float().cumsum(-1)  # (B, S, T): occurrences of item s up to position t
-    last = torch.where(same, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
     upto = torch.ones(length, length, dtype=torch.bool, device=items.device).triu()  # s <= t
+    row_of = (mask.flatten().cumsum(0) - 1).view_as(mask)  # (B, T) index of a masked position
     b, s, t = ((first & candidate)[:, :, None] & upto & mask[:, None, :]).nonzero(as_tuple=True)
     window_entries = (
         row_of[b, t],

@@ -23,8 +23,9 @@ same tensors at any world size: resuming at the same W is bit-exact, at another 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from starsrec.data.interactions import EventLog
 from starsrec.stars import distributed
 from starsrec.stars.batch import EventBatch, slot_of
 from starsrec.stars.checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from starsrec.stars.device import mixed_precision, to_device
+from starsrec.stars.device import mixed_precision, prefetched, reused_host_memory, to_device
 from starsrec.stars.model import STARS
 from starsrec.stars.repeats import CarriedRepeats, carried_repeats, history_repeats
 from starsrec.stars.sequences import featurize, training_windows
@@ -259,15 +260,49 @@ def _epoch(
     rank, device = distributed.current(), model.device
     order_rng, sample_rng = rngs
     order = order_rng.permutation(len(windows))
+    steps = _host_steps(log, windows, order, sampler, calendar, model, config, sample_rng)
+    if device.type == "cuda":  # the next steps' host work overlaps this one's on the GPU
+        steps = prefetched(steps, depth=2)
+    # Summed on the device in float64, as Python floats would be: no wait for the GPU per step.
+    total_loss, total_events = torch.zeros((), dtype=torch.float64, device=device), 0
+    show = config.progress and rank.is_main
+    total = math.ceil(len(order) / config.batch_size)
+    bar = tqdm(steps, total=total, desc=f"epoch {state.epoch + 1}", disable=not show)
+    with reused_host_memory():
+        for (batch, carried, *tensors), events in bar:
+            on_device = [to_device(t, device) for t in tensors]
+            with mixed_precision(device):
+                loss = step(batch.to(device), carried.to(device), *on_device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            total_loss += loss.detach().double() * events
+            total_events += events
+            if show:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    return total_loss.item() / max(total_events, 1), total_events
+
+
+def _host_steps(
+    log: EventLog,
+    windows: np.ndarray,
+    order: np.ndarray,
+    sampler: Sampler,
+    calendar: CalendarEvents,
+    model: STARS,
+    config: TrainConfig,
+    sample_rng: np.random.Generator,
+) -> Iterator[tuple[tuple, int]]:
+    """Each step's `_loss` arguments after the model, in host memory, and its target
+    events: this rank's share of each batch of `order`, its features, negatives and
+    carried-in repeats. Vectorised over the batch's events (no Python loop over them)."""
+    rank = distributed.current()
     # A window can predict something when a position has an input and a target event.
     targets_ok = (windows[:, 1:] >= 0) & log.is_target[np.maximum(windows[:, 1:], 0)]
     useful = (targets_ok & (windows[:, :-1] >= 0)).any(axis=1)
-    # Summed on the device in float64, as Python floats would be: no wait for the GPU per step.
-    total_loss, total_events = torch.zeros((), dtype=torch.float64, device=device), 0
-    batches = range(0, len(order), config.batch_size)
-    show = config.progress and rank.is_main
-    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not show)
-    for lo in bar:
+    gap = model.config.session_gap_minutes
+    for lo in range(0, len(order), config.batch_size):
         chosen = order[lo : lo + config.batch_size]
         # Every rank decides alike whether the step happens (DDP needs all or none); at
         # world size 1 this is the batch having any target.
@@ -276,35 +311,17 @@ def _epoch(
             continue
         window = windows[shares[rank.rank]]  # (B / W, T+1)
         inputs, target_rows = window[:, :-1], window[:, 1:]
-        batch = featurize(
-            log,
-            inputs,
-            log.timestamp[target_rows[:, -1]],
-            calendar,
-            model.config.session_gap_minutes,
-        )
+        batch = featurize(log, inputs, log.timestamp[target_rows[:, -1]], calendar, gap)
         valid = (target_rows >= 0) & (inputs >= 0)
         safe = np.maximum(target_rows, 0)
         valid &= log.is_target[safe]
         targets = log.item[safe]
         candidates, log_q = sampler.sample(targets[valid], sample_rng)
         slots = torch.from_numpy(slot_of(candidates))
-        carried = carried_repeats(log, inputs, slots, model.config.session_gap_minutes)
-        arrays = (targets, valid, log.weight[safe].astype(np.float32), slot_of(candidates))
-        tensors = [to_device(torch.from_numpy(a), device) for a in arrays]
-        log_q_tensor = to_device(torch.from_numpy(log_q).float(), device)
-        with mixed_precision(device):
-            loss = step(batch.to(device), carried.to(device), *tensors, log_q_tensor)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        events = int(valid.sum())
-        total_loss += loss.detach().double() * events
-        total_events += events
-        if show:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return total_loss.item() / max(total_events, 1), total_events
+        carried = carried_repeats(log, inputs, slots, gap)
+        arrays = (targets, valid, log.weight[safe].astype(np.float32))
+        tensors = (*map(torch.from_numpy, arrays), slots, torch.from_numpy(log_q).float())
+        yield (batch, carried, *tensors), int(valid.sum())
 
 
 def _loss(
@@ -317,13 +334,19 @@ def _loss(
     candidate_slots: torch.Tensor,  # (C,) sorted unique item slots
     log_q: torch.Tensor,  # (C,) float
 ) -> torch.Tensor:
-    query = model.user_vectors(batch)  # (B, T, D)
-    query = query[mask]  # (P, D)
-    # float32 from here, also under autocast (its matmuls give bf16): the loss and the
-    # sparse repeat bonus added into it.
-    logits = model.score(
-        query, candidate_slots, batch.request_events[mask], batch.request_days[mask]
-    ).float()
+    query = model.user_vectors(batch)[mask]  # (P, D)
+    days, events = batch.request_days[mask], batch.request_events[mask]
+    # Rows in request-time order and candidates in first-day order, where `score_inner`
+    # computes least; labels and repeat entries follow them through the inverse orders.
+    rows = torch.argsort(days, stable=True)  # (P,)
+    order = torch.argsort(model.first_day[candidate_slots], stable=True)  # (C,)
+    row_at, column_at = torch.argsort(rows), torch.argsort(order)
+    owned = model.item_tokens.owned(candidate_slots)  # drawn as `score` draws it
+    # The log-Q correction rides in the inner product. float32 from here, also under
+    # autocast (its matmuls give bf16): the loss and the sparse repeat bonus added into it.
+    logits = model.score_inner(
+        query[rows], candidate_slots[order], events[rows], days[rows], -log_q[order], owned[order]
+    ).float()  # (P, C) in those orders
     repeats = history_repeats(batch, candidate_slots, mask, carried)
     bonus = model.own_item_score(
         None,  # the own-item re-scoring is fitted after training: identity here
@@ -333,11 +356,10 @@ def _loss(
         repeats.sessions,
         model.user_repeat_weights(query)[repeats.rows],
     )
-    logits = logits.index_put(
-        (repeats.rows, repeats.columns), bonus.to(logits.dtype), accumulate=True
-    )
-    logits = logits - log_q
-    label = torch.searchsorted(candidate_slots, slot_of(targets[mask]))
+    # In place: a copy of the (P, C) logits for a few sparse entries is most of their cost.
+    entries = (row_at[repeats.rows], column_at[repeats.columns])
+    logits.index_put_(entries, bonus.to(logits.dtype), accumulate=True)
+    label = column_at[torch.searchsorted(candidate_slots, slot_of(targets[mask]))][rows]
     per_event = F.cross_entropy(logits, label, reduction="none")
-    weight = weights[mask]
+    weight = weights[mask][rows]
     return (per_event * weight).sum() / weight.sum()
