@@ -352,7 +352,7 @@ class STARS(nn.Module):
             return torch.cat(rows, dim=1)  # (C, D + 1 [+ K])
 
         seen = items(self.item_vectors(slots, owned), self.item_bias_terms(slots, owned))
-        if request_days is None or not self.scores_new_items:
+        if request_days is None or not self.config.new_item_bias_on():
             return queries @ seen.T
         new_bias = self.new_item_bias if self.config.use_item_bias else shift.new_zeros(())
         new = items(self.item_vectors(slots, torch.zeros_like(owned)), new_bias.expand_as(shift))
