@@ -187,10 +187,11 @@ def test_serve_passes_its_deadlines_and_caps_to_the_server(
     artifact = Path(shutil.copytree(served_artifact[2], tmp_path / "artifact"))
     runs: list[dict] = []
 
-    def run(app, **kwargs) -> None:  # records how the server would run
-        runs.append({**kwargs, "switch": sys.getswitchinterval(), "frozen": gc.get_freeze_count()})
+    def run(server, sockets=None) -> None:  # records how the server would run
+        config = vars(server.config)
+        runs.append({**config, "switch": sys.getswitchinterval(), "frozen": gc.get_freeze_count()})
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     interval = sys.getswitchinterval()
     configs = []
     load = RecommendationService.load
@@ -199,7 +200,7 @@ def test_serve_passes_its_deadlines_and_caps_to_the_server(
         "load",
         lambda root, config, *a: (configs.append(config), load(root, config, *a))[1],
     )
-    options = ["--header-timeout", "2.5", "--max-added-products", "7"]
+    options = ["--workers", "1", "--header-timeout", "2.5", "--max-added-products", "7"]
     options += ["--max-products-per-request", "3", "--body-timeout", "4"]
     assert cli.main(["serve", str(artifact), *options]) == 0
     (run,) = runs

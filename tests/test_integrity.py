@@ -20,6 +20,7 @@ from starsrec.data.interactions import Catalogue, EventLog
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
 from starsrec.serving.catalogue import Product
+from starsrec.serving.product_log import ProductLog
 from starsrec.serving.service import RecommendationService
 from starsrec.stars import recommender as stars
 from starsrec.stars.recommender import StarsRecommender
@@ -267,3 +268,22 @@ def test_a_stars_model_of_another_format_is_refused_with_the_fix(
     monkeypatch.undo()
     with pytest.raises(ArtifactError, match=r"model format .* retrain it with starsrec train"):
         StarsRecommender.load(tmp_path / "future")
+
+
+def test_processes_sharing_a_product_log_read_each_others_products_not_their_own(tmp_path):
+    """Two logs on one file stand for two workers: each reads what the other appended,
+    once, and never its own lines; a line a crash cut short is skipped, not glued on."""
+    path = tmp_path / "products.jsonl"
+    first, second = ProductLog(path), ProductLog(path)
+    first.append([Product("a", "text a"), Product("b", "text b")])
+    assert first.read_new() == []  # its own lines only
+    assert second.has_new()
+    assert [p.item_id for p in second.read_new()] == ["a", "b"]
+    assert not second.has_new() and second.read_new() == []
+    second.append([Product("c", "text c")])
+    with open(path, "ab") as handle:
+        handle.write(b'{"item_id": "cut')  # a write a crash interrupted
+    first.append([Product("d", "text d")])  # ends the cut line first
+    assert [p.item_id for p in first.read_new()] == ["c"]
+    assert [p.item_id for p in second.read_new()] == ["d"]
+    assert [p.item_id for p in ProductLog(path).read_new()] == ["a", "b", "c", "d"]

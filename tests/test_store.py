@@ -229,3 +229,25 @@ def test_ties_keep_arrival_order_across_many_events(store: EventStore) -> None:
     got = [e.event_id for e in store.recent("u1", 3000)]
     assert got == [f"a{i}" for i in range(120)] + [f"b{i}" for i in range(2500)]
     assert store.recent("u1", 2)[0].event_id == "b2498"
+
+
+def test_forgets_are_journalled_for_every_process_sharing_the_store(store: EventStore) -> None:
+    store.append([ev("a", "u1"), ev("b", "u2")])
+    assert store.forgotten() == ([], 0)
+    store.forget("u1")
+    store.forget("nobody")  # journalled too: the user may have a memory but no events
+    users, position = store.forgotten()
+    assert users == ["u1", "nobody"]
+    assert store.forgotten(position) == ([], position)
+    store.forget("u2")
+    assert store.forgotten(position)[0] == ["u2"]
+
+
+def test_a_version_1_file_without_the_forget_journal_gains_it(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventStore(path) as store:
+        store.append([ev("a")])
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE forgets")  # as an event store written before it existed
+    with SQLiteEventStore(path) as store:
+        assert store.forget("u1") == 1 and store.forgotten()[0] == ["u1"]

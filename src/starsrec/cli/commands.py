@@ -234,9 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 reports progress; the other ranks speak up on problems.
     quiet = int(os.environ.get("RANK", "0")) > 0
+    process = " [%(process)d]" if args.command == "serve" else ""  # which worker says it
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s{process} %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     # faiss logs every CPU-specific build it fails to find at INFO: noise to a user.

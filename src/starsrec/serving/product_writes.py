@@ -134,6 +134,12 @@ class ProductWrites:
         self.log_products(products)
         return outcome
 
+    def followed_products(self) -> list[Product]:
+        """What other processes logged since this service last read the product log (the
+        workers of one server share it): to prepare and apply like a PUT's, not to log."""
+        log = self.product_log
+        return log.read_new() if log is not None and log.has_new() else []
+
     def replay_products(self) -> list[Product]:
         """Apply the products the log gained since this service last read it (all of them
         at load; after a hot reload's load, those the previous service took meanwhile).

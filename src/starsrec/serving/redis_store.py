@@ -32,7 +32,8 @@ Design:
   consistent snapshot, like SQLite's read transaction.
 - Thread-safe: redis-py's client keeps a connection pool; no lock is needed.
 - Nothing expires and nothing is trimmed, as in SQLite: memory grows with the event count.
-  `forget` (one script: the user's ids out of the id set, then their key) deletes a user.
+  `forget` (one script: the user's ids out of the id set, then their key) deletes a user
+  and appends the user id to the list `{prefix}forgets`, the journal every server follows.
   One script touches several users' keys, so on Redis Cluster put the keys in one slot with a
   hash-tagged prefix such as "{starsrec}:".
 
@@ -81,14 +82,15 @@ for n = 1, #KEYS - 2 do
 end
 return added
 """
-# KEYS: the id set, the user's key. Each member's JSON (after the arrival number) is the
-# event's row, its id first.
+# KEYS: the id set, the user's key, the journal of forgets; ARGV: the user id. Each
+# member's JSON (after the arrival number) is the event's row, its id first.
 _FORGET = f"""
 local members = redis.call('ZRANGE', KEYS[2], 0, -1)
 for _, member in ipairs(members) do
   redis.call('SREM', KEYS[1], cjson.decode(string.sub(member, {_SEQ_DIGITS + 1}))[1])
 end
 redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[3], ARGV[1])
 return #members
 """
 
@@ -151,6 +153,7 @@ class RedisEventStore(EventStore):
         self._script = client.register_script(_APPEND)
         self._forget = client.register_script(_FORGET)
         self._ids = f"{prefix}ids"
+        self._forgets = f"{prefix}forgets"
         self._seq = f"{prefix}seq"
         self._check_persistence()
 
@@ -235,7 +238,13 @@ class RedisEventStore(EventStore):
 
     def forget(self, user_id: str) -> int:
         """See `EventStore.forget`: one atomic script (durable as far as `append` is)."""
-        return int(self._forget(keys=[self._ids, self._user_key(user_id)], client=self._db()))
+        keys = [self._ids, self._user_key(user_id), self._forgets]
+        return int(self._forget(keys=keys, args=[user_id], client=self._db()))
+
+    def forgotten(self, after: int = 0) -> tuple[list[str], int]:
+        """See `EventStore.forgotten`: positions count the entries of a Redis list."""
+        users = self._db().lrange(self._forgets, after, -1)
+        return [u.decode() if isinstance(u, bytes) else u for u in users], after + len(users)
 
     def latest_time(self, user_id: str) -> float | None:
         """See `EventStore.latest_time`: the top score of the user's sorted set."""

@@ -70,6 +70,13 @@ logger = logging.getLogger(__name__)
 HISTORY_PREFIX = "history:"  # ids of the events the offline stage seeded the store with
 
 
+def open_event_store(serving: Path, config: ServingConfig) -> EventStore:
+    """The event store `config` names: the serving folder's SQLite file, or its Redis."""
+    if config.store_url is None:
+        return SQLiteEventStore(serving / files.STORE_FILE)
+    return RedisEventStore(config.store_url)
+
+
 class RecommendationService(ProductWrites):
     """Answers requests for one artifact directory (see module doc); products are put
     with `upsert_items` (see starsrec.serving.product_writes)."""
@@ -109,6 +116,8 @@ class RecommendationService(ProductWrites):
             self._context_table = self.model.context_table().numpy()  # (24, 7, 12, D) q(c)
         self.tokenizer = ProductTokenizer(recommender)  # tokens for products put live
         self._scopes = FilterScopes()
+        self.serving_dir: Path | None = None  # set by `load`: where `reopen_store` opens it
+        self._forgets_read = 0  # how far the store's journal of forgets is applied
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -149,9 +158,7 @@ class RecommendationService(ProductWrites):
         service = cls(
             recommender,
             ItemIndex.load(serving / files.INDEX_DIR),
-            SQLiteEventStore(serving / files.STORE_FILE)
-            if config.store_url is None
-            else RedisEventStore(config.store_url),
+            open_event_store(serving, config),
             items,
             memories,
             meta["event_types"],
@@ -159,6 +166,8 @@ class RecommendationService(ProductWrites):
             encoder,
             config,
         )
+        service.serving_dir = serving
+        service.follow_forgets()  # users forgotten since the offline stage ran
         # Products put into earlier runs: replayed (latest version each), then the log is
         # rewritten compacted (which also drops a line a crash cut short).
         service.product_log = ProductLog(serving / files.PRODUCTS_FILE)
@@ -179,11 +188,27 @@ class RecommendationService(ProductWrites):
             raise RequestError("events", str(error)) from error
 
     def forget(self, user_id: str) -> int:
-        """Delete the user's stored events and drop their long-term memory from this
-        process (the artifact keeps it until `starsrec index` runs without the user's
-        events); returns how many events were deleted."""
+        """Delete the user's stored events and drop their long-term memory: here at once,
+        in every process sharing the store when it next calls `follow_forgets`, and at every
+        later load with this store (the artifact keeps the memory until `starsrec index`
+        runs without the user's events); returns how many events were deleted."""
         self.memories.pop(user_id, None)
         return self.store.forget(user_id)
+
+    def follow_forgets(self) -> int:
+        """Drop the long-term memories of the users forgotten (by any process sharing the
+        store) since the last call; returns how many forgets were read."""
+        users, self._forgets_read = self.store.forgotten(self._forgets_read)
+        for user in users:
+            self.memories.pop(user, None)
+        return len(users)
+
+    def reopen_store(self) -> None:
+        """Open the event store again, as `load` did: a forked worker's own connection (a
+        database connection must not cross a fork; the parent closes its own first)."""
+        if self.serving_dir is None:
+            raise RuntimeError("reopen_store: only a service from `load` knows its store")
+        self.store = open_event_store(self.serving_dir, self.config)
 
     # -- recommending -------------------------------------------------------------------
     def recommend(

@@ -158,6 +158,12 @@ class EventStore(ABC):
         event resent with one of them is stored again."""
 
     @abstractmethod
+    def forgotten(self, after: int = 0) -> tuple[list[str], int]:
+        """(the users `forget` deleted since position `after` of the store's journal of
+        forgets, in order; the position to pass next time). Every server process sharing the
+        store follows it, so a forget taken by one drops the user's long-term memory in all."""
+
+    @abstractmethod
     def latest_time(self, user_id: str) -> float | None:
         """Timestamp of the user's latest event, or None if the user has none."""
 
@@ -230,7 +236,10 @@ class SQLiteEventStore(EventStore):
                     f"{self.path} has event store schema version {version}, newer than the "
                     f"supported {SCHEMA_VERSION}: upgrade starsrec to open it"
                 )
+            # Added inside schema version 1 (older files gain it; older code ignores it).
+            forgets = "CREATE TABLE IF NOT EXISTS forgets (seq INTEGER PRIMARY KEY, user_id TEXT)"
             if version == SCHEMA_VERSION:
+                conn.execute(forgets)
                 return
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise ValueError(
@@ -242,6 +251,7 @@ class SQLiteEventStore(EventStore):
                 "item_id TEXT NOT NULL, event_type TEXT NOT NULL, timestamp REAL NOT NULL)"
             )
             conn.execute("CREATE INDEX events_user_time ON events (user_id, timestamp)")
+            conn.execute(forgets)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             logger.info("created event store %s", self.path)
 
@@ -307,11 +317,19 @@ class SQLiteEventStore(EventStore):
         return out
 
     def forget(self, user_id: str) -> int:
-        """See `EventStore.forget`: one DELETE transaction."""
+        """See `EventStore.forget`: one transaction, the DELETE and its journal entry."""
         with self._lock:
             conn = self._db()
             with _transaction(conn):
+                conn.execute("INSERT INTO forgets (user_id) VALUES (?)", (user_id,))
                 return conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+
+    def forgotten(self, after: int = 0) -> tuple[list[str], int]:
+        """See `EventStore.forgotten`: positions are the journal's rowids."""
+        with self._lock:
+            sql = "SELECT seq, user_id FROM forgets WHERE seq > ? ORDER BY seq"
+            rows = self._db().execute(sql, (after,)).fetchall()
+        return [user for _, user in rows], (rows[-1][0] if rows else after)
 
     def latest_time(self, user_id: str) -> float | None:
         """See `EventStore.latest_time`."""

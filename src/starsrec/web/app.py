@@ -7,7 +7,7 @@
     GET  /v1/items/{id}/similar  items nearest to one item (or /v1/items/similar?item_id=)
     PUT  /v1/items               add or change products (recommendable at once)
     POST /v1/admin/reload        load the artifact again (also on SIGHUP), swap it in live
-    GET  /healthz                liveness and sizes
+    GET  /healthz                liveness, sizes and the answering worker's pid
     GET  /metrics                Prometheus text: requests, latencies, index size
     GET  /                       the explorer page and its read-only endpoints
                                  (users, items, audiences: see starsrec.web.explorer)
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import time
 import uuid
@@ -67,6 +68,7 @@ from starsrec.web.models import (  # MAX_BATCH, MAX_K: the API's caps, for its c
 )
 
 logger = logging.getLogger(__name__)
+FOLLOW_INTERVAL_S = 0.5  # how often a worker applies what the others logged and forgot
 
 
 def _on_hangup(callback: Callable[[], object]) -> Callable[[], object]:
@@ -88,6 +90,7 @@ def create_app(
     max_body_bytes: int = 1 << 20,
     insecure_open_writes: bool = False,
     body_timeout_s: float = 30.0,
+    on_reload: Callable[[], object] | None = None,
 ) -> FastAPI:
     """The API serving `service`, which the caller loads (`starsrec serve` loads the
     artifact before it starts, so a damaged one is refused in one line, not in a lifespan
@@ -100,7 +103,12 @@ def create_app(
     `Authorization: Bearer KEY`; reads too when `protect_reads`. Without one, writes are
     refused (403) unless `insecure_open_writes` opens them to anyone, with a warning at
     start (see starsrec.web.access). Bodies over `max_body_bytes` are refused with 413, and
-    bodies not received whole within `body_timeout_s` of the first read with 408."""
+    bodies not received whole within `body_timeout_s` of the first read with 408.
+
+    While it runs, the app follows what other processes sharing its files and store did
+    (the workers of `starsrec serve --workers N`): every FOLLOW_INTERVAL_S it applies the
+    products they logged and drops the memories of users they forgot. `on_reload` is called
+    after a reload asked for over HTTP (the workers' parent then reloads the others)."""
     metrics = Metrics()
 
     access = Access(api_key, protect_reads, insecure_open_writes)
@@ -159,6 +167,21 @@ def create_app(
         logger.info("reloaded %s: serving %s items", reload_from, fresh.index.size)
         return fresh
 
+    async def follow() -> None:
+        """Apply what other processes logged and forgot, every FOLLOW_INTERVAL_S."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            try:
+                async with writing_products:
+                    svc = state["service"]
+                    products = await asyncio.to_thread(svc.followed_products)
+                    if products:  # prepared in a thread, applied at once, as a PUT's
+                        prepared = await asyncio.to_thread(svc.prepare_products, products, False)
+                        svc.apply_products(prepared, capped=False)
+                svc.follow_forgets()
+            except Exception:  # keep following: the next round may succeed
+                logger.exception("following the other workers' products and forgets failed")
+
     async def reload_on_signal() -> None:
         try:
             await reload()
@@ -171,7 +194,9 @@ def create_app(
         logger.info("serving %s items", state["service"].index.size)
         access.announce()
         hangup = _on_hangup(lambda: asyncio.ensure_future(reload_on_signal()))
+        following = asyncio.create_task(follow())
         yield
+        following.cancel()
         hangup()
         if state["service"] is not service:  # a reload loaded it: the app's to close
             state["service"].store.close()
@@ -315,6 +340,8 @@ def create_app(
             reason = without_paths(str(error), Path(reload_from or "."))
             message = f"reload refused, still serving the previous artifact: {reason}"
             raise RequestError("artifact", message, 409) from error
+        if on_reload is not None:
+            on_reload()
         took = round(time.perf_counter() - started, 3)
         return {"status": "reloaded", "items": fresh.index.size, "took_s": took}
 
@@ -325,7 +352,8 @@ def create_app(
         svc = state["service"]
         if protect_reads:  # liveness only: the sizes are data the key protects
             return {"status": "ok"}
-        return {"status": "ok", "items": svc.index.size, "events": svc.store.count()}
+        sizes = {"items": svc.index.size, "events": svc.store.count()}
+        return {"status": "ok", **sizes, "worker": os.getpid()}
 
     @app.get("/metrics", dependencies=[Depends(reader)])
     async def prometheus() -> PlainTextResponse:

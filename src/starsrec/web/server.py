@@ -13,6 +13,8 @@ import argparse
 import gc
 import os
 import sys
+from collections.abc import Callable
+from socket import socket
 
 from starsrec.serving.config import ServingConfig
 from starsrec.web.access import is_loopback
@@ -30,6 +32,13 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("artifact_dir", help="an artifact indexed by `starsrec index`")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes answering requests, sharing the loaded artifact (default: the "
+        "machine's cores; see starsrec.web.workers)",
+    )
     serve.add_argument(
         "--api-key-env",
         default="STARSREC_API_KEY",
@@ -118,10 +127,12 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     """`starsrec serve`: check the access settings and limits, load the artifact, then
-    serve until stopped; ValueError (one line) for a refused start."""
+    serve until stopped, in one process or `--workers` (starsrec.web.workers); ValueError
+    (one line) for a refused start."""
     import uvicorn
 
     from starsrec.serving.service import RecommendationService
+    from starsrec.web import workers
     from starsrec.web.access import Access
     from starsrec.web.app import create_app
     from starsrec.web.connections import deadline_protocol
@@ -136,8 +147,14 @@ def run_serve(args: argparse.Namespace) -> int:
             f"an API key in ${args.api_key_env} (16 characters or more)"
         )
     config = serving_config(args)
+    count = (os.cpu_count() or 1) if args.workers is None else args.workers
+    if count < 1:
+        raise ValueError(f"--workers must be >= 1, got {count}")
+    if count > 1:
+        workers.hold_signals()  # before loading starts threads
     service = RecommendationService.load(args.artifact_dir, config)
-    try:
+
+    def serve(on_reload: Callable[[], object] | None = None, sock: socket | None = None) -> None:
         app = create_app(
             service,
             reload_from=args.artifact_dir,
@@ -145,17 +162,10 @@ def run_serve(args: argparse.Namespace) -> int:
             protect_reads=args.protect_reads,
             insecure_open_writes=args.insecure_open_writes,
             body_timeout_s=args.body_timeout,
+            on_reload=on_reload,
         )
-        # What loading made (model, catalogue, index) lives as long as the process: frozen
-        # out of the collector, a full collection no longer walks it (those took /healthz
-        # to hundreds of ms while a flood of bodies allocated, benchmarks/hostile.py). A product
-        # write's worker thread holds the GIL in short steps (tagging, tokens), and the event
-        # loop waits up to the switch interval for it each time (5 ms by default).
-        interval = sys.getswitchinterval()
-        gc.freeze()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        try:
-            uvicorn.run(
+        server = uvicorn.Server(
+            uvicorn.Config(
                 app,
                 host=args.host,
                 port=args.port,
@@ -164,9 +174,34 @@ def run_serve(args: argparse.Namespace) -> int:
                 timeout_keep_alive=KEEP_ALIVE_S,
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             )
-        finally:  # as it was, for a caller that goes on (tests, embedding)
-            sys.setswitchinterval(interval)
-            gc.unfreeze()
-    finally:
+        )
+        server.run(sockets=None if sock is None else [sock])
+
+    # What loading made (model, catalogue, index) lives as long as the process: frozen out
+    # of the collector, a full collection no longer walks it (those took /healthz to
+    # hundreds of ms while a flood of bodies allocated, benchmarks/hostile.py), and forked
+    # workers keep sharing its pages. A product write's worker thread holds the GIL in
+    # short steps (tagging, tokens), and the event loop waits up to the switch interval for
+    # it each time (5 ms by default).
+    interval = sys.getswitchinterval()
+    gc.freeze()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        if count == 1:
+            serve()
+            return 0
+        sock = workers.listening_socket(args.host, args.port)
+        service.store.close()  # each worker opens its own
+
+        def run_worker(number: int) -> None:
+            service.reopen_store()
+            try:
+                serve(workers.notify_parent, sock)
+            finally:
+                service.store.close()
+
+        return workers.serve_workers(count, run_worker)
+    finally:  # as it was, for a caller that goes on (tests, embedding)
+        sys.setswitchinterval(interval)
+        gc.unfreeze()
         service.store.close()
-    return 0

@@ -1,0 +1,142 @@
+"""`starsrec serve --workers N`: N processes answering on one socket, sharing what was loaded.
+
+The parent loads the artifact once, freezes it out of the collector and forks; each worker
+answers on the inherited listening socket (the kernel hands each connection to one of them)
+and reads the model, the index and the item table from the parent's pages: copy-on-write,
+shared for as long as nobody writes them. Each worker opens its own event-store connection
+(a connection must not cross a fork) and follows the product log and the store's forgets
+(`starsrec.web.app`), so a product put or a user forgotten through one worker reaches all.
+
+The parent only supervises:
+- SIGHUP is forwarded to every worker: each reloads the artifact while it keeps answering.
+- POST /v1/admin/reload reloads the worker that took it, which then signals the parent
+  (SIGUSR1); the parent sends SIGHUP to the other workers.
+- SIGTERM or SIGINT is forwarded; the parent waits for the workers and exits.
+- A worker that exits on its own stops the others, and the parent exits with status 1: run
+  the server under something that restarts it (systemd, a container runtime).
+Workers die with the parent (Linux PR_SET_PDEATHSIG), so killing the parent leaves no
+orphan serving. After a reload each worker holds its own copy of what it loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+SUPERVISED = {signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def hold_signals() -> None:
+    """Queue the signals the supervisor waits for instead of acting on them. Call it before
+    anything starts threads (loading does): a thread inherits the mask, and a signal sent to
+    the process reaches a thread that does not block it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) and listening, for the workers to inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror})") from error
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def notify_parent() -> None:
+    """Tell the supervisor this worker reloaded, so it reloads the others."""
+    os.kill(os.getppid(), signal.SIGUSR1)
+
+
+def serve_workers(count: int, run_worker: Callable[[int], None]) -> int:
+    """Fork `count` workers, each running `run_worker(number)` until it returns, then
+    supervise them (see the module doc); returns the parent's exit status. The caller has
+    called `hold_signals` first."""
+    parent = os.getpid()
+    workers: dict[int, int] = {}  # pid -> worker number
+    for number in range(count):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED)
+                _die_with(parent)
+                run_worker(number)
+                status = 0
+            except BaseException:
+                logger.exception("worker %d failed", number)
+            finally:
+                os._exit(status)
+        workers[pid] = number
+    logger.info("serving with %d workers (pids %s)", count, ", ".join(map(str, workers)))
+    return _supervise(workers)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when the parent dies (Linux; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _supervise(workers: dict[int, int]) -> int:
+    status, stopping = 0, False
+    while workers:
+        info = signal.sigwaitinfo(SUPERVISED)
+        if info.si_signo == signal.SIGCHLD:
+            for pid, code in _exited(workers):
+                number = workers.pop(pid)
+                if not stopping:
+                    logger.error(
+                        "worker %d (pid %d) exited with status %d: stopping the others",
+                        number,
+                        pid,
+                        code,
+                    )
+                    status, stopping = 1, True
+                    _signal(workers, signal.SIGTERM)
+        elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+            _signal(workers, signal.SIGTERM)
+        elif info.si_signo == signal.SIGHUP:
+            _signal(workers, signal.SIGHUP)
+        elif info.si_signo == signal.SIGUSR1:  # one worker reloaded: the others follow
+            _signal({pid: n for pid, n in workers.items() if pid != info.si_pid}, signal.SIGHUP)
+    return status
+
+
+def _exited(workers: dict[int, int]) -> list[tuple[int, int]]:
+    """(pid, exit status) of every worker that has exited, reaped."""
+    done = []
+    while workers:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        if pid in workers:
+            done.append((pid, os.waitstatus_to_exitcode(wait_status)))
+    return done
+
+
+def _signal(workers: dict[int, int], sig: int) -> None:
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):  # exited; reaped at its SIGCHLD
+            os.kill(pid, sig)

@@ -1,0 +1,109 @@
+"""`starsrec serve --workers 2`: both workers answer on one port, a product put through one
+is served by both within seconds, a forget reaches both, a reload reaches both, and the
+workers stop with their parent (see starsrec.web.workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_server_process import Server, artifact  # noqa: F401 (a fixture)
+
+WORKERS = ("--workers", "2")
+
+
+def healthz(server: Server) -> dict:
+    """One /healthz on a fresh connection: the kernel hands it to either worker."""
+    return httpx.get(f"{server.url}/healthz", timeout=10).json()
+
+
+def until(condition, seconds: float, what: str) -> float:
+    """Poll `condition` until true; the seconds it took (fails after `seconds`)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, f"{what} not within {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def worker_pids(server: Server) -> set[int]:
+    pids: set[int] = set()
+    until(lambda: pids.add(healthz(server)["worker"]) or len(pids) == 2, 30, "two workers")
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_share_products_forgets_and_reloads(
+    served_artifact,
+    artifact: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    _, log, _ = served_artifact
+    server = Server(artifact, tmp_path / "server.log", options=WORKERS)
+    try:
+        pids = worker_pids(server)
+        assert server.process.pid not in pids
+        before = healthz(server)["items"]
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            product = {"item_id": "put-live", "text": "a product put through one worker"}
+            assert client.put("/v1/items", json=product).status_code == 200
+        seen: dict[int, int] = {}
+
+        def everyone_serves_it() -> bool:
+            answer = healthz(server)
+            seen[answer["worker"]] = answer["items"]
+            return len(seen) == 2 and set(seen.values()) == {before + 1}
+
+        until(everyone_serves_it, 10, "the product on both workers")
+
+        user = str(log.user_ids[0])
+
+        def items(user_id: str) -> list[str]:
+            body = {"user_id": user_id, "k": 10}
+            answer = httpx.post(f"{server.url}/v1/recommend", json=body, timeout=10)
+            assert answer.status_code == 200, answer.text
+            return [r["item_id"] for r in answer.json()["items"]]
+
+        stranger = items("a-stranger")
+        assert items(user) != stranger  # the user's long-term memory personalises
+        assert httpx.delete(f"{server.url}/v1/users/{user}/events", timeout=10).status_code == 200
+        time.sleep(1.5)  # three follow rounds
+        assert all(items(user) == stranger for _ in range(20))  # fresh connections: both
+
+        assert httpx.post(f"{server.url}/v1/admin/reload", timeout=60).status_code == 200
+        until(lambda: server.log.read_text().count("reloaded") >= 2, 30, "both reloading")
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+    until(lambda: not any(alive(pid) for pid in pids), 10, "the workers' exit")
+
+
+def test_a_worker_that_dies_stops_the_server(artifact: Path, tmp_path: Path) -> None:  # noqa: F811
+    server = Server(artifact, tmp_path / "server.log", options=WORKERS)
+    try:
+        pids = worker_pids(server)
+        os.kill(min(pids), signal.SIGKILL)
+        assert server.process.wait(timeout=30) == 1
+    finally:
+        if server.process.poll() is None:
+            server.stop(signal.SIGKILL)
+    until(lambda: not any(alive(pid) for pid in pids), 10, "the other worker's exit")
+    assert "exited with status" in server.log.read_text()
+
+
+@pytest.mark.parametrize("option", ["0", "-1"])
+def test_workers_must_be_positive(artifact: Path, tmp_path: Path, option: str) -> None:  # noqa: F811
+    with pytest.raises(RuntimeError, match="--workers must be >= 1"):
+        Server(artifact, tmp_path / "server.log", options=("--workers", option))
