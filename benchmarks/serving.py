@@ -13,10 +13,12 @@ class filter keeps 10% of the catalogue and a subclass filter 1%.
 Measures: index build time and memory; in-process `recommend` latency p50/p99 with no
 filter, 10% and 1% filters (each request carries two live session events, so the encoder
 runs); recall@10 of the index against exact filtered search; then the same mix over HTTP on
-loopback with `wrk` (one server process, one thread) for `--duration` seconds: p50/p99,
-requests/s and errors. Writes benchmarks/results/serving.json, the empirical CDF of the
-in-process latencies as benchmarks/results/figures/serving-latency-{items}.png (the record's
-"latency_figure"), and prints a table.
+loopback with `wrk` for `--duration` seconds, served as `starsrec serve --workers N` serves
+(`--workers 1,2`, one thread each) at 1, 4 and 8 connections: p50/p99, requests/s and
+errors, and the server's memory (RSS and PSS of the parent and each worker). Writes
+benchmarks/results/serving.json, the empirical CDF of the in-process latencies as
+benchmarks/results/figures/serving-latency-{items}.png (the record's "latency_figure"), and
+prints a table.
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ def rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """{"rss", "pss"} of a process in MiB: resident, and proportional (each shared page
+    divided among the processes sharing it, so a sum over processes counts it once)."""
+    sizes = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Rss", "Pss"):
+            sizes[name.lower()] = int(rest.split()[0]) / 1024
+    return sizes
+
+
+def server_memory(pid: int) -> dict:
+    """The memory of a server process and of its forked workers, if any."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = [memory_mib(int(c)) for c in children]
+    processes = [memory_mib(pid), *workers]
+    return {
+        "processes": processes,
+        "total_rss_mib": sum(m["rss"] for m in processes),
+        "total_pss_mib": sum(m["pss"] for m in processes),
+    }
 
 
 @torch.no_grad()
@@ -256,26 +281,22 @@ end
 
 
 def over_http(
-    workdir: Path, artifact: Path, bodies: list[dict], duration: int, connections: list[int]
-) -> list[dict]:
-    """Serve the synthetic catalogue in a child process and drive it with wrk, once per
-    connection count (1 connection: latency without queueing; more: throughput)."""
+    workdir: Path,
+    artifact: Path,
+    bodies: list[dict],
+    duration: int,
+    connections: list[int],
+    workers: int,
+) -> dict:
+    """Serve the synthetic catalogue from a child process with `workers` workers and drive
+    it with wrk, once per connection count (1 connection: latency without queueing; more:
+    throughput); then the server's memory."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian), then rerun")
     port = 8790
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            str(workdir),
-            "--artifact",
-            str(artifact),
-            "--port",
-            str(port),
-        ],
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
+    command = [sys.executable, __file__, "--child", str(workdir), "--artifact", str(artifact)]
+    command += ["--port", str(port), "--workers", str(workers)]
+    child = subprocess.Popen(command, env=os.environ | {"OMP_NUM_THREADS": "1"})
     try:
         import httpx
 
@@ -318,30 +339,31 @@ def over_http(
             stats = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
             stats["requests_per_s"] = stats["requests"] / stats["duration_s"]
             stats["connections"] = count
+            stats["workers"] = workers
             non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
             stats["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
             runs.append(stats)
-        return runs[1:]  # the first was the warm-up
+        return {"workers": workers, "runs": runs[1:], "memory": server_memory(child.pid)}
     finally:
         child.terminate()
         child.wait(timeout=30)
 
 
-def child(workdir: Path, artifact: Path, port: int) -> None:
-    """The server process: the synthetic service behind the real app, one worker."""
-    import uvicorn
-
+def child(workdir: Path, artifact: Path, port: int, workers: int) -> None:
+    """The server process: the synthetic service behind the real app, served as
+    `starsrec serve --workers` serves (starsrec.web.server.serve_service)."""
+    from starsrec.web import workers as forked
     from starsrec.web.app import create_app
+    from starsrec.web.server import serve_service
 
-    base = RecommendationService.load(artifact)
-    arrays = load_file(workdir / "catalogue.safetensors")
-    service = synthetic_service(base, arrays, ItemIndex.load(workdir / "index"), artifact)
-    uvicorn.run(
-        create_app(service=service, insecure_open_writes=True),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
+    def app(on_reload):
+        return create_app(service=service, insecure_open_writes=True, on_reload=on_reload)
+
+    with forked.held_signals():  # before loading starts threads
+        base = RecommendationService.load(artifact)
+        arrays = load_file(workdir / "catalogue.safetensors")
+        service = synthetic_service(base, arrays, ItemIndex.load(workdir / "index"), artifact)
+        sys.exit(serve_service(service, app, "127.0.0.1", port, workers))
 
 
 def main() -> None:
@@ -350,7 +372,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration", type=int, default=60)
-    parser.add_argument("--connections", default="1,4", help="wrk connection counts")
+    parser.add_argument("--connections", default="1,4,8", help="wrk connection counts")
+    parser.add_argument("--workers", default="1,2", help="server worker counts")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8790, help=argparse.SUPPRESS)
@@ -358,7 +381,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     if args.child:
-        child(args.child, args.artifact, args.port)
+        child(args.child, args.artifact, args.port, int(args.workers))
         return
     if not (args.artifact / SERVING_DIR / SERVING_FILE).exists():
         raise SystemExit(
@@ -403,7 +426,10 @@ def main() -> None:
         index.save(workdir / "index")
         del service, index, vectors, arrays
         connections = [int(c) for c in args.connections.split(",")]
-        record["http"] = over_http(workdir, args.artifact, bodies, args.duration, connections)
+        record["http"] = [
+            over_http(workdir, args.artifact, bodies, args.duration, connections, int(count))
+            for count in args.workers.split(",")
+        ]
     record |= {
         "artifact": str(args.artifact),
         "date": dt.date.today().isoformat(),
@@ -438,11 +464,23 @@ def table(record: dict) -> str:
             f"| in-process | {name} | {timing['p50_ms']:.2f} | {timing['p99_ms']:.2f} | "
             f"{r['recall@10']:.4f} ({r['plan']}) |"
         )
-    for run in http:
+    for server in http:
+        for run in server["runs"]:
+            lines.append(
+                f"| HTTP, {server['workers']} worker(s), {run['connections']} connection(s), "
+                f"{run['duration_s']:.0f} s | mixed | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | "
+                f"{run['requests_per_s']:.0f} req/s, {run['requests']} requests, "
+                f"{run['errors'] + run['non_2xx']} errors |"
+            )
+    lines.append("")
+    lines.append("| server | processes' RSS MiB | total RSS MiB | total PSS MiB |")
+    lines.append("|---|---|---|---|")
+    for server in http:
+        memory = server["memory"]
+        each = " + ".join(f"{m['rss']:.0f}" for m in memory["processes"])
         lines.append(
-            f"| HTTP, {run['connections']} connection(s), {run['duration_s']:.0f} s | mixed | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['requests_per_s']:.0f} req/s, "
-            f"{run['requests']} requests, {run['errors'] + run['non_2xx']} errors |"
+            f"| {server['workers']} worker(s) | {each} | {memory['total_rss_mib']:.0f} | "
+            f"{memory['total_pss_mib']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -110,16 +110,21 @@ def test_a_short_key_and_contradictory_settings_are_refused(service) -> None:
 
 @pytest.fixture
 def no_uvicorn(monkeypatch) -> list[dict]:
-    """`uvicorn.run` replaced by a recorder: a `starsrec serve` that passes its checks."""
+    """`uvicorn.Server.run` replaced by a recorder: a `starsrec serve` that passes its checks."""
     import uvicorn
 
     calls: list[dict] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+
+    def record(server, sockets=None) -> None:
+        calls.append(vars(server.config))
+
+    monkeypatch.setattr(uvicorn.Server, "run", record)
     return calls
 
 
 def serve(artifact: Path, *options: str) -> list[str]:
-    return ["serve", str(artifact), *options]
+    """In this process: one worker (more would fork the test run)."""
+    return ["serve", str(artifact), "--workers", "1", *options]
 
 
 def test_serving_off_loopback_needs_a_key(artifact, no_uvicorn, monkeypatch, capsys) -> None:

@@ -10,14 +10,21 @@ building the CLI's parser stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
 from collections.abc import Callable
 from socket import socket
+from typing import TYPE_CHECKING
 
 from starsrec.serving.config import ServingConfig
 from starsrec.web.access import is_loopback
+
+if TYPE_CHECKING:  # imported where they run: building the CLI's parser stays quick
+    from fastapi import FastAPI
+
+    from starsrec.serving.service import RecommendationService
 
 DEFAULTS = ServingConfig()
 HEADER_TIMEOUT_S = 10.0  # a request's headers, from the connection (or its first byte)
@@ -129,13 +136,10 @@ def run_serve(args: argparse.Namespace) -> int:
     """`starsrec serve`: check the access settings and limits, load the artifact, then
     serve until stopped, in one process or `--workers` (starsrec.web.workers); ValueError
     (one line) for a refused start."""
-    import uvicorn
-
     from starsrec.serving.service import RecommendationService
     from starsrec.web import workers
     from starsrec.web.access import Access
     from starsrec.web.app import create_app
-    from starsrec.web.connections import deadline_protocol
 
     key = os.environ.get(args.api_key_env) or None
     if args.protect_reads and key is None:
@@ -150,12 +154,9 @@ def run_serve(args: argparse.Namespace) -> int:
     count = (os.cpu_count() or 1) if args.workers is None else args.workers
     if count < 1:
         raise ValueError(f"--workers must be >= 1, got {count}")
-    if count > 1:
-        workers.hold_signals()  # before loading starts threads
-    service = RecommendationService.load(args.artifact_dir, config)
 
-    def serve(on_reload: Callable[[], object] | None = None, sock: socket | None = None) -> None:
-        app = create_app(
+    def app(on_reload: Callable[[], object] | None) -> FastAPI:
+        return create_app(
             service,
             reload_from=args.artifact_dir,
             api_key=key,
@@ -164,18 +165,40 @@ def run_serve(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout,
             on_reload=on_reload,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=args.host,
-                port=args.port,
-                log_level="warning",
-                http=deadline_protocol(args.header_timeout),
-                timeout_keep_alive=KEEP_ALIVE_S,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            )
+
+    # Signals held before loading starts threads (starsrec.web.workers), given back after.
+    with workers.held_signals() if count > 1 else contextlib.nullcontext():
+        service = RecommendationService.load(args.artifact_dir, config)
+        return serve_service(service, app, args.host, args.port, count, args.header_timeout)
+
+
+def serve_service(
+    service: RecommendationService,
+    app: Callable[[Callable[[], object] | None], FastAPI],
+    host: str,
+    port: int,
+    workers: int = 1,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+) -> int:
+    """Serve `app(on_reload)` for the loaded `service` on host:port until stopped, in this
+    process or in `workers` forked ones (then inside `workers.held_signals`, entered before
+    loading); returns the exit status. Closes the service's store."""
+    import uvicorn
+
+    from starsrec.web import workers as forked
+    from starsrec.web.connections import deadline_protocol
+
+    def run(on_reload: Callable[[], object] | None = None, sock: socket | None = None) -> None:
+        config = uvicorn.Config(
+            app(on_reload),
+            host=host,
+            port=port,
+            log_level="warning",
+            http=deadline_protocol(header_timeout_s),
+            timeout_keep_alive=KEEP_ALIVE_S,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
-        server.run(sockets=None if sock is None else [sock])
+        uvicorn.Server(config).run(sockets=None if sock is None else [sock])
 
     # What loading made (model, catalogue, index) lives as long as the process: frozen out
     # of the collector, a full collection no longer walks it (those took /healthz to
@@ -187,20 +210,20 @@ def run_serve(args: argparse.Namespace) -> int:
     gc.freeze()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        if count == 1:
-            serve()
+        if workers == 1:
+            run()
             return 0
-        sock = workers.listening_socket(args.host, args.port)
+        sock = forked.listening_socket(host, port)
         service.store.close()  # each worker opens its own
 
         def run_worker(number: int) -> None:
             service.reopen_store()
             try:
-                serve(workers.notify_parent, sock)
+                run(forked.notify_parent, sock)
             finally:
                 service.store.close()
 
-        return workers.serve_workers(count, run_worker)
+        return forked.serve_workers(workers, run_worker)
     finally:  # as it was, for a caller that goes on (tests, embedding)
         sys.setswitchinterval(interval)
         gc.unfreeze()

@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,16 @@ SUPERVISED = {signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, sign
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def hold_signals() -> None:
-    """Queue the signals the supervisor waits for instead of acting on them. Call it before
-    anything starts threads (loading does): a thread inherits the mask, and a signal sent to
-    the process reaches a thread that does not block it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Queue the signals the supervisor waits for instead of acting on them, until the
+    block exits. Enter it before anything starts threads (loading does): a thread inherits
+    the mask, and a signal sent to the process reaches a thread that does not block it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -63,8 +68,8 @@ def notify_parent() -> None:
 
 def serve_workers(count: int, run_worker: Callable[[int], None]) -> int:
     """Fork `count` workers, each running `run_worker(number)` until it returns, then
-    supervise them (see the module doc); returns the parent's exit status. The caller has
-    called `hold_signals` first."""
+    supervise them (see the module doc); returns the parent's exit status. Call it inside
+    `held_signals`."""
     parent = os.getpid()
     workers: dict[int, int] = {}  # pid -> worker number
     for number in range(count):
