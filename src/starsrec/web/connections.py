@@ -15,6 +15,11 @@ uvicorn's h11 protocol with two rules added:
 
 A body the app reads is bounded by `starsrec.web.http_guard.BodyGuard`'s deadline (408).
 Pass the class as `uvicorn.run(app, http=deadline_protocol(10.0))`.
+
+It also writes each answer with one system call: uvicorn writes an answer's headers and its
+body separately, and a loopback send was the largest single cost of a request in a profile
+under load (docs/benchmarks.md, "HTTP overhead"). `CoalescingTransport` gathers the writes
+of one event-loop step and sends them together at its end.
 """
 
 from __future__ import annotations
@@ -40,15 +45,59 @@ def _timeout_answer(seconds: float) -> bytes:
     return head.encode("ascii") + body
 
 
+class CoalescingTransport:
+    """A transport whose writes within one event-loop step go out as one write at its end
+    (or before `close`); everything else is the wrapped transport's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Queue `data`; the step's writes go out together when it ends."""
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        """`write` each chunk."""
+        for chunk in chunks:
+            self.write(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes not yet sent: the wrapped transport's and the queued."""
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def close(self) -> None:
+        """Send what is queued, then close."""
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def __getattr__(self, name: str):  # is_closing, get_extra_info, pause_reading, ...
+        return getattr(self._transport, name)
+
+
 class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header deadline, and no draining of unread bodies."""
+    """uvicorn's h11 protocol with a header deadline, no draining of unread bodies, and
+    one write per answer."""
 
     header_timeout_s: float = 10.0
     _header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the connection's first header deadline."""
-        super().connection_made(transport)
+        coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
+        super().connection_made(coalescing)  # type: ignore[arg-type]
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
