@@ -267,3 +267,40 @@ def test_the_advice_on_a_damaged_artifact_names_a_command_that_works(
     else:
         assert f"retrain it with `starsrec train DATA_DIR --out {artifact}`" in advice, advice
         assert indexed == 2 and "starsrec train DATA_DIR" in said, said
+
+
+def test_an_event_loop_steps_writes_go_out_as_one_and_close_sends_them_first() -> None:
+    from starsrec.web.connections import CoalescingTransport
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    async def scenario() -> Recorder:
+        inner = Recorder()
+        transport = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        transport.write(b"")
+        transport.write(b'{"items": []}')
+        assert inner.writes == [] and transport.get_write_buffer_size() == 32
+        await asyncio.sleep(0)  # the step ends
+        assert inner.writes == [b'HTTP/1.1 200 OK\r\n\r\n{"items": []}']
+        transport.write(b"last")
+        transport.close()
+        assert inner.writes[-1] == b"last" and inner.closed and transport.is_closing()
+        return inner
+
+    asyncio.run(scenario())
