@@ -74,11 +74,15 @@ def test_future_events_never_change_past_outputs(world) -> None:
     assert not torch.allclose(before[:, cut + 1 :], after[:, cut + 1 :])
 
 
-def test_cold_items_get_vectors_from_text_and_tags_alone(world) -> None:
+@pytest.mark.parametrize("space", ["text", "width"])
+def test_cold_items_get_vectors_from_text_and_tags_alone(world, space) -> None:
     catalogue, _, calendar = world
     warm = torch.ones(catalogue.size, dtype=torch.bool)
     warm[:3] = False
-    model = build(catalogue, calendar, warm=warm).eval()  # no cold dropout
+    config = replace(TINY, delta_space=space)
+    model = build(catalogue, calendar, config, warm=warm).eval()  # no cold dropout
+    width = 12 if space == "text" else config.dim  # the text's width or the model's
+    assert model.item_tokens.delta.weight.shape == (catalogue.size + 1, width)
     with torch.no_grad():
         model.item_tokens.delta.weight.fill_(0.5)  # as if every item had learned a delta
         model.item_bias.weight.fill_(1.0)
@@ -95,6 +99,8 @@ def test_cold_items_get_vectors_from_text_and_tags_alone(world) -> None:
 
 
 def test_switches_remove_components() -> None:
+    with pytest.raises(ValueError, match="delta_space"):
+        ModelConfig(delta_space="items")
     sasrec = ModelConfig(use_text=False, use_tags=False, use_item_id=True)
     assert sasrec.use_item_id
     with pytest.raises(ValueError, match="needs a representation"):
@@ -122,7 +128,13 @@ def test_training_resumes_exactly(world, tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "switches",
-    [{}, {"use_calendar_offsets": False}, {"use_item_bias": False}, {"use_new_item_bias": False}],
+    [
+        {},
+        {"use_calendar_offsets": False},
+        {"use_item_bias": False},
+        {"use_new_item_bias": False},
+        {"delta_space": "width"},
+    ],
 )
 def test_the_inner_product_score_matches_the_reference(world, switches) -> None:
     """Training's fast path `score_inner` (inner products, row blocks that skip what no
@@ -287,3 +299,15 @@ def test_a_config_written_by_an_earlier_version_loads() -> None:
     assert not config.calibration.own_items and config.calibration.new_items
     with pytest.raises(ValueError, match="use_cold_bias=True is no longer supported"):
         StarsConfig(**{**fields, "model": {**fields["model"], "use_cold_bias": True}})
+
+
+def test_a_width_residual_trains_saves_and_loads(world, tmp_path) -> None:
+    catalogue, log, _ = world
+    config = tiny(model={"delta_space": "width"}, train={"epochs": 1})
+    model = StarsRecommender(config).fit(TrainingData(log, catalogue, "GB"))
+    delta = model._fitted_model().item_tokens.delta.weight
+    assert delta.shape[1] == config.model.dim and delta.abs().sum() > 0  # it learned
+    loaded = StarsRecommender.load(model.save(tmp_path / "artifact"))
+    assert loaded.config.model.delta_space == "width"
+    vectors = [m._fitted_model().item_vectors().detach() for m in (model, loaded)]
+    np.testing.assert_array_equal(*vectors)

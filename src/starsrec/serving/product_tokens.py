@@ -108,7 +108,7 @@ class ProductTokenizer:
             if model.config.use_text and model.config.use_delta:
                 slots = slot_of(known_rows)
                 learned = model.item_tokens.delta.weight[slots]
-                delta = torch.zeros(len(products), text.shape[1])
+                delta = torch.zeros(len(products), learned.shape[1])
                 delta[torch.from_numpy(trained)] = learned * model.item_tokens.warm[slots, None]
         tokens = model.item_tokens.combine(torch.from_numpy(text), torch.from_numpy(tags), delta)
         classes = np.array(

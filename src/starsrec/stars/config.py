@@ -30,6 +30,11 @@ class ModelConfig:
     repeat_half_life_days: float = 30.0
     use_text: bool = True
     use_delta: bool = True
+    # Where the per-item residual lives: "text" adds it to the text embedding before the
+    # projection (the paper's e_text + delta_i, text-width rows), "width" adds it to the
+    # token after the projection (model-width rows: 6x fewer parameters at dim 64 with
+    # MiniLM's 384; issue 21).
+    delta_space: str = "text"
     use_tags: bool = True
     use_item_id: bool = False
     use_context: bool = True
@@ -51,6 +56,8 @@ class ModelConfig:
         return self.use_new_item_bias
 
     def __post_init__(self) -> None:
+        if self.delta_space not in ("text", "width"):
+            raise ValueError(f"delta_space must be 'text' or 'width', got {self.delta_space!r}")
         if not (self.use_text or self.use_tags or self.use_item_id):
             raise ValueError("an item needs a representation: enable text, tags or item id")
         if self.dim % self.heads:

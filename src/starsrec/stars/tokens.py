@@ -1,5 +1,6 @@
 """Step 1 of STARS (`starsrec.stars.model`): the semantic item tokens
-v_i = P([e_text(i) + delta_i ; W_attr t_i]), plus an id embedding for the ID-only ablation."""
+v_i = P([e_text(i) + delta_i ; W_attr t_i]) (or P([e_text(i) ; W_attr t_i]) + delta_i with
+`delta_space="width"`), plus an id embedding for the ID-only ablation."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class ItemTokens(nn.Module):
         if config.use_text:
             width += text.shape[1]
             if config.use_delta:
-                self.delta = nn.Embedding(n_items + 1, text.shape[1])
+                rows = text.shape[1] if config.delta_space == "text" else config.dim
+                self.delta = nn.Embedding(n_items + 1, rows)
                 nn.init.zeros_(self.delta.weight)  # cold items keep delta = 0
         if config.use_tags:
             self.attributes = nn.Linear(tags.shape[1], config.attribute_dim, bias=False)
@@ -69,18 +71,21 @@ class ItemTokens(nn.Module):
         self,
         text: torch.Tensor,  # (..., Dt)
         tags: torch.Tensor,  # (..., G)
-        delta: torch.Tensor | None = None,  # (..., Dt), None for items without one
+        delta: torch.Tensor | None = None,  # (..., Dt or D), None for items without one
         ids: torch.Tensor | None = None,  # (..., D) id embeddings (ID-only ablation)
     ) -> torch.Tensor:
-        """P([e_text + delta; W_attr t]) from raw features: also how a product added after
-        training gets its token (text and tags only, like any cold item)."""
+        """P([e_text + delta; W_attr t]) (or P([e_text; W_attr t]) + delta in the model
+        width) from raw features: also how a product added after training gets its token
+        (text and tags only, like any cold item)."""
+        in_text = delta is not None and self.config.delta_space == "text"
         parts = []
         if self.config.use_text:
-            parts.append(text if delta is None else text + delta)
+            parts.append(text + delta if in_text else text)
         if self.config.use_tags:
             parts.append(self.attributes(tags))
         if self.config.use_item_id:
             if ids is None:
                 ids = torch.zeros(*text.shape[:-1], self.config.dim, device=text.device)
             parts.append(ids)
-        return self.project(torch.cat(parts, dim=-1))
+        tokens = self.project(torch.cat(parts, dim=-1))
+        return tokens if delta is None or in_text else tokens + delta
