@@ -1,0 +1,35 @@
+"""The item-parameters benchmark (benchmarks/item_parameters.py) on the toy world: each
+variant trains, is measured on validation, and counts its per-item values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from starsrec.data.splits import NEXT_BASKET, split_dataset
+from starsrec.data.toyworld import make_toy_world
+from starsrec.experiments.report import training_data
+from tiny import overrides
+
+BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "item_parameters.py"
+
+
+def test_each_variant_is_measured_on_validation_with_its_item_values() -> None:
+    spec = importlib.util.spec_from_file_location("item_parameters", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dataset = make_toy_world(n_users=60)
+    data = training_data(dataset, split_dataset(dataset, NEXT_BASKET), exclude_seen=False)
+    base = {key: json.loads(value) for key, value in (o.split("=", 1) for o in overrides())}
+    rows = {v: module.measure(v, 0, data, 1, base) for v in module.VARIANTS}
+    # dim 16, hashing text of 64: the text residual's rows are 4x the width residual's;
+    # the other per-item values (bias, repeat weight) are the same in each.
+    other = rows["none"]["item_values"]
+    assert rows["text"]["item_values"] - other == 4 * (rows["width"]["item_values"] - other)
+    assert rows["width"]["item_values"] - other == 16
+    for row in rows.values():
+        assert 0 <= row["validation_ndcg@10"] <= 1 and row["events_per_s"] > 0
+        assert row["gb_per_million_items"] == row["item_values"] * 12e6 / 1e9
+    table = module.table([r | {"cell": "toy/next-basket"} for r in rows.values()])
+    assert table.count("| toy/next-basket |") == 3
