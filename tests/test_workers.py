@@ -1,11 +1,12 @@
-"""`starsrec serve --workers 2`: both workers answer on one port, a product put through one
-is served by both within seconds, a forget reaches both, a reload reaches both, and the
-workers stop with their parent (see starsrec.web.workers)."""
+"""`starsrec serve --workers 2`: both workers answer on one port, share events, serve a
+product put through either within seconds, drop a forgotten user's memory, reload under
+load with no failed request, and stop with their parent (see starsrec.web.workers)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -76,14 +77,45 @@ def test_two_workers_share_products_forgets_and_reloads(
             assert answer.status_code == 200, answer.text
             return [r["item_id"] for r in answer.json()["items"]]
 
+        # Events posted through either worker drive every worker's next answer.
+        shopper, before_events = "a-new-shopper", items("a-new-shopper")
+        bought = [str(i) for i in served_artifact[0].catalogue.item_ids[-3:]]
+        events = [
+            {"event_id": f"w-{n}", "user_id": shopper, "item_id": item, "timestamp": 1.7e9 + n}
+            for n, item in enumerate(bought)
+        ]
+        assert httpx.post(f"{server.url}/v1/events", json=events, timeout=10).status_code == 200
+        after_events = {tuple(items(shopper)) for _ in range(20)}  # fresh connections: both
+        assert len(after_events) == 1 and list(after_events.pop()) != before_events
+
         stranger = items("a-stranger")
         assert items(user) != stranger  # the user's long-term memory personalises
         assert httpx.delete(f"{server.url}/v1/users/{user}/events", timeout=10).status_code == 200
         time.sleep(1.5)  # three follow rounds
         assert all(items(user) == stranger for _ in range(20))  # fresh connections: both
 
-        assert httpx.post(f"{server.url}/v1/admin/reload", timeout=60).status_code == 200
-        until(lambda: server.log.read_text().count("reloaded") >= 2, 30, "both reloading")
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def recommend_until_done() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                while not done.is_set():
+                    body = {"user_id": str(log.user_ids[len(statuses) % len(log.user_ids)])}
+                    statuses.append(client.post("/v1/recommend", json=body).status_code)
+
+        clients = [threading.Thread(target=recommend_until_done) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        try:
+            assert httpx.post(f"{server.url}/v1/admin/reload", timeout=60).status_code == 200
+            until(lambda: server.log.read_text().count("reloaded") >= 2, 30, "both reloading")
+            server.process.send_signal(signal.SIGHUP)  # the parent: both reload again
+            until(lambda: server.log.read_text().count("reloaded") >= 4, 30, "both again")
+        finally:
+            done.set()
+            for thread in clients:
+                thread.join(timeout=30)
+        assert len(statuses) > 20 and set(statuses) == {200}
     finally:
         server.stop()
     assert server.process.returncode == 0

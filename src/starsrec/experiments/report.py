@@ -237,7 +237,7 @@ def _tuned(
     if data.validation is None or not len(data.validation):
         raise DataError(f"tuning {name} needs validation queries; this split has none")
     assert data.validation_targets is not None  # given with the validation queries
-    best: tuple[float, Recommender | None, dict[str, Any]] = (-np.inf, None, {})
+    best_metric, best_model, best_settings = -np.inf, None, {}
     tried = []
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values, strict=True))
@@ -247,11 +247,11 @@ def _tuned(
         )
         logger.info("%s %s: validation ndcg@10 %.4f", name, settings, metric)
         tried.append({"settings": settings, "validation_ndcg@10": round(metric, 6)})
-        if metric > best[0]:
-            best = (metric, model, settings)
-    _, model, settings = best
-    assert model is not None  # the grid is not empty
-    return model, settings, tried
+        if metric > best_metric:
+            best_metric, best_model, best_settings = metric, model, settings
+    if best_model is None:
+        raise ValueError(f"tuning {name}: the grid {dict(grid)} has no combination")
+    return best_model, best_settings, tried
 
 
 def _mean_std(values: Iterable[float]) -> str:

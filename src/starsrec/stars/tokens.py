@@ -77,10 +77,11 @@ class ItemTokens(nn.Module):
         """P([e_text + delta; W_attr t]) (or P([e_text; W_attr t]) + delta in the model
         width) from raw features: also how a product added after training gets its token
         (text and tags only, like any cold item)."""
-        in_text = delta is not None and self.config.delta_space == "text"
+        in_text = self.config.delta_space == "text"
+        text_delta, width_delta = (delta, None) if in_text else (None, delta)
         parts = []
         if self.config.use_text:
-            parts.append(text + delta if in_text else text)
+            parts.append(text if text_delta is None else text + text_delta)
         if self.config.use_tags:
             parts.append(self.attributes(tags))
         if self.config.use_item_id:
@@ -88,4 +89,4 @@ class ItemTokens(nn.Module):
                 ids = torch.zeros(*text.shape[:-1], self.config.dim, device=text.device)
             parts.append(ids)
         tokens = self.project(torch.cat(parts, dim=-1))
-        return tokens if delta is None or in_text else tokens + delta
+        return tokens if width_delta is None else tokens + width_delta
