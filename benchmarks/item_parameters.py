@@ -7,13 +7,15 @@ decided on validation.
 
 Each variant is STARS with its default config but for where the residual delta_i lives:
 "text" (the paper's: added to the text embedding before the projection, text-width rows),
-"width" (added to the token after the projection, model-width rows) and "none" (no
-residual, the stars-no-delta ablation). Each is trained on the cell's training events
-(epochs by its own early stopping) and measured on validation only: NDCG@10 over every
-validation query. This script computes no test number, so what it decides is decided on
-validation. Beside it: training events/s, and the item parameters (the tensors with a row
-per item): values per item, and GB per million items for the parameters with AdamW's two
-moments, what `fit` allocates. Writes benchmarks/results/item_parameters.json (merged by
+"width" (added to the token after the projection, model-width rows), "width-rowwise" (the
+same with the item tables trained by row-wise Adagrad, one optimiser value per item row,
+at the default learning rate or 0.05) and "none" (no residual, the stars-no-delta
+ablation). Each is trained on the cell's training events (epochs by its own early
+stopping) and measured on validation only: NDCG@10 over every validation query. This
+script computes no test number, so what it decides is decided on validation. Beside it:
+training events/s, and the item parameters (the tensors with a row per item): values per
+item, and GB per million items for the parameters with their optimiser's state, what `fit`
+allocates for them. Writes benchmarks/results/item_parameters.json (merged by
 cell, variant and seed) and prints a table.
 """
 
@@ -41,22 +43,28 @@ from starsrec.recommender import TrainingData
 from starsrec.stars.recommender import StarsRecommender
 
 RESULTS = Path(__file__).parent / "results"
+ROWWISE = {"model.delta_space": "width", "train.item_optimizer": "rowwise-adagrad"}
 VARIANTS = {
     "text": ("stars", {}),
     "width": ("stars", {"model.delta_space": "width"}),
+    "width-rowwise": ("stars", ROWWISE),
+    "width-rowwise-lr0.05": ("stars", ROWWISE | {"train.item_learning_rate": 0.05}),
     "none": ("stars-no-delta", {}),
 }
-ADAMW_COPIES = 3  # the parameter and AdamW's two moments, float32 each
 logger = logging.getLogger("item-parameters-benchmark")
 
 
-def item_values(model: StarsRecommender) -> int:
-    """Values per catalogue item: the trained tensors with one row per item slot."""
+def item_values(model: StarsRecommender) -> tuple[int, int]:
+    """(parameter values, optimiser state values) per catalogue item: the trained tensors
+    with one row per item slot, and what their optimiser keeps for them (AdamW two moments
+    per value; row-wise Adagrad one accumulator per row)."""
     network = model._fitted_model()
     rows = model._fitted_catalogue().size + 1  # the padding slot too
-    return sum(
-        int(np.prod(p.shape[1:])) for p in network.parameters() if p.ndim and p.shape[0] == rows
-    )
+    tables = [p for p in network.parameters() if p.ndim and p.shape[0] == rows]
+    values = sum(int(np.prod(p.shape[1:])) for p in tables)
+    if model.config.train.item_optimizer == "adamw":
+        return values, 2 * values
+    return values, len(tables)
 
 
 def measure(
@@ -75,7 +83,7 @@ def measure(
     state = model.training_state
     assert state is not None
     history = state.history
-    values = item_values(model)
+    values, state_values = item_values(model)
     return {
         "variant": variant,
         "seed": seed,
@@ -85,7 +93,8 @@ def measure(
         "events_per_s": sum(h["events"] for h in history) / sum(h["seconds"] for h in history),
         "train_s": train_s,
         "item_values": values,
-        "gb_per_million_items": values * 4 * ADAMW_COPIES * 1e6 / 1e9,
+        "optimizer_values": state_values,
+        "gb_per_million_items": (values + state_values) * 4 * 1e6 / 1e9,  # float32
     }
 
 
@@ -93,7 +102,7 @@ def table(records: list[dict]) -> str:
     """Markdown: one row per cell and variant, means over seeds."""
     lines = [
         "| cell | variant | seeds | validation NDCG@10 | best epoch | events/s | values per "
-        "item | GB per 1M items (with AdamW) |",
+        "item (+ optimiser) | GB per 1M items |",
         "|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -105,7 +114,8 @@ def table(records: list[dict]) -> str:
         lines.append(
             f"| {cell} | {variant} | {len(runs)} | {np.mean(ndcg):.4f}{spread} | "
             f"{np.mean([r['best_epoch'] for r in runs]):.1f} | "
-            f"{np.mean([r['events_per_s'] for r in runs]):,.0f} | {runs[0]['item_values']} | "
+            f"{np.mean([r['events_per_s'] for r in runs]):,.0f} | {runs[0]['item_values']} "
+            f"(+ {runs[0]['optimizer_values']}) | "
             f"{runs[0]['gb_per_million_items']:.2f} |"
         )
     return "\n".join(lines)

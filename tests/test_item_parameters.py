@@ -30,6 +30,11 @@ def test_each_variant_is_measured_on_validation_with_its_item_values() -> None:
     assert rows["width"]["item_values"] - other == 16
     for row in rows.values():
         assert 0 <= row["validation_ndcg@10"] <= 1 and row["events_per_s"] > 0
-        assert row["gb_per_million_items"] == row["item_values"] * 12e6 / 1e9
+        values = row["item_values"] + row["optimizer_values"]
+        assert row["gb_per_million_items"] == values * 4e6 / 1e9
+    # AdamW: two moments per value; row-wise Adagrad: one per item table's row (delta,
+    # bias, repeat weight).
+    assert rows["width"]["optimizer_values"] == 2 * rows["width"]["item_values"]
+    assert rows["width-rowwise"]["optimizer_values"] == 3
     table = module.table([r | {"cell": "toy/next-basket"} for r in rows.values()])
-    assert table.count("| toy/next-basket |") == 3
+    assert table.count("| toy/next-basket |") == len(module.VARIANTS)

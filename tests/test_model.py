@@ -15,6 +15,7 @@ from starsrec.recommender import TrainingData
 from starsrec.stars.batch import PAD
 from starsrec.stars.config import ModelConfig
 from starsrec.stars.model import STARS
+from starsrec.stars.optim import RowWiseAdagrad, stars_optimizer
 from starsrec.stars.recommender import StarsConfig, StarsRecommender
 from starsrec.stars.repeats import carried_repeats, history_counts, history_repeats
 from starsrec.stars.sequences import featurize, query_windows, training_windows
@@ -107,11 +108,17 @@ def test_switches_remove_components() -> None:
         ModelConfig(use_text=False, use_tags=False, use_item_id=False)
 
 
-def test_training_resumes_exactly(world, tmp_path) -> None:
+@pytest.mark.parametrize("item_optimizer", ["adamw", "rowwise-adagrad"])
+def test_training_resumes_exactly(world, tmp_path, item_optimizer) -> None:
     catalogue, log, calendar = world
     subclass = np.maximum(catalogue.subclass, 0).astype(np.int64)
     config = TrainConfig(
-        epochs=2, batch_size=16, uniform_negatives=8, subclass_negatives=8, progress=False
+        epochs=2,
+        batch_size=16,
+        uniform_negatives=8,
+        subclass_negatives=8,
+        progress=False,
+        item_optimizer=item_optimizer,
     )
     straight = build(catalogue, calendar)
     train_model(straight, log, subclass, calendar, config)
@@ -311,3 +318,33 @@ def test_a_width_residual_trains_saves_and_loads(world, tmp_path) -> None:
     assert loaded.config.model.delta_space == "width"
     vectors = [m._fitted_model().item_vectors().detach() for m in (model, loaded)]
     np.testing.assert_array_equal(*vectors)
+
+
+def test_rowwise_adagrad_moves_only_touched_rows_with_one_value_per_row() -> None:
+    table = torch.nn.Parameter(torch.ones(5, 3))
+    optimizer = RowWiseAdagrad([table], lr=0.1, weight_decay=0.5)
+    table.grad = torch.zeros(5, 3)
+    table.grad[1] = torch.tensor([3.0, 0.0, 0.0])  # mean square 3
+    table.grad[4] = torch.tensor([1.0, 1.0, 1.0])  # mean square 1
+    optimizer.step()
+    state = optimizer.state[table]["sum"]
+    assert state.shape == (5,) and state.tolist() == [0.0, 3.0, 0.0, 0.0, 1.0]
+    decayed = 1 - 0.1 * 0.5
+    expected = torch.ones(5, 3)
+    expected[1] = decayed - 0.1 / 3**0.5 * torch.tensor([3.0, 0.0, 0.0])
+    expected[4] = decayed - 0.1 / 1.0 * torch.ones(3)
+    torch.testing.assert_close(table.detach(), expected)  # rows 0, 2, 3 untouched, not decayed
+    with pytest.raises(ValueError, match="item_optimizer must be one of"):
+        TrainConfig(item_optimizer="sgd")
+
+
+def test_the_rowwise_optimiser_keeps_one_state_value_per_item(world) -> None:
+    catalogue, _, calendar = world
+    model = build(catalogue, calendar)
+    items = catalogue.size + 1
+    optimizer = stars_optimizer(model, items, "rowwise-adagrad", 1e-3, 0.01, 0.1)
+    adamw, rowwise = optimizer.optimizers
+    tables = {id(p) for g in rowwise.param_groups for p in g["params"]}
+    named = {n for n, p in model.named_parameters() if id(p) in tables}
+    assert named == {"item_tokens.delta.weight", "item_bias.weight", "item_repeat.weight"}
+    assert not any(p.ndim and p.shape[0] == items for g in adamw.param_groups for p in g["params"])

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from starsrec.stars.model import STARS
+from starsrec.stars.optim import Optimizers
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TrainingState:
 def save_checkpoint(
     directory: Path,
     model: STARS,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Optimizers,
     state: TrainingState,
     rng: np.random.Generator,
     best_weights: dict[str, torch.Tensor],
@@ -68,7 +69,7 @@ def save_checkpoint(
 def load_checkpoint(
     directory: Path,
     model: STARS,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Optimizers,
     best_weights: dict[str, torch.Tensor],
 ) -> tuple[TrainingState, np.random.Generator]:
     """Restore `model`, `optimizer`, `best_weights` and the torch RNG streams in place from

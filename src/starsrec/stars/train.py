@@ -44,6 +44,7 @@ from starsrec.stars.batch import EventBatch, slot_of
 from starsrec.stars.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from starsrec.stars.device import mixed_precision, prefetched, reused_host_memory, to_device
 from starsrec.stars.model import STARS
+from starsrec.stars.optim import OPTIMIZERS, Optimizers, stars_optimizer
 from starsrec.stars.repeats import CarriedRepeats, carried_repeats, history_repeats
 from starsrec.stars.sequences import featurize, training_windows
 
@@ -59,6 +60,10 @@ class TrainConfig:
     learning_rate: float = 5e-3
     weight_decay: float = 0.01
     delta_weight_decay: float = 0.1  # pulls the per-item residuals towards the text vector
+    # "adamw" for every parameter, or "rowwise-adagrad" for the item tables (one optimiser
+    # value per item; starsrec.stars.optim) at `item_learning_rate` (None: learning_rate).
+    item_optimizer: str = "adamw"
+    item_learning_rate: float | None = None
     uniform_negatives: int = 256
     subclass_negatives: int = 256
     patience: int = 8
@@ -68,6 +73,11 @@ class TrainConfig:
     # "auto" (a GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N"
     # (starsrec.stars.device). Only where training runs: results load on any device.
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.item_optimizer not in OPTIMIZERS:
+            choices, got = ", ".join(OPTIMIZERS), self.item_optimizer
+            raise ValueError(f"item_optimizer must be one of {choices}, got {got!r}")
 
 
 class Sampler:
@@ -131,7 +141,15 @@ def train_model(
     length = model.config.max_length
     windows = training_windows(log, length)
     sampler = Sampler(log, subclass, config)
-    optimizer = _optimizer(model, config)
+    optimizer = stars_optimizer(
+        model,
+        len(model.item_tokens.warm),
+        config.item_optimizer,
+        config.learning_rate,
+        config.weight_decay,
+        config.delta_weight_decay,
+        config.item_learning_rate,
+    )
     step: nn.Module = LossModule(model)
     if rank.distributed:
         # Buffers (frozen text vectors, tags) are the same on every rank and never change:
@@ -213,23 +231,6 @@ def _host_copy(model: STARS) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _optimizer(model: STARS, config: TrainConfig) -> torch.optim.Optimizer:
-    delta, decayed, plain = [], [], []
-    for name, parameter in model.named_parameters():
-        if name.startswith("item_tokens.delta"):
-            delta.append(parameter)
-        elif parameter.ndim >= 2 and "embedding" not in name:
-            decayed.append(parameter)
-        else:
-            plain.append(parameter)
-    groups = [
-        {"params": delta, "weight_decay": config.delta_weight_decay},
-        {"params": decayed, "weight_decay": config.weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
-
-
 class LossModule(nn.Module):
     """The training loss as a module's forward, the shape DistributedDataParallel wraps
     (it hooks `forward` only, and the loss calls several methods of STARS)."""
@@ -250,7 +251,7 @@ def _epoch(
     windows: np.ndarray,
     sampler: Sampler,
     calendar: CalendarEvents,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Optimizers,
     rngs: tuple[np.random.Generator, np.random.Generator],  # epoch order, negatives
     config: TrainConfig,
     state: TrainingState,
