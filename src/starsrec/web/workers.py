@@ -77,6 +77,8 @@ def serve_workers(count: int, run_worker: Callable[[int], None]) -> int:
         if pid == 0:  # the worker
             status = 1
             try:
+                # A reload asked for before the app listens for SIGHUP must not kill it.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED)
                 _die_with(parent)
                 run_worker(number)
