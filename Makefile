@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test-setup demo test check lint format bench bench-serving bench-hostile clean
+.PHONY: setup test-setup demo demo-next-basket test check lint format bench bench-serving bench-hostile clean
 
 setup: $(STAMP)
 
@@ -39,11 +39,13 @@ demo: setup
 	$(BIN)/starsrec train data/movielens-100k --protocol leave-one-out --out artifacts/demo-stars
 	$(BIN)/starsrec evaluate artifacts/demo-stars --compare-with reports/demo-baselines --out reports/demo-stars
 	$(BIN)/starsrec index artifacts/demo-stars
+	@$(MAKE) --no-print-directory demo-next-basket
 	@echo
 	@cat reports/demo-baselines/report.md
 	@echo
 	@cat reports/demo-stars/report.md
 	@echo
+	@if [ -e reports/demo-next-basket/report.md ]; then cat reports/demo-next-basket/report.md; echo; fi
 	@echo "Serve it:      $(BIN)/starsrec serve artifacts/demo-stars --port 8000 --insecure-open-writes"
 	@echo "Then ask it:   curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' \\"
 	@echo "                 -d '{\"user_id\": \"1\", \"k\": 5}'"
@@ -68,6 +70,18 @@ bench: setup
 	$(BIN)/python benchmarks/quality.py
 
 # The serving benchmark needs a trained, indexed artifact (`make demo` makes one) and wrk.
+# The shop-log protocol on Online Retail with the quick baselines, where the shared data
+# directory holds it (it is not embedded like MovieLens: ../shared/datasets/README.md).
+OR_FILE = online_retail/online_retail_2010_2011_raw.parquet
+demo-next-basket: setup
+	@if $(BIN)/python -c "from starsrec.data.loaders import shared_file as f; f('$(OR_FILE)')" \
+	    2>/dev/null; then \
+	  $(BIN)/starsrec data prepare online-retail --out data/online-retail && \
+	  $(BIN)/starsrec evaluate data/online-retail --protocol next-basket \
+	    --models popularity,repeat-history,top-frequency,cooccurrence-knn \
+	    --out reports/demo-next-basket; \
+	else echo "Online Retail not found (../shared/datasets): next-basket report skipped"; fi
+
 bench-serving: setup
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/serving.py --artifact artifacts/demo-stars
