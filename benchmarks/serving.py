@@ -165,7 +165,7 @@ def synthetic_service(
         in_stock=np.ones(n, bool),
     )
     serving = json.loads((artifact / SERVING_DIR / SERVING_FILE).read_text())
-    return RecommendationService(
+    service = RecommendationService(
         base.recommender,
         index,
         base.store,
@@ -176,6 +176,8 @@ def synthetic_service(
         base.encoder,
         base.config,
     )
+    service.serving_dir = base.serving_dir  # where a forked worker reopens the store
+    return service
 
 
 def requests(service: RecommendationService, count: int, seed: int = 1) -> list[dict]:
@@ -305,6 +307,9 @@ def over_http(
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
+                if child.poll() is not None:
+                    status = child.returncode
+                    raise RuntimeError(f"the server exited with status {status}") from None
                 time.sleep(0.5)
         else:
             raise RuntimeError("the server did not start")
@@ -352,18 +357,20 @@ def over_http(
 def child(workdir: Path, artifact: Path, port: int, workers: int) -> None:
     """The server process: the synthetic service behind the real app, served as
     `starsrec serve --workers` serves (starsrec.web.server.serve_service)."""
-    from starsrec.web import workers as forked
     from starsrec.web.app import create_app
     from starsrec.web.server import serve_service
 
-    def app(on_reload):
-        return create_app(service=service, insecure_open_writes=True, on_reload=on_reload)
-
-    with forked.held_signals():  # before loading starts threads
+    def load() -> RecommendationService:
         base = RecommendationService.load(artifact)
         arrays = load_file(workdir / "catalogue.safetensors")
         service = synthetic_service(base, arrays, ItemIndex.load(workdir / "index"), artifact)
-        sys.exit(serve_service(service, app, "127.0.0.1", port, workers))
+        service.tokenizer.load_encoder()  # writes are open: before the fork, as serve does
+        return service
+
+    def app(service, on_reload):
+        return create_app(service=service, insecure_open_writes=True, on_reload=on_reload)
+
+    sys.exit(serve_service(load, app, "127.0.0.1", port, workers))
 
 
 def main() -> None:

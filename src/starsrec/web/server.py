@@ -137,7 +137,6 @@ def run_serve(args: argparse.Namespace) -> int:
     serve until stopped, in one process or `--workers` (starsrec.web.workers); ValueError
     (one line) for a refused start."""
     from starsrec.serving.service import RecommendationService
-    from starsrec.web import workers
     from starsrec.web.access import Access
     from starsrec.web.app import create_app
 
@@ -155,7 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if count < 1:
         raise ValueError(f"--workers must be >= 1, got {count}")
 
-    def app(on_reload: Callable[[], object] | None) -> FastAPI:
+    def app(service: RecommendationService, on_reload: Callable[[], object] | None) -> FastAPI:
         return create_app(
             service,
             reload_from=args.artifact_dir,
@@ -166,23 +165,41 @@ def run_serve(args: argparse.Namespace) -> int:
             on_reload=on_reload,
         )
 
-    # Signals held before loading starts threads (starsrec.web.workers), given back after.
-    with workers.held_signals() if count > 1 else contextlib.nullcontext():
+    def load() -> RecommendationService:
         service = RecommendationService.load(args.artifact_dir, config)
-        return serve_service(service, app, args.host, args.port, count, args.header_timeout)
+        if count > 1 and (key is not None or args.insecure_open_writes):
+            service.tokenizer.load_encoder()  # before the fork: one copy, shared
+        return service
+
+    return serve_service(load, app, args.host, args.port, count, args.header_timeout)
 
 
 def serve_service(
-    service: RecommendationService,
-    app: Callable[[Callable[[], object] | None], FastAPI],
+    load: Callable[[], RecommendationService],
+    app: Callable[[RecommendationService, Callable[[], object] | None], FastAPI],
     host: str,
     port: int,
     workers: int = 1,
     header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> int:
-    """Serve `app(on_reload)` for the loaded `service` on host:port until stopped, in this
-    process or in `workers` forked ones (then inside `workers.held_signals`, entered before
-    loading); returns the exit status. Closes the service's store."""
+    """Serve `app(service, on_reload)` for the service `load()` gives on host:port until
+    stopped, in this process or in `workers` forked ones; returns the exit status. Closes
+    the service's store."""
+    from starsrec.web import workers as forked
+
+    # Signals held before loading starts threads (starsrec.web.workers), given back after.
+    with forked.held_signals() if workers > 1 else contextlib.nullcontext():
+        return _serve(load(), app, host, port, workers, header_timeout_s)
+
+
+def _serve(
+    service: RecommendationService,
+    app: Callable[[RecommendationService, Callable[[], object] | None], FastAPI],
+    host: str,
+    port: int,
+    workers: int,
+    header_timeout_s: float,
+) -> int:
     import uvicorn
 
     from starsrec.web import workers as forked
@@ -190,7 +207,7 @@ def serve_service(
 
     def run(on_reload: Callable[[], object] | None = None, sock: socket | None = None) -> None:
         config = uvicorn.Config(
-            app(on_reload),
+            app(service, on_reload),
             host=host,
             port=port,
             log_level="warning",
