@@ -291,7 +291,8 @@ def rebuild(records: list[dict], results: Path, docs: Path) -> str:
         "",
         "Diagnostics (mean over seeds): LambdaMART's candidate recall (the share of test "
         "targets among its candidates, its recall's ceiling); for STARS and SASRec the "
-        "validation epoch whose weights were kept, of the epochs run (at most 40, patience 8):",
+        "validation epoch whose weights were kept, of the epochs run (patience 8; at most 40, "
+        "SASRec 100 from 2bef894 on):",
         "",
         *(diagnostic_lines(records) or ["- not recorded by these runs"]),
         "",
