@@ -19,6 +19,7 @@ from socket import socket
 from typing import TYPE_CHECKING
 
 from starsrec.serving.config import ServingConfig
+from starsrec.web import workers as forked  # the standard library only: quick to import
 from starsrec.web.access import is_loopback
 
 if TYPE_CHECKING:  # imported where they run: building the CLI's parser stays quick
@@ -185,8 +186,6 @@ def serve_service(
     """Serve `app(service, on_reload)` for the service `load()` gives on host:port until
     stopped, in this process or in `workers` forked ones; returns the exit status. Closes
     the service's store."""
-    from starsrec.web import workers as forked
-
     # Signals held before loading starts threads (starsrec.web.workers), given back after.
     with forked.held_signals() if workers > 1 else contextlib.nullcontext():
         return _serve(load(), app, host, port, workers, header_timeout_s)
@@ -202,7 +201,6 @@ def _serve(
 ) -> int:
     import uvicorn
 
-    from starsrec.web import workers as forked
     from starsrec.web.connections import deadline_protocol
 
     def run(on_reload: Callable[[], object] | None = None, sock: socket | None = None) -> None:
