@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from starsrec.data.baskets import BasketTargets
-from starsrec.data.calendar import CalendarEvents
-from starsrec.data.splits import split_dataset
-from starsrec.data.toyworld import make_toy_world
-from starsrec.serving.product_tokens import new_product_bias
 from starsrec.stars.calibration import (
     MIN_NEW_ITEM_TARGETS,
-    grid_search,
+    coordinate_search,
     new_item_log_odds,
     new_item_offset,
 )
-from starsrec.stars.recommender import StarsConfig, StarsRecommender
-from test_model import TINY, build
 
 
 def mean_new_item_mass(scores: np.ndarray, new_items: np.ndarray) -> float:
@@ -63,44 +56,24 @@ def test_new_item_offset_needs_enough_new_item_targets() -> None:
     assert new_item_offset(log_odds, np.ones(50, dtype=bool)) is None
 
 
-def test_grid_search_keeps_the_first_setting_unless_another_is_strictly_better() -> None:
-    metric = {"a": 0.5, "b": 0.5, "c": 0.7, "d": 0.6}
-    applied = []
-    best = grid_search("letters", lambda: metric[applied[-1]], list("abcd"), applied.append)
-    assert best == "c" and applied[-1] == "c"  # the winner is left applied
-    applied.clear()
-    assert grid_search("ties", lambda: 0.5, list("ab"), applied.append) == "a"
-    assert applied[-1] == "a"
+def test_coordinate_search_finds_the_best_setting_block_by_block() -> None:
+    """The second block's best depends on the first block's choice, so it takes a second
+    round; it ends at the best setting, left applied, with fewer validations than the
+    whole grid."""
+    applied: list[tuple[float, ...]] = []
+
+    def metric() -> float:  # best at (2, 1, 3); z's best follows x
+        x, y, z = applied[-1]
+        return -((x - 2) ** 2) - (y - 1) ** 2 - (z - x - 1) ** 2 / 4
+
+    pairs = [(x, y) for x in (0.0, 1.0, 2.0, 3.0) for y in (0.0, 1.0, 2.0)]
+    best = coordinate_search("xyz", metric, (pairs, [(z,) for z in range(6)]), applied.append)
+    assert best == (2.0, 1.0, 3.0) and applied[-1] == best
+    assert len(applied) < len(pairs) * 6
 
 
-def test_calibrate_new_items_moves_the_bias_of_new_items_only() -> None:
-    """On a toy shop whose validation targets are partly items without training events,
-    calibration shifts exactly those items' bias (what the index and the service serve),
-    and the model's probability on them becomes their share of the targets."""
-    dataset = make_toy_world(n_users=60)
-    split = split_dataset(dataset, "leave-one-out")
-    catalogue = split.catalogue
-    # The items most often asked for in validation are the ones without training events.
-    popular = np.argsort(-np.bincount(split.validation_target, minlength=catalogue.size))
-    warm = np.ones(catalogue.size, dtype=bool)
-    warm[popular[:8]] = False
-    assert (~warm[split.validation_target]).sum() >= MIN_NEW_ITEM_TARGETS
-
-    recommender = StarsRecommender(StarsConfig(model=TINY))
-    recommender.catalogue = catalogue
-    recommender.calendar = CalendarEvents.build("GB", 2023, 2025)
-    recommender.features = {"warm": warm.astype(np.float32)}
-    recommender.model = build(catalogue, recommender.calendar, warm=torch.from_numpy(warm)).eval()
-    model = recommender.model
-    before = model.item_biases().detach().numpy().copy()
-
-    targets = BasketTargets.single(split.validation_target)
-    recommender.calibrate_new_items(split.validation, targets, exclude_seen=False)
-
-    moved = model.item_biases().detach().numpy() - before
-    assert moved[warm] == pytest.approx(0.0)
-    assert np.ptp(moved[~warm]) == pytest.approx(0.0, abs=1e-6) and moved[~warm][0] > 0
-    assert new_product_bias(model) == pytest.approx(before[~warm][0] + moved[~warm][0])
-    scores = recommender.score(split.validation)
-    share = (~warm[split.validation_target]).mean()
-    assert mean_new_item_mass(scores, ~warm) == pytest.approx(share, abs=1e-4)
+def test_coordinate_search_keeps_the_first_entries_unless_another_is_strictly_better() -> None:
+    applied: list[tuple[float, ...]] = []
+    blocks = ([(1.0,), (0.5,)], [(0.0, 1.0), (2.0, 3.0)])
+    assert coordinate_search("ties", lambda: 0.5, blocks, applied.append) == (1.0, 0.0, 1.0)
+    assert applied[-1] == (1.0, 0.0, 1.0)

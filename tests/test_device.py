@@ -138,7 +138,7 @@ def test_the_loss_under_bf16_autocast_is_float32_and_close() -> None:
     sampler = Sampler(log, subclass, TrainConfig(uniform_negatives=8, subclass_negatives=8))
     candidates, log_q = sampler.sample(log.item[safe][valid], np.random.default_rng(0))
     slots = torch.from_numpy(candidates + 1)
-    carried = carried_repeats(log, inputs, slots, 30.0)
+    carried = carried_repeats(log, inputs, slots, 30.0, 0.8)
     arrays = (log.item[safe], valid, log.weight[safe].astype(np.float32), candidates + 1)
     args = (batch, carried, *map(torch.from_numpy, arrays), torch.from_numpy(log_q).float())
     step = LossModule(model)

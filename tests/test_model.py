@@ -17,7 +17,12 @@ from starsrec.stars.config import ModelConfig
 from starsrec.stars.model import STARS
 from starsrec.stars.optim import RowWiseAdagrad, stars_optimizer
 from starsrec.stars.recommender import StarsConfig, StarsRecommender
-from starsrec.stars.repeats import carried_repeats, history_counts, history_repeats
+from starsrec.stars.repeats import (
+    RepeatFeatures,
+    carried_repeats,
+    history_counts,
+    history_repeats,
+)
 from starsrec.stars.sequences import featurize, query_windows, training_windows
 from starsrec.stars.train import TrainConfig, train_model
 from tiny import tiny
@@ -195,17 +200,16 @@ def test_serving_scores_match_the_training_path() -> None:
     slots = torch.arange(1, split.catalogue.size + 1)
     last = torch.zeros(rows.shape, dtype=torch.bool)
     last[:, -1] = True
-    carried = carried_repeats(queries.log, rows, slots, 30.0)
-    repeats = history_repeats(batch, slots, last, carried)
+    decay = recommender.config.model.repeat_basket_decay
+    carried = carried_repeats(queries.log, rows, slots, 30.0, decay)
+    repeats = history_repeats(batch, slots, last, carried, decay)
     with torch.no_grad():
         model.user_repeat.weight.normal_()  # a per-user part that matters in the check
         served = recommender.score(queries)
         query = model.user_vectors(batch)[:, -1]
         logits = model.score(query, slots, batch.request_events[:, -1])
         weights = model.user_repeat_weights(query)[repeats.rows]
-        bonus = model.repeat_bonus(
-            repeats.counts, repeats.age_days, slots[repeats.columns], repeats.sessions, weights
-        )
+        bonus = model.repeat_bonus(repeats.features, slots[repeats.columns], weights)
         logits = logits.index_put((repeats.rows, repeats.columns), bonus, accumulate=True)
     np.testing.assert_allclose(served, logits.numpy(), rtol=1e-5, atol=1e-5)
 
@@ -224,10 +228,10 @@ def test_training_repeat_counts_match_whole_history_counts() -> None:
     generator = np.random.default_rng(0)
     slots = torch.from_numpy(np.unique(generator.integers(1, log.item.max() + 2, 40)))
     mask = (windows[:, 1:] >= 0) & (inputs >= 0) & (generator.random(inputs.shape) < 0.7)
-    carried = carried_repeats(log, inputs, slots, 30.0)
+    carried = carried_repeats(log, inputs, slots, 30.0, 0.7)
     assert (carried.slots != PAD).any(), "no window has history before it"
-    rows, columns, count, age, sessions = history_repeats(
-        batch, slots, torch.from_numpy(mask), carried
+    rows, columns, (count, age, recent, sessions) = history_repeats(
+        batch, slots, torch.from_numpy(mask), carried, 0.7
     )
 
     b, t = mask.nonzero()  # the reference: one whole-history query per masked position
@@ -235,35 +239,45 @@ def test_training_repeat_counts_match_whole_history_counts() -> None:
     reference = Queries(
         log, log.offsets[user], inputs[b, t] + 1, log.timestamp[windows[b, t + 1]], user
     )
-    want_count, want_age, want_sessions = history_counts(reference, log.item.max() + 1, 30.0)
+    want_count, want_age, want_recent, want_sessions = history_counts(
+        reference, log.item.max() + 1, 30.0, 0.7
+    )
     columns_of_slots = slots.numpy() - 1
     dense_count = torch.zeros(len(b), len(slots)).index_put((rows, columns), count)
     dense_age = torch.full_like(dense_count, torch.inf).index_put((rows, columns), age)
+    dense_recent = torch.zeros_like(dense_count).index_put((rows, columns), recent)
     assert count.min() >= 1 and len(rows) > len(slots)
     np.testing.assert_array_equal(dense_count.numpy(), want_count[:, columns_of_slots])
     np.testing.assert_allclose(dense_age.numpy(), want_age[:, columns_of_slots], atol=1e-2)
+    np.testing.assert_allclose(dense_recent.numpy(), want_recent[:, columns_of_slots], rtol=1e-5)
+    assert 0 < recent.min() < recent.max() == 1  # older sessions count less
     assert want_sessions.min() >= 1 and want_sessions.max() > 1
     np.testing.assert_array_equal(sessions.numpy(), want_sessions[rows.numpy()])
 
 
-def test_own_item_calibration_keeps_the_best_validation_pair(world) -> None:
-    """The grid search leaves the pair with the best validation metric, and no change
-    (taste 1, offset 0) when nothing beats it; the pair changes own items' scores only."""
+def test_own_item_calibration_keeps_the_best_validation_setting(world) -> None:
+    """The search leaves the setting with the best validation metric, and no change
+    (taste 1, offset 0, recent share 0) when nothing beats it; it changes own items'
+    scores only."""
     catalogue, _, calendar = world
     recommender = StarsRecommender(StarsConfig())
     recommender.model = build(catalogue, calendar).eval()
     model = recommender.model
 
-    def peaked(m: STARS) -> float:  # best at (0.25, 4.0)
-        return -abs(float(m.own_item_taste) - 0.25) - abs(float(m.own_item_offset) - 4.0)
+    def peaked(m: STARS) -> float:  # best at (0.25, 4.0, 8.0)
+        taste, offset, recent = (float(b) for b in m.own_item_buffers())
+        return -abs(taste - 0.25) - abs(offset - 4.0) - abs(recent - 8.0)
 
     recommender.calibrate_own_items(peaked)
-    assert (float(model.own_item_taste), float(model.own_item_offset)) == (0.25, 4.0)
-    taste = torch.tensor([[3.0, -1.0]])
-    adjusted = model.own_item_adjustment(taste, torch.tensor([[1.0, 0.0]]))
-    np.testing.assert_allclose(adjusted.numpy(), [[0.25 * 3.0 - 3.0 + 4.0, 0.0]])
+    assert tuple(float(b) for b in model.own_item_buffers()) == (0.25, 4.0, 8.0)
+    taste = torch.tensor([3.0, -1.0])  # an own item (recent share 0.5) and another
+    decay = model.config.repeat_basket_decay
+    recent = 0.5 * (1 + decay)  # of two baskets decayed alike: a recent share of 0.5
+    repeats = RepeatFeatures(*torch.tensor([[1.0, 0.0], [1.0, np.inf], [recent, 0.0], [2.0, 2.0]]))
+    adjusted = model.own_item_adjustment(taste, repeats)
+    np.testing.assert_allclose(adjusted.numpy(), [0.25 * 3.0 - 3.0 + 4.0 + 8.0 * 0.5, 0.0])
     recommender.calibrate_own_items(lambda m: 0.5)
-    assert (float(model.own_item_taste), float(model.own_item_offset)) == (1.0, 0.0)
+    assert tuple(float(b) for b in model.own_item_buffers()) == (1.0, 0.0, 0.0)
 
 
 def test_training_without_validation_keeps_the_trained_weights(world) -> None:

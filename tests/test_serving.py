@@ -52,6 +52,7 @@ def world(tmp_path_factory):
     # parity tests cover it; mild enough that own items still reach the top 10.
     recommender.model.own_item_taste.fill_(1.25)
     recommender.model.own_item_offset.fill_(-0.5)
+    recommender.model.own_item_recent.fill_(0.75)
     artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
     write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return recommender, log, artifact

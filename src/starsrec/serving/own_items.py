@@ -16,7 +16,7 @@ import torch
 from starsrec.serving.store import Event
 from starsrec.stars.batch import slot_of
 from starsrec.stars.model import STARS
-from starsrec.stars.repeats import request_counts
+from starsrec.stars.repeats import RepeatFeatures, request_counts
 
 
 @torch.no_grad()
@@ -33,16 +33,17 @@ def own_item_scores(
     if not len(rows) or not model.config.use_repeat_score:
         return rows[:0], np.empty(0, dtype=np.float32)
     stamps = np.array([e.timestamp for e in history], dtype=np.float64)
-    seen, counts, age, sessions = request_counts(rows, stamps, at, model.config.session_gap_minutes)
-    dim = model.config.dim
+    config = model.config
+    seen, counts = request_counts(
+        rows, stamps, at, config.session_gap_minutes, config.repeat_basket_decay
+    )
+    dim = config.dim
     own = vectors[seen]
     taste = own[:, :dim] @ query[:dim]  # <u + q(c), e_i>
     bonus = model.own_item_score(
         torch.from_numpy(taste),
-        torch.from_numpy(counts),
-        torch.from_numpy(age),
+        RepeatFeatures(*map(torch.from_numpy, counts)),
         torch.from_numpy(slot_of(seen)),
-        torch.tensor(float(sessions)),
         model.user_repeat_weights(torch.from_numpy(query[:dim])),
     )
     return seen, (own @ query + bonus.numpy()).astype(np.float32)

@@ -11,8 +11,9 @@ Two steps, both only re-scoring (the trained weights stay as they are):
   share of validation targets that are new items (the log-likelihood is concave in the
   offset, and this is where its derivative is zero). Adding it to the bias keeps the score
   one inner product, so the index and the service serve the calibrated bias unchanged.
-- **Own items** (`grid_search`, used by `StarsRecommender.calibrate_own_items`): the taste
-  weight and offset of a shopper's own items, chosen by grid search on validation NDCG@10.
+- **Own items** (`coordinate_search`, used by `StarsRecommender.calibrate_own_items`): the
+  taste weight and offset of a shopper's own items (one grid: they interact), and the
+  weight of their recent share, chosen on validation NDCG@10 in turns until neither moves.
 
 `CalibrationConfig` (`StarsConfig.calibration`) switches each step and holds the grid.
 """
@@ -42,19 +43,21 @@ class CalibrationConfig:
     """The steps fitted on validation after training (see the module doc).
 
     new_items: fit the new-item bias (only with the new-item bias, and enough new-item
-    targets). own_items: fit the own-item re-scoring (only where repeats are allowed),
-    over own_item_tastes x own_item_offsets: the taste term's weight for a shopper's own
-    items, and an offset in score units; (1, 0) is no change and is tried first.
+    targets). own_items: fit the own-item re-scoring (only where repeats are allowed) over
+    own_item_tastes, own_item_offsets and own_item_recents: the taste term's weight for a
+    shopper's own items, an offset in score units, and the weight of their recent share
+    of the shopper's baskets; the first of each (1, 0, 0) is no change.
     """
 
     new_items: bool = True
     own_items: bool = True
     own_item_tastes: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
-    own_item_offsets: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    own_item_offsets: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    own_item_recents: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
     def __post_init__(self) -> None:
         # config.json gives lists back; tuples keep the config hashable and comparable
-        for name in ("own_item_tastes", "own_item_offsets"):
+        for name in ("own_item_tastes", "own_item_offsets", "own_item_recents"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
 
@@ -110,22 +113,40 @@ def new_item_offset(log_odds: np.ndarray, target_is_new: np.ndarray) -> float | 
     return offset
 
 
-def grid_search(
+def coordinate_search(
     what: str,
     validate: Callable[[], float],
-    settings: Sequence[Setting],
-    apply: Callable[[Setting], None],
-) -> Setting:
-    """Apply each of `settings` in turn and keep the one with the best `validate()`; the
-    first setting (meant to be "no change") unless another does strictly better."""
-    best = settings[0]
-    apply(best)
+    blocks: Sequence[Sequence[tuple[float, ...]]],
+    apply: Callable[[tuple[float, ...]], None],
+    max_rounds: int = 4,
+) -> tuple[float, ...]:
+    """Choose one entry per block by `validate()` (higher is better), one block at a time
+    with the others held, round after round until a round moves none (at most
+    `max_rounds`); `apply` gets the chosen entries joined into one setting. Values that
+    interact strongly belong in one block (its entries are their grid); across blocks
+    this is a local search, about rounds x sum(len(block)) validations instead of the
+    product of their lengths. Starts from each block's first entry (meant to be "no
+    change") and moves only for a strictly better metric."""
+    chosen = [block[0] for block in blocks]
+
+    def joined(entries: Sequence[tuple[float, ...]]) -> tuple[float, ...]:
+        return tuple(value for entry in entries for value in entry)
+
+    apply(joined(chosen))
     start = best_metric = validate()
-    for setting in settings[1:]:
-        apply(setting)
-        metric = validate()
-        if metric > best_metric:
-            best, best_metric = setting, metric
+    for _ in range(max_rounds):
+        moved = False
+        for k, block in enumerate(blocks):
+            for entry in block:
+                if entry == chosen[k]:
+                    continue
+                apply(joined([*chosen[:k], entry, *chosen[k + 1 :]]))
+                metric = validate()
+                if metric > best_metric:
+                    chosen[k], best_metric, moved = entry, metric, True
+        if not moved:
+            break
+    best = joined(chosen)
     apply(best)
     logger.info("%s: %s (validation ndcg@10 %.4f -> %.4f)", what, best, start, best_metric)
     return best

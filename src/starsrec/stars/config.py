@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REPEAT_FEATURES = 5  # see STARS.repeat_bonus in starsrec.stars.model
+REPEAT_FEATURES = 6  # see STARS.repeat_bonus in starsrec.stars.model
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class ModelConfig:
     # None: the training data decides, by the one rule `new_item_bias_on`.
     use_new_item_bias: bool | None = None
     repeat_half_life_days: float = 30.0
+    # How much a basket further back counts in an item's recent share of the shopper's
+    # baskets (a repeat feature): TIFU-KNN's within-basket decay r_b, in (0, 1).
+    repeat_basket_decay: float = 0.8
     use_text: bool = True
     use_delta: bool = True
     # Where the per-item residual lives: "text" adds it to the text embedding before the
@@ -56,6 +59,10 @@ class ModelConfig:
         return self.use_new_item_bias
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.repeat_basket_decay < 1.0:
+            raise ValueError(
+                f"repeat_basket_decay must be in (0, 1), got {self.repeat_basket_decay}"
+            )
         if self.delta_space not in ("text", "width"):
             raise ValueError(f"delta_space must be 'text' or 'width', got {self.delta_space!r}")
         if not (self.use_text or self.use_tags or self.use_item_id):

@@ -12,9 +12,9 @@
    bias, moved after training to its maximum-likelihood value on validation; in
    training, so is every item before its first event) + a learned bonus for
    items in the user's own history (repeat purchases; applied as a re-scoring step,
-   outside the inner product). For those own items the taste term <u + q(c), e_i> is
-   then re-weighted and offset by two scalars fitted on validation after training
-   (`own_item_adjustment`): how far a shopper's own items follow taste or history.
+   outside the inner product). For those own items the taste term is then re-weighted,
+   offset and joined by their recent share of the shopper's baskets, by three scalars
+   fitted on validation after training (`own_item_adjustment`).
    A request without history is scored by q(c), the item biases and offsets alone.
 
 The served score is defined here once: `user_side` (the query), `item_terms` and
@@ -37,6 +37,7 @@ from torch import nn
 from starsrec.stars.batch import PAD, RECENCY_BUCKETS, EventBatch, slot_of
 from starsrec.stars.config import REPEAT_FEATURES, ModelConfig
 from starsrec.stars.layers import Block
+from starsrec.stars.repeats import RepeatFeatures, recent_share
 from starsrec.stars.tokens import ItemTokens
 
 SCORE_BLOCKS = 8  # of `STARS.score_inner`: more, and each of its products is smaller
@@ -50,6 +51,7 @@ class STARS(nn.Module):
     first_day: torch.Tensor
     own_item_taste: torch.Tensor
     own_item_offset: torch.Tensor
+    own_item_recent: torch.Tensor
 
     def __init__(
         self,
@@ -95,8 +97,9 @@ class STARS(nn.Module):
         self.new_item_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
         # log1p(count), seen, recency, in the current session (the basket being filled),
-        # times per basket; plus a per-user part read from the query (how much this
-        # shopper rebuys), zero at the start so training begins from the shared weights.
+        # times per basket, recent share of baskets; plus a per-user part read from the
+        # query (how much this shopper rebuys), zero at the start so training begins from
+        # the shared weights.
         self.repeat_weights = nn.Parameter(torch.zeros(REPEAT_FEATURES))
         self.user_repeat = nn.Linear(dim, REPEAT_FEATURES, bias=False)
         nn.init.zeros_(self.user_repeat.weight)
@@ -105,6 +108,7 @@ class STARS(nn.Module):
         # Own-item re-scoring: not trained (identity in training), fitted on validation.
         self.register_buffer("own_item_taste", torch.ones(()))
         self.register_buffer("own_item_offset", torch.zeros(()))
+        self.register_buffer("own_item_recent", torch.zeros(()))
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
         for embedding in (self.request_hour, self.request_weekday, self.request_month):
@@ -244,22 +248,17 @@ class STARS(nn.Module):
         return self.repeat_weights + self.user_repeat(query)
 
     def repeat_bonus(
-        self,
-        count: torch.Tensor,
-        age_days: torch.Tensor,
-        slots: torch.Tensor,
-        sessions: torch.Tensor,
-        weights: torch.Tensor,
+        self, repeats: RepeatFeatures, slots: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
         """Learned score for items already in the user's history, from how often and how
-        long ago (days; inf when never) the user had them, whether that was in the current
-        session (a grocery basket rarely holds an item twice), how many of the user's
-        `sessions` (baskets) held them on average, and how readily shoppers rebuy the item
-        itself. count, age_days, item `slots`, sessions and weights[..., f] (from
-        `user_repeat_weights`) broadcast together."""
+        long ago the user had them, whether in the current session (a grocery basket
+        rarely holds an item twice), their share of all and of the latest baskets, and
+        the item's own rebuy propensity. `repeats`, item `slots` and weights[..., f]
+        (from `user_repeat_weights`) broadcast together."""
         if not self.config.use_repeat_score:
-            return torch.zeros_like(count)
-        age = age_days.clamp(min=0)
+            return torch.zeros_like(repeats.counts)
+        count, sessions = repeats.counts, repeats.sessions
+        age = repeats.age_days.clamp(min=0)
         seen = (count > 0).float()
         features = (
             torch.log1p(count),
@@ -267,35 +266,42 @@ class STARS(nn.Module):
             1.0 / (1.0 + age / self.config.repeat_half_life_days),
             (age * 24 * 60 <= self.config.session_gap_minutes).float(),
             count / sessions.clamp(min=1),
+            recent_share(repeats, self.config.repeat_basket_decay),
         )
         bonus = self.item_repeat(slots).squeeze(-1) * seen  # per-item rebuy propensity
         for k, feature in enumerate(features):
             bonus = bonus + weights[..., k] * feature
         return bonus
 
-    def own_item_adjustment(self, taste: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        """What re-scoring adds to the items the user had (`seen`, 1/0): their `taste`
-        term <u + q(c), e_i> becomes own_item_taste x taste, plus own_item_offset. Sampled
-        training sees few of a shopper's own items at once, so the taste term (learned for
-        all items) can drown the repeat bonus among them (docs/benchmarks.md)."""
-        return seen * ((self.own_item_taste - 1.0) * taste + self.own_item_offset)
+    def own_item_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The own-item re-scoring's scalars (`own_item_adjustment`), in its order."""
+        return self.own_item_taste, self.own_item_offset, self.own_item_recent
+
+    def own_item_adjustment(self, taste: torch.Tensor, repeats: RepeatFeatures) -> torch.Tensor:
+        """What re-scoring adds to the items the user had: their `taste` term
+        <u + q(c), e_i> becomes own_item_taste x taste, plus own_item_offset, plus
+        own_item_recent x their `recent_share`. Sampled training sees few of a shopper's
+        own items at once, and orders them worse than their recent share alone does
+        (docs/benchmarks.md)."""
+        seen = (repeats.counts > 0).float()
+        adjusted = (self.own_item_taste - 1.0) * taste + self.own_item_offset
+        share = recent_share(repeats, self.config.repeat_basket_decay)
+        return seen * adjusted + self.own_item_recent * share
 
     def own_item_score(
         self,
         taste: torch.Tensor | None,
-        count: torch.Tensor,
-        age_days: torch.Tensor,
+        repeats: RepeatFeatures,
         slots: torch.Tensor,
-        sessions: torch.Tensor,
         weights: torch.Tensor,
     ) -> torch.Tensor:
         """What an item adds to the score for being in the user's history: the repeat bonus
         plus the own-item re-scoring of its `taste` term (arguments as `repeat_bonus`).
         Training passes taste None: the re-scoring is fitted after training."""
-        bonus = self.repeat_bonus(count, age_days, slots, sessions, weights)
+        bonus = self.repeat_bonus(repeats, slots, weights)
         if taste is None:
             return bonus
-        return bonus + self.own_item_adjustment(taste, (count > 0).float())
+        return bonus + self.own_item_adjustment(taste, repeats)
 
     def score(
         self,

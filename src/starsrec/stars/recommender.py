@@ -43,14 +43,14 @@ from starsrec.stars import distributed
 from starsrec.stars.batch import slot_of
 from starsrec.stars.calibration import (
     CalibrationConfig,
-    grid_search,
+    coordinate_search,
     new_item_log_odds,
     new_item_offset,
 )
 from starsrec.stars.config import ModelConfig, model_config
 from starsrec.stars.device import resolve_device, to_device
 from starsrec.stars.model import STARS
-from starsrec.stars.repeats import history_counts
+from starsrec.stars.repeats import RepeatFeatures, history_counts
 from starsrec.stars.sequences import featurize, query_windows
 from starsrec.stars.train import TrainConfig, TrainingState, train_model
 
@@ -58,8 +58,8 @@ logger = logging.getLogger(__name__)
 
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
 # repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
-# repeat weights; 4: the own-item re-scoring buffers.
-MODEL_FORMAT = 4
+# repeat weights; 4: the own-item re-scoring buffers; 5: the recent-share repeat feature.
+MODEL_FORMAT = 5
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
 
@@ -189,11 +189,13 @@ class StarsRecommender(Recommender):
     def diagnostics(self, queries: Queries, targets: BasketTargets) -> dict[str, float]:
         """best_epoch (the validation epoch whose weights were kept) and epochs_run, from
         the fit in this process (none after `load`): a best epoch at the cap says more epochs
-        could help."""
+        could help; and the own-item re-scoring that calibration chose."""
         state = self.training_state
         if state is None:
             return {}
-        return {"best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)}
+        names = ("own_item_taste", "own_item_offset", "own_item_recent")
+        own = dict(zip(names, map(float, self._fitted_model().own_item_buffers()), strict=True))
+        return {"best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)} | own
 
     def calibrate(
         self,
@@ -232,17 +234,24 @@ class StarsRecommender(Recommender):
 
     @torch.no_grad()
     def calibrate_own_items(self, validate: Callable[[STARS], float]) -> None:
-        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) by grid search on the
-        validation metric; (1, 0), no change, unless a pair does strictly better."""
+        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) on the validation
+        metric (`coordinate_search`); (1, 0, 0), no change, unless a setting does strictly
+        better."""
         model = self._fitted_model()
 
-        def apply(pair: tuple[float, float]) -> None:
-            model.own_item_taste.fill_(pair[0])
-            model.own_item_offset.fill_(pair[1])
+        def apply(setting: tuple[float, ...]) -> None:
+            for buffer, value in zip(model.own_item_buffers(), setting, strict=True):
+                buffer.fill_(value)
 
-        steps = self.config.calibration  # (1, 0) first in the grid
-        grid = list(itertools.product(steps.own_item_tastes, steps.own_item_offsets))
-        grid_search("own items (taste weight, offset)", lambda: validate(model), grid, apply)
+        steps = self.config.calibration
+        pairs = list(itertools.product(steps.own_item_tastes, steps.own_item_offsets))
+        recents = [(weight,) for weight in steps.own_item_recents]
+        coordinate_search(
+            "own items (taste weight, offset, recent-share weight)",
+            lambda: validate(model),
+            (pairs, recents),
+            apply,
+        )
 
     def _fitted_model(self) -> STARS:
         if self.model is None:
@@ -284,12 +293,13 @@ class StarsRecommender(Recommender):
             query = model.user_vectors(batch)[:, -1]  # (B, D)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             taste = query @ vectors.T  # (B, N)
-            counts, age, sessions = (
+            counts = history_counts(part, vectors.shape[0], gap, model.config.repeat_basket_decay)
+            repeats = RepeatFeatures._make(
                 to_device(torch.from_numpy(a), device)
-                for a in history_counts(part, vectors.shape[0], gap)
+                for a in (*counts[:3], counts.sessions[:, None])
             )
             weights = model.user_repeat_weights(query)[:, None, :]
-            own = model.own_item_score(taste, counts, age, all_slots, sessions[:, None], weights)
+            own = model.own_item_score(taste, repeats, all_slots, weights)
             scores[lo : lo + len(part)] = (taste + bias + offsets + own).cpu().numpy()
         return scores
 

@@ -1,5 +1,6 @@
 """Repeat-purchase features: how often, and how many days ago, a shopper had each item,
-and how many sessions (baskets) the shopper's history holds.
+how recently in baskets (a count decayed by the baskets since: TIFU-KNN's personal item
+frequency), and how many sessions (baskets) the shopper's history holds.
 
 The model turns them into a learned bonus (`STARS.repeat_bonus`). Scoring reads them over
 the shopper's whole history (`history_counts`, dense (Q, N)), serving over one live
@@ -26,33 +27,78 @@ from starsrec.stars.batch import PAD, EventBatch, slot_of
 from starsrec.stars.device import to_device
 
 
+class HistoryCounts(NamedTuple):
+    """`history_counts`: (Q, N) per item of each query's history, (Q,) per query."""
+
+    counts: np.ndarray  # (Q, N) occurrences
+    age_days: np.ndarray  # (Q, N) days from the last of them to the request, inf when never
+    recent: np.ndarray  # (Q, N) occurrences decayed by the sessions since (`recent_weights`)
+    sessions: np.ndarray  # (Q,) sessions in the history
+
+
+class RepeatFeatures(NamedTuple):
+    """What the model scores a shopper's own items from (`STARS.repeat_bonus`), as
+    tensors that broadcast together; `history_counts` and `history_repeats` give them."""
+
+    counts: torch.Tensor  # occurrences in the history
+    age_days: torch.Tensor  # days from the last of them to the request, inf when never
+    recent: torch.Tensor  # occurrences decayed by the sessions since (`recent_weights`)
+    sessions: torch.Tensor  # sessions in the history
+
+
+def recent_share(repeats: RepeatFeatures, decay: float) -> torch.Tensor:
+    """An item's recent (decayed) count as a share of the history's sessions decayed
+    alike: 1 for an item in every basket, decay^k for one last had k baskets before the
+    latest (TIFU-KNN's personal item frequency, one group)."""
+    sessions = repeats.sessions.clamp(min=1)
+    return repeats.recent * (1.0 - decay) / (1.0 - decay**sessions)
+
+
+def recent_weights(session: np.ndarray, sessions: np.ndarray, decay: float) -> np.ndarray:
+    """decay ** (sessions - session): what an event of a history's `session`-th session
+    (1 = its first) adds to its item's decayed count when the history has `sessions`
+    sessions. Events of the latest session count 1, of the one before it `decay`, ...:
+    the within-basket decay of TIFU-KNN's personal item frequency."""
+    return np.power(decay, sessions - session).astype(np.float32)
+
+
 def history_counts(
-    queries: Queries, n_items: int, gap_minutes: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Q, N) how often each item occurs in each query's whole history, the days from
-    its last occurrence to the request (inf when never), and (Q,) the sessions in it."""
+    queries: Queries, n_items: int, gap_minutes: float, decay: float
+) -> HistoryCounts:
+    """The repeat features of every item over each query's whole history, dense."""
     query, rows = queries.flat_history()
+    item = queries.log.item[rows]
     last = np.full((len(queries), n_items), -np.inf)
-    np.maximum.at(last, (query, queries.log.item[rows]), queries.log.timestamp[rows].astype(float))
+    np.maximum.at(last, (query, item), queries.log.timestamp[rows].astype(float))
     age = ((queries.time[:, None] - last) / DAY).astype(np.float32)
     counts = np.zeros((len(queries), n_items), dtype=np.float32)
-    np.add.at(counts, (query, queries.log.item[rows]), 1.0)
+    np.add.at(counts, (query, item), 1.0)
     opens = session_opens(queries.log.timestamp, rows, queries.start[query], gap_minutes)
     sessions = np.bincount(query, weights=opens, minlength=len(queries))
-    return counts, age, sessions.astype(np.float32)
+    session = np.cumsum(opens)
+    session -= session[np.searchsorted(query, query)] - 1  # 1 at each query's first row
+    recent = np.zeros((len(queries), n_items), dtype=np.float32)
+    np.add.at(recent, (query, item), recent_weights(session, sessions[query], decay))
+    return HistoryCounts(counts, age, recent, sessions.astype(np.float32))
 
 
 def request_counts(
-    rows: np.ndarray, timestamps: np.ndarray, at: float, gap_minutes: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    rows: np.ndarray, timestamps: np.ndarray, at: float, gap_minutes: float, decay: float
+) -> tuple[np.ndarray, HistoryCounts]:
     """`history_counts` for one live request, sparse: from the history's time-ordered item
-    `rows` and unix `timestamps` at request time `at`, the distinct items, their counts,
-    the days from the last of each to the request, and the sessions in the history."""
+    `rows` and unix `timestamps` at request time `at`, the distinct items (S,) and their
+    features ((S,) each; sessions (1,))."""
     seen, counts = np.unique(rows, return_counts=True)
+    column = np.searchsorted(seen, rows)
     last = np.full(len(seen), -np.inf)
-    np.maximum.at(last, np.searchsorted(seen, rows), timestamps)
-    sessions = session_opens(timestamps, np.arange(len(timestamps)), 0, gap_minutes)
-    return seen, counts.astype(np.float32), ((at - last) / DAY).astype(np.float32), sessions.sum()
+    np.maximum.at(last, column, timestamps)
+    opens = session_opens(timestamps, np.arange(len(timestamps)), 0, gap_minutes)
+    session, sessions = np.cumsum(opens), opens.sum()
+    recent = np.zeros(len(seen), dtype=np.float32)
+    np.add.at(recent, column, recent_weights(session, sessions, decay))
+    age = ((at - last) / DAY).astype(np.float32)
+    counts = counts.astype(np.float32)
+    return seen, HistoryCounts(counts, age, recent, np.array([sessions], dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -62,11 +108,20 @@ class CarriedRepeats:
     slots: torch.Tensor  # (B, K) item slots, PAD where a window has fewer than K
     counts: torch.Tensor  # (B, K) float: occurrences before the window
     last_days: torch.Tensor  # (B, K) float: day of the last of them
+    recent: torch.Tensor  # (B, K) float: their decayed count as of the window's start
     sessions: torch.Tensor  # (B, T) float: sessions in the user's history up to each row
+    sessions_before: torch.Tensor  # (B,) float: sessions before the window
 
     def to(self, device: torch.device) -> CarriedRepeats:
         """The same on `device` (see `device.to_device`)."""
-        tensors = (self.slots, self.counts, self.last_days, self.sessions)
+        tensors = (
+            self.slots,
+            self.counts,
+            self.last_days,
+            self.recent,
+            self.sessions,
+            self.sessions_before,
+        )
         return CarriedRepeats(*(to_device(t, device) for t in tensors))
 
 
@@ -75,17 +130,15 @@ class RepeatEntries(NamedTuple):
 
     rows: torch.Tensor  # (E,) index of the masked position
     columns: torch.Tensor  # (E,) index into the sorted candidate slots
-    counts: torch.Tensor  # (E,) occurrences in the history up to the position
-    age_days: torch.Tensor  # (E,) days from the last of them to the request
-    sessions: torch.Tensor  # (E,) sessions in that history
+    features: RepeatFeatures  # (E,) each, over the history up to the position
 
 
 def carried_repeats(
-    log: EventLog, rows: np.ndarray, slots: torch.Tensor, gap_minutes: float
+    log: EventLog, rows: np.ndarray, slots: torch.Tensor, gap_minutes: float, decay: float
 ) -> CarriedRepeats:
     """The candidate `slots` (sorted) that each window's user had in the log rows before
-    the window's `rows` (B, T; -1 = left padding), with counts and last days; and the
-    sessions in the user's history up to each row."""
+    the window's `rows` (B, T; -1 = left padding), with counts, last days and decayed
+    counts; and the sessions in the user's history up to each row."""
     has_rows = (rows >= 0).any(axis=1)
     first = np.where(rows >= 0, rows, log.size).min(axis=1)  # (B,) first row of each window
     user = log.user[np.where(has_rows, first, 0)] if log.size else np.zeros(len(rows), int)
@@ -95,6 +148,8 @@ def carried_repeats(
     before = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     opened = session_opens(log.timestamp, before, np.repeat(start, lengths), gap_minutes)
     sessions_before = np.bincount(window, weights=opened, minlength=len(rows))
+    session = np.cumsum(opened)  # of each row before a window, 1-based within its user
+    session -= np.repeat(np.cumsum(sessions_before) - sessions_before, lengths).astype(np.int64)
     inside = session_opens(log.timestamp, np.maximum(rows, 0), start[:, None], gap_minutes) & (
         rows >= 0
     )
@@ -104,31 +159,39 @@ def carried_repeats(
     column = np.searchsorted(candidates, slot).clip(max=len(candidates) - 1)
     known = candidates[column] == slot
     window, slot, before = window[known], slot[known], before[known]
+    weight = recent_weights(session[known], sessions_before[window], decay)
     # One entry per (window, slot), sorted by window: count and last time by group.
     key, group, counts = np.unique(
         window * (int(candidates[-1]) + 1) + slot, return_inverse=True, return_counts=True
     )
     last = np.full(len(key), -np.inf)
     np.maximum.at(last, group, log.timestamp[before] / DAY)
+    recent = np.bincount(group, weights=weight, minlength=len(key))
     owner = key // (int(candidates[-1]) + 1)
     position = np.arange(len(key)) - np.searchsorted(owner, owner)
     width = int(position.max()) + 1 if len(key) else 0
-    table = np.full((3, len(rows), width), [[[PAD]], [[0.0]], [[-np.inf]]])
-    table[:, owner, position] = key % (int(candidates[-1]) + 1), counts, last
+    table = np.full((4, len(rows), width), [[[PAD]], [[0.0]], [[-np.inf]], [[0.0]]])
+    table[:, owner, position] = key % (int(candidates[-1]) + 1), counts, last, recent
     return CarriedRepeats(
         torch.from_numpy(table[0].astype(np.int64)),
         torch.from_numpy(table[1].astype(np.float32)),
         torch.from_numpy(table[2].astype(np.float32)),
+        torch.from_numpy(table[3].astype(np.float32)),
         torch.from_numpy(sessions.astype(np.float32)),
+        torch.from_numpy(sessions_before.astype(np.float32)),
     )
 
 
 def history_repeats(
-    batch: EventBatch, slots: torch.Tensor, mask: torch.Tensor, carried: CarriedRepeats
+    batch: EventBatch,
+    slots: torch.Tensor,
+    mask: torch.Tensor,
+    carried: CarriedRepeats,
+    decay: float,
 ) -> RepeatEntries:
     """At the (B, T) `mask`ed positions, every candidate the user had up to that position,
-    with its count, age and the history's sessions: the same numbers as `history_counts`
-    over the user's history up to there.
+    with its count, age, decayed count and the history's sessions: the same numbers as
+    `history_counts` over the user's history up to there.
 
     A window holds at most T distinct items, so its own events work on (B, T, T) pairs of
     events instead of (B, T, C) event-candidate pairs: about C / T times less memory and
@@ -144,6 +207,11 @@ def history_repeats(
     last = torch.where(same, batch.event_days[:, None, :], -torch.inf).cummax(-1).values
     earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
     first = ~(same & earlier).any(-1)  # (B, S): the item's first sight in the window
+    # Decayed counts: event t' weighs decay ** (sessions at t - sessions at t') at t >= t'.
+    upto = torch.ones(length, length, dtype=torch.bool, device=items.device).triu()  # t' <= t
+    session = carried.sessions  # (B, T) sessions up to each position
+    since = (session[:, None, :] - session[:, :, None]).clamp(min=0)  # (B, T', T)
+    recent = same.float() @ torch.where(upto, decay**since, 0.0)  # (B, S, T)
     # Carried-in items (sorted per window, PAD after them): which of them each event is,
     # and where each first occurs in the window (`length`: it does not).
     had = carried.slots != PAD  # (B, K)
@@ -173,17 +241,20 @@ def history_repeats(
     carried_last = torch.maximum(
         carried.last_days[b, k], torch.where(again, last[b, s, t], -torch.inf)
     )
+    carried_recent = carried.recent[b, k] * decay ** (
+        session[b, t] - carried.sessions_before[b]
+    ) + torch.where(again, recent[b, s, t], 0.0)
     carried_entries = (
         rows,
         torch.searchsorted(slots, carried.slots)[b, k],
         carried_count,
         batch.request_days[b, t] - carried_last,
+        carried_recent,
     )
     # Items new in the window: counted from their first occurrence in it.
     first = first & ~carried_event
     column = torch.searchsorted(slots, items).clamp(max=len(slots) - 1)  # (B, S)
     candidate = slots[column] == items
-    upto = torch.ones(length, length, dtype=torch.bool, device=items.device).triu()  # s <= t
     row_of = (mask.flatten().cumsum(0) - 1).view_as(mask)  # (B, T) index of a masked position
     b, s, t = ((first & candidate)[:, :, None] & upto & mask[:, None, :]).nonzero(as_tuple=True)
     window_entries = (
@@ -191,8 +262,10 @@ def history_repeats(
         column[b, s],
         count[b, s, t],
         batch.request_days[b, t] - last[b, s, t],
+        recent[b, s, t],
     )
-    rows, columns, counts, age = (
+    rows, columns, counts, age, decayed = (
         torch.cat(pair) for pair in zip(carried_entries, window_entries, strict=True)
     )
-    return RepeatEntries(rows, columns, counts, age, carried.sessions[mask][rows])
+    features = RepeatFeatures(counts, age, decayed, carried.sessions[mask][rows])
+    return RepeatEntries(rows, columns, features)

@@ -319,7 +319,7 @@ def _host_steps(
         targets = log.item[safe]
         candidates, log_q = sampler.sample(targets[valid], sample_rng)
         slots = torch.from_numpy(slot_of(candidates))
-        carried = carried_repeats(log, inputs, slots, gap)
+        carried = carried_repeats(log, inputs, slots, gap, model.config.repeat_basket_decay)
         arrays = (targets, valid, log.weight[safe].astype(np.float32))
         tensors = (*map(torch.from_numpy, arrays), slots, torch.from_numpy(log_q).float())
         yield (batch, carried, *tensors), int(valid.sum())
@@ -348,13 +348,13 @@ def _loss(
     logits = model.score_inner(
         query[rows], candidate_slots[order], events[rows], days[rows], -log_q[order], owned[order]
     ).float()  # (P, C) in those orders
-    repeats = history_repeats(batch, candidate_slots, mask, carried)
+    repeats = history_repeats(
+        batch, candidate_slots, mask, carried, model.config.repeat_basket_decay
+    )
     bonus = model.own_item_score(
         None,  # the own-item re-scoring is fitted after training: identity here
-        repeats.counts,
-        repeats.age_days,
+        repeats.features,
         candidate_slots[repeats.columns],
-        repeats.sessions,
         model.user_repeat_weights(query)[repeats.rows],
     )
     # In place: a copy of the (P, C) logits for a few sparse entries is most of their cost.
