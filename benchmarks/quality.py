@@ -5,13 +5,15 @@ intervals.
     python benchmarks/quality.py --cells online-retail/next-basket --models stars --seeds 0
     python benchmarks/quality.py --table-only             # rebuild the tables and figures
     python benchmarks/quality.py --threads 2              # alone on a 2-core machine
+    python benchmarks/quality.py --resume                 # go on after a stop (same commit)
 
 A cell is a dataset under a protocol (see CELLS): MovieLens-100K leave-one-out with seen
 items excluded and not (the literature's two conventions), Online Retail next-basket and
 Instacart last-basket (the shop-log headlines), and within baskets Online Retail
 basket-completion and Instacart in-session. Seeded models run once per seed, the others
 once. Results refuse to come from a tree with uncommitted changes to the code unless
-`--allow-dirty`; every record names its commit.
+`--allow-dirty`; every record names its commit. Each model's runs on a cell are saved as
+they finish; `--resume` skips those already done at the current commit.
 
 Writes, merging with what is there (a rerun replaces the same cell/model/seed):
 - benchmarks/results/quality.json: one record per cell, model and seed (metrics, slices,
@@ -50,6 +52,7 @@ from starsrec.experiments.plots import markdown_images, write_figures
 from starsrec.experiments.report import (
     MODEL_NAMES,
     evaluation_record,
+    is_seeded,
     markdown_table,
     run_models,
     source_revision,
@@ -119,24 +122,49 @@ def per_query_path(results: Path, dataset: str, protocol: str) -> Path:
     return results / "per_query" / f"{dataset}-{protocol}.parquet"
 
 
-def run_cell(cell: Cell, models: list[str], seeds: list[int], threads: int) -> list[dict]:
-    """Every model on one cell; the records keep their per-query values."""
+def run_cell(cell: Cell, models: list[str], seeds: list[int], threads: int, out: Path) -> int:
+    """Every model on one cell, each saved (`save_cell`) as soon as its seeds are done, so
+    a stopped run keeps every finished model; returns the runs made."""
+    if not models:
+        return 0
     dataset = prepare(cell.dataset)
     split = split_dataset(dataset, cell.protocol)
-    records = run_models(
-        dataset,
-        cell.protocol,
-        models,
-        seeds,
-        exclude_seen=cell.exclude_seen,
-        split=split,
-        progress=False,
-        threads=threads,
-        tuning=TUNING,
-    )
-    if cell.exclude_seen is False and cell.dataset == "movielens-100k":
-        records.append(sanity_record(dataset, split))
-    return [r | {"protocol": cell.label or cell.protocol} for r in records]
+    runs = 0
+    for name in models:
+        records = run_models(
+            dataset,
+            cell.protocol,
+            [name],
+            seeds,
+            exclude_seen=cell.exclude_seen,
+            split=split,
+            progress=False,
+            threads=threads,
+            tuning=TUNING,
+        )
+        if cell.exclude_seen is False and cell.dataset == "movielens-100k":
+            records.append(sanity_record(dataset, split))
+        save_cell([r | {"protocol": cell.label or cell.protocol} for r in records], out)
+        runs += len(records)
+    return runs
+
+
+def missing_models(
+    records: list[dict], cell: Cell, models: list[str], seeds: list[int], commit: str
+) -> list[str]:
+    """The `models` without a record at `commit` on `cell` for every seed they run with
+    (`--resume`). A model runs all its seeds again when one is missing: a tuned model
+    chooses its settings with the first."""
+    done = {key(r) for r in records if r.get("commit") == commit}
+    protocol = cell.label or cell.protocol
+    return [
+        m
+        for m in models
+        if any(
+            (cell.dataset, protocol, m, s) not in done
+            for s in (seeds if is_seeded(m) else seeds[:1])
+        )
+    ]
 
 
 def sanity_record(dataset: Dataset, split: Split | BasketSplit) -> dict:
@@ -341,6 +369,12 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=DOCS, help="the Markdown to update")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the models that already have every seed on a cell at this commit "
+        "(a run stopped part-way goes on where it stopped)",
+    )
+    parser.add_argument(
         "--allow-dirty",
         action="store_true",
         help="write results from a tree with uncommitted code changes (marked +dirty)",
@@ -363,13 +397,18 @@ def main() -> None:
                 "uncommitted changes in " + ", ".join(dirty) + ": results must come from one "
                 "commit. Commit (or stash) them, or pass --allow-dirty for a trial run."
             )
-        print(f"commit {source_revision()}, {dt.datetime.now():%Y-%m-%d %H:%M}")
+        commit = source_revision()
+        print(f"commit {commit}, {dt.datetime.now():%Y-%m-%d %H:%M}")
         seeds = [int(s) for s in args.seeds.split(",")]
         for name in args.cells.split(","):
+            todo = models
+            if args.resume:
+                stored = json.loads(args.out.read_text()) if args.out.exists() else []
+                todo = missing_models(stored, by_name[name], models, seeds, commit)
+                print(f"{name}: done at {commit}: {sorted(set(models) - set(todo)) or 'none'}")
             started = time.perf_counter()
-            records = run_cell(by_name[name], models, seeds, args.threads)
-            save_cell(records, args.out)  # saved cell by cell: a stopped run keeps its cells
-            print(f"{name}: {len(records)} runs in {time.perf_counter() - started:.0f} s")
+            runs = run_cell(by_name[name], todo, seeds, args.threads, args.out)
+            print(f"{name}: {runs} runs in {time.perf_counter() - started:.0f} s")
     records = json.loads(args.out.read_text()) if args.out.exists() else []
     current = {(c.dataset, c.label or c.protocol) for c in CELLS}
     stale = [r for r in records if "recall@10" not in r["metrics"]]  # the old harness's

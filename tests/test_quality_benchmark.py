@@ -81,3 +81,21 @@ def test_write_docs_replaces_its_section_in_place(quality, tmp_path) -> None:
     text = docs.read_text()
     assert text.count(quality.BEGIN) == 1 and "first table" not in text
     assert text.index("second table") < text.index("## Serving") and "fast" in text
+
+
+def test_resume_skips_models_done_at_this_commit_on_every_seed(quality) -> None:
+    cell = quality.Cell("online-retail", "next-basket")
+    done = [
+        {"dataset": "online-retail", "protocol": "next-basket", "model": m, "seed": s, "commit": c}
+        for m, s, c in [
+            ("stars", 0, "abc1234"),
+            ("stars", 1, "abc1234"),
+            ("popularity", 0, "abc1234"),  # unseeded: one run stands for every seed
+            ("lambdamart", 0, "abc1234"),
+            ("lambdamart", 1, "0ld0ld0"),  # another commit's run does not count
+        ]
+    ]
+    models = ["stars", "popularity", "lambdamart", "tifu-knn"]
+    missing = quality.missing_models(done, cell, models, [0, 1], "abc1234")
+    assert missing == ["lambdamart", "tifu-knn"]
+    assert quality.missing_models(done, cell, ["stars"], [0, 1, 2], "abc1234") == ["stars"]
