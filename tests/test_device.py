@@ -25,10 +25,11 @@ from starsrec.stars.device import (
     reused_host_memory,
     to_device,
 )
+from starsrec.stars.loss import LossModule
 from starsrec.stars.recommender import StarsRecommender
 from starsrec.stars.repeats import carried_repeats
 from starsrec.stars.sequences import featurize, training_windows
-from starsrec.stars.train import LossModule, Sampler, TrainConfig, train_model
+from starsrec.stars.train import Sampler, TrainConfig, train_model
 from tiny import tiny
 
 

@@ -12,8 +12,9 @@ from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
-from starsrec.stars.batch import PAD
+from starsrec.stars.batch import PAD, slot_of
 from starsrec.stars.config import ModelConfig
+from starsrec.stars.loss import basket_loss, next_baskets, training_loss
 from starsrec.stars.model import STARS
 from starsrec.stars.optim import RowWiseAdagrad, stars_optimizer
 from starsrec.stars.recommender import StarsConfig, StarsRecommender
@@ -362,3 +363,54 @@ def test_the_rowwise_optimiser_keeps_one_state_value_per_item(world) -> None:
     named = {n for n, p in model.named_parameters() if id(p) in tables}
     assert named == {"item_tokens.delta.weight", "item_bias.weight", "item_repeat.weight"}
     assert not any(p.ndim and p.shape[0] == items for g in adamw.param_groups for p in g["params"])
+
+
+def test_next_basket_pairs_join_each_session_opener_with_its_basket() -> None:
+    """Requests that open a session are paired with every masked position up to the next
+    opener (their basket's lines); positions whose opener is unmasked or before the window
+    get none."""
+    new_session = torch.tensor(
+        [[True, False, False, True, False], [False, False, True, False, False]]
+    )
+    mask = torch.tensor([[True, True, True, True, True], [True, True, True, True, False]])
+    openers, members = next_baskets(new_session, mask)
+    # mask order: window 0 is 0..4, window 1 is 5..8 (its last position unmasked)
+    pairs = sorted(zip(openers.tolist(), members.tolist(), strict=True))
+    assert pairs == [(0, 0), (0, 1), (0, 2), (3, 3), (3, 4), (7, 7), (7, 8)]
+    mask[0, 3] = False  # the second basket's opener has no target: no pairs for it
+    openers, members = next_baskets(new_session, mask)
+    assert sorted(zip(openers.tolist(), members.tolist(), strict=True))[:4] == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (6, 6),
+    ]
+
+
+def test_basket_loss_is_the_mean_log_softmax_over_the_baskets_distinct_items() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]])
+    per_event = torch.tensor([9.0, 7.0])  # row 1 opens no basket: kept
+    loss = basket_loss(logits, per_event, torch.tensor([0, 0, 0]), torch.tensor([1, 2, 2]))
+    want = torch.logsumexp(logits[0], 0) - (2.0 + 0.5) / 2
+    np.testing.assert_allclose(loss.numpy(), [float(want), 7.0], rtol=1e-6)
+
+
+def test_next_basket_loss_is_next_item_loss_when_every_request_opens_a_basket(world) -> None:
+    """With one line per session each opener's basket is its own target: the same loss."""
+    catalogue, log, calendar = world
+    model = build(catalogue, calendar).eval()
+    windows = training_windows(log, 6)[:8]
+    inputs, target_rows = windows[:, :-1], windows[:, 1:]
+    batch = featurize(log, inputs, log.timestamp[target_rows[:, -1]], calendar, 30.0)
+    batch.new_session = torch.ones_like(batch.new_session)
+    safe = np.maximum(target_rows, 0)
+    valid = (target_rows >= 0) & (inputs >= 0)
+    slots = torch.from_numpy(np.unique(slot_of(log.item)))
+    carried = carried_repeats(log, inputs, slots, 30.0, 0.8)
+    arrays = (log.item[safe], valid, np.ones(valid.shape, np.float32))
+    args = (batch, carried, *map(torch.from_numpy, arrays), slots, torch.zeros(len(slots)))
+    with torch.no_grad():
+        plain, basket = (training_loss(model, *args, next_basket_loss=b) for b in (False, True))
+        torch.testing.assert_close(plain, basket)
+        batch.new_session[:, ::2] = False  # now baskets of two lines: a different loss
+        assert not torch.isclose(training_loss(model, *args, next_basket_loss=True), plain)

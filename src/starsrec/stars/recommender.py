@@ -379,6 +379,7 @@ VARIANTS: dict[str, tuple[dict, ...]] = {
     "stars-no-calendar": ({"use_calendar_offsets": False}, {}),
     "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
     "stars-no-repeat": ({"use_repeat_score": False}, {}),
+    "stars-next-basket-loss": ({}, {"next_basket_loss": True}),
     "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
     "stars-no-own-item-calibration": ({}, {}, {"own_items": False}),
     "stars-no-new-item-calibration": ({}, {}, {"new_items": False}),

@@ -1,13 +1,14 @@
 """Training STARS: next-event prediction with a sampled softmax (DESIGN 1.4).
 
-At every position the model predicts the next target event. The softmax runs over the
-batch's own targets (in-batch negatives), `uniform_negatives` items drawn uniformly and
-`subclass_negatives` hard negatives drawn from the subclasses of the batch's targets, with
-the log-Q correction: each candidate's logit is reduced by the log of how often the
-sampler proposes it, so popular items are not over-penalised. Positives are weighted by
-their event type's engagement weight. AdamW, early stopping on validation NDCG@10, a
-checkpoint after every epoch that resumes exactly (model, optimiser, RNG states), on the
-device it was written on, and validly on any other.
+At every position the model predicts the next target event (or, with `next_basket_loss`,
+where the next event opens a new session, the whole next basket: `starsrec.stars.loss`).
+The softmax runs over the batch's own targets (in-batch negatives), `uniform_negatives`
+items drawn uniformly and `subclass_negatives` hard negatives drawn from the subclasses of
+the batch's targets, with the log-Q correction: each candidate's logit is reduced by the
+log of how often the sampler proposes it, so popular items are not over-penalised.
+Positives are weighted by their event type's engagement weight. AdamW, early stopping on
+validation NDCG@10, a checkpoint after every epoch that resumes exactly (model, optimiser,
+RNG states), on the device it was written on, and validly on any other.
 
 Under torchrun (world size W > 1) the same loop runs as DistributedDataParallel: every
 rank draws the same shuffled epoch order from the shared seeded generator, takes every
@@ -28,11 +29,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -40,12 +39,13 @@ from tqdm.auto import tqdm
 from starsrec.data.calendar import CalendarEvents
 from starsrec.data.interactions import EventLog
 from starsrec.stars import distributed
-from starsrec.stars.batch import EventBatch, slot_of
+from starsrec.stars.batch import slot_of
 from starsrec.stars.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from starsrec.stars.device import mixed_precision, prefetched, reused_host_memory, to_device
+from starsrec.stars.loss import LossModule
 from starsrec.stars.model import STARS
 from starsrec.stars.optim import OPTIMIZERS, Optimizers, stars_optimizer
-from starsrec.stars.repeats import CarriedRepeats, carried_repeats, history_repeats
+from starsrec.stars.repeats import carried_repeats
 from starsrec.stars.sequences import featurize, training_windows
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class TrainConfig:
     uniform_negatives: int = 256
     subclass_negatives: int = 256
     patience: int = 8
+    # At requests that open a new session, predict the next basket's items, not only its
+    # first line (`starsrec.stars.loss`). Off: no gain on validation (docs/benchmarks.md).
+    next_basket_loss: bool = False
     threads: int = 1
     seed: int = 0
     progress: bool = True
@@ -150,7 +153,7 @@ def train_model(
         config.delta_weight_decay,
         config.item_learning_rate,
     )
-    step: nn.Module = LossModule(model)
+    step: nn.Module = LossModule(model, config.next_basket_loss)
     if rank.distributed:
         # Buffers (frozen text vectors, tags) are the same on every rank and never change:
         # syncing them every forward would be pure traffic. Switched-off components leave
@@ -231,19 +234,6 @@ def _host_copy(model: STARS) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-class LossModule(nn.Module):
-    """The training loss as a module's forward, the shape DistributedDataParallel wraps
-    (it hooks `forward` only, and the loss calls several methods of STARS)."""
-
-    def __init__(self, model: STARS) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: Any) -> torch.Tensor:
-        """`_loss(model, *args)`."""
-        return _loss(self.model, *args)
-
-
 def _epoch(
     step: nn.Module,
     model: STARS,
@@ -295,7 +285,7 @@ def _host_steps(
     config: TrainConfig,
     sample_rng: np.random.Generator,
 ) -> Iterator[tuple[tuple, int]]:
-    """Each step's `_loss` arguments after the model, in host memory, and its target
+    """Each step's `training_loss` arguments after the model, in host memory, and its target
     events: this rank's share of each batch of `order`, its features, negatives and
     carried-in repeats. Vectorised over the batch's events (no Python loop over them)."""
     rank = distributed.current()
@@ -323,44 +313,3 @@ def _host_steps(
         arrays = (targets, valid, log.weight[safe].astype(np.float32))
         tensors = (*map(torch.from_numpy, arrays), slots, torch.from_numpy(log_q).float())
         yield (batch, carried, *tensors), int(valid.sum())
-
-
-def _loss(
-    model: STARS,
-    batch: EventBatch,
-    carried: CarriedRepeats,  # what each window's user had before the window
-    targets: torch.Tensor,  # (B, T) long: item index of the event after each input
-    mask: torch.Tensor,  # (B, T) bool: positions that have a target to predict
-    weights: torch.Tensor,  # (B, T) float: engagement weight of each target
-    candidate_slots: torch.Tensor,  # (C,) sorted unique item slots
-    log_q: torch.Tensor,  # (C,) float
-) -> torch.Tensor:
-    query = model.user_vectors(batch)[mask]  # (P, D)
-    days, events = batch.request_days[mask], batch.request_events[mask]
-    # Rows in request-time order and candidates in first-day order, where `score_inner`
-    # computes least; labels and repeat entries follow them through the inverse orders.
-    rows = torch.argsort(days, stable=True)  # (P,)
-    order = torch.argsort(model.first_day[candidate_slots], stable=True)  # (C,)
-    row_at, column_at = torch.argsort(rows), torch.argsort(order)
-    owned = model.item_tokens.owned(candidate_slots)  # drawn as `score` draws it
-    # The log-Q correction rides in the inner product. float32 from here, also under
-    # autocast (its matmuls give bf16): the loss and the sparse repeat bonus added into it.
-    logits = model.score_inner(
-        query[rows], candidate_slots[order], events[rows], days[rows], -log_q[order], owned[order]
-    ).float()  # (P, C) in those orders
-    repeats = history_repeats(
-        batch, candidate_slots, mask, carried, model.config.repeat_basket_decay
-    )
-    bonus = model.own_item_score(
-        None,  # the own-item re-scoring is fitted after training: identity here
-        repeats.features,
-        candidate_slots[repeats.columns],
-        model.user_repeat_weights(query)[repeats.rows],
-    )
-    # In place: a copy of the (P, C) logits for a few sparse entries is most of their cost.
-    entries = (row_at[repeats.rows], column_at[repeats.columns])
-    logits.index_put_(entries, bonus.to(logits.dtype), accumulate=True)
-    label = column_at[torch.searchsorted(candidate_slots, slot_of(targets[mask]))][rows]
-    per_event = F.cross_entropy(logits, label, reduction="none")
-    weight = weights[mask][rows]
-    return (per_event * weight).sum() / weight.sum()
