@@ -23,7 +23,7 @@ from starsrec.data.splits import Split, split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import Filters, Recommender, TrainingData
 from starsrec.serving.served import ServedRecommender
-from starsrec.stars.recommender import stars_variant
+from starsrec.stars.variants import stars_variant
 from tiny import TINY_LAMBDAMART, tiny
 
 DAY = 86_400

@@ -17,7 +17,7 @@ from starsrec.stars.config import ModelConfig
 from starsrec.stars.loss import basket_loss, next_baskets, training_loss
 from starsrec.stars.model import STARS
 from starsrec.stars.optim import RowWiseAdagrad, stars_optimizer
-from starsrec.stars.recommender import StarsConfig, StarsRecommender
+from starsrec.stars.recommender import StarsConfig, StarsRecommender, calibrated
 from starsrec.stars.repeats import (
     RepeatFeatures,
     carried_repeats,
@@ -60,7 +60,7 @@ def test_shapes(world) -> None:
     model = build(catalogue, calendar).eval()
     batch = batch_of(log, calendar)
     assert model.encode(batch).shape == (6, TINY.max_length + 1, 16)  # (B, T+1, D)
-    query = model.user_vectors(batch)
+    query = model.user_side(batch)[0]
     assert query.shape == (6, TINY.max_length, 16)  # (B, T, D)
     slots = torch.tensor([1, 5, 9])
     assert model.score(query, slots, batch.request_events).shape == (6, TINY.max_length, 3)
@@ -71,12 +71,12 @@ def test_future_events_never_change_past_outputs(world) -> None:
     catalogue, log, calendar = world
     model = build(catalogue, calendar).eval()
     batch = batch_of(log, calendar)
-    before = model.user_vectors(batch)
+    before = model.user_side(batch)[0]
     cut = 4
     changed = replace(batch, items=batch.items.clone(), event_types=batch.event_types.clone())
     future = changed.items[:, cut + 1 :]
     changed.items[:, cut + 1 :] = torch.where(future != PAD, (future % catalogue.size) + 1, PAD)
-    after = model.user_vectors(changed)
+    after = model.user_side(changed)[0]
     assert torch.allclose(before[:, : cut + 1], after[:, : cut + 1], atol=1e-6)
     assert not torch.allclose(before[:, cut + 1 :], after[:, cut + 1 :])
 
@@ -166,7 +166,7 @@ def test_the_inner_product_score_matches_the_reference(world, switches) -> None:
         model.first_day[1:] = low + (high - low) * torch.rand(catalogue.size, generator=generator)
         for parameter in (model.item_bias.weight, model.calendar_offsets, model.new_item_bias):
             parameter.normal_(generator=generator)
-        query = model.user_vectors(batch)[mask]
+        query = model.user_side(batch)[0][mask]
     slots = torch.arange(1, catalogue.size + 1)[torch.rand(catalogue.size) < 0.6]
     shift = torch.randn(len(slots), generator=generator)
     assert len(query) > 8 * 5  # several rows in every block
@@ -207,7 +207,7 @@ def test_serving_scores_match_the_training_path() -> None:
     with torch.no_grad():
         model.user_repeat.weight.normal_()  # a per-user part that matters in the check
         served = recommender.score(queries)
-        query = model.user_vectors(batch)[:, -1]
+        query = model.user_side(batch)[0][:, -1]
         logits = model.score(query, slots, batch.request_events[:, -1])
         weights = model.user_repeat_weights(query)[repeats.rows]
         bonus = model.repeat_bonus(repeats.features, slots[repeats.columns], weights)
@@ -256,29 +256,36 @@ def test_training_repeat_counts_match_whole_history_counts() -> None:
     np.testing.assert_array_equal(sessions.numpy(), want_sessions[rows.numpy()])
 
 
-def test_own_item_calibration_keeps_the_best_validation_setting(world) -> None:
+def test_score_calibration_keeps_the_best_validation_setting(world) -> None:
     """The search leaves the setting with the best validation metric, and no change
-    (taste 1, offset 0, recent share 0) when nothing beats it; it changes own items'
-    scores only."""
+    (taste 1, offset 0, recent share 0, live weights 0) when nothing beats it; the own-item
+    values change own items' scores only, the live weights score recent sales."""
     catalogue, _, calendar = world
     recommender = StarsRecommender(StarsConfig())
     recommender.model = build(catalogue, calendar).eval()
     model = recommender.model
+    best = {"own_item_taste": 0.25, "own_item_offset": 4.0, "own_item_recent": 8.0}
+    best |= {"live_1d": 0.25, "live_7d": 0.0, "live_new": 2.0}
 
-    def peaked(m: STARS) -> float:  # best at (0.25, 4.0, 8.0)
-        taste, offset, recent = (float(b) for b in m.own_item_buffers())
-        return -abs(taste - 0.25) - abs(offset - 4.0) - abs(recent - 8.0)
+    def peaked(m: STARS) -> float:
+        return -sum(abs(float(v) - best[name]) for name, v in calibrated(m).items())
 
-    recommender.calibrate_own_items(peaked)
-    assert tuple(float(b) for b in model.own_item_buffers()) == (0.25, 4.0, 8.0)
+    recommender.calibrate_scores(peaked, own_items=True, live=True)
+    assert {name: float(v) for name, v in calibrated(model).items()} == best
     taste = torch.tensor([3.0, -1.0])  # an own item (recent share 0.5) and another
     decay = model.config.repeat_basket_decay
     recent = 0.5 * (1 + decay)  # of two baskets decayed alike: a recent share of 0.5
     repeats = RepeatFeatures(*torch.tensor([[1.0, 0.0], [1.0, np.inf], [recent, 0.0], [2.0, 2.0]]))
     adjusted = model.own_item_adjustment(taste, repeats)
     np.testing.assert_allclose(adjusted.numpy(), [0.25 * 3.0 - 3.0 + 4.0 + 8.0 * 0.5, 0.0])
-    recommender.calibrate_own_items(lambda m: 0.5)
-    assert tuple(float(b) for b in model.own_item_buffers()) == (1.0, 0.0, 0.0)
+    counts = torch.tensor([[3.0, 7.0], [3.0, 7.0], [0.0, 0.0]])  # (C, H) per half-life
+    live = model.live_score(counts, torch.tensor([False, True, True]))
+    want = [0.25 * np.log(4), 0.25 * np.log(4) + 2.0 * np.log(8), 0.0]
+    np.testing.assert_allclose(live.numpy(), want, rtol=1e-6)
+    recommender.calibrate_scores(lambda m: 0.5, own_items=True, live=True)
+    assert all(float(v) == (name == "own_item_taste") for name, v in calibrated(model).items())
+    recommender.calibrate_scores(peaked, own_items=False, live=True)
+    assert float(model.own_item_taste) == 1.0 and float(model.live_weights[-1]) == 2.0
 
 
 def test_training_without_validation_keeps_the_trained_weights(world) -> None:

@@ -251,3 +251,39 @@ def test_a_version_1_file_without_the_forget_journal_gains_it(tmp_path: Path) ->
         conn.execute("DROP TABLE forgets")  # as an event store written before it existed
     with SQLiteEventStore(path) as store:
         assert store.forget("u1") == 1 and store.forgotten()[0] == ["u1"]
+
+
+def test_live_counts_kept_on_insert_equal_the_replayed_counts(store: EventStore) -> None:
+    """Every new event is folded into its item's counter, in any arrival order (appended or
+    loaded), a duplicate id never; reads sum the asked event types and equal
+    `starsrec.data.live` replayed over the same events."""
+    from starsrec.data.calendar import DAY
+    from starsrec.data.live import LIVE_HALF_LIVES_DAYS
+
+    sales = [("a", 0.0, "buy"), ("a", 2 * DAY, "buy"), ("b", DAY, "buy"), ("a", DAY, "view")]
+    sales += [("b", 0.5 * DAY, "buy"), ("c", 3 * DAY, "view")]
+    events = [ev(f"e{n}", f"u{n % 2}", ts, item, kind) for n, (item, ts, kind) in enumerate(sales)]
+    assert store.append(events[:3]) == 3
+    assert store.load(events[2:], progress=False) == 3  # e2 already stored: not counted again
+    assert store.append([ev("e0", ts=5 * DAY, item="a", kind="buy")]) == 0
+    at = 4 * DAY
+
+    def want(item: str, kinds: tuple[str, ...]) -> list[float]:
+        return [
+            sum(
+                2 ** (-(at - ts) / (h * DAY))
+                for i, ts, kind in sales
+                if i == item and kind in kinds
+            )
+            for h in LIVE_HALF_LIVES_DAYS
+        ]
+
+    ids, counts = store.live_counts(["buy"], at)
+    assert sorted(ids) == ["a", "b"]
+    for item, row in zip(ids, counts, strict=True):
+        assert row == pytest.approx(want(item, ("buy",)), rel=1e-9)
+    ids, counts = store.live_counts(["buy", "view"], at)
+    assert sorted(ids) == ["a", "b", "c"]
+    for item, row in zip(ids, counts, strict=True):
+        assert row == pytest.approx(want(item, ("buy", "view")), rel=1e-9)
+    assert store.live_counts([], at)[0] == []

@@ -156,7 +156,10 @@ class LambdaMARTRecommender(Recommender):
             query, item, x = generators.candidates_and_features(queries[part])
             ranked = np.zeros((part.stop - part.start, n_items))
             if len(query):
-                raw = booster.predict(x, num_threads=self.config.threads)
+                # A booster saved before the live features reads the columns before them.
+                raw = booster.predict(
+                    x[:, : booster.num_feature()], num_threads=self.config.threads
+                )
                 # Shift each row so its lowest candidate scores 0: candidates then rank
                 # above every non-candidate (see with_fallback), in the ranker's order.
                 lowest = np.full(len(ranked), np.inf)

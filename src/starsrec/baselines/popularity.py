@@ -1,9 +1,10 @@
 """Popularity baselines: what everybody buys, overall or lately.
 
 Popularity counts training events of target types (purchases, not returns), weighted by
-engagement. The other baselines use it as their fallback: `with_fallback` puts every
-item the primary signal scores above every item it does not, and orders the rest by
-popularity, so every model ranks the whole catalogue.
+engagement; recent popularity reads the live counts at each request instead. The other
+baselines use it as their fallback: `with_fallback` puts every item the primary signal
+scores above every item it does not, and orders the rest by popularity, so every model
+ranks the whole catalogue.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from starsrec.data.interactions import EventLog, Queries
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
 from starsrec.recommender import Recommender, TrainingData
 
 DAY = 86_400
@@ -77,13 +79,23 @@ class PopularityRecommender(Recommender):
 
 @dataclass(frozen=True)
 class RecentPopularityConfig:
-    """window_days: how far back from the last training event counts as recent."""
+    """half_life_days: which live count ranks (`starsrec.data.live`, one of
+    LIVE_HALF_LIVES_DAYS): every shopper's target events before the request, a sale that
+    long ago weighing half."""
 
-    window_days: float = 28.0
+    half_life_days: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.half_life_days not in LIVE_HALF_LIVES_DAYS:
+            raise ValueError(
+                f"half_life_days must be one of the live counts' {LIVE_HALF_LIVES_DAYS}, "
+                f"got {self.half_life_days}"
+            )
 
 
 class RecentPopularityRecommender(PopularityRecommender):
-    """The most popular items in the last `window_days` of training, then all-time."""
+    """The items selling most at the request time (live counts over all shoppers' events
+    before it, as the service reads them from its store), then all-time popularity."""
 
     name = "recent-popularity"
     config_class = RecentPopularityConfig
@@ -92,7 +104,11 @@ class RecentPopularityRecommender(PopularityRecommender):
         super().__init__(config)  # type: ignore[arg-type]  # same state, another config
 
     def _fit(self, data: TrainingData) -> None:
-        n_items = data.catalogue.size
-        end = int(data.train.timestamp.max()) if data.train.size else 0
-        recent = popularity(data.train, n_items, since=end - int(self.config.window_days * DAY))
-        self.scores = with_fallback(recent, popularity(data.train, n_items))
+        self.scores = popularity(data.train, data.catalogue.size).astype(np.float32)
+
+    def score(self, queries: Queries) -> np.ndarray:
+        """See `Recommender.score`: each query's live counts, then the fitted popularity."""
+        live = replay_counts(
+            queries.log, queries.time, len(self.scores), (self.config.half_life_days,)
+        )
+        return with_fallback(live[..., 0].astype(np.float64), self.scores.astype(np.float64))

@@ -2,22 +2,23 @@
 per (query, candidate).
 
 Candidates: the user's own history (repeat), the top co-occurrence neighbours of the
-recent history, the items whose text is nearest the history's, and the globally and
-recently most popular items. Features: generator scores and ranks, user x item counts and
-recency, session openings, taxonomy affinity, text similarity to the history and to its
-last item, item age / repeat rate / month share, user activity and calendar (weekday,
-month, hour, distance to public holidays). `FeatureGenerators` holds everything they need,
-fitted on one event log, and saves to flat arrays.
+recent history, the items whose text is nearest the history's, the globally and recently
+most popular items, and those selling most at the request (live counts). Features:
+generator scores and ranks, user x item counts and recency, session openings, taxonomy
+affinity, text similarity to the history and to its last item, item age / repeat rate /
+month share / live counts, user activity and calendar. `FeatureGenerators` holds
+everything they need, fitted on one event log, and saves to flat arrays.
 
-The text is what STARS gets: the same encoder's item embeddings and, for a catalogue
-without a taxonomy, the same text-derived classes and subclasses, so the comparison is
-between models, not between what they were told.
+The text and live counts are what STARS gets: the same encoder's item embeddings, the same
+text-derived classes and subclasses for a catalogue without a taxonomy, the same replay of
+recent sales: the comparison is between models, not between what they were told.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommen
 from starsrec.baselines.text_profile import item_text, text_similarities
 from starsrec.data.calendar import calendar_features
 from starsrec.data.interactions import Catalogue, Queries, session_opens
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
 from starsrec.features.encoders import DEFAULT_MODEL_NAME
 from starsrec.recommender import TrainingData, rebuild_nested_configs, top_k
 
@@ -64,8 +66,7 @@ class LambdaMARTConfig:
     feature_fraction: float = 0.8
     early_stopping_rounds: int = 100
     smoothing_rounds: int = 21
-    # Queries per feature chunk = max_cells // catalogue size: bounds the dense (Q, N)
-    # work matrices (about ten of them) whatever the catalogue.
+    # Queries per feature chunk = max_cells // catalogue size: bounds the (Q, N) matrices.
     max_cells: int = 1 << 21
     threads: int = 1
     seed: int = 0
@@ -201,12 +202,9 @@ class FeatureGenerators:
         self, queries: Queries
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pairs query index, pairs item index, (P, F) float32 features) for a chunk."""
-        repeat = self.repeat.history_scores(queries)  # (Q, N)
-        neighbours = self.cooccurrence.neighbour_scores(queries)  # (Q, N)
-        profile, last = text_similarities(self.text, queries, self.config.text_history)
-        history = self._history(queries)
+        repeat, neighbours, profile, last, history, live = self._signals(queries)
         count = history["count"]
-        query, item = np.nonzero(self._candidates(repeat, neighbours, profile, count))
+        query, item = np.nonzero(self._candidates(repeat, neighbours, profile, count, live))
 
         lengths = queries.lengths.astype(np.float64)
         distinct = (count > 0).sum(axis=1).astype(np.float64)
@@ -263,21 +261,39 @@ class FeatureGenerators:
             "user_tenure_days": ((queries.time - first_time) / DAY)[query],
             # calendar
             **{name: values[query] for name, values in calendar.items()},
+            # live signals, last: a booster trained before them reads the columns before
+            **{
+                f"live_{days:g}d": live[query, item, h]
+                for h, days in enumerate(LIVE_HALF_LIVES_DAYS)
+            },
         }
         features = np.column_stack([np.asarray(v, dtype=np.float32) for v in columns.values()])
         return query, item, features
 
     def candidates(self, queries: Queries) -> np.ndarray:
         """(Q, N) bool: the items stage 1 proposes for each query."""
-        profile, _ = text_similarities(self.text, queries, self.config.text_history)
-        count = self._history(queries)["count"]
+        repeat, neighbours, profile, _, history, live = self._signals(queries)
+        return self._candidates(repeat, neighbours, profile, history["count"], live)
+
+    def _signals(self, queries: Queries) -> tuple[Any, ...]:
+        """A chunk's (Q, N) repeat and co-occurrence scores, text similarities to history
+        and last item, `_history`, and (Q, N, H) log1p live counts (`starsrec.data.live`)."""
+        profile, last = text_similarities(self.text, queries, self.config.text_history)
+        live = np.log1p(replay_counts(queries.log, queries.time, len(self.popularity)))
         repeat = self.repeat.history_scores(queries)
-        return self._candidates(repeat, self.cooccurrence.neighbour_scores(queries), profile, count)
+        neighbours = self.cooccurrence.neighbour_scores(queries)
+        return repeat, neighbours, profile, last, self._history(queries), live
 
     def _candidates(
-        self, repeat: np.ndarray, neighbours: np.ndarray, profile: np.ndarray, count: np.ndarray
+        self,
+        repeat: np.ndarray,
+        neighbours: np.ndarray,
+        profile: np.ndarray,
+        count: np.ndarray,
+        live: np.ndarray,
     ) -> np.ndarray:
-        """(Q, N) bool candidates from the generators' (Q, N) scores and history counts."""
+        """(Q, N) bool candidates from the generators' (Q, N) scores, history counts and
+        (Q, N, H) live signals (the items selling most now, by the longest half-life)."""
         config = self.config
         mask = np.zeros(repeat.shape, dtype=bool)
         if not self.exclude_seen:
@@ -290,6 +306,7 @@ class FeatureGenerators:
             _mark_top(mask, np.where(unseen, neighbours, 0.0), config.cooccurrence_candidates)
             _mark_top(mask, np.where(unseen, profile, 0.0), config.text_candidates)
         mask[:, self.popular] = True
+        _mark_top(mask, live[..., -1], config.popular_candidates)
         if self.exclude_seen:
             mask &= count == 0
         return mask

@@ -27,7 +27,8 @@ from starsrec.data.integrity import ArtifactError, read_manifest
 from starsrec.data.splits import default_protocol, split_dataset
 from starsrec.experiments.report import evaluation_record, machine_description, training_data
 from starsrec.stars import distributed
-from starsrec.stars.recommender import StarsConfig, StarsRecommender, stars_variant
+from starsrec.stars.recommender import StarsConfig, StarsRecommender
+from starsrec.stars.variants import stars_variant
 
 logger = logging.getLogger(__name__)
 

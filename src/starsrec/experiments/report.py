@@ -36,8 +36,9 @@ from starsrec.experiments.comparisons import (
 )
 from starsrec.experiments.plots import markdown_images, write_figures
 from starsrec.recommender import Recommender, TrainingData
-from starsrec.stars.recommender import VARIANTS, StarsConfig, stars_variant
+from starsrec.stars.recommender import StarsConfig
 from starsrec.stars.train import TrainConfig
+from starsrec.stars.variants import VARIANTS, stars_variant
 
 logger = logging.getLogger(__name__)
 

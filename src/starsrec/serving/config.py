@@ -23,6 +23,9 @@ class ServingConfig:
     # The latest event or request time accepted, in seconds after the server's clock (None:
     # no bound); later ones are refused, so no client can fill a user's window with the future.
     max_future_s: float | None = 86_400.0
+    # How often a worker reads the store's live counters again (`starsrec.serving.live_items`);
+    # between reads it decays its snapshot, and events it stores itself count at once.
+    live_refresh_s: float = 1.0
     # Products a service takes beyond its trained catalogue (PUT /v1/items; `starsrec serve
     # --max-added-products`): each costs memory for good, so a flood of new ids is refused
     # with 409 past it. Changing a product that exists is always allowed.

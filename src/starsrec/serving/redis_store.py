@@ -9,6 +9,9 @@ Keys, all under `prefix` (default "starsrec:", so several stores can share one d
 
 - `{prefix}ids`: set of every stored event id. `count` is its size and `has` a membership test.
 - `{prefix}seq`: arrival counter, incremented once per new event.
+- `{prefix}live:{event_type}`: hash of the live counters (`starsrec.data.live`) of that
+  event type, field item id, value "updated count-per-half-life..." (decimal text), folded in
+  by `append` for each new event.
 - `{prefix}user:{user_id}`: sorted set of the user's events, scored by timestamp, each member
   the zero-padded arrival number followed by the event's JSON. Members of equal score sort
   byte-wise, so the set is ordered by (timestamp, arrival) exactly like SQLite's
@@ -18,10 +21,11 @@ Keys, all under `prefix` (default "starsrec:", so several stores can share one d
 Design:
 
 - Idempotent and atomic: `append` is one Lua script (Redis runs scripts atomically) that does
-  SADD of the id and, only when the id is new, INCR + ZADD. A retried request stores nothing
-  twice, the first write of an id wins also within one call, and concurrent appends from any
-  number of replicas never interleave inside a batch. Batches are validated whole first, with
-  the SQLite store's own validation, so an invalid event writes nothing.
+  SADD of the id and, only when the id is new, INCR + ZADD and the fold of its live counter.
+  A retried request stores nothing twice, the first write of an id wins also within one
+  call, and concurrent appends from any number of replicas never interleave inside a
+  batch. Batches are validated whole first, with the SQLite store's own validation, so an
+  invalid event writes nothing.
 - Acknowledged = persisted only as far as the server's persistence allows: the SQLite
   guarantee (an acknowledged event survives a crash or power loss) needs `appendonly yes` and
   `appendfsync always`, under which Redis fsyncs the script's effects before replying. The
@@ -51,8 +55,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS, counter_table, decay_rates
 from starsrec.serving.store import Event, EventStore, check_recent_many, validated_row
 
 try:
@@ -68,15 +74,39 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix")
 _SEQ_DIGITS = 15  # arrival numbers below 10**15: exact in Lua's doubles, sortable as text
 _SCRIPT_EVENTS = 1000  # events per script call in `load`
-# KEYS: the id set, the arrival counter, then one user key per event.
-# ARGV: per event its id, score (timestamp) and JSON payload.
+_RATES = ", ".join(repr(float(rate)) for rate in decay_rates())
+# KEYS: the id set, the arrival counter, then per event its user key and its type's live hash.
+# ARGV: per event its id, score (timestamp), JSON payload and item id. The fold is
+# `starsrec.data.live.fold`.
 _APPEND = f"""
+local rates = {{{_RATES}}}
+local function fold(key, item, at)
+  local old = redis.call('HGET', key, item)
+  local updated, values = at, {{}}
+  for h = 1, #rates do values[h] = 1 end
+  if old then
+    local parts = {{}}
+    for word in string.gmatch(old, '%S+') do parts[#parts + 1] = tonumber(word) end
+    updated = math.max(parts[1], at)
+    for h = 1, #rates do
+      if at >= parts[1] then
+        values[h] = parts[h + 1] * math.exp(-rates[h] * (at - parts[1])) + 1
+      else
+        values[h] = parts[h + 1] + math.exp(-rates[h] * (parts[1] - at))
+      end
+    end
+  end
+  local text = string.format('%.17g', updated)
+  for h = 1, #rates do text = text .. ' ' .. string.format('%.17g', values[h]) end
+  redis.call('HSET', key, item, text)
+end
 local added = 0
-for n = 1, #KEYS - 2 do
-  if redis.call('SADD', KEYS[1], ARGV[3 * n - 2]) == 1 then
+for n = 1, (#KEYS - 2) / 2 do
+  if redis.call('SADD', KEYS[1], ARGV[4 * n - 3]) == 1 then
     local seq = redis.call('INCR', KEYS[2])
-    local member = string.format('%0{_SEQ_DIGITS}d', seq) .. ARGV[3 * n]
-    redis.call('ZADD', KEYS[2 + n], ARGV[3 * n - 1], member)
+    local member = string.format('%0{_SEQ_DIGITS}d', seq) .. ARGV[4 * n - 1]
+    redis.call('ZADD', KEYS[1 + 2 * n], ARGV[4 * n - 2], member)
+    fold(KEYS[2 + 2 * n], ARGV[4 * n], tonumber(ARGV[4 * n - 2]))
     added = added + 1
   end
 end
@@ -183,10 +213,11 @@ class RedisEventStore(EventStore):
     def _call(self, rows: Sequence[tuple[str, str, str, str, float]], client=None) -> Any:
         """Run the append script for validated rows (through `client`, e.g. a pipeline): the
         number of new events, or, queued on a pipeline, the pipeline."""
-        keys = [self._ids, self._seq, *(self._user_key(row[1]) for row in rows)]
+        keys = [self._ids, self._seq]
         args: list[str | float] = []
         for row in rows:
-            args += [row[0], row[4], json.dumps(row, separators=(",", ":"))]
+            keys += [self._user_key(row[1]), self._live_key(row[3])]
+            args += [row[0], row[4], json.dumps(row, separators=(",", ":")), row[2]]
         return self._script(keys=keys, args=args, client=self._db() if client is None else client)
 
     def append(self, events: Sequence[Event]) -> int:
@@ -250,6 +281,23 @@ class RedisEventStore(EventStore):
         """See `EventStore.latest_time`: the top score of the user's sorted set."""
         last = self._db().zrange(self._user_key(user_id), 0, 0, desc=True, withscores=True)
         return float(last[0][1]) if last else None
+
+    def _live_key(self, event_type: str) -> str:
+        return f"{self.prefix}live:{event_type}"
+
+    def live_counts(self, event_types: Sequence[str], at: float) -> tuple[list[str], np.ndarray]:
+        """See `EventStore.live_counts`: the types' hashes in one pipeline."""
+        pipe = self._db().pipeline(transaction=True)
+        for event_type in dict.fromkeys(event_types):
+            pipe.hgetall(self._live_key(event_type))
+        rows = []
+        for counters in pipe.execute():
+            for item, text in counters.items():
+                updated, *values = map(float, text.split())
+                rows += [
+                    (item, h, v, updated) for h, v in zip(LIVE_HALF_LIVES_DAYS, values, strict=True)
+                ]
+        return counter_table(rows, at)
 
     def count(self) -> int:
         """See `EventStore.count`: the size of the id set."""

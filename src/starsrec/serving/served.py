@@ -11,7 +11,10 @@ filters. `ServedRecommender` wraps a `RecommendationService` so that the contrac
 - `recommend` sends each query's history as the request's events (no user id, so the
   event store is not read) through `RecommendationService.recommend`.
 - `score` gives every item its served score: the index row's inner product with the
-  request's retrieval query, the user's own items scored exactly.
+  request's retrieval query, the user's own items scored exactly, plus the live term.
+- Both read live signals from the queries' log as the store would have held them at each
+  request (`ReplayedLive`), as the offline scorer does; tests/test_live.py checks the
+  store's counters against the same replay.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from starsrec.data.interactions import Queries
 from starsrec.index.exact import inner_scores
 from starsrec.recommender import Filters, Recommender, TrainingData, check_filters
 from starsrec.serving.config import ServingConfig
+from starsrec.serving.live_items import ReplayedLive
 from starsrec.serving.offline import write_serving_files
 from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.service import RecommendationService
@@ -98,6 +102,7 @@ class ServedRecommender(Recommender):
         assert service is not None  # _open sets it with the catalogue
         vectors = service.index.vectors[: catalogue.size]
         scores = np.empty((len(queries), catalogue.size), dtype=np.float32)
+        service.live = ReplayedLive(queries.log, catalogue.size)
         for q in range(len(queries)):
             events, at = self._request(queries, q)
             history, rows = service.history(None, events, at)
@@ -105,6 +110,9 @@ class ServedRecommender(Recommender):
             scores[q] = inner_scores(query[None], vectors)[0]
             seen, exact = own_item_scores(service.model, vectors, query, history, rows, at)
             scores[q, seen] = exact
+            live = service.live_terms(at)
+            if live is not None:
+                scores[q, live[0]] += live[1]
         return scores
 
     def recommend(
@@ -121,6 +129,7 @@ class ServedRecommender(Recommender):
         ids = np.full((len(queries), width), "", dtype=object)
         scores = np.full((len(queries), width), -np.inf, dtype=np.float32)
         allowed = None if filters.allowed is None else np.asarray(filters.allowed, dtype=bool)
+        service.live = ReplayedLive(queries.log, catalogue.size)
         for q in range(len(queries)):
             events, at = self._request(queries, q)
             exclude = set(filters.exclude[q]) if filters.exclude is not None else set()

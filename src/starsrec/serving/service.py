@@ -6,7 +6,8 @@ A request is answered in five steps, each with the model's own score functions:
    returning user with no live session gets the long-term memory computed offline instead);
 3. `STARS.retrieval_queries` [u + q(c), 1, calendar offsets of c] is searched in the item
    index, whose rows are [e_i, b_i, onehot(class(i))], under the request's filters;
-4. the user's own items are scored exactly (`starsrec.serving.own_items`) and merged in;
+4. the items with live counts (all shoppers' recent sales, `starsrec.serving.live_items`)
+   and the user's own items (`starsrec.serving.own_items`) are scored exactly and merged in;
 5. each result is explained (`starsrec.serving.explain`).
 
 Products added with `upsert_items` (`starsrec.serving.product_writes`) get a token from text
@@ -47,6 +48,7 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
 from starsrec.serving.filters import FilterScopes
+from starsrec.serving.live_items import LiveSource, StoreLive, live_scores, with_live
 from starsrec.serving.own_items import own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
@@ -118,6 +120,10 @@ class RecommendationService(ProductWrites):
         self._scopes = FilterScopes()
         self.serving_dir: Path | None = None  # set by `load`: where `reopen_store` opens it
         self._forgets_read = 0  # how far the store's journal of forgets is applied
+        self.live: LiveSource = StoreLive(
+            lambda: self.store, self.target_types, self.items.row_of, config.live_refresh_s
+        )
+        self._warm = self.model.item_tokens.warm[1:].numpy() > 0  # trained rows with events
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -183,9 +189,12 @@ class RecommendationService(ProductWrites):
         check_events(events, self.items, self.event_codes)
         check_event_times(events, self.config.max_future_s)
         try:
-            return self.store.append(events)
+            added = self.store.append(events)
         except ValueError as error:
             raise RequestError("events", str(error)) from error
+        if isinstance(self.live, StoreLive):
+            self.live.invalidate()  # this worker's own writes count at its next request
+        return added
 
     def forget(self, user_id: str) -> int:
         """Delete the user's stored events and drop their long-term memory: here at once,
@@ -248,8 +257,13 @@ class RecommendationService(ProductWrites):
         found, scores = self.index.search(
             query[None], k, allowed, [np.union1d(exclude, own)], filters.scope
         )
+        live = self.live_terms(at)
+        found, scores = found[0], scores[0]
+        if live is not None:
+            skip = np.union1d(exclude, own)
+            found, scores = with_live(found, scores, live, self.index.vectors, query, skip, allowed)
         found, scores = self._merge_history(
-            query, found[0], scores[0], history, rows, at, allowed, exclude, k
+            query, found, scores, history, rows, at, allowed, exclude, k, live
         )
         memories = memory_sources(self.items.tokens[found], found, rows, short, long, gate)
         return self._explain(found, scores, rows, memories)
@@ -303,6 +317,16 @@ class RecommendationService(ProductWrites):
         query = self._augment(out["query"][0], active)
         return query, out["short"][0], out["long"][0], out["gate"][0]
 
+    def live_terms(self, at: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows, (R,) their `STARS.live_score`) of the items with live counts at `at`; None
+        where the model gives live signals no weight."""
+        if not self.model.live_weights.any():
+            return None
+        rows, counts = self.live(at)
+        new = np.ones(len(self.items), dtype=bool)  # products put since training are new
+        new[: len(self._warm)] = ~self._warm
+        return rows, live_scores(self.model, rows, counts, new)
+
     def _context(self, at: float) -> np.ndarray:
         """q(c) (D,) for a request at `at`, read from the model's table."""
         hour, weekday, month = (int(part[0]) for part in time_parts(np.array([int(at)])))
@@ -331,14 +355,17 @@ class RecommendationService(ProductWrites):
         allowed: np.ndarray | None,
         exclude: np.ndarray,
         k: int,
+        live: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Score the user's own items exactly (`own_item_scores`) and merge them in; the
-        index's `found` are never the user's own items (see recommend)."""
+        """Score the user's own items exactly (`own_item_scores`, plus their `live` terms)
+        and merge them in; `found` are never the user's own items (see recommend)."""
         seen, exact = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
-        if len(seen):
-            keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
-            own = (seen[keep][None], exact[keep][None])
-            (found,), (scores,) = merge_top_k((found[None], scores[None]), own, k)
+        if live is not None and len(seen):
+            hit = np.isin(live[0], seen)
+            exact[np.searchsorted(seen, live[0][hit])] += live[1][hit]
+        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+        own = (seen[keep][None], exact[keep][None])
+        (found,), (scores,) = merge_top_k((found[None], scores[None]), own, k)
         keep = found >= 0
         return found[keep], scores[keep]
 

@@ -22,6 +22,10 @@ Design of the SQLite backend:
   open the same file (WAL allows concurrent readers, and writers wait up to `_BUSY_TIMEOUT_S`).
 - `PRAGMA user_version` records the schema version, so a later schema change is detected and
   a file written by a newer version is refused instead of misread.
+- Live counts (`starsrec.data.live`): a trigger folds every inserted event into its item's
+  counter per (event type, half-life) in the same transaction, so an ignored duplicate counts
+  nothing and a request reads every item's recent sales without scanning events. `forget`
+  leaves the counters as they are: they hold all shoppers' sums, no one's events, and decay.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import numpy as np
 from tqdm.auto import tqdm
+
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS, counter_table
+from starsrec.serving.sqlite_live import LIVE_READ, LIVE_TRIGGER, count_events, open_live_counts
 
 logger = logging.getLogger(__name__)
 MAX_TIMESTAMP = 1e11  # about the year 5138: later "timestamps" are milliseconds by mistake
@@ -168,6 +176,12 @@ class EventStore(ABC):
         """Timestamp of the user's latest event, or None if the user has none."""
 
     @abstractmethod
+    def live_counts(self, event_types: Sequence[str], at: float) -> tuple[list[str], np.ndarray]:
+        """(the ids of the items with stored events of `event_types`, (R, H) float64 their
+        live counts at time `at`: `starsrec.data.live`, one column per LIVE_HALF_LIVES_DAYS),
+        over every shopper's events of those types, kept on insert, never a scan of events."""
+
+    @abstractmethod
     def count(self) -> int:
         """Number of stored events."""
 
@@ -236,10 +250,11 @@ class SQLiteEventStore(EventStore):
                     f"{self.path} has event store schema version {version}, newer than the "
                     f"supported {SCHEMA_VERSION}: upgrade starsrec to open it"
                 )
-            # Added inside schema version 1 (older files gain it; older code ignores it).
+            # Added inside schema version 1 (older files gain them; older code ignores them).
             forgets = "CREATE TABLE IF NOT EXISTS forgets (seq INTEGER PRIMARY KEY, user_id TEXT)"
             if version == SCHEMA_VERSION:
                 conn.execute(forgets)
+                open_live_counts(conn)
                 return
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise ValueError(
@@ -252,6 +267,7 @@ class SQLiteEventStore(EventStore):
             )
             conn.execute("CREATE INDEX events_user_time ON events (user_id, timestamp)")
             conn.execute(forgets)
+            open_live_counts(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             logger.info("created event store %s", self.path)
 
@@ -267,16 +283,16 @@ class SQLiteEventStore(EventStore):
             return 0
         with self._lock:
             conn = self._db()
-            before = conn.total_changes
             with _transaction(conn):
-                conn.executemany(_INSERT, rows)
-            return conn.total_changes - before
+                # rowcount: the events inserted, not the counters their trigger changed
+                return conn.executemany(_INSERT, rows).rowcount
 
     def load(self, events: Iterable[Event], progress: bool = True, batch_size: int = 50_000) -> int:
         """Bulk-seed history events in one transaction; returns how many were new.
 
         Same validation and idempotency as `append`; an invalid event anywhere rolls the whole
-        load back. Holds the write lock for the whole load, so seed before serving traffic.
+        load back. Holds the write lock for the whole load, so seed before serving traffic;
+        the live counts are computed once at its end.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -284,15 +300,18 @@ class SQLiteEventStore(EventStore):
         iterator: Iterator[Event] = iter(events)
         with self._lock:
             conn = self._db()
-            before = conn.total_changes
+            added = 0
             with (
                 tqdm(total=total, desc="load events", unit="ev", disable=not progress) as bar,
                 _transaction(conn),
             ):
+                # Counted in one aggregate at the end: folding each event costs more.
+                conn.execute("DROP TRIGGER live_count")
                 while batch := list(islice(iterator, batch_size)):
-                    conn.executemany(_INSERT, [validated_row(e) for e in batch])
+                    added += conn.executemany(_INSERT, [validated_row(e) for e in batch]).rowcount
                     bar.update(len(batch))
-            added = conn.total_changes - before
+                count_events(conn)
+                conn.execute(LIVE_TRIGGER)
         logger.info("loaded %d new events into %s", added, self.path)
         return added
 
@@ -336,6 +355,15 @@ class SQLiteEventStore(EventStore):
         with self._lock:
             sql = "SELECT max(timestamp) FROM events WHERE user_id = ?"
             return self._db().execute(sql, (user_id,)).fetchone()[0]
+
+    def live_counts(self, event_types: Sequence[str], at: float) -> tuple[list[str], np.ndarray]:
+        """See `EventStore.live_counts`: one aggregate over the counters."""
+        if not event_types:
+            return [], np.zeros((0, len(LIVE_HALF_LIVES_DAYS)))
+        sql = LIVE_READ.format(", ".join("?" * len(event_types)))
+        with self._lock:
+            rows = self._db().execute(sql, tuple(event_types)).fetchall()
+        return counter_table(rows, at)
 
     def count(self) -> int:
         """See `EventStore.count`."""

@@ -11,9 +11,11 @@ Two steps, both only re-scoring (the trained weights stay as they are):
   share of validation targets that are new items (the log-likelihood is concave in the
   offset, and this is where its derivative is zero). Adding it to the bias keeps the score
   one inner product, so the index and the service serve the calibrated bias unchanged.
-- **Own items** (`coordinate_search`, used by `StarsRecommender.calibrate_own_items`): the
-  taste weight and offset of a shopper's own items (one grid: they interact), and the
-  weight of their recent share, chosen on validation NDCG@10 in turns until neither moves.
+- **Own items and live signals** (`coordinate_search`, used by
+  `StarsRecommender.calibrate_scores`): the taste weight and offset of a shopper's own items
+  (one grid: they interact), the weight of their recent share, and the weights of every
+  item's recent sales over all shoppers (one per half-life, one more for new items), chosen
+  on validation NDCG@10 in turns until none moves.
 
 `CalibrationConfig` (`StarsConfig.calibration`) switches each step and holds the grid.
 """
@@ -46,7 +48,9 @@ class CalibrationConfig:
     targets). own_items: fit the own-item re-scoring (only where repeats are allowed) over
     own_item_tastes, own_item_offsets and own_item_recents: the taste term's weight for a
     shopper's own items, an offset in score units, and the weight of their recent share
-    of the shopper's baskets; the first of each (1, 0, 0) is no change.
+    of the shopper's baskets; the first of each (1, 0, 0) is no change. live: fit the
+    weights of the live signals (`STARS.live_score`), each half-life's from live_weights,
+    the new items' from live_new_weights (0 first: no change).
     """
 
     new_items: bool = True
@@ -54,10 +58,14 @@ class CalibrationConfig:
     own_item_tastes: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
     own_item_offsets: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
     own_item_recents: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    live: bool = True
+    live_weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+    live_new_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
 
     def __post_init__(self) -> None:
         # config.json gives lists back; tuples keep the config hashable and comparable
-        for name in ("own_item_tastes", "own_item_offsets", "own_item_recents"):
+        grids = ("own_item_tastes", "own_item_offsets", "own_item_recents", "live_weights")
+        for name in (*grids, "live_new_weights"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
 

@@ -52,7 +52,7 @@ def training_loss(
 ) -> torch.Tensor:
     """The step's loss: the engagement-weighted mean over the masked positions of the
     sampled softmax's negative log-likelihood (see the module doc)."""
-    query = model.user_vectors(batch)[mask]  # (P, D)
+    query = model.user_side(batch)[0][mask]  # (P, D)
     days, events = batch.request_days[mask], batch.request_events[mask]
     # Rows in request-time order and candidates in first-day order, where `score_inner`
     # computes least; labels and repeat entries follow them through the inverse orders.

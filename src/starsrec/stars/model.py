@@ -14,11 +14,14 @@
    items in the user's own history (repeat purchases; applied as a re-scoring step,
    outside the inner product). For those own items the taste term is then re-weighted,
    offset and joined by their recent share of the shopper's baskets, by three scalars
-   fitted on validation after training (`own_item_adjustment`).
+   fitted on validation after training (`own_item_adjustment`). Every item then gains
+   its live signals, all shoppers' recent sales at the request time (`live_score`, with
+   weights fitted on validation).
    A request without history is scored by q(c), the item biases and offsets alone.
 
 The served score is defined here once: `user_side` (the query), `item_terms` and
-`calendar_terms` (the item side), `own_item_score` (what the user's own items add), and
+`calendar_terms` (the item side), `own_item_score` (what the user's own items add),
+`live_score` (what recent sales add), and
 `retrieval_items` / `retrieval_queries` (the same score as one inner product). Training
 (through `score_inner`, that inner product over sampled candidates, checked against the
 plain `score`), the offline scorer, the exported encoder and the service (through
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS
 from starsrec.stars.batch import PAD, RECENCY_BUCKETS, EventBatch, slot_of
 from starsrec.stars.config import REPEAT_FEATURES, ModelConfig
 from starsrec.stars.layers import Block
@@ -46,12 +50,12 @@ SCORE_BLOCKS = 8  # of `STARS.score_inner`: more, and each of its products is sm
 class STARS(nn.Module):
     """Sequence encoder, dual memory and context-aware scoring (see module doc)."""
 
-    # Buffers (register_buffer), declared for the type checker.
-    item_class: torch.Tensor
+    item_class: torch.Tensor  # buffers (register_buffer), declared for the type checker
     first_day: torch.Tensor
     own_item_taste: torch.Tensor
     own_item_offset: torch.Tensor
     own_item_recent: torch.Tensor
+    live_weights: torch.Tensor
 
     def __init__(
         self,
@@ -96,23 +100,22 @@ class STARS(nn.Module):
         nn.init.zeros_(self.item_bias.weight)
         self.new_item_bias = nn.Parameter(torch.zeros(()))
         self.calendar_offsets = nn.Parameter(torch.zeros(max(n_calendar_events, 1), self.n_classes))
-        # log1p(count), seen, recency, in the current session (the basket being filled),
-        # times per basket, recent share of baskets; plus a per-user part read from the
-        # query (how much this shopper rebuys), zero at the start so training begins from
-        # the shared weights.
+        # Repeat weights (features in `repeat_bonus`) plus a per-user part read from the
+        # query, zero at the start so training begins from the shared weights.
         self.repeat_weights = nn.Parameter(torch.zeros(REPEAT_FEATURES))
         self.user_repeat = nn.Linear(dim, REPEAT_FEATURES, bias=False)
         nn.init.zeros_(self.user_repeat.weight)
         self.item_repeat = nn.Embedding(len(item_class) + 1, 1)  # per-item rebuy propensity
         nn.init.zeros_(self.item_repeat.weight)
-        # Own-item re-scoring: not trained (identity in training), fitted on validation.
+        # Own-item re-scoring and live signals: not trained (no-ops), fitted on validation.
         self.register_buffer("own_item_taste", torch.ones(()))
         self.register_buffer("own_item_offset", torch.zeros(()))
         self.register_buffer("own_item_recent", torch.zeros(()))
+        self.register_buffer("live_weights", torch.zeros(len(LIVE_HALF_LIVES_DAYS) + 1))
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
-        for embedding in (self.request_hour, self.request_weekday, self.request_month):
-            nn.init.zeros_(embedding.weight)
+        for context in (self.request_hour, self.request_weekday, self.request_month):
+            nn.init.zeros_(context.weight)
 
     @property
     def device(self) -> torch.device:
@@ -185,10 +188,6 @@ class STARS(nn.Module):
             query = query + context
         query = torch.where((batch.items == PAD).unsqueeze(-1), context, query)
         return query, short, long, gate
-
-    def user_vectors(self, batch: EventBatch) -> torch.Tensor:
-        """(B, T, D) the query u + q(c) of `user_side`."""
-        return self.user_side(batch)[0]
 
     def context_offset(self, hour: torch.Tensor, weekday: torch.Tensor, month: torch.Tensor):
         """q(c): (..., D) offset from the request's (...) hour, weekday and month."""
@@ -273,10 +272,6 @@ class STARS(nn.Module):
             bonus = bonus + weights[..., k] * feature
         return bonus
 
-    def own_item_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The own-item re-scoring's scalars (`own_item_adjustment`), in its order."""
-        return self.own_item_taste, self.own_item_offset, self.own_item_recent
-
     def own_item_adjustment(self, taste: torch.Tensor, repeats: RepeatFeatures) -> torch.Tensor:
         """What re-scoring adds to the items the user had: their `taste` term
         <u + q(c), e_i> becomes own_item_taste x taste, plus own_item_offset, plus
@@ -303,6 +298,15 @@ class STARS(nn.Module):
             return bonus
         return bonus + self.own_item_adjustment(taste, repeats)
 
+    def live_score(self, counts: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """(..., C, H) live counts (`starsrec.data.live`, one per half-life) of C candidates,
+        (C,) whether each is new (no training events) -> (..., C): sum_h w_h log1p(count_h)
+        plus, for new items, w_new log1p(count over the longest half-life): a product
+        launched since training has no learned bias, its sales are all the model knows."""
+        features = torch.log1p(counts)
+        weights = self.live_weights
+        return features @ weights[:-1] + weights[-1] * new.float() * features[..., -1]
+
     def score(
         self,
         query: torch.Tensor,
@@ -312,8 +316,7 @@ class STARS(nn.Module):
     ) -> torch.Tensor:
         """(..., D) queries x (C,) candidate slots -> (..., C) scores before repeat bonus.
         With the (...,) `request_days` (training), an item whose first event is at or after
-        the request did not exist yet: it is scored as a new item, from text and tags with
-        the new-item bias, as serving scores a product added after training."""
+        the request did not exist yet: it is scored as a new item (text, tags, new-item bias)."""
         owned = self.item_tokens.owned(slots)  # one cold-dropout draw for vector and bias
         vectors = self.item_vectors(slots, owned)  # (C, D)
         bias, offsets = self.item_terms(slots, request_events, owned)
@@ -335,15 +338,12 @@ class STARS(nn.Module):
         owned: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`score` of (P, D) queries plus a (C,) per-candidate `shift` (training's -log Q), as
-        inner products [u + q(c), 1, events] . [e_i, b_i + shift_i, o[:, class(i)]]: training
-        spends most of its time on (P, C) tensors, of which `score` makes several. Equal to
-        `score` to float rounding (tests/test_model.py). `owned`: the cold-dropout draw
-        (`item_tokens.owned(slots)`), drawn here when None.
-
-        Items new to a request take a second product. In each of `SCORE_BLOCKS` row blocks,
-        columns seen by every request there take only the first, those new to every one only
-        the second: with rows in request-time order and columns in first-day order (training
-        sorts them so) the two cover little more than one. Any order gives the same numbers."""
+        inner products [u + q(c), 1, events] . [e_i, b_i + shift_i, o[:, class(i)]] (training
+        spends most of its time on (P, C) tensors); equal to `score` to float rounding.
+        `owned`: the cold-dropout draw (`item_tokens.owned(slots)`), drawn here when None.
+        Items new to a request take a second product, per row block only over the columns
+        new to some of its rows (rows in request-time order, columns in first-day order, as
+        training sorts them, make those few; any order gives the same numbers)."""
         owned = self.item_tokens.owned(slots) if owned is None else owned
         columns = [query, torch.ones_like(query[:, :1])]
         offsets = self.calendar_offsets[:, self.item_class[slots]].T  # (C, K)

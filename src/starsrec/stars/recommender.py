@@ -28,6 +28,7 @@ from starsrec.data.calendar import DAY, CalendarEvents
 from starsrec.data.files import CALENDAR_FILE
 from starsrec.data.integrity import ArtifactError, write_json_atomic
 from starsrec.data.interactions import Catalogue, Queries
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
 from starsrec.evaluation.evaluate import validation_metric
 from starsrec.features.encoders import named_encoder
 from starsrec.features.tags import default_tagger
@@ -58,8 +59,9 @@ logger = logging.getLogger(__name__)
 
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
 # repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
-# repeat weights; 4: the own-item re-scoring buffers; 5: the recent-share repeat feature.
-MODEL_FORMAT = 5
+# repeat weights; 4: the own-item re-scoring buffers; 5: the recent-share repeat feature;
+# 6: the live-signal weights.
+MODEL_FORMAT = 6
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
 
@@ -116,6 +118,18 @@ def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.nda
         "subclass": np.maximum(subclass, 0),
         "item_class": np.maximum(item_class, 0),
     }
+
+
+def calibrated(model: STARS) -> dict[str, torch.Tensor]:
+    """The values of `model` fitted on validation after training, by name, each a 0-dim view
+    to fill in place: the own-item re-scoring, then the live-signal weights (one per
+    half-life, then the new items' one)."""
+    live = [f"live_{days:g}d" for days in LIVE_HALF_LIVES_DAYS] + ["live_new"]
+    return {
+        "own_item_taste": model.own_item_taste,
+        "own_item_offset": model.own_item_offset,
+        "own_item_recent": model.own_item_recent,
+    } | dict(zip(live, model.live_weights.unbind(), strict=True))
 
 
 class StarsRecommender(Recommender):
@@ -193,9 +207,8 @@ class StarsRecommender(Recommender):
         state = self.training_state
         if state is None:
             return {}
-        names = ("own_item_taste", "own_item_offset", "own_item_recent")
-        own = dict(zip(names, map(float, self._fitted_model().own_item_buffers()), strict=True))
-        return {"best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)} | own
+        fitted = {name: float(value) for name, value in calibrated(self._fitted_model()).items()}
+        return {"best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)} | fitted
 
     def calibrate(
         self,
@@ -209,8 +222,9 @@ class StarsRecommender(Recommender):
         if steps.new_items and model.use_item_bias and model.new_item_bias_on():
             self.calibrate_new_items(queries, targets, exclude_seen)
         # Own items are re-scored where they can be recommended and are scored apart.
-        if steps.own_items and not exclude_seen and model.use_repeat_score:
-            self.calibrate_own_items(validate)
+        own_items = steps.own_items and not exclude_seen and model.use_repeat_score
+        if own_items or steps.live:
+            self.calibrate_scores(validate, own_items, steps.live)
 
     @torch.no_grad()
     def calibrate_new_items(
@@ -233,25 +247,33 @@ class StarsRecommender(Recommender):
             self._fitted_model().new_item_bias.add_(offset)
 
     @torch.no_grad()
-    def calibrate_own_items(self, validate: Callable[[STARS], float]) -> None:
-        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) on the validation
-        metric (`coordinate_search`); (1, 0, 0), no change, unless a setting does strictly
-        better."""
-        model = self._fitted_model()
+    def calibrate_scores(
+        self, validate: Callable[[STARS], float], own_items: bool, live: bool
+    ) -> None:
+        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) and the live-signal
+        weights (`STARS.live_score`) on the validation metric (`coordinate_search`); each
+        stays a no-op unless a setting does strictly better."""
+        model, steps = self._fitted_model(), self.config.calibration
+        values = calibrated(model)
+        blocks: list[list[tuple[float, ...]]] = []
+        names: list[str] = []
+        if own_items:
+            blocks += [
+                list(itertools.product(steps.own_item_tastes, steps.own_item_offsets)),
+                [(weight,) for weight in steps.own_item_recents],
+            ]
+            names += ["own_item_taste", "own_item_offset", "own_item_recent"]
+        if live:
+            for name in (name for name in values if name.startswith("live_")):
+                grid = steps.live_new_weights if name == "live_new" else steps.live_weights
+                blocks.append([(weight,) for weight in grid])
+                names.append(name)
 
         def apply(setting: tuple[float, ...]) -> None:
-            for buffer, value in zip(model.own_item_buffers(), setting, strict=True):
-                buffer.fill_(value)
+            for name, value in zip(names, setting, strict=True):
+                values[name].fill_(value)
 
-        steps = self.config.calibration
-        pairs = list(itertools.product(steps.own_item_tastes, steps.own_item_offsets))
-        recents = [(weight,) for weight in steps.own_item_recents]
-        coordinate_search(
-            "own items (taste weight, offset, recent-share weight)",
-            lambda: validate(model),
-            (pairs, recents),
-            apply,
-        )
+        coordinate_search(", ".join(names), lambda: validate(model), blocks, apply)
 
     def _fitted_model(self) -> STARS:
         if self.model is None:
@@ -279,18 +301,20 @@ class StarsRecommender(Recommender):
     @torch.no_grad()
     def score(self, queries: Queries) -> np.ndarray:
         """(Q, N) float32 served score of every item: the model's terms (`STARS.user_side`,
-        `item_terms`, `own_item_score`) for each query's recent history."""
+        `item_terms`, `own_item_score`) for each query's recent history, and `live_score`
+        for all shoppers' sales before its time (`replay_counts` of the queries' log)."""
         model, calendar, device = self._fitted_model(), self._fitted_calendar(), self.device
         gap = model.config.session_gap_minutes
         model.eval()
         vectors = model.item_vectors()  # (N, D)
         all_slots = slot_of(torch.arange(vectors.shape[0], device=device))
+        new = model.item_tokens.warm[all_slots] == 0
         scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
         for lo in range(0, len(queries), self.config.score_batch):
             part = queries[lo : lo + self.config.score_batch]
             rows = query_windows(part, model.config.max_length)
             batch = featurize(part.log, rows, part.time, calendar, gap).to(device)
-            query = model.user_vectors(batch)[:, -1]  # (B, D)
+            query = model.user_side(batch)[0][:, -1]  # (B, D)
             bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
             taste = query @ vectors.T  # (B, N)
             counts = history_counts(part, vectors.shape[0], gap, model.config.repeat_basket_decay)
@@ -300,7 +324,11 @@ class StarsRecommender(Recommender):
             )
             weights = model.user_repeat_weights(query)[:, None, :]
             own = model.own_item_score(taste, repeats, all_slots, weights)
-            scores[lo : lo + len(part)] = (taste + bias + offsets + own).cpu().numpy()
+            live = torch.zeros(())  # the live signals, where their weights are fitted
+            if model.live_weights.any():
+                sales = torch.from_numpy(replay_counts(part.log, part.time, len(all_slots)))
+                live = model.live_score(to_device(sales, device), new)
+            scores[lo : lo + len(part)] = (taste + bias + offsets + own + live).cpu().numpy()
         return scores
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -347,54 +375,3 @@ class StarsRecommender(Recommender):
         )
         self.model.eval()
         self.device = torch.device("cpu")  # read into host memory; `to` moves it
-
-
-# Named configurations for the benchmark's ablation table: (model switches, training
-# overrides[, calibration switches]). "no-text" swaps the frozen text vector for a learned
-# id embedding, since an item needs some representation; "sasrec" is every STARS component
-# off but item ids.
-VARIANTS: dict[str, tuple[dict, ...]] = {
-    "stars": ({}, {}),
-    "sasrec": (
-        {
-            "use_text": False,
-            "use_delta": False,
-            "use_tags": False,
-            "use_item_id": True,
-            "use_context": False,
-            "use_recency": False,
-            "use_dual_memory": False,
-            "use_calendar_offsets": False,
-            "use_item_bias": False,
-            "use_repeat_score": False,
-            "use_new_item_bias": False,
-        },
-        {"subclass_negatives": 0},
-        {"new_items": False, "own_items": False},
-    ),
-    "stars-no-delta": ({"use_delta": False}, {}),
-    "stars-no-tags": ({"use_tags": False}, {}),
-    "stars-no-text": ({"use_text": False, "use_delta": False, "use_item_id": True}, {}),
-    "stars-no-dual-memory": ({"use_dual_memory": False}, {}),
-    "stars-no-calendar": ({"use_calendar_offsets": False}, {}),
-    "stars-no-subclass-negatives": ({}, {"subclass_negatives": 0}),
-    "stars-no-repeat": ({"use_repeat_score": False}, {}),
-    "stars-next-basket-loss": ({}, {"next_basket_loss": True}),
-    "stars-no-new-item-bias": ({"use_new_item_bias": False}, {}),
-    "stars-no-own-item-calibration": ({}, {}, {"own_items": False}),
-    "stars-no-new-item-calibration": ({}, {}, {"new_items": False}),
-}
-
-
-def stars_variant(name: str, config: StarsConfig = StarsConfig()) -> StarsRecommender:
-    """A STARS recommender with the switches of variant `name` applied to `config`."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown STARS variant {name!r}; choose from {', '.join(VARIANTS)}")
-    model_switches, train_overrides, *calibration = VARIANTS[name]
-    config = dataclasses.replace(
-        config,
-        model=dataclasses.replace(config.model, **model_switches),
-        train=dataclasses.replace(config.train, **train_overrides),
-        calibration=dataclasses.replace(config.calibration, **(calibration or [{}])[0]),
-    )
-    return StarsRecommender(config)

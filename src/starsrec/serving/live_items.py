@@ -1,0 +1,116 @@
+"""Live signals at serving: every item's recent sales, read from the event store's counters.
+
+The score's live term (`STARS.live_score`) depends on the request time and on every shopper's
+events, not on the query, so the index, which ranks by one fixed inner product, cannot hold
+it. Since the term is never negative (calibration's weights are not), the served top k are
+among the index's top k by the rest of the score and the items with live counts: the service
+scores those few exactly (`live_scores`) and merges them in.
+
+Where the counts come from is a `LiveSource`: `StoreLive` reads the store's counters
+(`EventStore.live_counts`, kept on insert) at most every `refresh_s` and decays the snapshot
+to each request's time; `ReplayedLive` replays an `EventLog` (`starsrec.data.live`), what
+the offline scorer reads, so the contract suite checks the served path on the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+
+import numpy as np
+import torch
+
+from starsrec.data.interactions import EventLog
+from starsrec.data.live import decay_rates, replay_counts
+from starsrec.index.exact import inner_scores
+from starsrec.serving.store import EventStore
+from starsrec.stars.model import STARS
+
+LiveSource = Callable[[float], tuple[np.ndarray, np.ndarray]]  # at -> (rows (R,), (R, H))
+
+
+class StoreLive:
+    """The store's live counts of target events by catalogue row, read at most every
+    `refresh_s` seconds (and after `invalidate`), decayed to each request's time."""
+
+    def __init__(
+        self,
+        store: Callable[[], EventStore],
+        event_types: Collection[str],
+        row_of: Mapping[str, int],
+        refresh_s: float,
+    ) -> None:
+        self.store = store  # a getter: the service reopens its store after a fork
+        self.event_types = sorted(event_types)
+        self.row_of = row_of
+        self.refresh_s = refresh_s
+        self._snapshot: tuple[float, float, np.ndarray, np.ndarray] | None = None
+
+    def invalidate(self) -> None:
+        """Read the store again at the next request (this process just wrote events)."""
+        self._snapshot = None
+
+    def __call__(self, at: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (R,), (R, H) live counts at `at`) of the items with counts."""
+        now = time.monotonic()
+        snapshot = self._snapshot
+        if snapshot is None or now - snapshot[0] > self.refresh_s or at < snapshot[1]:
+            ids, counts = self.store().live_counts(self.event_types, at)
+            rows = np.array([self.row_of.get(i, -1) for i in ids], dtype=np.int64)
+            known = rows >= 0  # an item the catalogue does not hold (yet) is not served
+            snapshot = self._snapshot = (now, at, rows[known], counts[known])
+        _, read_at, rows, counts = snapshot
+        return rows, counts * np.exp(-decay_rates() * (at - read_at))
+
+
+class ReplayedLive:
+    """The live counts of `log` replayed at each request's time (`replay_counts`)."""
+
+    def __init__(self, log: EventLog, n_items: int) -> None:
+        self.log = log
+        self.n_items = n_items
+
+    def __call__(self, at: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (R,), (R, H) live counts at `at`) of the items with counts."""
+        counts = replay_counts(self.log, np.array([at]), self.n_items)[0]
+        rows = np.flatnonzero(counts.any(axis=1))
+        return rows, counts[rows].astype(np.float64)
+
+
+@torch.no_grad()
+def live_scores(model: STARS, rows: np.ndarray, counts: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """(R,) float32 `STARS.live_score` of catalogue `rows` with (R, H) `counts`; `new`
+    (N,) bool over the service's rows: items without training events."""
+    term = model.live_score(
+        torch.from_numpy(counts.astype(np.float32)), torch.from_numpy(new[rows])
+    )
+    return term.numpy().astype(np.float32)
+
+
+def with_live(
+    found: np.ndarray,  # (k,) the index's rows, -1 padding
+    scores: np.ndarray,  # (k,) their scores without the live term
+    live: tuple[np.ndarray, np.ndarray],  # (rows (R,), live terms (R,))
+    vectors: np.ndarray,  # (N, D') the index rows
+    query: np.ndarray,  # (D') the retrieval query
+    skip: np.ndarray,  # rows never to add (excluded, or scored apart as own items)
+    allowed: np.ndarray | None,  # (N,) bool, None = all
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates for the top k with the live term: the index's `found`, their scores
+    plus their live term, then every other live row not in `skip` and allowed, scored
+    exactly (the inner product with `query` plus its live term). Unsorted."""
+    keep = found >= 0
+    found, scores = found[keep], scores[keep].astype(np.float32)
+    rows, terms = live
+    order = np.argsort(rows)
+    rows, terms = rows[order], terms[order]
+    if len(rows):
+        at = np.searchsorted(rows, found).clip(max=len(rows) - 1)
+        hit = rows[at] == found
+        scores[hit] += terms[at[hit]]
+    others = ~np.isin(rows, found) & ~np.isin(rows, skip)
+    if allowed is not None:
+        others &= allowed[rows]
+    extra = rows[others]
+    exact = (inner_scores(query[None], vectors[extra])[0] + terms[others]).astype(np.float32)
+    return np.concatenate([found, extra]), np.concatenate([scores, exact])

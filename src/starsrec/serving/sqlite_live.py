@@ -1,0 +1,56 @@
+"""The SQLite event store's live counters (`starsrec.data.live`): a table with one row per
+(item, event type, half-life), kept by a trigger on every inserted event (an ignored duplicate
+fires none), and set in one aggregate after a bulk load or for a file from before them."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from starsrec.data.calendar import DAY
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS
+
+# The counters and the trigger that keeps them (`starsrec.data.live.fold`, in SQL): one row
+# per (item, event type, half-life in days).
+LIVE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS live_counts (item_id TEXT NOT NULL, event_type TEXT NOT NULL, "
+    "half_life REAL NOT NULL, value REAL NOT NULL, updated REAL NOT NULL, "
+    "PRIMARY KEY (item_id, event_type, half_life))"
+)
+_RATE = f"(0.6931471805599453 / (half_life * {DAY}))"  # ln 2 / h, per second
+LIVE_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS live_count AFTER INSERT ON events BEGIN "
+    "INSERT INTO live_counts (item_id, event_type, half_life, value, updated) VALUES "
+    + ", ".join(
+        f"(NEW.item_id, NEW.event_type, {h!r}, 1.0, NEW.timestamp)" for h in LIVE_HALF_LIVES_DAYS
+    )
+    + " ON CONFLICT (item_id, event_type, half_life) DO UPDATE SET "
+    f"value = CASE WHEN excluded.updated >= updated "
+    f"THEN value * exp(-{_RATE} * (excluded.updated - updated)) + 1.0 "
+    f"ELSE value + exp(-{_RATE} * (updated - excluded.updated)) END, "
+    "updated = max(updated, excluded.updated); END"
+)
+LIVE_READ = "SELECT item_id, half_life, value, updated FROM live_counts WHERE event_type IN ({})"
+
+
+def open_live_counts(conn: sqlite3.Connection) -> None:
+    """Create the live counters and their trigger where missing; a file from before them
+    gets its events' counts computed once."""
+    exists = "SELECT 1 FROM sqlite_master WHERE name = 'live_counts'"
+    if not conn.execute(exists).fetchone():
+        conn.execute(LIVE_TABLE)
+        count_events(conn)
+        conn.execute(LIVE_TRIGGER)
+
+
+def count_events(conn: sqlite3.Connection) -> None:
+    """Set every live counter from the stored events, in one aggregate (what the trigger
+    would have folded in, event by event; counts of forgotten users' events drop out)."""
+    half_lives = ", ".join(f"({h!r})" for h in LIVE_HALF_LIVES_DAYS)
+    conn.execute("DELETE FROM live_counts")
+    conn.execute(
+        f"WITH h(half_life) AS (VALUES {half_lives}) "
+        "INSERT INTO live_counts SELECT item_id, event_type, h.half_life, "
+        f"sum(exp(-{_RATE} * (t - timestamp))), t FROM (SELECT item_id, event_type, timestamp, "
+        "max(timestamp) OVER (PARTITION BY item_id, event_type) AS t FROM events) "
+        "CROSS JOIN h GROUP BY item_id, event_type, h.half_life"
+    )

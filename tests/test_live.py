@@ -1,0 +1,88 @@
+"""Live signals (`starsrec.data.live`): the replayed counts equal the definition, and the
+counters a store keeps on insert read the same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from starsrec.data.calendar import DAY
+from starsrec.data.dataset import EventType
+from starsrec.data.interactions import EventLog
+from starsrec.data.live import (
+    LIVE_HALF_LIVES_DAYS,
+    counter_table,
+    decay_rates,
+    fold,
+    replay_counts,
+)
+
+TYPES = (EventType("purchase", 1.0, True), EventType("return", 0.0, False))
+
+
+def toy_log(seed: int = 0, n_events: int = 200, n_items: int = 6) -> EventLog:
+    """Events of three users at random times over ten days (some sharing a second), a
+    fifth of them returns (not targets)."""
+    rng = np.random.default_rng(seed)
+    user = np.sort(rng.integers(0, 3, n_events))
+    stamps = rng.integers(0, 10 * DAY // 60, n_events) * 60
+    order = np.lexsort((stamps, user))
+    counts = np.bincount(user, minlength=3)
+    return EventLog(
+        user=user[order],
+        item=rng.integers(0, n_items, n_events)[order],
+        timestamp=stamps[order],
+        event_type=(rng.random(n_events) < 0.2).astype(np.int16),
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        user_ids=np.array(["a", "b", "c"]),
+        event_types=TYPES,
+    )
+
+
+def definition(log: EventLog, at: int, n_items: int) -> np.ndarray:
+    """(N, H) sum over target events strictly before `at` of 2^(-(at - t) / h)."""
+    out = np.zeros((n_items, len(LIVE_HALF_LIVES_DAYS)))
+    for item, stamp, target in zip(log.item, log.timestamp, log.is_target, strict=True):
+        if target and stamp < at:
+            out[item] += [2.0 ** (-(at - stamp) / (h * DAY)) for h in LIVE_HALF_LIVES_DAYS]
+    return out
+
+
+def test_replayed_counts_equal_the_definition_in_any_query_order() -> None:
+    log = toy_log()
+    event_times = log.timestamp[:5]  # requests at an event's own second exclude it
+    times = np.concatenate([[11 * DAY, 0, 5 * DAY + 17], event_times, [3 * DAY]])
+    counts = replay_counts(log, times, 6)
+    assert counts.shape == (len(times), 6, len(LIVE_HALF_LIVES_DAYS))
+    for q, at in enumerate(times):
+        np.testing.assert_allclose(counts[q], definition(log, int(at), 6), rtol=1e-5, atol=1e-6)
+    assert not counts[1].any()  # nothing before the first second
+
+
+def test_counters_folded_on_insert_in_any_order_read_the_replayed_counts() -> None:
+    """What a store keeps (`fold` per event, `read` at request time) equals the replay."""
+    log = toy_log(seed=1)
+    rates = decay_rates()
+    shuffled = np.random.default_rng(2).permutation(log.size)
+    value = np.zeros((6, len(rates)))
+    updated = np.full(6, -np.inf)
+    for row in shuffled:
+        if log.is_target[row]:
+            item = log.item[row]
+            value[item], updated[item] = fold(value[item], updated[item], log.timestamp[row], rates)
+    at = float(log.timestamp.max() + 3600)
+    rows = [
+        (f"i{item}", days, value[item, h], updated[item])
+        for item in np.flatnonzero(np.isfinite(updated))
+        for h, days in enumerate(LIVE_HALF_LIVES_DAYS)
+    ]
+    ids, counts = counter_table(rows, at)
+    want = replay_counts(log, np.array([at]), 6)[0]
+    np.testing.assert_allclose(counts, want[[int(i[1:]) for i in ids]], rtol=1e-6)
+
+
+def test_a_counter_reads_halved_after_its_half_life() -> None:
+    value, updated = fold(np.zeros(2), -np.inf, 1000.0, decay_rates())
+    rows = [("x", days, value[h], updated) for h, days in enumerate(LIVE_HALF_LIVES_DAYS)]
+    ids, counts = counter_table([*rows, ("x", 30.0, 5.0, 0.0)], 1000.0 + DAY)  # 30: not kept
+    assert ids == ["x"]
+    np.testing.assert_allclose(counts, [[0.5, 2 ** (-1 / 7)]])
