@@ -43,13 +43,14 @@ from starsrec.recommender import TrainingData
 from starsrec.stars.recommender import StarsRecommender
 
 RESULTS = Path(__file__).parent / "results"
+ADAMW = {"train.item_optimizer": "adamw", "train.item_learning_rate": None}
 ROWWISE = {"model.delta_space": "width", "train.item_optimizer": "rowwise-adagrad"}
 VARIANTS = {
-    "text": ("stars", {}),
-    "width": ("stars", {"model.delta_space": "width"}),
-    "width-rowwise": ("stars", ROWWISE),
+    "text": ("stars", ADAMW | {"model.delta_space": "text"}),
+    "width": ("stars", ADAMW | {"model.delta_space": "width"}),
+    "width-rowwise": ("stars", ROWWISE | {"train.item_learning_rate": None}),
     "width-rowwise-lr0.05": ("stars", ROWWISE | {"train.item_learning_rate": 0.05}),
-    "none": ("stars-no-delta", {}),
+    "none": ("stars-no-delta", ADAMW),
 }
 logger = logging.getLogger("item-parameters-benchmark")
 

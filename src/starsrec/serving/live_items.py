@@ -4,7 +4,7 @@ The score's live term (`STARS.live_score`) depends on the request time and on ev
 events, not on the query, so the index, which ranks by one fixed inner product, cannot hold
 it. Since the term is never negative (calibration's weights are not), the served top k are
 among the index's top k by the rest of the score and the items with live counts: the service
-scores those few exactly (`live_scores`) and merges them in.
+scores those exactly (`with_live`) and merges them in.
 
 Where the counts come from is a `LiveSource`: `StoreLive` reads the store's counters
 (`EventStore.live_counts`, kept on insert) at most every `refresh_s` and decays the snapshot
@@ -98,7 +98,8 @@ def with_live(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidates for the top k with the live term: the index's `found`, their scores
     plus their live term, then every other live row not in `skip` and allowed, scored
-    exactly (the inner product with `query` plus its live term). Unsorted."""
+    exactly (`inner_scores` with `query`, bit for bit the index's, plus its live term).
+    Unsorted."""
     keep = found >= 0
     found, scores = found[keep], scores[keep].astype(np.float32)
     rows, terms = live
