@@ -4,18 +4,14 @@ docs report."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-HOSTILE = Path(__file__).parent.parent / "benchmarks" / "hostile.py"
+from tiny import load_benchmark
 
 
 def test_hostile_smoke_run_answers_every_attack_without_a_5xx(served_artifact, tmp_path) -> None:
     _, _, artifact = served_artifact
-    spec = importlib.util.spec_from_file_location("hostile", HOSTILE)
-    hostile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hostile)
+    hostile = load_benchmark("hostile")
     out = tmp_path / "hostile.json"
     args = ["--artifact", str(artifact), "--phase-seconds", "2", "--slow-seconds", "2"]
     record = hostile.main([*args, "--out", str(out)])

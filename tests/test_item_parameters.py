@@ -3,25 +3,17 @@ variant trains, is measured on validation, and counts its per-item values."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 from starsrec.data.splits import NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.experiments.report import training_data
-from tiny import overrides
-
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "item_parameters.py"
+from tiny import load_benchmark, settings
 
 
 def test_each_variant_is_measured_on_validation_with_its_item_values() -> None:
-    spec = importlib.util.spec_from_file_location("item_parameters", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("item_parameters")
     dataset = make_toy_world(n_users=60)
     data = training_data(dataset, split_dataset(dataset, NEXT_BASKET), exclude_seen=False)
-    base = {key: json.loads(value) for key, value in (o.split("=", 1) for o in overrides())}
+    base = settings()
     rows = {v: module.measure(v, 0, data, 1, base) for v in module.VARIANTS}
     # dim 16, hashing text of 64: the text residual's rows are 4x the width residual's;
     # the other per-item values (bias, repeat weight) are the same in each.

@@ -4,30 +4,17 @@ recall by the evaluator's metric."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import numpy as np
 
 from starsrec.data.baskets import BasketTargets
 from starsrec.data.splits import NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.experiments.report import make_model, training_data
-from tiny import overrides
-
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "live_signals.py"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("live_signals", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tiny import load_benchmark, settings
 
 
 def test_slice_recall_counts_only_the_slice_targets() -> None:
-    module = load_module()
+    module = load_benchmark("live_signals")
     scores = np.tile(np.arange(30, 0, -1, dtype=np.float32), (2, 1))  # item 0 best
     # query 0: items 0 (top 20) and 25 (not); query 1: item 25 only
     targets = BasketTargets(np.array([0, 2, 3]), np.array([0, 25, 25]))
@@ -39,11 +26,10 @@ def test_slice_recall_counts_only_the_slice_targets() -> None:
 
 
 def test_both_calibrations_and_the_sweep_run_on_one_trained_model() -> None:
-    module = load_module()
+    module = load_benchmark("live_signals")
     dataset = make_toy_world(n_users=60)
     data = training_data(dataset, split_dataset(dataset, NEXT_BASKET), exclude_seen=False)
-    base = {key: json.loads(value) for key, value in (o.split("=", 1) for o in overrides())}
-    model = make_model("stars", 0, 1, base).fit(data)
+    model = make_model("stars", 0, 1, settings()).fit(data)
     _, own_metric, _ = module.calibrate(model, data, live=False)
     values, live_metric, _ = module.calibrate(model, data, live=True)
     assert live_metric >= own_metric  # the live weights start at 0 and move only to gain

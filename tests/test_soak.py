@@ -4,17 +4,14 @@ report."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-SOAK = Path(__file__).parent.parent / "benchmarks" / "soak.py"
+from tiny import load_benchmark
 
 
 def test_soak_smoke_run_has_no_errors(served_artifact, tmp_path: Path) -> None:
     _, _, artifact = served_artifact
-    spec = importlib.util.spec_from_file_location("soak", SOAK)
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
+    soak = load_benchmark("soak")
     out = tmp_path / "soak.json"
     args = ["--artifact", str(artifact), "--duration", "6", "--rate", "25", "--window", "3"]
     record = soak.main([*args, "--warmup", "2", "--out", str(out)])

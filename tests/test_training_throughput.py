@@ -4,22 +4,16 @@ the scaling figure is drawn."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from starsrec.experiments.plots import scaling_loglog
-from tiny import overrides
-
-BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "training_throughput.py"
+from tiny import load_benchmark, overrides
 
 
 def benchmark():
-    spec = importlib.util.spec_from_file_location("training_throughput", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("training_throughput")
 
 
 def test_a_generated_shop_is_a_well_formed_log() -> None:
