@@ -78,12 +78,10 @@ class ReplayedLive:
 
 
 @torch.no_grad()
-def live_scores(model: STARS, rows: np.ndarray, counts: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """(R,) float32 `STARS.live_score` of catalogue `rows` with (R, H) `counts`; `new`
-    (N,) bool over the service's rows: items without training events."""
-    term = model.live_score(
-        torch.from_numpy(counts.astype(np.float32)), torch.from_numpy(new[rows])
-    )
+def live_scores(model: STARS, counts: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """(R,) float32 `STARS.live_score` of R items with (R, H) `counts`; `new` (R,) bool:
+    whether each is without training events."""
+    term = model.live_score(torch.from_numpy(counts.astype(np.float32)), torch.from_numpy(new))
     return term.numpy().astype(np.float32)
 
 

@@ -254,13 +254,11 @@ class RecommendationService(ProductWrites):
         # _merge_history: the index supplies the best k others (had it returned own items
         # among its k, fewer than k others would be left to merge with them).
         own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
-        found, scores = self.index.search(
-            query[None], k, allowed, [np.union1d(exclude, own)], filters.scope
-        )
+        skip = np.union1d(exclude, own)
+        found, scores = self.index.search(query[None], k, allowed, [skip], filters.scope)
         live = self.live_terms(at)
         found, scores = found[0], scores[0]
         if live is not None:
-            skip = np.union1d(exclude, own)
             found, scores = with_live(found, scores, live, self.index.vectors, query, skip, allowed)
         found, scores = self._merge_history(
             query, found, scores, history, rows, at, allowed, exclude, k, live
@@ -323,9 +321,10 @@ class RecommendationService(ProductWrites):
         if not self.model.live_weights.any():
             return None
         rows, counts = self.live(at)
-        new = np.ones(len(self.items), dtype=bool)  # products put since training are new
-        new[: len(self._warm)] = ~self._warm
-        return rows, live_scores(self.model, rows, counts, new)
+        new = np.ones(len(rows), dtype=bool)  # products put since training are new
+        trained = rows < len(self._warm)
+        new[trained] = ~self._warm[rows[trained]]
+        return rows, live_scores(self.model, counts, new)
 
     def _context(self, at: float) -> np.ndarray:
         """q(c) (D,) for a request at `at`, read from the model's table."""
