@@ -228,17 +228,17 @@ def _serve(
         if workers == 1:
             run()
             return 0
-        sock = forked.listening_socket(host, port)
+        sockets = forked.listening_sockets(host, port, workers)
         service.store.close()  # each worker opens its own
 
-        def run_worker(number: int) -> None:
+        def run_worker(number: int, sock: socket) -> None:
             service.reopen_store()
             try:
                 run(forked.notify_parent, sock)
             finally:
                 service.store.close()
 
-        return forked.serve_workers(workers, run_worker)
+        return forked.serve_workers(run_worker, sockets)
     finally:  # as it was, for a caller that goes on (tests, embedding)
         sys.setswitchinterval(interval)
         gc.unfreeze()

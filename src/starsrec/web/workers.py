@@ -1,9 +1,10 @@
-"""`starsrec serve --workers N`: N processes answering on one socket, sharing what was loaded.
+"""`starsrec serve --workers N`: N processes answering on one port, sharing what was loaded.
 
-The parent loads the artifact once, freezes it out of the collector and forks; each worker
-answers on the inherited listening socket (the kernel hands each connection to one of them)
-and reads the model, the index and the item table from the parent's pages: copy-on-write,
-shared for as long as nobody writes them. Each worker opens its own event-store connection
+The parent loads the artifact once, opens one listening socket per worker on the port
+(SO_REUSEPORT: the kernel spreads new connections over them), freezes what it loaded out of
+the collector and forks; each worker answers on its own socket and reads the model, the
+index and the item table from the parent's pages: copy-on-write, shared for as long as
+nobody writes them. Each worker opens its own event-store connection
 (a connection must not cross a fork) and follows the product log and the store's forgets
 (`starsrec.web.app`), so a product put or a user forgotten through one worker reaches all.
 
@@ -46,19 +47,32 @@ def held_signals() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port) and listening, for the workers to inherit."""
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` TCP sockets listening on (host, port), one per worker (port 0: one free port
+    for all). With SO_REUSEPORT (Linux) each is its own socket and the kernel spreads new
+    connections over them: on one shared socket the first worker to wake accepts every
+    pending connection, so a few keep-alive clients all land on one worker while the others
+    idle (docs/benchmarks.md, "Serving"). Without SO_REUSEPORT, one shared socket `count`
+    times."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    share = hasattr(socket, "SO_REUSEPORT")
+    sockets: list[socket.socket] = []
     try:
-        sock.bind((host, port))
+        for _ in range(count if share else 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if share:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the one it got
+            sock.listen(2048)
+            sock.set_inheritable(True)
     except OSError as error:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise ValueError(f"cannot listen on {host}:{port} ({error.strerror})") from error
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    return sockets if share else sockets * count
 
 
 def notify_parent() -> None:
@@ -66,10 +80,15 @@ def notify_parent() -> None:
     os.kill(os.getppid(), signal.SIGUSR1)
 
 
-def serve_workers(count: int, run_worker: Callable[[int], None]) -> int:
-    """Fork `count` workers, each running `run_worker(number)` until it returns, then
-    supervise them (see the module doc); returns the parent's exit status. Call it inside
-    `held_signals`."""
+def serve_workers(
+    run_worker: Callable[[int, socket.socket], None], sockets: list[socket.socket]
+) -> int:
+    """Fork one worker per listening socket (`listening_sockets`), worker n running
+    `run_worker(n, sockets[n])` until it returns with the other sockets closed, then
+    supervise them (see the module doc); returns the parent's exit status. The parent
+    closes every socket once the workers hold them: a socket nobody accepts on would keep
+    the connections the kernel gives it waiting. Call it inside `held_signals`."""
+    count = len(sockets)
     parent = os.getpid()
     workers: dict[int, int] = {}  # pid -> worker number
     for number in range(count):
@@ -81,13 +100,19 @@ def serve_workers(count: int, run_worker: Callable[[int], None]) -> int:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED)
                 _die_with(parent)
-                run_worker(number)
+                own = sockets[number]
+                for sock in sockets:
+                    if sock is not own:
+                        sock.close()
+                run_worker(number, own)
                 status = 0
             except BaseException:
                 logger.exception("worker %d failed", number)
             finally:
                 os._exit(status)
         workers[pid] = number
+    for sock in sockets:
+        sock.close()
     logger.info("serving with %d workers (pids %s)", count, ", ".join(map(str, workers)))
     return _supervise(workers)
 
