@@ -15,7 +15,8 @@ filter, 10% and 1% filters (each request carries two live session events, so the
 runs); recall@10 of the index against exact filtered search; then the same mix over HTTP on
 loopback with `wrk` for `--duration` seconds, served as `starsrec serve --workers N` serves
 (`--workers 1,2`, one thread each) at 1, 4 and 8 connections: p50/p99, requests/s and
-errors, and the server's memory (RSS and PSS of the parent and each worker). Writes
+errors, each server process's CPU seconds per run (whether every worker took a share of the
+connections), and the server's memory (RSS and PSS of the parent and each worker). Writes
 benchmarks/results/serving.json, the empirical CDF of the in-process latencies as
 benchmarks/results/figures/serving-latency-{items}.png (the record's "latency_figure"), and
 prints a table.
@@ -79,11 +80,20 @@ def memory_mib(pid: int) -> dict[str, float]:
     return sizes
 
 
+def server_processes(pid: int) -> list[int]:
+    """A server process and its forked workers, if any."""
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_memory(pid: int) -> dict:
     """The memory of a server process and of its forked workers, if any."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    workers = [memory_mib(int(c)) for c in children]
-    processes = [memory_mib(pid), *workers]
+    processes = [memory_mib(p) for p in server_processes(pid)]
     return {
         "processes": processes,
         "total_rss_mib": sum(m["rss"] for m in processes),
@@ -322,7 +332,9 @@ def over_http(
         script = workdir / "recommend.lua"
         script.write_text(WRK_SCRIPT)
         runs = []
+        processes = server_processes(child.pid)
         for count, seconds in [(max(connections), 5)] + [(c, duration) for c in connections]:
+            before = [cpu_seconds(p) for p in processes]
             output = subprocess.run(
                 [
                     "wrk",
@@ -347,6 +359,11 @@ def over_http(
             stats["workers"] = workers
             non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
             stats["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+            # Each process's CPU seconds in the run (parent first): whether every worker
+            # took a share of the connections.
+            stats["cpu_s"] = [
+                round(cpu_seconds(p) - b, 2) for p, b in zip(processes, before, strict=True)
+            ]
             runs.append(stats)
         return {"workers": workers, "runs": runs[1:], "memory": server_memory(child.pid)}
     finally:
@@ -477,7 +494,8 @@ def table(record: dict) -> str:
                 f"| HTTP, {server['workers']} worker(s), {run['connections']} connection(s), "
                 f"{run['duration_s']:.0f} s | mixed | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | "
                 f"{run['requests_per_s']:.0f} req/s, {run['requests']} requests, "
-                f"{run['errors'] + run['non_2xx']} errors |"
+                f"{run['errors'] + run['non_2xx']} errors, CPU s per process "
+                f"{' + '.join(f'{c:.1f}' for c in run.get('cpu_s', []))} |"
             )
     lines.append("")
     lines.append("| server | processes' RSS MiB | total RSS MiB | total PSS MiB |")
