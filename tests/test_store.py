@@ -287,3 +287,45 @@ def test_live_counts_kept_on_insert_equal_the_replayed_counts(store: EventStore)
     for item, row in zip(ids, counts, strict=True):
         assert row == pytest.approx(want(item, ("buy", "view")), rel=1e-9)
     assert store.live_counts([], at)[0] == []
+
+
+def test_forgetting_a_user_takes_their_events_out_of_the_live_counts(store: EventStore) -> None:
+    """After `forget`, every counter equals the replayed counts of the events still stored,
+    whether the user's events came before, between or after the others'."""
+    from starsrec.data.calendar import DAY
+    from starsrec.data.live import LIVE_HALF_LIVES_DAYS
+
+    sales = [("a", 0.0, "u0"), ("a", DAY, "gone"), ("a", 2 * DAY, "u1"), ("b", 3 * DAY, "gone")]
+    sales += [("b", 0.5 * DAY, "u0"), ("c", 1.5 * DAY, "gone")]
+    store.append([ev(f"e{n}", user, ts, item, "buy") for n, (item, ts, user) in enumerate(sales)])
+    assert store.forget("gone") == 3
+    at = 4 * DAY
+    ids, counts = store.live_counts(["buy"], at)
+    for item, row in zip(ids, counts, strict=True):
+        want = [
+            sum(2 ** (-(at - ts) / (h * DAY)) for i, ts, u in sales if i == item and u != "gone")
+            for h in LIVE_HALF_LIVES_DAYS
+        ]
+        assert row == pytest.approx(want, rel=1e-9, abs=1e-12), item
+    assert dict(zip(ids, counts[:, 0], strict=True))["c"] == 0.0  # only the forgotten bought it
+    store.append([ev("again", "u2", 3.5 * DAY, "c", "buy")])  # a new sale counts from zero
+    ids, counts = store.live_counts(["buy"], at)
+    assert dict(zip(ids, counts[:, 0], strict=True))["c"] == pytest.approx(2**-0.5)
+
+
+def test_an_event_store_from_before_the_forget_trigger_recounts_once(tmp_path: Path) -> None:
+    """A file whose counters still held a forgotten user's events (before the delete trigger)
+    has them computed again from its events when opened."""
+    path = tmp_path / "events.sqlite"
+    store = SQLiteEventStore(path)
+    store.append([ev("e0", "u0", 0.0, "a", "buy"), ev("e1", "gone", 0.0, "a", "buy")])
+    store.close()
+    with sqlite3.connect(path) as conn:  # as an older version left it
+        conn.execute("DROP TRIGGER live_uncount")
+        conn.execute("DELETE FROM events WHERE user_id = 'gone'")
+        assert conn.execute("SELECT max(value) FROM live_counts").fetchone()[0] == 2.0
+    conn.close()
+    store = SQLiteEventStore(path)
+    ids, counts = store.live_counts(["buy"], 0.0)
+    assert ids == ["a"] and counts[0].tolist() == [1.0, 1.0]
+    store.close()

@@ -36,8 +36,9 @@ Design:
   consistent snapshot, like SQLite's read transaction.
 - Thread-safe: redis-py's client keeps a connection pool; no lock is needed.
 - Nothing expires and nothing is trimmed, as in SQLite: memory grows with the event count.
-  `forget` (one script: the user's ids out of the id set, then their key) deletes a user
-  and appends the user id to the list `{prefix}forgets`, the journal every server follows.
+  `forget` (one script: the user's ids out of the id set, their events out of the live
+  counters, then their key) deletes a user and appends the user id to the list
+  `{prefix}forgets`, the journal every server follows.
   One script touches several users' keys, so on Redis Cluster put the keys in one slot with a
   hash-tagged prefix such as "{starsrec}:".
 
@@ -112,12 +113,32 @@ for n = 1, (#KEYS - 2) / 2 do
 end
 return added
 """
-# KEYS: the id set, the user's key, the journal of forgets; ARGV: the user id. Each
-# member's JSON (after the arrival number) is the event's row, its id first.
+# KEYS: the id set, the user's key, the journal of forgets; ARGV: the user id and the
+# prefix of the live hashes. Each member's JSON (after the arrival number) is the event's
+# row (id, user, item, type, timestamp). Each event leaves its type's live counter: its
+# weight at the counter's update time is subtracted, the exact inverse of its fold (clipped
+# at 0 against rounding). The live hashes are named in the script, not in KEYS (a user's
+# event types are known only inside it); under a hash-tagged prefix they share the slot of
+# the declared keys.
 _FORGET = f"""
+local rates = {{{_RATES}}}
+local function unfold(key, item, at)
+  local old = redis.call('HGET', key, item)
+  if not old then return end
+  local parts = {{}}
+  for word in string.gmatch(old, '%S+') do parts[#parts + 1] = tonumber(word) end
+  local text = string.format('%.17g', parts[1])
+  for h = 1, #rates do
+    local value = math.max(parts[h + 1] - math.exp(-rates[h] * (parts[1] - at)), 0)
+    text = text .. ' ' .. string.format('%.17g', value)
+  end
+  redis.call('HSET', key, item, text)
+end
 local members = redis.call('ZRANGE', KEYS[2], 0, -1)
 for _, member in ipairs(members) do
-  redis.call('SREM', KEYS[1], cjson.decode(string.sub(member, {_SEQ_DIGITS + 1}))[1])
+  local row = cjson.decode(string.sub(member, {_SEQ_DIGITS + 1}))
+  redis.call('SREM', KEYS[1], row[1])
+  unfold(ARGV[2] .. row[4], row[3], tonumber(row[5]))
 end
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[3], ARGV[1])
@@ -270,7 +291,8 @@ class RedisEventStore(EventStore):
     def forget(self, user_id: str) -> int:
         """See `EventStore.forget`: one atomic script (durable as far as `append` is)."""
         keys = [self._ids, self._user_key(user_id), self._forgets]
-        return int(self._forget(keys=keys, args=[user_id], client=self._db()))
+        args = [user_id, self._live_key("")]
+        return int(self._forget(keys=keys, args=args, client=self._db()))
 
     def forgotten(self, after: int = 0) -> tuple[list[str], int]:
         """See `EventStore.forgotten`: positions count the entries of a Redis list."""

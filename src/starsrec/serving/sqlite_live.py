@@ -1,6 +1,7 @@
 """The SQLite event store's live counters (`starsrec.data.live`): a table with one row per
 (item, event type, half-life), kept by a trigger on every inserted event (an ignored duplicate
-fires none), and set in one aggregate after a bulk load or for a file from before them."""
+fires none) and one on every deleted event (a forgotten user's), and set in one aggregate
+after a bulk load or for a file from before them."""
 
 from __future__ import annotations
 
@@ -29,17 +30,25 @@ LIVE_TRIGGER = (
     f"ELSE value + exp(-{_RATE} * (updated - excluded.updated)) END, "
     "updated = max(updated, excluded.updated); END"
 )
+# A deleted event (a forgotten user's) leaves the counts: its weight at the counter's update
+# time is subtracted, the exact inverse of its fold (clipped at 0 against rounding).
+LIVE_UNTRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS live_uncount AFTER DELETE ON events BEGIN "
+    f"UPDATE live_counts SET value = max(value - exp(-{_RATE} * (updated - OLD.timestamp)), 0.0) "
+    "WHERE item_id = OLD.item_id AND event_type = OLD.event_type; END"
+)
 LIVE_READ = "SELECT item_id, half_life, value, updated FROM live_counts WHERE event_type IN ({})"
 
 
 def open_live_counts(conn: sqlite3.Connection) -> None:
-    """Create the live counters and their trigger where missing; a file from before them
-    gets its events' counts computed once."""
-    exists = "SELECT 1 FROM sqlite_master WHERE name = 'live_counts'"
+    """Create the live counters and their triggers where missing; a file from before them
+    (or from before deletes left the counts) gets its events' counts computed once."""
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'live_uncount'"
     if not conn.execute(exists).fetchone():
         conn.execute(LIVE_TABLE)
         count_events(conn)
         conn.execute(LIVE_TRIGGER)
+        conn.execute(LIVE_UNTRIGGER)
 
 
 def count_events(conn: sqlite3.Connection) -> None:

@@ -24,8 +24,9 @@ Design of the SQLite backend:
   a file written by a newer version is refused instead of misread.
 - Live counts (`starsrec.data.live`): a trigger folds every inserted event into its item's
   counter per (event type, half-life) in the same transaction, so an ignored duplicate counts
-  nothing and a request reads every item's recent sales without scanning events. `forget`
-  leaves the counters as they are: they hold all shoppers' sums, no one's events, and decay.
+  nothing and a request reads every item's recent sales without scanning events; a second
+  trigger takes a deleted event (`forget`) out of them, so the counts stay those of the
+  stored events.
 """
 
 from __future__ import annotations
