@@ -271,7 +271,7 @@ def test_the_quickstart_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> 
         # The item the page marks out of stock is left out from then on, by every worker
         # once it has followed the product log (`serve` runs one per core; a request may
         # reach either, and the one the PUT did not reach applies it within a follow
-        # interval: on a loaded machine, give that some seconds).
+        # interval, plus the time to tag the product: on a loaded machine, some seconds).
         request = {"user_id": "C10007", "k": 59}
 
         def recommended() -> set[str]:
@@ -279,10 +279,12 @@ def test_the_quickstart_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> 
             assert items
             return {item["item_id"] for item in items}
 
-        deadline = time.monotonic() + 10.0
-        while "SKU-0024" in recommended() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert all("SKU-0024" not in recommended() for _ in range(10))
+        # Ten answers in a row without it (fresh connections, spread over the workers):
+        # every worker has followed. One answer without it showed only that one had.
+        deadline, streak = time.monotonic() + 30.0, 0
+        while streak < 10:
+            assert time.monotonic() < deadline, "a worker still recommends SKU-0024 after 30 s"
+            streak = 0 if "SKU-0024" in recommended() else streak + 1
     finally:
         run.stop()
     steps = ["data summary", "data prepare", "evaluate", "train", "index", "serve"]
