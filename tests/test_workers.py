@@ -136,6 +136,9 @@ def test_a_worker_that_dies_stops_the_server(artifact: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("option", ["0", "-1"])
-def test_workers_must_be_positive(artifact: Path, tmp_path: Path, option: str) -> None:  # noqa: F811
-    with pytest.raises(RuntimeError, match="--workers must be >= 1"):
-        Server(artifact, tmp_path / "server.log", options=("--workers", option))
+def test_workers_must_be_positive(tmp_path: Path, option: str, capsys) -> None:
+    """Refused before anything loads (the artifact need not even exist)."""
+    from starsrec.cli.commands import main
+
+    assert main(["serve", str(tmp_path / "no-artifact"), "--workers", option]) == 2
+    assert f"--workers must be >= 1, got {option}" in capsys.readouterr().err
