@@ -329,3 +329,33 @@ def test_an_event_store_from_before_the_forget_trigger_recounts_once(tmp_path: P
     ids, counts = store.live_counts(["buy"], 0.0)
     assert ids == ["a"] and counts[0].tolist() == [1.0, 1.0]
     store.close()
+
+
+def test_the_event_count_is_kept_through_appends_loads_duplicates_and_forgets(
+    tmp_path: Path,
+) -> None:
+    """`count` reads a counter the triggers keep, never a scan: it equals the rows stored
+    after every kind of write, and a file from before the counter gains it when opened."""
+    path = tmp_path / "events.sqlite"
+    store = SQLiteEventStore(path)
+
+    def rows() -> int:
+        return store._db().execute("SELECT count(*) FROM events").fetchone()[0]
+
+    store.append([ev("e0", "u0"), ev("e1", "u1"), ev("e0", "u0")])  # one duplicate
+    assert store.count() == rows() == 2
+    store.load([ev(f"l{n}", f"u{n % 3}") for n in range(5)] + [ev("e1", "u1")], progress=False)
+    assert store.count() == rows() == 7
+    store.append([ev("after-load", "u2")])  # the insert trigger is back after a load
+    assert store.count() == rows() == 8
+    store.forget("u1")
+    assert store.count() == rows() == 5
+    store.close()
+    with sqlite3.connect(path) as conn:  # as an older version left it
+        conn.execute("DROP TRIGGER event_removed")
+        conn.execute("DROP TRIGGER event_added")
+        conn.execute("DROP TABLE event_count")
+    conn.close()
+    store = SQLiteEventStore(path)
+    assert store.count() == rows() == 5
+    store.close()

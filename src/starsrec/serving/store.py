@@ -22,11 +22,11 @@ Design of the SQLite backend:
   open the same file (WAL allows concurrent readers, and writers wait up to `_BUSY_TIMEOUT_S`).
 - `PRAGMA user_version` records the schema version, so a later schema change is detected and
   a file written by a newer version is refused instead of misread.
-- Live counts (`starsrec.data.live`): a trigger folds every inserted event into its item's
-  counter per (event type, half-life) in the same transaction, so an ignored duplicate counts
-  nothing and a request reads every item's recent sales without scanning events; a second
-  trigger takes a deleted event (`forget`) out of them, so the counts stay those of the
-  stored events.
+- Counters kept by triggers in the same transaction (`starsrec.serving.sqlite_counters`): the
+  number of stored events (`count`, which /healthz reads), and the live counts
+  (`starsrec.data.live`): every inserted event is folded into its item's counter per (event
+  type, half-life), so a request reads every item's recent sales without scanning events, and
+  a deleted event (`forget`) is taken out again. An ignored duplicate counts nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from starsrec.data.live import LIVE_HALF_LIVES_DAYS, counter_table
-from starsrec.serving.sqlite_live import LIVE_READ, LIVE_TRIGGER, count_events, open_live_counts
+from starsrec.serving.sqlite_counters import COUNT_READ, LIVE_READ, bulk_insert, open_counters
 
 logger = logging.getLogger(__name__)
 MAX_TIMESTAMP = 1e11  # about the year 5138: later "timestamps" are milliseconds by mistake
@@ -255,7 +255,7 @@ class SQLiteEventStore(EventStore):
             forgets = "CREATE TABLE IF NOT EXISTS forgets (seq INTEGER PRIMARY KEY, user_id TEXT)"
             if version == SCHEMA_VERSION:
                 conn.execute(forgets)
-                open_live_counts(conn)
+                open_counters(conn)
                 return
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise ValueError(
@@ -268,7 +268,7 @@ class SQLiteEventStore(EventStore):
             )
             conn.execute("CREATE INDEX events_user_time ON events (user_id, timestamp)")
             conn.execute(forgets)
-            open_live_counts(conn)
+            open_counters(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             logger.info("created event store %s", self.path)
 
@@ -305,14 +305,11 @@ class SQLiteEventStore(EventStore):
             with (
                 tqdm(total=total, desc="load events", unit="ev", disable=not progress) as bar,
                 _transaction(conn),
+                bulk_insert(conn),
             ):
-                # Counted in one aggregate at the end: folding each event costs more.
-                conn.execute("DROP TRIGGER live_count")
                 while batch := list(islice(iterator, batch_size)):
                     added += conn.executemany(_INSERT, [validated_row(e) for e in batch]).rowcount
                     bar.update(len(batch))
-                count_events(conn)
-                conn.execute(LIVE_TRIGGER)
         logger.info("loaded %d new events into %s", added, self.path)
         return added
 
@@ -369,7 +366,7 @@ class SQLiteEventStore(EventStore):
     def count(self) -> int:
         """See `EventStore.count`."""
         with self._lock:
-            return self._db().execute("SELECT count(*) FROM events").fetchone()[0]
+            return self._db().execute(COUNT_READ).fetchone()[0]
 
     def has(self, event_id: str) -> bool:
         """See `EventStore.has`."""

@@ -1,11 +1,14 @@
-"""The SQLite event store's live counters (`starsrec.data.live`): a table with one row per
-(item, event type, half-life), kept by a trigger on every inserted event (an ignored duplicate
-fires none) and one on every deleted event (a forgotten user's), and set in one aggregate
-after a bulk load or for a file from before them."""
+"""The SQLite event store's counters, kept by triggers so that reading one never scans the
+events: the number of stored events (`count`), and the live counters (`starsrec.data.live`),
+a table with one row per (item, event type, half-life). Both follow every inserted event (an
+ignored duplicate fires none) and every deleted one (a forgotten user's), and are set in one
+aggregate after a bulk load or for a file from before them."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starsrec.data.calendar import DAY
 from starsrec.data.live import LIVE_HALF_LIVES_DAYS
@@ -40,15 +43,49 @@ LIVE_UNTRIGGER = (
 LIVE_READ = "SELECT item_id, half_life, value, updated FROM live_counts WHERE event_type IN ({})"
 
 
-def open_live_counts(conn: sqlite3.Connection) -> None:
-    """Create the live counters and their triggers where missing; a file from before them
-    (or from before deletes left the counts) gets its events' counts computed once."""
-    exists = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'live_uncount'"
-    if not conn.execute(exists).fetchone():
+# The number of stored events: one row, one more per insert and one fewer per delete.
+COUNT_TABLE = "CREATE TABLE IF NOT EXISTS event_count (n INTEGER NOT NULL)"
+COUNT_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS event_added AFTER INSERT ON events BEGIN "
+    "UPDATE event_count SET n = n + 1; END",
+    "CREATE TRIGGER IF NOT EXISTS event_removed AFTER DELETE ON events BEGIN "
+    "UPDATE event_count SET n = n - 1; END",
+)
+COUNT_READ = "SELECT n FROM event_count"
+
+
+def open_counters(conn: sqlite3.Connection) -> None:
+    """Create the counters and their triggers where missing, inside the caller's write
+    transaction; a file from before them gets its counts computed once from its events."""
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
+    if not conn.execute(exists, ("live_uncount",)).fetchone():
         conn.execute(LIVE_TABLE)
         count_events(conn)
         conn.execute(LIVE_TRIGGER)
         conn.execute(LIVE_UNTRIGGER)
+    if not conn.execute(exists, ("event_removed",)).fetchone():
+        conn.execute(COUNT_TABLE)
+        _count_rows(conn)
+        for trigger in COUNT_TRIGGERS:
+            conn.execute(trigger)
+
+
+@contextmanager
+def bulk_insert(conn: sqlite3.Connection) -> Iterator[None]:
+    """Inserts without the per-event triggers, inside the caller's write transaction; the
+    counters are set in one aggregate each at the end (folding every event costs more)."""
+    conn.execute("DROP TRIGGER live_count")
+    conn.execute("DROP TRIGGER event_added")
+    yield
+    count_events(conn)
+    _count_rows(conn)
+    conn.execute(LIVE_TRIGGER)
+    conn.execute(COUNT_TRIGGERS[0])
+
+
+def _count_rows(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM event_count")
+    conn.execute("INSERT INTO event_count SELECT count(*) FROM events")
 
 
 def count_events(conn: sqlite3.Connection) -> None:
