@@ -142,3 +142,19 @@ def test_workers_must_be_positive(tmp_path: Path, option: str, capsys) -> None:
 
     assert main(["serve", str(tmp_path / "no-artifact"), "--workers", option]) == 2
     assert f"--workers must be >= 1, got {option}" in capsys.readouterr().err
+
+
+def test_a_second_server_cannot_join_the_workers_port() -> None:
+    """The workers' sockets share their port with each other (SO_REUSEPORT), never with
+    another server started on the same port: that one is refused, as before."""
+    from starsrec.web.workers import listening_sockets
+
+    first = listening_sockets("127.0.0.1", 0, 2)
+    try:
+        port = first[0].getsockname()[1]
+        assert {s.getsockname()[1] for s in first} == {port}
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listening_sockets("127.0.0.1", port, 2)
+    finally:
+        for sock in first:
+            sock.close()

@@ -49,15 +49,22 @@ def held_signals() -> Iterator[None]:
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` TCP sockets listening on (host, port), one per worker (port 0: one free port
-    for all). With SO_REUSEPORT (Linux) each is its own socket and the kernel spreads new
-    connections over them: on one shared socket the first worker to wake accepts every
-    pending connection, so a few keep-alive clients all land on one worker while the others
-    idle (docs/benchmarks.md, "Serving"). Without SO_REUSEPORT, one shared socket `count`
-    times."""
+    for all); ValueError when the port is taken. With SO_REUSEPORT (Linux) each is its own
+    socket and the kernel spreads new connections over them: on one shared socket the first
+    worker to wake accepts every pending connection, so a few keep-alive clients all land on
+    one worker while the others idle (docs/benchmarks.md, "Serving"). Without SO_REUSEPORT,
+    one shared socket `count` times."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     share = hasattr(socket, "SO_REUSEPORT")
     sockets: list[socket.socket] = []
     try:
+        if share:
+            # SO_REUSEPORT would also join another server's sockets on the port (a second
+            # `starsrec serve` started by mistake): a plain bind first says whether it is free.
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+                port = probe.getsockname()[1]  # port 0: the free port every socket joins
         for _ in range(count if share else 1):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
@@ -65,7 +72,6 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             if share:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the others join the one it got
             sock.listen(2048)
             sock.set_inheritable(True)
     except OSError as error:
