@@ -86,3 +86,46 @@ def test_a_counter_reads_halved_after_its_half_life() -> None:
     ids, counts = counter_table([*rows, ("x", 30.0, 5.0, 0.0)], 1000.0 + DAY)  # 30: not kept
     assert ids == ["x"]
     np.testing.assert_allclose(counts, [[0.5, 2 ** (-1 / 7)]])
+
+
+def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach_it() -> None:
+    """`with_live` on the exact index's top k gives the top k of (score + live term) over
+    every allowed row not skipped, ties aside; rows whose live term cannot lift them past
+    the k-th are not scored, and with fewer than k found every live row is."""
+    from starsrec.index.exact import inner_scores
+    from starsrec.serving.live_items import with_live
+
+    rng = np.random.default_rng(0)
+    n, k = 500, 10
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    query = rng.normal(size=8).astype(np.float32)
+    base = inner_scores(query[None], vectors)[0]
+    skip = np.array([3, 7])
+    allowed = rng.random(n) > 0.2
+    for trial in range(20):
+        rows = np.sort(rng.choice(n, size=200, replace=False))
+        # heavy-tailed like sales: most terms tiny, a few large
+        terms = (rng.pareto(1.5, size=200) * (0.05 if trial % 2 else 1.0)).astype(np.float32)
+        eligible = allowed.copy()
+        eligible[skip] = False
+        plain = np.where(eligible, base, -np.inf)
+        found = np.argsort(-plain)[:k]
+        merged, scores = with_live(found, base[found], (rows, terms), vectors, query, skip, allowed)
+        total = plain.copy()
+        total[rows] += terms
+        want = np.sort(total)[::-1][:k]
+        got = np.sort(scores)[::-1][:k]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert len(merged) <= k + len(rows)
+    # The found items selling well and every other live row a little: no other row can
+    # pass the k-th found, so none is scored.
+    rows = np.union1d(rows, found)
+    tiny_terms = np.where(np.isin(rows, found), 5.0, 1e-6).astype(np.float32)
+    merged, _ = with_live(found, base[found], (rows, tiny_terms), vectors, query, skip, allowed)
+    assert set(merged) == set(found)
+    # Fewer than k found (a narrow filter): every allowed live row is a candidate.
+    short = np.concatenate([found[:3], [-1] * (k - 3)])
+    short_scores = np.concatenate([base[found[:3]], np.zeros(k - 3, np.float32)])
+    merged, _ = with_live(short, short_scores, (rows, tiny_terms), vectors, query, skip, allowed)
+    expected = {int(r) for r in rows if allowed[r] and r not in skip} | set(found[:3].tolist())
+    assert set(merged.tolist()) == expected

@@ -95,21 +95,29 @@ def with_live(
     allowed: np.ndarray | None,  # (N,) bool, None = all
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidates for the top k with the live term: the index's `found`, their scores
-    plus their live term, then every other live row not in `skip` and allowed, scored
-    exactly (`inner_scores` with `query`, bit for bit the index's, plus its live term).
-    Unsorted."""
+    plus their live term, then the other live rows not in `skip` and allowed that can still
+    reach the top k, scored exactly (`inner_scores` with `query`, bit for bit the index's,
+    plus its live term). Unsorted.
+
+    A row the index left out scores at most the k-th found score without the live term, so
+    it reaches the top k only if its live term is at least the k-th best found score with
+    live terms minus that: the rows below (the many items that sold a little, long ago) are
+    not scored."""
+    full = bool(len(found)) and bool((found >= 0).all())  # k found: the k-th bounds the rest
     keep = found >= 0
     found, scores = found[keep], scores[keep].astype(np.float32)
     rows, terms = live
     order = np.argsort(rows)
     rows, terms = rows[order], terms[order]
+    lifted = scores.copy()
     if len(rows):
         at = np.searchsorted(rows, found).clip(max=len(rows) - 1)
         hit = rows[at] == found
-        scores[hit] += terms[at[hit]]
-    others = ~np.isin(rows, found) & ~np.isin(rows, skip)
+        lifted[hit] += terms[at[hit]]
+    others = terms >= (lifted.min() - scores.min() if full else -np.inf)
+    others &= ~np.isin(rows, found) & ~np.isin(rows, skip)
     if allowed is not None:
         others &= allowed[rows]
     extra = rows[others]
     exact = (inner_scores(query[None], vectors[extra])[0] + terms[others]).astype(np.float32)
-    return np.concatenate([found, extra]), np.concatenate([scores, exact])
+    return np.concatenate([found, extra]), np.concatenate([lifted, exact])
