@@ -60,12 +60,12 @@ def open_counters(conn: sqlite3.Connection) -> None:
     exists = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
     if not conn.execute(exists, ("live_uncount",)).fetchone():
         conn.execute(LIVE_TABLE)
-        count_events(conn)
+        _set_live_counts(conn)
         conn.execute(LIVE_TRIGGER)
         conn.execute(LIVE_UNTRIGGER)
     if not conn.execute(exists, ("event_removed",)).fetchone():
         conn.execute(COUNT_TABLE)
-        _count_rows(conn)
+        _set_event_count(conn)
         for trigger in COUNT_TRIGGERS:
             conn.execute(trigger)
 
@@ -77,18 +77,18 @@ def bulk_insert(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("DROP TRIGGER live_count")
     conn.execute("DROP TRIGGER event_added")
     yield
-    count_events(conn)
-    _count_rows(conn)
+    _set_live_counts(conn)
+    _set_event_count(conn)
     conn.execute(LIVE_TRIGGER)
     conn.execute(COUNT_TRIGGERS[0])
 
 
-def _count_rows(conn: sqlite3.Connection) -> None:
+def _set_event_count(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM event_count")
     conn.execute("INSERT INTO event_count SELECT count(*) FROM events")
 
 
-def count_events(conn: sqlite3.Connection) -> None:
+def _set_live_counts(conn: sqlite3.Connection) -> None:
     """Set every live counter from the stored events, in one aggregate (what the trigger
     would have folded in, event by event; counts of forgotten users' events drop out)."""
     half_lives = ", ".join(f"({h!r})" for h in LIVE_HALF_LIVES_DAYS)
