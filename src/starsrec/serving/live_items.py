@@ -103,8 +103,8 @@ def with_live(
     it reaches the top k only if its live term is at least the k-th best found score with
     live terms minus that: the rows below (the many items that sold a little, long ago) are
     not scored."""
-    full = bool(len(found)) and bool((found >= 0).all())  # k found: the k-th bounds the rest
     keep = found >= 0
+    full = bool(len(found)) and bool(keep.all())  # k found: the k-th bounds the rest
     found, scores = found[keep], scores[keep].astype(np.float32)
     rows, terms = live
     order = np.argsort(rows)
