@@ -13,7 +13,7 @@ from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.validation import validate
 from starsrec.evaluation.baskets import basket_metrics, csr_targets, mean_metrics
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate, validation_metric
-from starsrec.recommender import TrainingData
+from starsrec.recommender import Slots, TrainingData, place_slots
 from test_metrics import ITEMS, NextLetterConfig, NextLetterModel, idx
 
 
@@ -71,6 +71,21 @@ def test_target_slices(world) -> None:
         model, queries, targets, train, EvaluationConfig(exclude_seen=True, progress=False)
     )
     assert seen["slices"]["repeat"]["recall@20"] == 0.0
+
+
+def test_new_item_slots_are_placed_over_the_untrained_items(world) -> None:
+    model, queries, targets, train = world
+    config = EvaluationConfig(progress=False, new_item_slots=2, new_item_slots_after=0)
+    result = evaluate(model, queries, targets, train, config)
+    scores = model.score(queries).astype(np.float32)
+    new_items = np.ones(len(ITEMS), dtype=bool)
+    new_items[idx("abc")] = False  # the items with training events
+    place_slots(scores, Slots(new_items, count=2, after=0))
+    for name, values in basket_metrics(scores, targets).items():
+        np.testing.assert_allclose(result["per_query"][name], values)
+    plain = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
+    moved = [n for n, v in plain["per_query"].items() if not np.allclose(result["per_query"][n], v)]
+    assert moved  # placing changed some ranking
 
 
 def test_chunks_change_nothing(world) -> None:

@@ -60,6 +60,15 @@ def test_prepare_then_evaluate(shop: Path, tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(data_dir), "--models", "popularity,nope"]) == 2
     assert "unknown model(s) nope; choose from popularity" in capsys.readouterr().err
 
+    # Places kept for items without training events: rows of their own.
+    slots_dir = tmp_path / "slots"
+    argv += ["--protocol", "temporal", "--new-item-slots", "2", "--out", str(slots_dir)]
+    assert main(argv) == 0
+    placed = json.loads((slots_dir / "results.json").read_text())
+    assert [r["model"] for r in placed] == [f"{r['model']} +2 new-item slots" for r in records]
+    assert main([*argv[:-4], "--new-item-slots", "-1"]) == 2
+    assert "--new-item-slots must be >= 0" in capsys.readouterr().err
+
 
 def test_bad_input_is_one_clear_line(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "broken"

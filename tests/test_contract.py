@@ -21,7 +21,7 @@ from starsrec.data.dataset import Dataset
 from starsrec.data.interactions import Queries
 from starsrec.data.splits import Split, split_dataset
 from starsrec.data.toyworld import make_toy_world
-from starsrec.recommender import Filters, Recommender, TrainingData
+from starsrec.recommender import Filters, Recommender, Slots, TrainingData, apply_filters, top_k
 from starsrec.serving.served import ServedRecommender
 from starsrec.stars.variants import stars_variant
 from tiny import TINY_LAMBDAMART, tiny
@@ -172,6 +172,28 @@ def test_recommend_is_the_top_of_score(fitted, world: World) -> None:
 
 
 # --- filters ------------------------------------------------------------------------------
+
+
+def test_slots_place_as_the_placed_scores_rank(fitted, world: World) -> None:
+    _, model = fitted
+    catalogue, queries = world.split.catalogue, world.split.test
+    members = np.random.default_rng(0).random(catalogue.size) < 0.25
+    filters = Filters(slots=Slots(members, count=2, after=3))
+    scores = model.score(queries).astype(np.float32)
+    ranked = np.isfinite(scores)  # a model may leave items unranked (-inf)
+    third, fourth = -np.sort(-scores, axis=1)[:, 2:4].T  # a tie there: placed after it
+    apply_filters(scores, queries, catalogue, filters)
+    expected, expected_scores = top_k(scores, 10)
+    ids, top = model.recommend(queries, k=10, filters=filters)
+    np.testing.assert_array_equal(ids, catalogue.item_ids[expected])
+    np.testing.assert_array_equal(top, expected_scores)
+    # The first 5 places hold 2 members wherever 2 ranked members and 5 ranked items exist
+    # and the 3rd place is not tied.
+    first = np.where(ids[:, :5] != "", ids[:, :5], catalogue.item_ids[0])
+    kept = members[catalogue.index_of(first.ravel())].reshape(len(ids), 5) & (ids[:, :5] != "")
+    can = (ranked.sum(axis=1) >= 5) & ((ranked & members).sum(axis=1) >= 2) & (third > fourth)
+    assert can.any()
+    assert (kept.sum(axis=1)[can] >= 2).all()
 
 
 def test_exclude_removes_exactly_those_items(fitted, world: World) -> None:

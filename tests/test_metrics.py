@@ -224,6 +224,7 @@ def test_evaluate_slices_by_hand(tiny) -> None:
         "repeat": 1,
         "explore": 4,
         "cold": 1,
+        "warm": 4,
         "long_tail": 4,
         "short_history": 3,
         "long_history": 2,
@@ -231,6 +232,7 @@ def test_evaluate_slices_by_hand(tiny) -> None:
     assert slices["thresholds"] == {"history_median": 2.0}
     # Slice metrics use the ranks of their own queries only.
     assert slices["cold"]["recall@20"] == 1.0 and slices["cold"]["recall@10"] == 0.0  # q3
+    assert slices["warm"]["recall@10"] == 1.0  # q0 q1 q2 q4: ranks 0, 1, 3, 6
     assert slices["long_tail"]["recall@5"] == pytest.approx(2 / 4)  # q0 q2 q3 q4
     assert slices["repeat"]["recall@5"] == 1.0  # q2
     assert slices["explore"]["recall@10"] == pytest.approx(3 / 4)  # q0 q1 q3 q4

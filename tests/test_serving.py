@@ -5,6 +5,8 @@ Users walk item chains, so the right next item is known: the successor of the la
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -182,6 +184,36 @@ def test_a_product_launched_and_bought_a_moment_ago_rises_for_everyone(world, tm
     assert service.add_events(buyers) == 6
     after = rank()
     assert after < 10 <= before, (before, after)  # into the top 10 from far below
+    service.store.close()
+
+
+def test_new_item_slots_keep_places_for_new_products(world, tmp_path) -> None:
+    """A product put a moment ago that the model ranks far down is shown right after the
+    first places when the request keeps places for new products (and only then)."""
+    service = fresh_service(world, tmp_path)
+    service.model.new_item_bias.data.fill_(-3.0)  # new products start near the bottom
+    service.upsert_items([Product("launch", "a brand new gadget", "class-1", "line-5")])
+    plain = [r.item_id for r in service.recommend("u0", k=len(service.items), at=LATER)]
+    assert plain.index("launch") > 10
+    assert service.filters(FiltersIn(new_item_slots=0)).slots is None
+    filters = service.filters(FiltersIn(new_item_slots=1))
+    assert filters.slots is not None and filters.slots.after == 10  # the service's default
+    new = {service.items.item_ids[r] for r in np.flatnonzero(filters.slots.items)}
+    assert "launch" in new and len(new) < len(plain) // 2  # and the toy items nobody bought
+
+    def best_new_after(first: int) -> str:
+        return next(i for i in plain[first:] if i in new)
+
+    five = dataclasses.replace(filters, slots=dataclasses.replace(filters.slots, after=5))
+    found = [r.item_id for r in service.recommend("u0", k=6, at=LATER, filters=five)]
+    assert plain.index(best_new_after(5)) > 5  # placing moves it up
+    assert found == [*plain[:5], best_new_after(5)]
+    # Over HTTP, the request's filters name the count.
+    client = TestClient(create_app(service=service, insecure_open_writes=True))
+    body = {"user_id": "u0", "k": 11, "timestamp": LATER, "filters": {"new_item_slots": 1}}
+    response = client.post("/v1/recommend", json=body)
+    assert response.status_code == 200, response.text
+    assert [i["item_id"] for i in response.json()["items"]] == [*plain[:10], best_new_after(10)]
     service.store.close()
 
 

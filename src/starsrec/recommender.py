@@ -68,6 +68,29 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
+class Slots:
+    """A ranking rule beside the filters: places kept for a set of items (for example new
+    products, which a model trained on past sales ranks low until they sell).
+
+    The `count` best-scored allowed items of `items` that are not already in the first
+    `after` places are placed right after them, in their own order, ahead of every other
+    item: so the first `after + count` places hold at least `count` of the set (where it
+    has that many allowed items). The first `after` places never change.
+    items: (N,) bool over the catalogue (over the candidates' rows in `place_slots`).
+    """
+
+    items: np.ndarray
+    count: int = 2
+    after: int = 10
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.after < 0:
+            raise ValueError(
+                f"slots: count and after must be >= 0, got count={self.count}, after={self.after}"
+            )
+
+
+@dataclass(frozen=True)
 class Filters:
     """Which items a request may return: the one vocabulary of filters, for every model,
     the evaluation and the service (which turns a request's names into these at its edge,
@@ -78,12 +101,14 @@ class Filters:
     exclude_seen: drop items already in the query's history.
     scope: a key naming `allowed` (equal keys, equal bitmaps) under which a search may
     cache what it derives from the bitmap; None = nothing cached.
+    slots: places kept for a set of items (`Slots`), applied after the filters; None = none.
     """
 
     allowed: np.ndarray | None = None
     exclude: Sequence[Sequence[str]] | None = None
     exclude_seen: bool = False
     scope: Hashable | None = None
+    slots: Slots | None = None
 
 
 class Recommender(ABC):
@@ -244,12 +269,18 @@ def check_filters(filters: Filters, n_queries: int, n_items: int) -> None:
         raise ValueError(
             f"filters.exclude needs one list per query ({n_queries}), got {len(filters.exclude)}"
         )
+    if filters.slots is not None and np.shape(filters.slots.items) != (n_items,):
+        raise ValueError(
+            f"filters.slots.items must have one flag per catalogue item ({n_items}), "
+            f"got shape {np.shape(filters.slots.items)}"
+        )
 
 
 def apply_filters(
     scores: np.ndarray, queries: Queries, catalogue: Catalogue, filters: Filters
 ) -> None:
-    """Set the scores of items a request may not return to -inf, in place."""
+    """Set the scores of items a request may not return to -inf, then place the filters'
+    slots (`place_slots`), in place."""
     check_filters(filters, len(queries), catalogue.size)
     if filters.allowed is not None:
         scores[:, ~np.asarray(filters.allowed, dtype=bool)] = -np.inf
@@ -261,6 +292,43 @@ def apply_filters(
         query, rows = queries.flat_history()
         scores[query, queries.log.item[rows]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
+    if filters.slots is not None:
+        place_slots(scores, filters.slots)
+
+
+def place_slots(scores: np.ndarray, slots: Slots) -> None:
+    """Apply `slots` to (Q, M) filtered float32 `scores` in place, by scores alone, so that
+    `top_k` and the evaluator (which scores ties by their expected rank) both see the
+    placed order: each placed item's score is set between the `after`-th best score and the
+    best score left below it, in the placed items' own order. Columns are ranked as `top_k`
+    ranks them (ties by lower column), so a caller ranking candidate rows orders the
+    columns by row. Where those two scores are equal, the placed items come after the items
+    tied with the after-th (and where they are fewer float32 steps apart than places to
+    fill, placed items tie with each other).
+    """
+    if slots.count == 0:
+        return
+    head = top_k(scores, slots.after)[0] if slots.after else np.empty((len(scores), 0), int)
+    for q, row in enumerate(scores):
+        first = head[q][head[q] >= 0]
+        if len(first) < slots.after:  # every allowed item already lies in the first places
+            continue
+        rest = np.isfinite(row)
+        rest[first] = False
+        members = np.flatnonzero(rest & slots.items)
+        if not len(members):
+            continue
+        chosen = members[np.lexsort((members, -row[members]))[: slots.count]]
+        rest[chosen] = False
+        top = row[first[-1]] if len(first) else np.float32(np.inf)
+        low = np.float64(row[rest].max()) if rest.any() else np.float64(row[chosen].min()) - 1
+        if not np.isfinite(top):  # no first places: only the others have to be passed
+            top = np.float32(max(row[chosen].max(), low) + 1)
+        steps = np.arange(len(chosen), 0, -1) / (len(chosen) + 1)
+        placed = (low + (np.float64(top) - low) * steps).astype(np.float32)
+        # Never level with the after-th item (a tie could put a placed item before it).
+        below_top = np.nextafter(top, np.float32(-np.inf))
+        row[chosen] = np.minimum(np.maximum(placed, np.float32(low)), below_top)
 
 
 def ranks_of(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

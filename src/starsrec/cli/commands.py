@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="let already-seen items be recommended (default unless the dataset says otherwise)",
     )
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--new-item-slots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N places after the first 10 for the best items without training events, "
+        "as `starsrec serve --new-item-slots` does (default 0: the model's own ranking)",
+    )
     serving.add_device_argument(evaluate, "score an artifact on")
     compare = "a baselines report on the same test queries, for the artifact's paired intervals"
     evaluate.add_argument("--compare-with", metavar="REPORT_DIR", help=compare)
@@ -183,8 +191,12 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         if rank.is_main:
             print(f"wrote {out}/")
         return 0
+    if args.command == "evaluate" and args.new_item_slots < 0:
+        raise ValueError(f"--new-item-slots must be >= 0, got {args.new_item_slots}")
     if args.command == "evaluate" and is_artifact(args.data_dir):
-        record = evaluate_artifact(args.data_dir, device=args.device or "auto")
+        record = evaluate_artifact(
+            args.data_dir, device=args.device or "auto", new_item_slots=args.new_item_slots
+        )
         title = f"{record['dataset']}, {record['protocol']}, artifact {args.data_dir}"
         earlier = read_report(args.compare_with, like=record) if args.compare_with else []
         report = write_report([*earlier, record], args.out, title)
@@ -199,7 +211,14 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                 f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}"
             )
         protocol = args.protocol or default_protocol(dataset)
-        records = run_models(dataset, protocol, models, (args.seed,), args.exclude_seen)
+        records = run_models(
+            dataset,
+            protocol,
+            models,
+            (args.seed,),
+            args.exclude_seen,
+            new_item_slots=args.new_item_slots,
+        )
         title = f"{dataset.name}, {protocol}"
         report = write_report(records, args.out, title)
         print(f"wrote {report} and {report.parent / 'results.json'}")

@@ -14,8 +14,8 @@ Slices, by what makes a query hard:
 
 - repeat / explore: the targets the user had before / never had (recall only: a query
   counts in a slice when it has at least one such target);
-- cold: targets without training events; long_tail: targets outside the top 20% most
-  popular training items (recall only, as above);
+- cold / warm: targets without / with training events; long_tail: targets outside the top
+  20% most popular training items (recall only, as above);
 - short_history / long_history: history length <= / > the median over the queries.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,13 +31,14 @@ from tqdm.auto import tqdm
 from starsrec.data.interactions import EventLog, Queries
 from starsrec.evaluation.baskets import CUTOFFS, basket_metrics, mean_metrics
 from starsrec.evaluation.metrics import coverage
-from starsrec.recommender import Filters, Recommender, apply_filters, top_k
+from starsrec.recommender import Filters, Recommender, Slots, apply_filters, top_k
 
 logger = logging.getLogger(__name__)
 
 HEAD_SHARE = 0.2
 COVERAGE_K = 10
 Targets = tuple[np.ndarray, np.ndarray]  # CSR: (Q + 1,) offsets, (T,) item indices
+TARGET_SLICES = ("repeat", "explore", "cold", "warm", "long_tail")  # `_target_masks`
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,16 @@ class EvaluationConfig:
     exclude_seen: whether items already in the user's history are removed from the
     ranking (False: repeat purchases may be recommended, the retail default).
     max_scores: upper bound on the floats held by one chunk of scores.
+    new_item_slots: places kept after the first `new_item_slots_after` for the best items
+    without training events (`starsrec.recommender.Slots`, as the service keeps them);
+    0: none, the model's own ranking.
     """
 
     exclude_seen: bool = False
     max_scores: int = 1 << 24
     progress: bool = True
+    new_item_slots: int = 0
+    new_item_slots_after: int = 10
 
 
 def evaluate(
@@ -69,10 +75,15 @@ def evaluate(
     offsets, _ = targets
     if len(offsets) != len(queries) + 1:
         raise ValueError(f"{len(queries)} queries but {len(offsets) - 1} target lists")
-    masks = _target_masks(queries, targets, train, model._fitted_catalogue().size)
+    n_items = model._fitted_catalogue().size
+    masks = _target_masks(queries, targets, train, n_items)
+    slots = None
+    if config.new_item_slots:
+        new_items = ~item_kinds(train, n_items)[1]
+        slots = Slots(new_items, config.new_item_slots, config.new_item_slots_after)
     per_query: dict[str, list[np.ndarray]] = {}
     tops = []
-    for lo, hi, scores in _scored(model, queries, config):
+    for lo, hi, scores in _scored(model, queries, config, slots):
         tops.append(top_k(scores, COVERAGE_K)[0])
         part = _part(targets, lo, hi)
         for name, value in basket_metrics(scores, part).items():
@@ -87,7 +98,6 @@ def evaluate(
                 per_query.setdefault(f"{slice_name}:recall@{k}", []).append(value)
     values = {name: np.concatenate(parts) for name, parts in per_query.items()}
     overall = {k: v for k, v in values.items() if ":" not in k}
-    n_items = model._fitted_catalogue().size
     listed = np.concatenate(tops) if tops else np.empty((0, COVERAGE_K), dtype=np.int64)
     metrics = mean_metrics(overall) | {"coverage@10": coverage(listed, n_items)}
     result = {
@@ -129,12 +139,13 @@ def validation_metric(
 
 
 def _scored(
-    model: Recommender, queries: Queries, config: EvaluationConfig
+    model: Recommender, queries: Queries, config: EvaluationConfig, slots: Slots | None = None
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(lo, hi, (hi - lo, N) float32 filtered scores) for chunks of `queries`."""
+    """(lo, hi, (hi - lo, N) float32 filtered scores, `slots` placed) for chunks of
+    `queries`."""
     catalogue = model._fitted_catalogue()
     chunk = max(1, config.max_scores // max(catalogue.size, 1))
-    filters = Filters(exclude_seen=config.exclude_seen)
+    filters = Filters(exclude_seen=config.exclude_seen, slots=slots)
     starts = range(0, len(queries), chunk)
     for lo in tqdm(starts, desc=f"evaluate {model.name}", disable=not config.progress):
         hi = min(lo + chunk, len(queries))
@@ -177,6 +188,7 @@ def _target_masks(
         "repeat": repeat,
         "explore": ~repeat,
         "cold": ~in_train[items],
+        "warm": in_train[items],
         "long_tail": ~head[items],
     }
 
@@ -184,7 +196,7 @@ def _target_masks(
 def _slices(values: dict[str, np.ndarray], queries: Queries) -> dict:
     """Per slice: its query count and mean metrics (see the module doc)."""
     slices: dict = {}
-    for name in ("repeat", "explore", "cold", "long_tail"):
+    for name in TARGET_SLICES:
         parts = {k.split(":")[1]: v for k, v in values.items() if k.startswith(f"{name}:")}
         inside = np.isfinite(parts[f"recall@{CUTOFFS[0]}"])
         slices[name] = {"queries": int(inside.sum())}
@@ -212,8 +224,3 @@ def item_kinds(train: EventLog, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     is_head = np.zeros(n_items, dtype=bool)
     is_head[head_items] = True
     return is_head, np.bincount(train.item, minlength=n_items) > 0
-
-
-def config_dict(config: EvaluationConfig) -> dict:
-    """The evaluation options worth reporting beside the numbers."""
-    return {k: v for k, v in asdict(config).items() if k != "progress"}

@@ -137,10 +137,14 @@ def artifact_dataset(
 
 
 def evaluate_artifact(
-    artifact_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto"
+    artifact_dir: str | Path,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    new_item_slots: int = 0,
 ) -> dict:
     """Evaluate an artifact on the test queries of the split it was trained with, scoring
-    on `device` (`starsrec.stars.device`)."""
+    on `device` (`starsrec.stars.device`), with `new_item_slots` places kept for items
+    without training events (`EvaluationConfig`)."""
     root = Path(artifact_dir)
     meta, dataset = artifact_dataset(root, data_dir)
     split = split_dataset(dataset, meta["protocol"])
@@ -153,4 +157,5 @@ def evaluate_artifact(
         split,
         dataset.exclude_seen,
         meta["train_s"],
+        new_item_slots=new_item_slots,
     )

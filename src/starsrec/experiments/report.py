@@ -154,10 +154,15 @@ def evaluation_record(
     exclude_seen: bool,
     train_s: float,
     progress: bool = True,
+    new_item_slots: int = 0,
 ) -> dict:
     """Evaluate a fitted model on the split's test queries: one benchmark record, holding
-    also "per_query", each metric's (Q,) values (not JSON: see `write_report`)."""
-    config = EvaluationConfig(exclude_seen=exclude_seen, progress=progress)
+    also "per_query", each metric's (Q,) values (not JSON: see `write_report`).
+    new_item_slots: places kept for items without training events (`EvaluationConfig`);
+    the record's model is then named "<name> +<n> new-item slots"."""
+    config = EvaluationConfig(exclude_seen, progress=progress, new_item_slots=new_item_slots)
+    if new_item_slots:
+        name = f"{name} +{new_item_slots} new-item slots"
     started = time.perf_counter()
     test_targets = targets(split, "test")
     result = evaluate(model, split.test, test_targets, split.train, config)
@@ -191,6 +196,7 @@ def run_models(
     progress: bool = True,
     threads: int = 1,
     tuning: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    new_item_slots: int = 0,
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
@@ -219,7 +225,7 @@ def run_models(
                 model = make_model(name, seed, threads, settings).fit(data)
             train_s = time.perf_counter() - started
             record = evaluation_record(
-                model, name, seed, dataset, split, exclude_seen, train_s, progress
+                model, name, seed, dataset, split, exclude_seen, train_s, progress, new_item_slots
             )
             extra = {"settings": settings, "tuning": tried} if grid else {}
             records.append(record | {"threads": threads} | extra)

@@ -23,10 +23,13 @@ import pandas as pd
 from starsrec.data.interactions import EventLog, Queries
 from starsrec.recommender import Filters, Recommender
 from starsrec.serving.catalogue import ItemTable, RequestError
+from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation
-from starsrec.serving.filters import FilterScopes
+from starsrec.serving.filters import FilterScopes, with_new_item_slots
 from starsrec.serving.request import FiltersIn, request_time
 from starsrec.serving.service import RecommendationService
+
+NEW_ITEM_SLOTS_AFTER = ServingConfig.new_item_slots_after  # the service's default
 
 
 class ServedAnswers:
@@ -102,6 +105,8 @@ class UnservedAnswers:
         )
         self._scopes = FilterScopes()
         self._users = pd.Index(log.user_ids)
+        # New products, for a request's new_item_slots: the items nobody has an event for.
+        self._new_items = np.bincount(log.item, minlength=n)[:n] == 0
 
     def users(self) -> list[str]:
         """Every user of the dataset."""
@@ -114,7 +119,8 @@ class UnservedAnswers:
     def filters(self, request: FiltersIn) -> Filters:
         """`request` as `Filters` over the model's catalogue, as the service converts it;
         a RequestError naming the field when it names unknown classes or items."""
-        return self._scopes.filters(self.items, 0, request, self.exclude_seen)
+        filters = self._scopes.filters(self.items, 0, request, self.exclude_seen)
+        return with_new_item_slots(filters, request, self._new_items, 0, NEW_ITEM_SLOTS_AFTER)
 
     def recommend(
         self, user_ids: Sequence[str], k: int, at: float, request: FiltersIn
@@ -132,7 +138,8 @@ class UnservedAnswers:
         excluded = [list(request.exclude) for _ in range(len(queries))]
         for q, item in zip(query[keep].tolist(), bought.tolist(), strict=True):
             excluded[q].append(item)
-        ids, scores = self.recommender.recommend(queries, k, Filters(filters.allowed, excluded))
+        ranked = Filters(filters.allowed, excluded, slots=filters.slots)
+        ids, scores = self.recommender.recommend(queries, k, ranked)
         return [
             self._explain(ids[q], scores[q], self.log.item[queries.history(q)], self.name)
             for q in range(len(queries))

@@ -30,6 +30,18 @@ class ServingConfig:
     # --max-added-products`): each costs memory for good, so a flood of new ids is refused
     # with 409 past it. Changing a product that exists is always allowed.
     max_added_products: int = 100_000
+    # Places kept after the first `new_item_slots_after` for the best products without
+    # training events (`starsrec.recommender.Slots`; a request's filters may set their
+    # own count): a shop's choice between today's sales and tomorrow's. 0: none.
+    new_item_slots: int = 0
+    new_item_slots_after: int = 10
     # Products one PUT /v1/items may carry (`--max-products-per-request`): a write is
     # embedded in one go, so this bounds the work one request can queue.
     max_products_per_request: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.new_item_slots < 0 or self.new_item_slots_after < 0:
+            raise ValueError(
+                f"new_item_slots ({self.new_item_slots}) and new_item_slots_after "
+                f"({self.new_item_slots_after}) must be >= 0: 0 keeps no places"
+            )

@@ -5,9 +5,11 @@ costs a pass over the catalogue."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from starsrec.recommender import Filters
+from starsrec.recommender import Filters, Slots, place_slots, top_k
 from starsrec.serving.catalogue import ItemTable, RequestError
 from starsrec.serving.request import FiltersIn
 
@@ -63,3 +65,34 @@ class FilterScopes:
             self._bitmaps.clear()
         self._bitmaps[scope] = result
         return result, scope
+
+
+def with_new_item_slots(
+    filters: Filters, request: FiltersIn, new_items: np.ndarray, count: int, after: int
+) -> Filters:
+    """`filters` with `request.new_item_slots` places (None: `count`) kept after the first
+    `after` for the best of `new_items` ((N,) bool: products without training events)."""
+    wanted = count if request.new_item_slots is None else request.new_item_slots
+    if not wanted:
+        return filters
+    return dataclasses.replace(filters, slots=Slots(new_items, wanted, after))
+
+
+def placed_top(
+    ranked: tuple[np.ndarray, np.ndarray],
+    new: tuple[np.ndarray, np.ndarray],
+    slots: Slots,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k under `slots` (over the catalogue's rows) of two ranked lists of (rows,
+    scores): the best k + count of all items and the best after + count of the slots'
+    items, which between them hold every item placing can move or pass. Ranked as
+    `place_slots` ranks the whole catalogue: the union's columns in row order."""
+    rows = np.concatenate([ranked[0], new[0]])
+    scores = np.concatenate([ranked[1], new[1]])
+    rows, first = np.unique(rows, return_index=True)
+    candidates = scores[first][None].astype(np.float32)
+    place_slots(candidates, Slots(slots.items[rows], slots.count, slots.after))
+    found, placed = top_k(candidates, k, rows)
+    keep = found[0] >= 0
+    return found[0][keep], placed[0][keep]

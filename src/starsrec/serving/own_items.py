@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from starsrec.index.exact import merge_top_k
 from starsrec.serving.store import Event
 from starsrec.stars.batch import slot_of
 from starsrec.stars.model import STARS
@@ -47,3 +48,26 @@ def own_item_scores(
         model.user_repeat_weights(torch.from_numpy(query[:dim])),
     )
     return seen, (own @ query + bonus.numpy()).astype(np.float32)
+
+
+def merge_own_items(
+    found: np.ndarray,  # (F,) rows the index found, never the user's own
+    scores: np.ndarray,  # (F,) their scores, best first
+    own: tuple[np.ndarray, np.ndarray],  # `own_item_scores`
+    live: tuple[np.ndarray, np.ndarray] | None,  # (rows, live terms) of the live items
+    allowed: np.ndarray | None,  # (N,) bool, None = all
+    exclude: np.ndarray,  # rows never to return
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of `found` and the user's own items (with their live terms) that the
+    request may return: (K,) rows and (K,) scores, best first."""
+    seen, exact = own
+    if live is not None and len(seen):
+        exact = exact.copy()
+        hit = np.isin(live[0], seen)
+        exact[np.searchsorted(seen, live[0][hit])] += live[1][hit]
+    keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+    mine = (seen[keep][None], exact[keep][None])
+    (found,), (scores,) = merge_top_k((found[None], scores[None]), mine, k)
+    keep = found >= 0
+    return found[keep], scores[keep]

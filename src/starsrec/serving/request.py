@@ -51,7 +51,8 @@ MAX_K = 1000  # the most results one request may ask for
 FILTERS_EXAMPLE = '{"exclude_purchased": true, "classes": ["Bags"], "exclude": ["SKU-1"]}'
 FILTER_FIELDS = (
     "in_stock_only (true/false), classes and subclasses (lists of names), exclude (a list "
-    "of item ids), exclude_purchased (true, false or null: the dataset's default)"
+    "of item ids), exclude_purchased (true, false or null: the dataset's default), "
+    "new_item_slots (places kept for new products; null: the service's default)"
 )
 
 
@@ -108,6 +109,9 @@ class FiltersIn(Strict):
     subclasses: list[Id] = Field(default_factory=list, max_length=1000)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
     exclude_purchased: StrictBool | None = None
+    # Places kept for products without training events after the first ones (`Slots`);
+    # None: the service's `new_item_slots`.
+    new_item_slots: int | None = Field(default=None, ge=0, le=MAX_K)
 
 
 def parse_filters(value: str | Mapping | FiltersIn | None) -> FiltersIn:

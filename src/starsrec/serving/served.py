@@ -138,7 +138,8 @@ class ServedRecommender(Recommender):
             if filters.exclude_seen:
                 exclude |= {e.item_id for e in events}
             known = tuple(i for i in exclude if i in service.items.row_of)
-            found = service.recommend(None, events, width, at, Filters(allowed, [known]))
+            request = Filters(allowed, [known], slots=filters.slots)
+            found = service.recommend(None, events, width, at, request)
             ids[q, : len(found)] = [r.item_id for r in found]
             scores[q, : len(found)] = [r.score for r in found]
         return ids.astype(str), scores

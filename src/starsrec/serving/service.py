@@ -7,7 +7,8 @@ A request is answered in five steps, each with the model's own score functions:
 3. `STARS.retrieval_queries` [u + q(c), 1, calendar offsets of c] is searched in the item
    index, whose rows are [e_i, b_i, onehot(class(i))], under the request's filters;
 4. the items with live counts (all shoppers' recent sales, `starsrec.serving.live_items`)
-   and the user's own items (`starsrec.serving.own_items`) are scored exactly and merged in;
+   and the user's own items (`starsrec.serving.own_items`) are scored exactly and merged in,
+   and the places kept for new products, if any, are filled (`starsrec.recommender.Slots`);
 5. each result is explained (`starsrec.serving.explain`).
 
 Products added with `upsert_items` (`starsrec.serving.product_writes`) get a token from text
@@ -35,7 +36,6 @@ from starsrec.data.integrity import (
     retrain_remedy,
     verify,
 )
-from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex
 from starsrec.recommender import Filters, check_filters
 from starsrec.serving.catalogue import (  # Product: re-exported for callers of the service
@@ -47,9 +47,9 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
 )
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
-from starsrec.serving.filters import FilterScopes
+from starsrec.serving.filters import FilterScopes, placed_top, with_new_item_slots
 from starsrec.serving.live_items import LiveSource, StoreLive, live_scores, with_live
-from starsrec.serving.own_items import own_item_scores
+from starsrec.serving.own_items import merge_own_items, own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
 from starsrec.serving.product_writes import ProductWrites
@@ -124,6 +124,7 @@ class RecommendationService(ProductWrites):
             lambda: self.store, self.target_types, self.items.row_of, config.live_refresh_s
         )
         self._warm = self.model.item_tokens.warm[1:].numpy() > 0  # trained rows with events
+        self._new_items = np.empty(0, dtype=bool)  # (N,) rows without: see `filters`
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -250,19 +251,38 @@ class RecommendationService(ProductWrites):
                 r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
             ]
             exclude = np.union1d(exclude, np.array(targets, dtype=np.int64))
-        # The user's own items are scored exactly, with their repeat bonus, by
-        # _merge_history: the index supplies the best k others (had it returned own items
-        # among its k, fewer than k others would be left to merge with them).
+        # The user's own items are scored exactly, with their repeat bonus, and merged in
+        # (`merge_own_items`): the index supplies the best k others (had it returned own
+        # items among its k, fewer than k others would be left to merge with them).
         own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
         skip = np.union1d(exclude, own)
-        found, scores = self.index.search(query[None], k, allowed, [skip], filters.scope)
         live = self.live_terms(at)
-        found, scores = found[0], scores[0]
-        if live is not None:
-            found, scores = with_live(found, scores, live, self.index.vectors, query, skip, allowed)
-        found, scores = self._merge_history(
-            query, found, scores, history, rows, at, allowed, exclude, k, live
-        )
+        mine = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
+
+        def top(depth: int, allowed: np.ndarray | None, scope) -> tuple[np.ndarray, np.ndarray]:
+            found, scores = self.index.search(query[None], depth, allowed, [skip], scope)
+            found, scores = found[0], scores[0]
+            if live is not None:
+                found, scores = with_live(
+                    found, scores, live, self.index.vectors, query, skip, allowed
+                )
+            return merge_own_items(found, scores, mine, live, allowed, exclude, depth)
+
+        slots = filters.slots
+        if slots is None or slots.count == 0 or k <= slots.after:
+            found, scores = top(k, allowed, filters.scope)
+        else:
+            # The top k + count of all items hold the first places and whatever the placed
+            # items must pass; the best new items below the first places are among the top
+            # after + count of the new items alone. Placing over both lists is placing over
+            # the catalogue (`place_slots`).
+            members = slots.items if allowed is None else slots.items & allowed
+            found, scores = placed_top(
+                top(k + slots.count, allowed, filters.scope),
+                top(slots.after + slots.count, members, None),
+                slots,
+                k,
+            )
         memories = memory_sources(self.items.tokens[found], found, rows, short, long, gate)
         return self._explain(found, scores, rows, memories)
 
@@ -339,34 +359,15 @@ class RecommendationService(ProductWrites):
 
     def filters(self, request: FiltersIn | None = None) -> Filters:
         """A request's filters (None: the defaults) as `Filters` over this service's rows,
-        its scope's bitmap cached; a RequestError naming the field for unknown names."""
+        its scope's bitmap cached, with the places kept for new products (no training
+        events); a RequestError naming the field for unknown names."""
         request = FiltersIn() if request is None else request
-        return self._scopes.filters(self.items, self.version, request, self.exclude_seen)
-
-    def _merge_history(
-        self,
-        query: np.ndarray,
-        found: np.ndarray,
-        scores: np.ndarray,
-        history: list[Event],
-        rows: np.ndarray,
-        at: float,
-        allowed: np.ndarray | None,
-        exclude: np.ndarray,
-        k: int,
-        live: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Score the user's own items exactly (`own_item_scores`, plus their `live` terms)
-        and merge them in; `found` are never the user's own items (see recommend)."""
-        seen, exact = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
-        if live is not None and len(seen):
-            hit = np.isin(live[0], seen)
-            exact[np.searchsorted(seen, live[0][hit])] += live[1][hit]
-        keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
-        own = (seen[keep][None], exact[keep][None])
-        (found,), (scores,) = merge_top_k((found[None], scores[None]), own, k)
-        keep = found >= 0
-        return found[keep], scores[keep]
+        filters = self._scopes.filters(self.items, self.version, request, self.exclude_seen)
+        if len(self._new_items) != len(self.items):  # every product put since training is new
+            added = np.ones(len(self.items) - len(self._warm), dtype=bool)
+            self._new_items = np.concatenate([~self._warm, added])
+        count, after = self.config.new_item_slots, self.config.new_item_slots_after
+        return with_new_item_slots(filters, request, self._new_items, count, after)
 
     def _explain(
         self, found: np.ndarray, scores: np.ndarray, rows: np.ndarray, memories: list[str]

@@ -86,6 +86,15 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         help=f"products one PUT /v1/items may carry (default {DEFAULTS.max_products_per_request})",
     )
     serve.add_argument(
+        "--new-item-slots",
+        type=int,
+        default=DEFAULTS.new_item_slots,
+        metavar="N",
+        help=f"keep N places after the first {DEFAULTS.new_item_slots_after} for the best "
+        "products without training events (a request's filters.new_item_slots overrides it; "
+        f"default {DEFAULTS.new_item_slots}: the model's own ranking)",
+    )
+    serve.add_argument(
         "--header-timeout",
         type=float,
         default=HEADER_TIMEOUT_S,
@@ -115,6 +124,8 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
         raise ValueError(f"--max-clock-skew must be >= 0 seconds, got {args.max_clock_skew}")
     if args.max_added_products < 0:
         raise ValueError(f"--max-added-products must be >= 0, got {args.max_added_products}")
+    if args.new_item_slots < 0:
+        raise ValueError(f"--new-item-slots must be >= 0, got {args.new_item_slots}")
     if args.max_products_per_request < 1:
         raise ValueError(
             f"--max-products-per-request must be >= 1, got {args.max_products_per_request}"
@@ -130,6 +141,7 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
         max_future_s=args.max_clock_skew,
         max_added_products=args.max_added_products,
         max_products_per_request=args.max_products_per_request,
+        new_item_slots=args.new_item_slots,
     )
 
 
