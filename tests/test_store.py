@@ -14,6 +14,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from starsrec.serving.store import SCHEMA_VERSION, Event, EventStore, SQLiteEventStore
@@ -358,4 +359,44 @@ def test_the_event_count_is_kept_through_appends_loads_duplicates_and_forgets(
     conn.close()
     store = SQLiteEventStore(path)
     assert store.count() == rows() == 5
+    store.close()
+
+
+def test_live_changes_list_only_the_items_changed_since(tmp_path: Path) -> None:
+    """A reader's second read takes only the items whose counters changed (every counter of
+    such an item: all its event types); a forget lists its items; a bulk load lists all."""
+    store = SQLiteEventStore(tmp_path / "events.sqlite")
+    store.append([ev("e0", "u0", 0.0, "a", "buy"), ev("e1", "u1", 0.0, "b", "buy")])
+    store.append([ev("e2", "u1", 10.0, "b", "view")])
+    seq, full, ids, _ = store.live_changes(["buy", "view"], 100.0)
+    assert full and sorted(ids) == ["a", "b"]
+    assert store.live_changes(["buy", "view"], 100.0, seq)[1:3] == (False, [])
+    store.append([ev("e3", "u2", 50.0, "b", "buy")])
+    seq2, full, ids, counts = store.live_changes(["buy", "view"], 100.0, seq)
+    assert (full, ids) == (False, ["b"]) and seq2 > seq
+    every = dict(zip(*store.live_counts(["buy", "view"], 100.0), strict=True))
+    np.testing.assert_allclose(counts[0], every["b"])  # both of b's types, summed
+    store.forget("u0")
+    assert store.live_changes(["buy"], 100.0, seq2)[1:3] == (False, ["a"])
+    store.load([ev("l0", "u3", 60.0, "c", "buy")], progress=False)
+    full, ids = store.live_changes(["buy"], 100.0, seq2)[1:3]
+    assert full and sorted(ids) == ["b", "c"]  # recounted: a, forgotten, has no counter left
+    store.close()
+
+
+def test_a_store_from_before_the_change_sequence_recounts_once(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    store = SQLiteEventStore(path)
+    store.append([ev("e0", "u0", 0.0, "a", "buy")])
+    store.close()
+    with sqlite3.connect(path) as conn:  # as an older version left it: no sequence
+        for statement in ("DROP TRIGGER live_count", "DROP TRIGGER live_uncount"):
+            conn.execute(statement)
+        conn.execute("DROP INDEX live_counts_seq")
+        conn.execute("ALTER TABLE live_counts DROP COLUMN seq")
+        conn.execute("DROP TABLE live_seq")
+    conn.close()
+    store = SQLiteEventStore(path)
+    store.append([ev("e1", "u1", 0.0, "a", "buy")])  # the triggers are back
+    assert store.live_counts(["buy"], 0.0)[1].tolist() == [[2.0, 2.0]]
     store.close()

@@ -30,8 +30,14 @@ LiveSource = Callable[[float], tuple[np.ndarray, np.ndarray]]  # at -> (rows (R,
 
 
 class StoreLive:
-    """The store's live counts of target events by catalogue row, read at most every
-    `refresh_s` seconds (and after `invalidate`), decayed to each request's time."""
+    """The store's live counts of target events by catalogue row, kept up to date from what
+    changed (`EventStore.live_changes`) at most every `refresh_s` seconds (and at the next
+    request after `invalidate`), decayed to each request's time.
+
+    The copy holds every row's counts at the time of the last read; a read decays it to the
+    new time (one factor per half-life: every count decays alike) and overwrites the rows
+    whose counters changed, so a read costs what changed, not every item that ever sold. A
+    request earlier than the last read is answered from a fresh full read at its time."""
 
     def __init__(
         self,
@@ -44,23 +50,40 @@ class StoreLive:
         self.event_types = sorted(event_types)
         self.row_of = row_of
         self.refresh_s = refresh_s
-        self._snapshot: tuple[float, float, np.ndarray, np.ndarray] | None = None
+        self._counts = np.zeros((0, len(decay_rates())))  # (rows, H) at `_at`
+        self._rows = np.empty(0, dtype=np.int64)  # the rows with counts
+        self._held = self._counts  # (R, H) their counts at `_at`
+        self._at = -np.inf  # when the copy's counts hold
+        self._seq = 0  # the store's number for the changes read
+        self._read = -np.inf  # time.monotonic() of the last read
 
     def invalidate(self) -> None:
-        """Read the store again at the next request (this process just wrote events)."""
-        self._snapshot = None
+        """Read the store's changes at the next request (this process just wrote events)."""
+        self._read = -np.inf
 
     def __call__(self, at: float) -> tuple[np.ndarray, np.ndarray]:
         """(rows (R,), (R, H) live counts at `at`) of the items with counts."""
         now = time.monotonic()
-        snapshot = self._snapshot
-        if snapshot is None or now - snapshot[0] > self.refresh_s or at < snapshot[1]:
-            ids, counts = self.store().live_counts(self.event_types, at)
-            rows = np.array([self.row_of.get(i, -1) for i in ids], dtype=np.int64)
-            known = rows >= 0  # an item the catalogue does not hold (yet) is not served
-            snapshot = self._snapshot = (now, at, rows[known], counts[known])
-        _, read_at, rows, counts = snapshot
-        return rows, counts * np.exp(-decay_rates() * (at - read_at))
+        if now - self._read > self.refresh_s or at < self._at:
+            self._refresh(at, since=self._seq if at >= self._at else 0)
+            self._read = now
+        return self._rows, self._held * np.exp(-decay_rates() * (at - self._at))
+
+    def _refresh(self, at: float, since: int) -> None:
+        seq, full, ids, counts = self.store().live_changes(self.event_types, at, since)
+        rows = np.array([self.row_of.get(i, -1) for i in ids], dtype=np.int64)
+        known = rows >= 0  # an item the catalogue does not hold (yet) is not served
+        size = max(len(self.row_of), len(self._counts))  # products put since the last read
+        if full:
+            self._counts = np.zeros((size, len(decay_rates())))
+        else:
+            self._counts *= np.exp(-decay_rates() * (at - self._at))
+            added = np.zeros((size - len(self._counts), self._counts.shape[1]))
+            self._counts = np.vstack([self._counts, added]) if len(added) else self._counts
+        self._counts[rows[known]] = counts[known]
+        self._rows = np.flatnonzero(self._counts.any(axis=1))
+        self._held = self._counts[self._rows]  # what a request decays: no gather per request
+        self._at, self._seq = at, seq
 
 
 class ReplayedLive:

@@ -48,8 +48,13 @@ from typing import Self
 import numpy as np
 from tqdm.auto import tqdm
 
-from starsrec.data.live import LIVE_HALF_LIVES_DAYS, counter_table
-from starsrec.serving.sqlite_counters import COUNT_READ, LIVE_READ, bulk_insert, open_counters
+from starsrec.data.live import counter_table
+from starsrec.serving.sqlite_counters import (
+    COUNT_READ,
+    bulk_insert,
+    open_counters,
+    read_live_changes,
+)
 
 logger = logging.getLogger(__name__)
 MAX_TIMESTAMP = 1e11  # about the year 5138: later "timestamps" are milliseconds by mistake
@@ -181,6 +186,15 @@ class EventStore(ABC):
         """(the ids of the items with stored events of `event_types`, (R, H) float64 their
         live counts at time `at`: `starsrec.data.live`, one column per LIVE_HALF_LIVES_DAYS),
         over every shopper's events of those types, kept on insert, never a scan of events."""
+
+    def live_changes(
+        self, event_types: Sequence[str], at: float, since: int = 0
+    ) -> tuple[int, bool, list[str], np.ndarray]:
+        """(a number to pass as `since` next time, whether every item with counts is listed,
+        the ids and (R, H) live counts at `at` of the items whose counters changed after
+        `since`), so a reader keeps its copy without reading every counter each time. Here:
+        all of them, always."""
+        return 0, True, *self.live_counts(event_types, at)
 
     @abstractmethod
     def count(self) -> int:
@@ -355,13 +369,17 @@ class SQLiteEventStore(EventStore):
             return self._db().execute(sql, (user_id,)).fetchone()[0]
 
     def live_counts(self, event_types: Sequence[str], at: float) -> tuple[list[str], np.ndarray]:
-        """See `EventStore.live_counts`: one aggregate over the counters."""
-        if not event_types:
-            return [], np.zeros((0, len(LIVE_HALF_LIVES_DAYS)))
-        sql = LIVE_READ.format(", ".join("?" * len(event_types)))
+        """See `EventStore.live_counts`: every counter read (`live_changes` since 0)."""
+        _, _, ids, counts = self.live_changes(event_types, at)
+        return ids, counts
+
+    def live_changes(
+        self, event_types: Sequence[str], at: float, since: int = 0
+    ) -> tuple[int, bool, list[str], np.ndarray]:
+        """See `EventStore.live_changes`: the counters stamped after `since`."""
         with self._lock:
-            rows = self._db().execute(sql, tuple(event_types)).fetchall()
-        return counter_table(rows, at)
+            seq, full, rows = read_live_changes(self._db(), event_types, since)
+        return seq, full, *counter_table(rows, at)
 
     def count(self) -> int:
         """See `EventStore.count`."""
