@@ -17,27 +17,16 @@ benchmarks/results/live_signals.json (merged by cell and seed) and prints a tabl
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from starsrec.data.baskets import BasketTargets
-from starsrec.data.loaders import prepare
-from starsrec.data.splits import split_dataset
 from starsrec.evaluation.baskets import basket_metrics
 from starsrec.evaluation.evaluate import validation_metric
-from starsrec.experiments.report import (
-    machine_description,
-    make_model,
-    source_revision,
-    training_data,
-)
+from starsrec.experiments.cells import save_by_cell_and_seed, stars_on_cell
 from starsrec.recommender import Filters, TrainingData, apply_filters
 from starsrec.stars.recommender import StarsRecommender, calibrated
 
@@ -143,26 +132,8 @@ def table(records: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="online-retail")
-    parser.add_argument("--protocol", default="next-basket")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--artifact", type=Path, help="a STARS model trained on this cell")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS / "live_signals.json")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-
-    dataset = prepare(args.dataset)
-    split = split_dataset(dataset, args.protocol)
-    data = training_data(dataset, split, dataset.exclude_seen)
-    if args.artifact is not None:
-        model = StarsRecommender.load(args.artifact)
-    else:
-        fitted = make_model("stars", args.seed, args.threads, {}).fit(data)
-        assert isinstance(fitted, StarsRecommender)
-        model = fitted
+    description = __doc__.split("\n")[0]
+    args, model, data, _ = stars_on_cell(description, RESULTS / "live_signals.json")
     cell = f"{args.dataset}/{args.protocol}"
     record: dict = {"cell": cell, "seed": model.config.seed}
     for key, live in (("own_only", False), ("live", True)):
@@ -170,16 +141,7 @@ def main() -> None:
         record[key] = {"values": values, "ndcg@10": metric, "seconds": seconds}
         logger.info("%s: validation ndcg@10 %.4f %s", key, metric, values)
     record["new_item_sweep"] = new_item_sweep(model, data)
-    record |= {
-        "date": dt.date.today().isoformat(),
-        "machine": machine_description(),
-        "commit": source_revision(),
-    }
-    stored = json.loads(args.out.read_text()) if args.out.exists() else []
-    stored = [r for r in stored if (r["cell"], r["seed"]) != (cell, record["seed"])]
-    stored.append(record)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
+    stored = save_by_cell_and_seed(args.out, record)
     print(table(stored))
 
 

@@ -17,29 +17,17 @@ by cell and seed) and prints a table.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import logging
 from pathlib import Path
 
-import torch
-
 from starsrec.data.baskets import BasketTargets
 from starsrec.data.interactions import EventLog, Queries
-from starsrec.data.loaders import prepare
-from starsrec.data.splits import BasketSplit, Split, split_dataset
+from starsrec.data.splits import BasketSplit, Split
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
 from starsrec.evaluation.intervals import paired_difference
-from starsrec.experiments.report import (
-    machine_description,
-    make_model,
-    source_revision,
-    targets,
-    training_data,
-)
+from starsrec.experiments.cells import save_by_cell_and_seed, stars_on_cell
+from starsrec.experiments.report import targets
 from starsrec.recommender import Recommender, TrainingData
-from starsrec.stars.recommender import StarsRecommender
 
 RESULTS = Path(__file__).parent / "results"
 COUNTS = (0, 1, 2, 3)
@@ -127,38 +115,13 @@ def table(records: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="online-retail")
-    parser.add_argument("--protocol", default="next-basket")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--artifact", type=Path, help="a STARS model trained on this cell")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS / "new_item_slots.json")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-
-    dataset = prepare(args.dataset)
-    split = split_dataset(dataset, args.protocol)
-    data = training_data(dataset, split, dataset.exclude_seen)
-    if args.artifact is not None:
-        model = StarsRecommender.load(args.artifact)
-    else:
-        model = make_model("stars", args.seed, args.threads, {}).fit(data)
+    description = __doc__.split("\n")[0]
+    args, model, data, split = stars_on_cell(description, RESULTS / "new_item_slots.json")
     rows = slot_rows(model, data, split)
     cell = f"{args.dataset}/{args.protocol}"
     after = EvaluationConfig.new_item_slots_after
     record = {"cell": cell, "seed": model.config.seed, "after": after, "rows": rows}
-    record |= {
-        "date": dt.date.today().isoformat(),
-        "machine": machine_description(),
-        "commit": source_revision(),
-    }
-    stored = json.loads(args.out.read_text()) if args.out.exists() else []
-    stored = [r for r in stored if (r["cell"], r["seed"]) != (cell, record["seed"])]
-    stored.append(record)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2, default=lambda v: v.item()) + "\n")
+    stored = save_by_cell_and_seed(args.out, record)
     print(table(stored))
 
 

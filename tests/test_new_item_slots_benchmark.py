@@ -27,3 +27,14 @@ def test_every_count_is_measured_on_one_model() -> None:
         assert set(row["test"]["difference"]) == {"ndcg@10", "recall@20"}
     record = {"cell": "toy/next-basket", "seed": 0, "rows": rows}
     assert module.table([record]).count("| toy/next-basket | 0 |") == 2 * len(rows)
+
+
+def test_results_keep_one_stamped_record_per_cell_and_seed(tmp_path) -> None:
+    from starsrec.experiments.cells import save_by_cell_and_seed
+
+    path = tmp_path / "results" / "bench.json"
+    save_by_cell_and_seed(path, {"cell": "a/b", "seed": 0, "value": 1})
+    save_by_cell_and_seed(path, {"cell": "a/b", "seed": 1, "value": 2})
+    stored = save_by_cell_and_seed(path, {"cell": "a/b", "seed": 0, "value": 3})
+    assert [(r["seed"], r["value"]) for r in stored] == [(1, 2), (0, 3)]
+    assert {"date", "machine", "commit"} <= set(stored[-1])
