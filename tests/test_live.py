@@ -119,6 +119,13 @@ def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach
         got = np.sort(scores)[::-1][:k]
         np.testing.assert_allclose(got, want, rtol=1e-5)
         assert len(merged) <= k + len(rows)
+        # The index searched deeper than k: the same top k, and no more rows scored.
+        deep = np.argsort(-plain)[: 5 * k]
+        deeper, deep_scores = with_live(
+            deep, base[deep], (rows, terms), vectors, query, skip, allowed, k
+        )
+        np.testing.assert_allclose(np.sort(deep_scores)[::-1][:k], want, rtol=1e-5)
+        assert len(np.setdiff1d(deeper, deep)) <= len(np.setdiff1d(merged, found))
     # The found items selling well and every other live row a little: no other row can
     # pass the k-th found, so none is scored.
     rows = np.union1d(rows, found)
@@ -180,3 +187,30 @@ def test_the_kept_copy_equals_a_full_read_through_appends_forgets_and_new_produc
     # StoreLive's reads after its first were of the changes only
     assert len(fulls) > 40 and all(full == (since == 0) for since, full in fulls)
     store.close()
+
+
+def test_a_live_row_just_past_the_bound_is_scored() -> None:
+    """The bound is exact: a row below the index's deep list whose live term lifts it just
+    past the k-th is scored (a bound taken from the (k-1)-th would leave it out)."""
+    from starsrec.serving.live_items import with_live
+
+    k, depth = 10, 50
+    base = np.concatenate([1000.0 - np.arange(k - 1), [10.0], 9.0 - 0.01 * np.arange(190)])
+    vectors = np.zeros((len(base), 4), np.float32)
+    vectors[:, 0] = base
+    query = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    found = np.arange(depth)  # the index's top 50
+    row = depth  # the next row: 0.01 below the last found
+    term = np.float32(base[k - 1] - base[row] + 0.5)
+    merged, scores = with_live(
+        found,
+        base[found].astype(np.float32),
+        (np.array([row]), np.array([term])),
+        vectors,
+        query,
+        np.empty(0, np.int64),
+        None,
+        k,
+    )
+    top = merged[np.argsort(-scores, kind="stable")][:k]
+    assert row in top and (k - 1) not in top

@@ -29,8 +29,6 @@ from starsrec.serving.filters import FilterScopes, with_new_item_slots
 from starsrec.serving.request import FiltersIn, request_time
 from starsrec.serving.service import RecommendationService
 
-NEW_ITEM_SLOTS_AFTER = ServingConfig.new_item_slots_after  # the service's default
-
 
 class ServedAnswers:
     """The answers of a `RecommendationService` (see module doc)."""
@@ -120,7 +118,7 @@ class UnservedAnswers:
         """`request` as `Filters` over the model's catalogue, as the service converts it;
         a RequestError naming the field when it names unknown classes or items."""
         filters = self._scopes.filters(self.items, 0, request, self.exclude_seen)
-        return with_new_item_slots(filters, request, self._new_items, 0, NEW_ITEM_SLOTS_AFTER)
+        return with_new_item_slots(filters, request, self._new_items, ServingConfig())
 
     def recommend(
         self, user_ids: Sequence[str], k: int, at: float, request: FiltersIn

@@ -11,6 +11,7 @@ import numpy as np
 
 from starsrec.recommender import Filters, Slots, place_slots, top_k
 from starsrec.serving.catalogue import ItemTable, RequestError
+from starsrec.serving.config import ServingConfig
 from starsrec.serving.request import FiltersIn
 
 MAX_CACHED_SCOPES = 256  # scopes are few in practice; the cache never grows unbounded
@@ -68,14 +69,15 @@ class FilterScopes:
 
 
 def with_new_item_slots(
-    filters: Filters, request: FiltersIn, new_items: np.ndarray, count: int, after: int
+    filters: Filters, request: FiltersIn, new_items: np.ndarray, config: ServingConfig
 ) -> Filters:
-    """`filters` with `request.new_item_slots` places (None: `count`) kept after the first
-    `after` for the best of `new_items` ((N,) bool: products without training events)."""
-    wanted = count if request.new_item_slots is None else request.new_item_slots
-    if not wanted:
+    """`filters` with `request.new_item_slots` places (None: `config.new_item_slots`) kept
+    after the first `config.new_item_slots_after` for the best of `new_items` ((N,) bool:
+    products without training events)."""
+    count = config.new_item_slots if request.new_item_slots is None else request.new_item_slots
+    if not count:
         return filters
-    return dataclasses.replace(filters, slots=Slots(new_items, wanted, after))
+    return dataclasses.replace(filters, slots=Slots(new_items, count, config.new_item_slots_after))
 
 
 def placed_top(

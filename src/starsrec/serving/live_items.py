@@ -26,7 +26,11 @@ from starsrec.index.exact import inner_scores
 from starsrec.serving.store import EventStore
 from starsrec.stars.model import STARS
 
-LiveSource = Callable[[float], tuple[np.ndarray, np.ndarray]]  # at -> (rows (R,), (R, H))
+LiveSource = Callable[[float], tuple[np.ndarray, np.ndarray]]  # at -> (rows ascending, (R, H))
+# How deep the service searches the index when live terms are on (at least k): a row left
+# out must carry a live term of at least the k-th best score minus the last found one to
+# be scored, so a deeper search keeps the items that sold a little from being scored.
+LIVE_SEARCH_DEPTH = 100
 
 
 class StoreLive:
@@ -109,38 +113,42 @@ def live_scores(model: STARS, counts: np.ndarray, new: np.ndarray) -> np.ndarray
 
 
 def with_live(
-    found: np.ndarray,  # (k,) the index's rows, -1 padding
-    scores: np.ndarray,  # (k,) their scores without the live term
-    live: tuple[np.ndarray, np.ndarray],  # (rows (R,), live terms (R,))
+    found: np.ndarray,  # (F,) the index's rows, best first, -1 padding
+    scores: np.ndarray,  # (F,) their scores without the live term
+    live: tuple[np.ndarray, np.ndarray],  # (rows (R,) ascending, live terms (R,))
     vectors: np.ndarray,  # (N, D') the index rows
     query: np.ndarray,  # (D') the retrieval query
     skip: np.ndarray,  # rows never to add (excluded, or scored apart as own items)
     allowed: np.ndarray | None,  # (N,) bool, None = all
+    k: int | None = None,  # how many the caller keeps (None: F)
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidates for the top k with the live term: the index's `found`, their scores
     plus their live term, then the other live rows not in `skip` and allowed that can still
     reach the top k, scored exactly (`inner_scores` with `query`, bit for bit the index's,
     plus its live term). Unsorted.
 
-    A row the index left out scores at most the k-th found score without the live term, so
+    A row the index left out scores at most the last found score without the live term, so
     it reaches the top k only if its live term is at least the k-th best found score with
     live terms minus that: the rows below (the many items that sold a little, long ago) are
-    not scored."""
+    not scored. The deeper the index searched past k (`LIVE_SEARCH_DEPTH`), the lower that
+    last score and the fewer rows pass."""
     keep = found >= 0
-    full = bool(len(found)) and bool(keep.all())  # k found: the k-th bounds the rest
+    k = len(found) if k is None else k
+    # every row found, at least k: the last bounds the rest
+    full = bool(keep.all()) and len(found) >= k > 0
     found, scores = found[keep], scores[keep].astype(np.float32)
     rows, terms = live
-    order = np.argsort(rows)
-    rows, terms = rows[order], terms[order]
     lifted = scores.copy()
     if len(rows):
         at = np.searchsorted(rows, found).clip(max=len(rows) - 1)
         hit = rows[at] == found
         lifted[hit] += terms[at[hit]]
-    others = terms >= (lifted.min() - scores.min() if full else -np.inf)
-    others &= ~np.isin(rows, found) & ~np.isin(rows, skip)
+    kth = np.partition(lifted, len(lifted) - k)[len(lifted) - k] if full else np.inf
+    # The bound first: what passes it is few, the membership tests then cost little.
+    others = np.flatnonzero(terms >= (kth - scores.min() if full else -np.inf))
+    others = others[~np.isin(rows[others], found) & ~np.isin(rows[others], skip)]
     if allowed is not None:
-        others &= allowed[rows]
+        others = others[allowed[rows[others]]]
     extra = rows[others]
     exact = (inner_scores(query[None], vectors[extra])[0] + terms[others]).astype(np.float32)
     return np.concatenate([found, extra]), np.concatenate([lifted, exact])

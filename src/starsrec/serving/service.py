@@ -48,7 +48,13 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
 from starsrec.serving.filters import FilterScopes, placed_top, with_new_item_slots
-from starsrec.serving.live_items import LiveSource, StoreLive, live_scores, with_live
+from starsrec.serving.live_items import (
+    LIVE_SEARCH_DEPTH,
+    LiveSource,
+    StoreLive,
+    live_scores,
+    with_live,
+)
 from starsrec.serving.own_items import merge_own_items, own_item_scores
 from starsrec.serving.product_log import ProductLog
 from starsrec.serving.product_tokens import ProductTokenizer
@@ -260,11 +266,11 @@ class RecommendationService(ProductWrites):
         mine = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
 
         def top(depth: int, allowed: np.ndarray | None, scope) -> tuple[np.ndarray, np.ndarray]:
-            found, scores = self.index.search(query[None], depth, allowed, [skip], scope)
-            found, scores = found[0], scores[0]
+            deeper = depth if live is None else max(depth, LIVE_SEARCH_DEPTH)
+            (found,), (scores,) = self.index.search(query[None], deeper, allowed, [skip], scope)
             if live is not None:
                 found, scores = with_live(
-                    found, scores, live, self.index.vectors, query, skip, allowed
+                    found, scores, live, self.index.vectors, query, skip, allowed, depth
                 )
             return merge_own_items(found, scores, mine, live, allowed, exclude, depth)
 
@@ -366,8 +372,7 @@ class RecommendationService(ProductWrites):
         if len(self._new_items) != len(self.items):  # every product put since training is new
             added = np.ones(len(self.items) - len(self._warm), dtype=bool)
             self._new_items = np.concatenate([~self._warm, added])
-        count, after = self.config.new_item_slots, self.config.new_item_slots_after
-        return with_new_item_slots(filters, request, self._new_items, count, after)
+        return with_new_item_slots(filters, request, self._new_items, self.config)
 
     def _explain(
         self, found: np.ndarray, scores: np.ndarray, rows: np.ndarray, memories: list[str]
