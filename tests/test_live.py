@@ -15,8 +15,6 @@ from starsrec.data.live import (
     fold,
     replay_counts,
 )
-from starsrec.serving.live_items import StoreLive
-from starsrec.serving.store import Event, SQLiteEventStore
 
 TYPES = (EventType("purchase", 1.0, True), EventType("return", 0.0, False))
 
@@ -138,55 +136,6 @@ def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach
     merged, _ = with_live(short, short_scores, (rows, tiny_terms), vectors, query, skip, allowed)
     expected = {int(r) for r in rows if allowed[r] and r not in skip} | set(found[:3].tolist())
     assert set(merged.tolist()) == expected
-
-
-def test_the_kept_copy_equals_a_full_read_through_appends_forgets_and_new_products(
-    tmp_path,
-) -> None:
-    """`StoreLive` reads only what changed; after any mix of writes its counts at each
-    request equal a full read of every counter at that time."""
-    store = SQLiteEventStore(tmp_path / "events.sqlite")
-    read = store.live_changes
-    fulls = []
-
-    def spy(types, at, since=0):  # which reads were full (`live_counts` reads through it)
-        answer = read(types, at, since)
-        fulls.append((since, answer[1]))
-        return answer
-
-    store.live_changes = spy  # type: ignore[method-assign]
-    row_of = {f"i{n}": n for n in range(20)}
-    live = StoreLive(lambda: store, {"buy"}, row_of, refresh_s=0.0)
-    rng = np.random.default_rng(0)
-    at = 1_700_000_000.0
-    for step in range(40):
-        at += float(rng.integers(0, 3 * 86_400))
-        if step == 20:
-            row_of["new"] = 20  # a product put since the last read
-        items = [*row_of]
-        events = [
-            Event(
-                f"e{step}-{n}",
-                f"u{rng.integers(0, 5)}",
-                items[rng.integers(0, len(items))],
-                ["buy", "view"][rng.integers(0, 2)],
-                at - float(rng.integers(0, 86_400)),
-            )
-            for n in range(int(rng.integers(0, 6)))
-        ]
-        store.append(events)
-        if step % 7 == 6:
-            store.forget(f"u{rng.integers(0, 5)}")
-        rows, counts = live(at)
-        ids, want = store.live_counts(["buy"], at)
-        expected = dict(zip(ids, want, strict=True))
-        got = dict(zip((items[r] for r in rows), counts, strict=True))
-        assert set(got) == {i for i, c in expected.items() if c.any()}
-        for item, value in got.items():
-            np.testing.assert_allclose(value, expected[item], rtol=1e-9, atol=1e-12)
-    # StoreLive's reads after its first were of the changes only
-    assert len(fulls) > 40 and all(full == (since == 0) for since, full in fulls)
-    store.close()
 
 
 def test_a_live_row_just_past_the_bound_is_scored() -> None:

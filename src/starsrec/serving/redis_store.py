@@ -12,6 +12,10 @@ Keys, all under `prefix` (default "starsrec:", so several stores can share one d
 - `{prefix}live:{event_type}`: hash of the live counters (`starsrec.data.live`) of that
   event type, field item id, value "updated count-per-half-life..." (decimal text), folded in
   by `append` for each new event.
+- `{prefix}live-seq` and `{prefix}live-changed:{event_type}`: every change of a counter
+  (a fold, or a forgotten event taken out) takes the next number of the first and stamps
+  the item with it in the second, a sorted set, so `live_changes` reads what changed since
+  a number.
 - `{prefix}user:{user_id}`: sorted set of the user's events, scored by timestamp, each member
   the zero-padded arrival number followed by the event's JSON. Members of equal score sort
   byte-wise, so the set is ordered by (timestamp, arrival) exactly like SQLite's
@@ -76,10 +80,18 @@ _SCHEMES = ("redis", "rediss", "unix")
 _SEQ_DIGITS = 15  # arrival numbers below 10**15: exact in Lua's doubles, sortable as text
 _SCRIPT_EVENTS = 1000  # events per script call in `load`
 _RATES = ", ".join(repr(float(rate)) for rate in decay_rates())
-# KEYS: the id set, the arrival counter, then per event its user key and its type's live hash.
-# ARGV: per event its id, score (timestamp), JSON payload and item id. The fold is
-# `starsrec.data.live.fold`.
-_APPEND = f"""
+# Stamps an item's change of its type's counter (see the module doc).
+_STAMP = """
+local function stamp(seq_key, changed_key, item)
+  redis.call('ZADD', changed_key, redis.call('INCR', seq_key), item)
+end
+"""
+# KEYS: the id set, the arrival counter, the live sequence, then per event its user key, its
+# type's live hash and its type's changed set. ARGV: per event its id, score (timestamp),
+# JSON payload and item id. The fold is `starsrec.data.live.fold`.
+_APPEND = (
+    _STAMP
+    + f"""
 local rates = {{{_RATES}}}
 local function fold(key, item, at)
   local old = redis.call('HGET', key, item)
@@ -102,25 +114,30 @@ local function fold(key, item, at)
   redis.call('HSET', key, item, text)
 end
 local added = 0
-for n = 1, (#KEYS - 2) / 2 do
+for n = 1, (#KEYS - 3) / 3 do
   if redis.call('SADD', KEYS[1], ARGV[4 * n - 3]) == 1 then
     local seq = redis.call('INCR', KEYS[2])
     local member = string.format('%0{_SEQ_DIGITS}d', seq) .. ARGV[4 * n - 1]
-    redis.call('ZADD', KEYS[1 + 2 * n], ARGV[4 * n - 2], member)
-    fold(KEYS[2 + 2 * n], ARGV[4 * n], tonumber(ARGV[4 * n - 2]))
+    redis.call('ZADD', KEYS[1 + 3 * n], ARGV[4 * n - 2], member)
+    fold(KEYS[2 + 3 * n], ARGV[4 * n], tonumber(ARGV[4 * n - 2]))
+    stamp(KEYS[3], KEYS[3 + 3 * n], ARGV[4 * n])
     added = added + 1
   end
 end
 return added
 """
-# KEYS: the id set, the user's key, the journal of forgets; ARGV: the user id and the
-# prefix of the live hashes. Each member's JSON (after the arrival number) is the event's
-# row (id, user, item, type, timestamp). Each event leaves its type's live counter: its
-# weight at the counter's update time is subtracted, the exact inverse of its fold (clipped
-# at 0 against rounding). The live hashes are named in the script, not in KEYS (a user's
-# event types are known only inside it); under a hash-tagged prefix they share the slot of
+)
+# KEYS: the id set, the user's key, the journal of forgets, the live sequence; ARGV: the
+# user id, the prefix of the live hashes and that of the changed sets. Each member's JSON
+# (after the arrival number) is the event's row (id, user, item, type, timestamp). Each
+# event leaves its type's live counter: its weight at the counter's update time is
+# subtracted, the exact inverse of its fold (clipped at 0 against rounding), and stamps it.
+# The live hashes and changed sets are named in the script, not in KEYS (a user's event
+# types are known only inside it); under a hash-tagged prefix they share the slot of
 # the declared keys.
-_FORGET = f"""
+_FORGET = (
+    _STAMP
+    + f"""
 local rates = {{{_RATES}}}
 local function unfold(key, item, at)
   local old = redis.call('HGET', key, item)
@@ -139,11 +156,13 @@ for _, member in ipairs(members) do
   local row = cjson.decode(string.sub(member, {_SEQ_DIGITS + 1}))
   redis.call('SREM', KEYS[1], row[1])
   unfold(ARGV[2] .. row[4], row[3], tonumber(row[5]))
+  stamp(KEYS[4], ARGV[3] .. row[4], row[3])
 end
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 return #members
 """
+)
 
 
 def _redacted(url: str) -> str:
@@ -206,6 +225,7 @@ class RedisEventStore(EventStore):
         self._ids = f"{prefix}ids"
         self._forgets = f"{prefix}forgets"
         self._seq = f"{prefix}seq"
+        self._live_seq = f"{prefix}live-seq"
         self._check_persistence()
 
     def _check_persistence(self) -> None:
@@ -234,10 +254,10 @@ class RedisEventStore(EventStore):
     def _call(self, rows: Sequence[tuple[str, str, str, str, float]], client=None) -> Any:
         """Run the append script for validated rows (through `client`, e.g. a pipeline): the
         number of new events, or, queued on a pipeline, the pipeline."""
-        keys = [self._ids, self._seq]
+        keys = [self._ids, self._seq, self._live_seq]
         args: list[str | float] = []
         for row in rows:
-            keys += [self._user_key(row[1]), self._live_key(row[3])]
+            keys += [self._user_key(row[1]), self._live_key(row[3]), self._changed_key(row[3])]
             args += [row[0], row[4], json.dumps(row, separators=(",", ":")), row[2]]
         return self._script(keys=keys, args=args, client=self._db() if client is None else client)
 
@@ -290,8 +310,8 @@ class RedisEventStore(EventStore):
 
     def forget(self, user_id: str) -> int:
         """See `EventStore.forget`: one atomic script (durable as far as `append` is)."""
-        keys = [self._ids, self._user_key(user_id), self._forgets]
-        args = [user_id, self._live_key("")]
+        keys = [self._ids, self._user_key(user_id), self._forgets, self._live_seq]
+        args = [user_id, self._live_key(""), self._changed_key("")]
         return int(self._forget(keys=keys, args=args, client=self._db()))
 
     def forgotten(self, after: int = 0) -> tuple[list[str], int]:
@@ -307,19 +327,37 @@ class RedisEventStore(EventStore):
     def _live_key(self, event_type: str) -> str:
         return f"{self.prefix}live:{event_type}"
 
+    def _changed_key(self, event_type: str) -> str:
+        return f"{self.prefix}live-changed:{event_type}"
+
     def live_counts(self, event_types: Sequence[str], at: float) -> tuple[list[str], np.ndarray]:
         """See `EventStore.live_counts`: the types' hashes in one pipeline."""
         pipe = self._db().pipeline(transaction=True)
         for event_type in dict.fromkeys(event_types):
             pipe.hgetall(self._live_key(event_type))
-        rows = []
-        for counters in pipe.execute():
-            for item, text in counters.items():
-                updated, *values = map(float, text.split())
-                rows += [
-                    (item, h, v, updated) for h, v in zip(LIVE_HALF_LIVES_DAYS, values, strict=True)
-                ]
-        return counter_table(rows, at)
+        return counter_table(_counter_rows(pipe.execute()), at)
+
+    def live_changes(
+        self, event_types: Sequence[str], at: float, since: int = 0
+    ) -> tuple[int, bool, list[str], np.ndarray]:
+        """See `EventStore.live_changes`: the items stamped after `since` in the changed
+        sets, then their counters of every type (since 0: every counter)."""
+        types = list(dict.fromkeys(event_types))
+        pipe = self._db().pipeline(transaction=True)  # the number and the changes at once
+        pipe.get(self._live_seq)
+        for event_type in types:
+            pipe.zrangebyscore(self._changed_key(event_type), f"({since}", "+inf")
+        seq, *changed = pipe.execute()
+        if since == 0:
+            return int(seq or 0), True, *self.live_counts(types, at)
+        items = sorted({item for members in changed for item in members})
+        counters = []
+        if items:
+            pipe = self._db().pipeline(transaction=True)
+            for event_type in types:
+                pipe.hmget(self._live_key(event_type), items)
+            counters = [dict(zip(items, texts, strict=True)) for texts in pipe.execute()]
+        return int(seq or 0), False, *counter_table(_counter_rows(counters), at)
 
     def count(self) -> int:
         """See `EventStore.count`: the size of the id set."""
@@ -334,3 +372,18 @@ class RedisEventStore(EventStore):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _counter_rows(counters: Iterable[dict]) -> list[tuple[str, float, float, float]]:
+    """`counter_table`'s rows (item, half-life, value, updated) of live hashes' fields
+    ({item: "updated value..."}, a missing field None)."""
+    rows = []
+    for fields in counters:
+        for item, text in fields.items():
+            if text is None:
+                continue
+            updated, *values = map(float, text.split())
+            rows += [
+                (item, h, v, updated) for h, v in zip(LIVE_HALF_LIVES_DAYS, values, strict=True)
+            ]
+    return rows
