@@ -13,9 +13,10 @@ at the default learning rate or 0.05) and "none" (no residual, the stars-no-delt
 ablation). Each is trained on the cell's training events (epochs by its own early
 stopping) and measured on validation only: NDCG@10 over every validation query. This
 script computes no test number, so what it decides is decided on validation. Beside it:
-training events/s, and the item parameters (the tensors with a row per item): values per
-item, and GB per million items for the parameters with their optimiser's state, what `fit`
-allocates for them. Writes benchmarks/results/item_parameters.json (merged by
+the Recall@20 of validation targets without training events (cold: new products) and
+of the others (warm), training events/s, and the item parameters (the tensors with a row
+per item): values per item, and GB per million items for the parameters with their
+optimiser's state, what `fit` allocates for them. Writes benchmarks/results/item_parameters.json (merged by
 cell, variant and seed) and prints a table.
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from starsrec.data.loaders import prepare
 from starsrec.data.splits import split_dataset
-from starsrec.evaluation.evaluate import validation_metric
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
 from starsrec.experiments.report import (
     machine_description,
     make_model,
@@ -80,7 +81,8 @@ def measure(
     model.fit(data)
     train_s = time.perf_counter() - started
     assert data.validation is not None and data.validation_targets is not None
-    metric = validation_metric(model, data.validation, data.validation_targets, data.exclude_seen)
+    config = EvaluationConfig(data.exclude_seen, progress=False)
+    result = evaluate(model, data.validation, data.validation_targets, data.train, config)
     state = model.training_state
     assert state is not None
     history = state.history
@@ -88,7 +90,10 @@ def measure(
     return {
         "variant": variant,
         "seed": seed,
-        "validation_ndcg@10": metric,
+        "validation_ndcg@10": result["metrics"]["ndcg@10"],
+        # new products: how often a target nobody bought in training is found, against the rest
+        "validation_cold_recall@20": result["slices"]["cold"]["recall@20"],
+        "validation_warm_recall@20": result["slices"]["warm"]["recall@20"],
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "events_per_s": sum(h["events"] for h in history) / sum(h["seconds"] for h in history),
@@ -102,9 +107,9 @@ def measure(
 def table(records: list[dict]) -> str:
     """Markdown: one row per cell and variant, means over seeds."""
     lines = [
-        "| cell | variant | seeds | validation NDCG@10 | best epoch | events/s | values per "
-        "item (+ optimiser) | GB per 1M items |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | variant | seeds | validation NDCG@10 | cold / warm Recall@20 | best epoch | "
+        "events/s | values per item (+ optimiser) | GB per 1M items |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
@@ -112,8 +117,12 @@ def table(records: list[dict]) -> str:
     for (cell, variant), runs in groups.items():
         ndcg = [r["validation_ndcg@10"] for r in runs]
         spread = f" ± {np.std(ndcg, ddof=1):.4f}" if len(ndcg) > 1 else ""
+        # older records lack the slices: "–"
+        cold = np.mean([r.get("validation_cold_recall@20", np.nan) for r in runs])
+        warm = np.mean([r.get("validation_warm_recall@20", np.nan) for r in runs])
+        slices = "–" if np.isnan(warm) else f"{cold:.3f} / {warm:.3f}"
         lines.append(
-            f"| {cell} | {variant} | {len(runs)} | {np.mean(ndcg):.4f}{spread} | "
+            f"| {cell} | {variant} | {len(runs)} | {np.mean(ndcg):.4f}{spread} | {slices} | "
             f"{np.mean([r['best_epoch'] for r in runs]):.1f} | "
             f"{np.mean([r['events_per_s'] for r in runs]):,.0f} | {runs[0]['item_values']} "
             f"(+ {runs[0]['optimizer_values']}) | "
