@@ -16,8 +16,9 @@ script computes no test number, so what it decides is decided on validation. Bes
 the Recall@20 of validation targets without training events (cold: new products) and
 of the others (warm), training events/s, and the item parameters (the tensors with a row
 per item): values per item, and GB per million items for the parameters with their
-optimiser's state, what `fit` allocates for them. Writes benchmarks/results/item_parameters.json (merged by
-cell, variant and seed) and prints a table.
+optimiser's state, what `fit` allocates for them. Writes
+benchmarks/results/item_parameters.json (merged by cell, variant and seed) and prints a
+table.
 """
 
 from __future__ import annotations
