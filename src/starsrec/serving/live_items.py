@@ -41,7 +41,8 @@ class StoreLive:
     The copy holds every row's counts at the time of the last read; a read decays it to the
     new time (one factor per half-life: every count decays alike) and overwrites the rows
     whose counters changed, so a read costs what changed, not every item that ever sold. A
-    request earlier than the last read is answered from a fresh full read at its time."""
+    request earlier than the last read, or the first after products were put, reads every
+    counter again."""
 
     def __init__(
         self,
@@ -69,7 +70,9 @@ class StoreLive:
         """(rows (R,), (R, H) live counts at `at`) of the items with counts."""
         now = time.monotonic()
         if now - self._read > self.refresh_s or at < self._at:
-            self._refresh(at, since=self._seq if at >= self._at else 0)
+            # Products put since the last read may have sold before this worker knew them.
+            grown = len(self.row_of) > len(self._counts)
+            self._refresh(at, since=0 if at < self._at or grown else self._seq)
             self._read = now
         return self._rows, self._held * np.exp(-decay_rates() * (at - self._at))
 
@@ -77,13 +80,10 @@ class StoreLive:
         seq, full, ids, counts = self.store().live_changes(self.event_types, at, since)
         rows = np.array([self.row_of.get(i, -1) for i in ids], dtype=np.int64)
         known = rows >= 0  # an item the catalogue does not hold (yet) is not served
-        size = max(len(self.row_of), len(self._counts))  # products put since the last read
         if full:
-            self._counts = np.zeros((size, len(decay_rates())))
+            self._counts = np.zeros((len(self.row_of), len(decay_rates())))
         else:
             self._counts *= np.exp(-decay_rates() * (at - self._at))
-            added = np.zeros((size - len(self._counts), self._counts.shape[1]))
-            self._counts = np.vstack([self._counts, added]) if len(added) else self._counts
         self._counts[rows[known]] = counts[known]
         self._rows = np.flatnonzero(self._counts.any(axis=1))
         self._held = self._counts[self._rows]  # what a request decays: no gather per request
