@@ -308,6 +308,8 @@ def test_http_round_trip(client) -> None:
         ("post", "/v1/recommend", {"colour": "red"}, "colour"),
         ("post", "/v1/recommend", {"filters": {"classes": ["nope"]}}, "filters.classes"),
         ("post", "/v1/recommend", {"filters": {"exclude": ["nope"]}}, "filters.exclude"),
+        ("post", "/v1/recommend", {"filters": {"new_item_slots": -1}}, "new_item_slots"),
+        ("post", "/v1/recommend", {"filters": {"new_item_slots": True}}, "new_item_slots"),
         ("post", "/v1/recommend", {"events": [{"item_id": "nope"}]}, "events"),
         (
             "post",

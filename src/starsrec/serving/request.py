@@ -39,6 +39,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     TypeAdapter,
     ValidationError,
 )
@@ -111,7 +112,7 @@ class FiltersIn(Strict):
     exclude_purchased: StrictBool | None = None
     # Places kept for products without training events after the first ones (`Slots`);
     # None: the service's `new_item_slots`.
-    new_item_slots: int | None = Field(default=None, ge=0, le=MAX_K)
+    new_item_slots: StrictInt | None = Field(default=None, ge=0, le=MAX_K)  # true is no 1
 
 
 def parse_filters(value: str | Mapping | FiltersIn | None) -> FiltersIn:
