@@ -315,10 +315,10 @@ def place_slots(scores: np.ndarray, slots: Slots) -> None:
             continue
         rest = np.isfinite(row)
         rest[first] = False
-        members = np.flatnonzero(rest & slots.items)
-        if not len(members):
+        chosen = top_k(np.where(rest & slots.items, row, -np.inf)[None], slots.count)[0][0]
+        chosen = chosen[chosen >= 0]
+        if not len(chosen):
             continue
-        chosen = members[np.lexsort((members, -row[members]))[: slots.count]]
         rest[chosen] = False
         top = row[first[-1]] if len(first) else np.float32(np.inf)
         low = np.float64(row[rest].max()) if rest.any() else np.float64(row[chosen].min()) - 1
