@@ -23,11 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from starsrec.data.baskets import BasketTargets
-from starsrec.evaluation.baskets import basket_metrics
-from starsrec.evaluation.evaluate import validation_metric
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate, validation_metric
 from starsrec.experiments.cells import save_by_cell_and_seed, stars_on_cell
-from starsrec.recommender import Filters, TrainingData, apply_filters
+from starsrec.recommender import TrainingData
 from starsrec.stars.recommender import StarsRecommender, calibrated
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,45 +53,26 @@ def calibrate(model: StarsRecommender, data: TrainingData, live: bool) -> tuple[
     return values, metric, seconds
 
 
-def slice_recall(
-    scores: np.ndarray, targets: BasketTargets, in_slice: np.ndarray
-) -> tuple[float, int]:
-    """(the mean over queries with a target in the slice ((N,) bool) of the share of those
-    targets in the top 20, ties by their expected rank as every metric here; how many
-    queries that is)."""
-    chosen = in_slice[targets.items]
-    owner = np.repeat(np.arange(len(targets.offsets) - 1), targets.sizes)
-    queries, sizes = np.unique(owner[chosen], return_counts=True)
-    if not len(queries):
-        return float("nan"), 0
-    kept = BasketTargets(np.concatenate([[0], np.cumsum(sizes)]), targets.items[chosen])
-    return float(basket_metrics(scores[queries], kept)["recall@20"].mean()), len(queries)
-
-
 def new_item_sweep(model: StarsRecommender, data: TrainingData) -> list[dict]:
-    """NDCG@10 and cold / warm Recall@20 on validation as the new-item weight moves alone."""
+    """NDCG@10 and cold / warm Recall@20 on validation (the evaluator's slices) as the
+    new-item weight moves alone."""
     assert data.validation is not None and data.validation_targets is not None
-    queries, targets = data.validation, data.validation_targets
     weights = model._fitted_model().live_weights
     chosen = float(weights[-1])
-    cold = model.features["warm"] == 0
+    config = EvaluationConfig(data.exclude_seen, progress=False)
     rows = []
     for weight in sorted({chosen, *NEW_ITEM_WEIGHTS}):
         weights[-1] = weight
-        scores = np.concatenate(
-            [model.score(queries[lo : lo + 256]) for lo in range(0, len(queries), 256)]
-        )
-        filters = Filters(exclude_seen=data.exclude_seen)
-        apply_filters(scores, queries, model._fitted_catalogue(), filters)
-        cold_recall, cold_queries = slice_recall(scores, targets, cold)
+        result = evaluate(model, data.validation, data.validation_targets, data.train, config)
+        slices = result["slices"]
         rows.append(
             {
                 "live_new": weight,
                 "chosen": weight == chosen,
-                "ndcg@10": float(basket_metrics(scores, targets)["ndcg@10"].mean()),
-                "cold_recall@20": cold_recall,
-                "cold_queries": cold_queries,
-                "warm_recall@20": slice_recall(scores, targets, ~cold)[0],
+                "ndcg@10": result["metrics"]["ndcg@10"],
+                "cold_recall@20": slices["cold"]["recall@20"],
+                "cold_queries": slices["cold"]["queries"],
+                "warm_recall@20": slices["warm"]["recall@20"],
             }
         )
     weights[-1] = chosen
