@@ -76,11 +76,11 @@ def evaluate(
     if len(offsets) != len(queries) + 1:
         raise ValueError(f"{len(queries)} queries but {len(offsets) - 1} target lists")
     n_items = model._fitted_catalogue().size
-    masks = _target_masks(queries, targets, train, n_items)
+    head, in_train = item_kinds(train, n_items)
+    masks = _target_masks(queries, targets, head, in_train)
     slots = None
     if config.new_item_slots:
-        new_items = ~item_kinds(train, n_items)[1]
-        slots = Slots(new_items, config.new_item_slots, config.new_item_slots_after)
+        slots = Slots(~in_train, config.new_item_slots, config.new_item_slots_after)
     per_query: dict[str, list[np.ndarray]] = {}
     tops = []
     for lo, hi, scores in _scored(model, queries, config, slots):
@@ -171,11 +171,11 @@ def _subset(targets: Targets, keep: np.ndarray) -> tuple[np.ndarray, Targets]:
 
 
 def _target_masks(
-    queries: Queries, targets: Targets, train: EventLog, n_items: int
+    queries: Queries, targets: Targets, head: np.ndarray, in_train: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """(T,) bool over all targets, per target slice (see the module doc)."""
+    """(T,) bool over all targets, per target slice (see the module doc), from the
+    `item_kinds` of the training events."""
     offsets, items = targets
-    head, in_train = item_kinds(train, n_items)
     query_of_target = np.repeat(np.arange(len(queries)), np.diff(offsets))
     query, rows = queries.flat_history()
     had = set(zip(query.tolist(), queries.log.item[rows].tolist(), strict=True))
