@@ -8,19 +8,30 @@ import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from starsrec.data.dataset import DataError
+from starsrec.data.interactions import Catalogue
+from starsrec.data.loaders import prepare
 from starsrec.features.encoders import HashingEncoder
 from starsrec.features.llm_tagger import LLMTagger, TaggingError
 from starsrec.features.tags import (
     LexiconTagger,
     TagExtractor,
     ZeroShotTagger,
+    default_tagger,
+    detect_domains,
     load_vocabulary,
     tag_names,
+    tagging_text,
+    tagging_texts,
 )
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def tags_of(tagger, text: str) -> set[str]:
@@ -87,6 +98,56 @@ def test_lexicon_tagger_matrix_and_custom_vocabulary(tmp_path):
     path.write_text(json.dumps(vocabulary))
     with pytest.raises(ValueError, match="duplicated tag names"):
         LexiconTagger(path)
+
+
+def test_the_tagger_reads_catalogue_places():
+    assert tagging_text("Potstickers", ("frozen meals", None)) == "Potstickers | frozen meals"
+    assert "frozen" in tags_of(LexiconTagger(), tagging_text("Potstickers", ("frozen meals",)))
+    items = pd.DataFrame(
+        {"item_id": ["a", "b"], "text": ["Potstickers", "Tea"], "subclass": ["frozen meals", None]}
+    )
+    assert tagging_texts(Catalogue.from_items(items)) == ["Potstickers | frozen meals", "Tea"]
+
+
+@pytest.mark.parametrize(
+    ("texts", "domains"),
+    [
+        (["WHITE HANGING HEART T-LIGHT HOLDER", "PAPER CHAIN KIT", "RETRO COFFEE MUG"], ("gifts",)),
+        (["Organic Oat Milk", "Frozen Peas", "Gluten Free Bread", "Vintage Cheddar"], ("grocery",)),
+        (
+            ["Organic Oat Milk", "Frozen Peas", "CHRISTMAS GARLAND", "HEART T-LIGHT HOLDER"],
+            ("gifts", "grocery"),
+        ),
+        (["Item 1", "Item 2"], ("film", "gifts", "grocery")),  # no evidence: keep every domain
+    ],
+)
+def test_detect_domains(texts, domains):
+    assert detect_domains(texts) == domains
+    tagger = default_tagger(domains)
+    assert {t.domain for t in tagger.tags} <= {*domains, "all"}
+    assert default_tagger(domains) is tagger  # built once per domains
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("name", "precision", "recall"),
+    # Floors a little under what benchmarks/tags.py measured for the default tagging
+    # (docs/benchmarks.md "Tags that are right"): a change that makes tags worse fails here.
+    [("movielens-100k", 0.9, 0.5), ("online-retail", 0.75, 0.7), ("instacart", 0.65, 0.85)],
+)
+def test_default_tags_against_hand_labels(name, precision, recall):
+    labels = json.loads((FIXTURES / "tag_labels.json").read_text())["datasets"][name]
+    try:
+        catalogue = Catalogue.from_items(prepare(name).items)
+    except (DataError, ModuleNotFoundError) as err:
+        pytest.skip(f"real dataset not available: {err}")
+    read = tagging_texts(catalogue)
+    tagger = default_tagger(detect_domains(read))
+    rows = catalogue.index_of(list(labels))
+    found = tag_names(tagger.extract([read[r] for r in rows]), tagger.vocabulary)
+    hits = sum(len(set(f) & set(t)) for f, t in zip(found, labels.values(), strict=True))
+    assert hits / sum(map(len, found)) >= precision
+    assert hits / sum(map(len, labels.values())) >= recall
 
 
 def test_zero_shot_tagger(tmp_path):

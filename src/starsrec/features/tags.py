@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from starsrec.data.interactions import Catalogue
 from starsrec.data.topk import top_k
 from starsrec.features.encoders import TextEncoder
 
@@ -114,6 +115,49 @@ def tag_names(multi_hot: np.ndarray, vocabulary: Sequence[str]) -> list[tuple[st
     return [tuple(names[np.flatnonzero(row > 0)]) for row in np.asarray(multi_hot)]
 
 
+def tagging_text(text: str, places: Sequence[str | None] = ()) -> str:
+    """What a tagger reads for one item: its name, then the names of its catalogue places
+    (subclass, class) where known, so an aisle called "frozen meals" tags its dumplings
+    frozen although their names never say so."""
+    return " | ".join([text, *(place for place in places if place)])
+
+
+def tagging_texts(catalogue: Catalogue) -> list[str]:
+    """`tagging_text` of every catalogue item: its name, subclass name and class name."""
+    subclasses = (*catalogue.subclass_names, None)  # code -1 reads the None
+    classes = (*catalogue.class_names, None)
+    codes = zip(catalogue.subclass.tolist(), catalogue.item_class.tolist(), strict=True)
+    return [
+        tagging_text(text, (subclasses[s], classes[c]))
+        for text, (s, c) in zip(catalogue.texts.tolist(), codes, strict=True)
+    ]
+
+
+def detect_domains(
+    texts: Sequence[str], vocabulary_path: str | Path | None = None, share: float = 0.5
+) -> tuple[str, ...]:
+    """The vocabulary domains a catalogue belongs to, from its item texts: each domain's
+    coverage is the share of items its lexicon tags at least once, and the domains kept
+    are those with at least `share` of the best domain's coverage (a shop of gifts that
+    also sells tea keeps only gifts; a mixed shop keeps both). Domain "all" is implied."""
+    tagger = LexiconTagger(vocabulary_path)
+    tags = tagger.tags
+    domains = sorted({t.domain for t in tags} - {"all"})
+    if not domains or len(texts) == 0:
+        return tuple(domains)
+    multi_hot = tagger.extract(texts)
+    coverage = {
+        domain: float((multi_hot[:, [t.domain == domain for t in tags]].sum(axis=1) > 0).mean())
+        for domain in domains
+    }
+    best = max(coverage.values())
+    if best == 0:
+        return tuple(domains)  # nothing matched: no evidence to restrict by
+    kept = tuple(d for d in domains if coverage[d] >= share * best)
+    logger.info("tag domains %s (item coverage %s)", kept, coverage)
+    return kept
+
+
 @runtime_checkable
 class TagExtractor(Protocol):
     """Texts -> (N, T) float32 multi-hot over `vocabulary` (tag names, column order)."""
@@ -131,11 +175,11 @@ def _whole_words(patterns: Sequence[str]) -> str:
 
 
 @functools.cache
-def default_tagger() -> LexiconTagger:
-    """The shipped vocabulary's tagger, built once per process: building one loads the
-    vocabulary and compiles about 2,000 regexes (~0.1 s), which per added product made
-    `PUT /v1/items` take 80 ms here."""
-    return LexiconTagger()
+def default_tagger(domains: tuple[str, ...] | None = None) -> LexiconTagger:
+    """The shipped vocabulary's tagger (restricted to `domains` and "all"; None: every
+    domain), built once per process and domains: building one loads the vocabulary and
+    compiles about 2,000 regexes, which per added product made `PUT /v1/items` slow."""
+    return LexiconTagger(domains=domains)
 
 
 class LexiconTagger:

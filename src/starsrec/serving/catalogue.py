@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from starsrec.features.tags import default_tagger
 from starsrec.stars.recommender import StarsRecommender
 
 
@@ -104,18 +103,6 @@ class ItemTable:
                         f"items[{position}].{name}: this catalogue has no {name} taxonomy; "
                         "omit the field",
                     )
-
-
-def item_tags(recommender: StarsRecommender, texts: Sequence[str]) -> np.ndarray:
-    """(N, G) tags as the model was trained with them (lexicon tags, or one empty column)."""
-    if recommender.config.use_lexicon_tags:
-        return default_tagger().extract(list(texts)).astype(np.float32)
-    return np.zeros((len(texts), 1), dtype=np.float32)
-
-
-def tag_vocabulary(recommender: StarsRecommender) -> tuple[str, ...]:
-    """Tag names of the `item_tags` columns: the lexicon vocabulary, or ("",) without tags."""
-    return default_tagger().vocabulary if recommender.config.use_lexicon_tags else ("",)
 
 
 @torch.no_grad()

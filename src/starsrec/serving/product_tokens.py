@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from starsrec.features.encoders import TextEncoder, named_encoder
+from starsrec.features.tags import tagging_text
 from starsrec.features.text import EmbeddingCache, embed_items
-from starsrec.serving.catalogue import ItemTable, Product, item_tags
+from starsrec.serving.catalogue import ItemTable, Product
 from starsrec.stars.batch import PAD, slot_of
 from starsrec.stars.model import STARS
-from starsrec.stars.recommender import StarsRecommender
+from starsrec.stars.recommender import StarsRecommender, item_tags
 
 # One open cache per file and encoder in this process, each with its lock: a reload's new
 # service and the old one share it, so neither rewrites the file without the other's texts.
@@ -77,9 +78,10 @@ class ProductTokenizer:
                 self._encoder = encoder
             return self._encoder
 
-    def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(P, Dt) text embeddings (texts in the cache are not embedded again) and (P, G)
-        tags of product texts."""
+    def features(self, products: Sequence[Product]) -> tuple[np.ndarray, np.ndarray]:
+        """(P, Dt) text embeddings of the products' texts (those in the cache are not
+        embedded again) and (P, G) tags of their texts and the places they name."""
+        texts = [p.text for p in products]
         encoder = self.load_encoder()
         if self.cache_dir is None:
             text = embed_items(texts, encoder, progress=False)
@@ -87,7 +89,8 @@ class ProductTokenizer:
             cache, lock = _shared_cache(self.cache_dir, encoder.name)
             with lock:
                 text = embed_items(texts, encoder, progress=False, cache=cache)
-        return text, item_tags(self.recommender, texts)
+        read = [tagging_text(p.text, (p.subclass, p.item_class)) for p in products]
+        return text, item_tags(self.recommender.config, read)
 
     @torch.no_grad()
     def prepare(self, items: ItemTable, products: Sequence[Product]) -> PreparedProducts:
@@ -96,7 +99,7 @@ class ProductTokenizer:
         product's token comes from its text and tags; a trained product keeps the delta
         and bias it learned. One batched pass for the whole batch."""
         model = self.model
-        text, tags = self.features([p.text for p in products])
+        text, tags = self.features(products)
         rows = [items.row_of.get(p.item_id) for p in products]
         trained_size = self.recommender._fitted_catalogue().size
         trained = np.array([r is not None and r < trained_size for r in rows], dtype=bool)

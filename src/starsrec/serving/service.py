@@ -43,7 +43,6 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
     Product,  # noqa: F401
     RequestError,
     item_table,
-    tag_vocabulary,
 )
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
@@ -70,7 +69,7 @@ from starsrec.serving.request import (
 from starsrec.serving.store import Event, EventStore, SQLiteEventStore
 from starsrec.stars.batch import dormant_seconds
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
-from starsrec.stars.recommender import StarsRecommender
+from starsrec.stars.recommender import StarsRecommender, tag_vocabulary
 from starsrec.stars.sequences import featurize_events
 
 logger = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class RecommendationService(ProductWrites):
         self.encoder = encoder
         self.config = config
         self.version = 0  # bumped by every catalogue change: keys the filter caches
-        self.tag_names = np.array(tag_vocabulary(recommender), dtype=object)
+        self.tag_names = np.array(tag_vocabulary(recommender.config), dtype=object)
         with torch.no_grad():
             self._context_table = self.model.context_table().numpy()  # (24, 7, 12, D) q(c)
         self.tokenizer = ProductTokenizer(recommender)  # tokens for products put live

@@ -16,7 +16,7 @@ import dataclasses
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from starsrec.data.interactions import Catalogue, Queries
 from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
 from starsrec.evaluation.evaluate import validation_metric
 from starsrec.features.encoders import named_encoder
-from starsrec.features.tags import default_tagger
+from starsrec.features.tags import DOMAINS, default_tagger, detect_domains, tagging_texts
 from starsrec.features.text import catalogue_groups, embed_items
 from starsrec.recommender import (
     Filters,
@@ -60,8 +60,8 @@ logger = logging.getLogger(__name__)
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
 # repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
 # repeat weights; 4: the own-item re-scoring buffers; 5: the recent-share repeat feature;
-# 6: the live-signal weights.
-MODEL_FORMAT = 6
+# 6: the live-signal weights; 7: tags read the catalogue places, in the catalogue's domains.
+MODEL_FORMAT = 7
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
 
@@ -72,6 +72,9 @@ class StarsConfig:
 
     text_encoder: "all-MiniLM-L6-v2" (the packaged default), "hashing" (a tiny
     deterministic embedder for tests), or a path to a local sentence-transformers folder.
+    use_lexicon_tags: attribute tags from the lexicon (`item_tags`), or none.
+    tag_domains: the vocabulary domains tags come from (with "all"); None: `fit` detects
+    them from the catalogue (`detect_domains`) and records them here.
     derived_subclasses / derived_classes: k-means cluster counts used when the catalogue
     has no subclass / class of its own.
     """
@@ -81,6 +84,7 @@ class StarsConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     text_encoder: str = "all-MiniLM-L6-v2"
     use_lexicon_tags: bool = True
+    tag_domains: tuple[str, ...] | None = None
     derived_subclasses: int = 64
     derived_classes: int = 16
     embedding_cache: str | None = ".cache/starsrec"
@@ -98,6 +102,25 @@ class StarsConfig:
                     calibration = CalibrationConfig(**calibration)
                 object.__setattr__(self, "calibration", dataclasses.replace(calibration, **moved))
         rebuild_nested_configs(self)
+        if self.tag_domains is not None:  # a list when read from config.json
+            object.__setattr__(self, "tag_domains", tuple(self.tag_domains))
+            unknown = sorted(set(self.tag_domains) - set(DOMAINS))
+            if unknown:
+                raise ValueError(f"tag_domains: unknown domains {unknown}; known: {DOMAINS}")
+
+
+def item_tags(config: StarsConfig, read: Sequence[str]) -> np.ndarray:
+    """(N, G) float32 tags as trained and served: the lexicon over what the tagger reads
+    for each item (`tagging_text`), in `config.tag_domains`; one empty column without tags
+    (hand-labelled samples chose this: docs/benchmarks.md "Tags that are right")."""
+    if not config.use_lexicon_tags:
+        return np.zeros((len(read), 1), dtype=np.float32)
+    return default_tagger(config.tag_domains).extract(list(read)).astype(np.float32)
+
+
+def tag_vocabulary(config: StarsConfig) -> tuple[str, ...]:
+    """Tag names of the `item_tags` columns, or ("",) when tags are off."""
+    return default_tagger(config.tag_domains).vocabulary if config.use_lexicon_tags else ("",)
 
 
 def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
@@ -105,10 +128,7 @@ def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.nda
     texts = list(catalogue.texts)
     cache = Path(config.embedding_cache) if config.embedding_cache else None
     text = embed_items(texts, named_encoder(config.text_encoder, config.seed), cache_dir=cache)
-    if config.use_lexicon_tags:
-        tags = default_tagger().extract(texts)
-    else:
-        tags = np.zeros((len(texts), 1), dtype=np.float32)
+    tags = item_tags(config, tagging_texts(catalogue))
     subclass, item_class = catalogue_groups(
         catalogue, text, config.derived_subclasses, config.derived_classes, config.seed
     )
@@ -163,6 +183,9 @@ class StarsRecommender(Recommender):
         model = dataclasses.replace(self.config.model, use_new_item_bias=decided)
         self.config = dataclasses.replace(self.config, model=model)
         logger.info("new-item bias %s", "on" if decided else "off")
+        if self.config.use_lexicon_tags and self.config.tag_domains is None:
+            domains = detect_domains(tagging_texts(data.catalogue))
+            self.config = dataclasses.replace(self.config, tag_domains=domains)
         config = self.config
         torch.manual_seed(config.seed)
         with distributed.main_first():  # rank 0 fills the embedding cache, the rest read it
