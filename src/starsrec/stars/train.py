@@ -62,8 +62,9 @@ class TrainConfig:
     delta_weight_decay: float = 0.1  # pulls the per-item residuals towards the text vector
     # "adamw" for every parameter, or "rowwise-adagrad" for the item tables (one optimiser
     # value per item; starsrec.stars.optim) at `item_learning_rate` (None: learning_rate).
-    item_optimizer: str = "adamw"
-    item_learning_rate: float | None = None
+    # Row-wise Adagrad needs the larger step; both chosen on validation (issue 21).
+    item_optimizer: str = "rowwise-adagrad"
+    item_learning_rate: float | None = 0.05
     uniform_negatives: int = 256
     subclass_negatives: int = 256
     patience: int = 8
