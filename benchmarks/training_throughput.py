@@ -104,7 +104,11 @@ def worker(spec: dict) -> dict:
 
         dataset = load_prepared(spec["data"])
         split = split_dataset(dataset, default_protocol(dataset))
-        data = training_data(dataset, split, not dataset.allow_repeats)
+        # The baseline's src (before issue 16's one name) calls it allow_repeats.
+        exclude_seen = getattr(dataset, "exclude_seen", None)
+        if exclude_seen is None:
+            exclude_seen = not dataset.allow_repeats
+        data = training_data(dataset, split, exclude_seen)
         config = load_config(None, settings)
         if spec.get("features_only"):  # fills the text-embedding cache
             item_features(data.catalogue, config)

@@ -25,7 +25,7 @@ from starsrec.serving.request import FiltersIn
 from starsrec.serving.service import Product, RecommendationService
 from starsrec.serving.store import Event
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
-from starsrec.stars.recommender import StarsRecommender
+from starsrec.stars.recommender import StarsRecommender, tag_vocabulary
 from starsrec.stars.sequences import featurize, query_windows
 from starsrec.web.app import create_app
 from tiny import tiny
@@ -162,6 +162,24 @@ def test_a_new_product_reaches_matching_shoppers_at_once(world, tmp_path) -> Non
     # Out of stock: never returned again, at once.
     service.upsert_items([Product("brand-new", "product 5 of line 2", "class-0", "line-2", False)])
     assert "brand-new" not in [r.item_id for r in service.recommend(events=session, k=20, at=at)]
+    service.store.close()
+
+
+def test_tags_keep_the_domains_fit_detected(world, tmp_path) -> None:
+    """Fit records the tag domains it detected; the artifact, the service and a product put
+    live tag with the same vocabulary, reading the places the product names."""
+    recommender, _, artifact = world
+    domains = recommender.config.tag_domains
+    # Detected at fit and recorded; the toy names match no tag, so no domain is ruled out.
+    assert domains == ("film", "gifts", "grocery")
+    assert StarsRecommender.load(artifact).config.tag_domains == domains
+    vocabulary = tag_vocabulary(recommender.config)
+    assert recommender.features["tags"].shape[1] == len(vocabulary)
+    service = fresh_service(world, tmp_path)
+    assert list(service.tag_names) == list(vocabulary)
+    service.upsert_items([Product("gift", "product 1 of line 0", "class-0", "christmas cards")])
+    tags = service.items.tags[service.items.row_of["gift"]]
+    assert {vocabulary[c] for c in np.flatnonzero(tags)} == {"christmas", "stationery"}
     service.store.close()
 
 

@@ -26,7 +26,8 @@ VARIANTS: dict[str, tuple[dict, ...]] = {
             "use_repeat_score": False,
             "use_new_item_bias": False,
         },
-        {"subclass_negatives": 0},
+        # SASRec's own optimiser, AdamW for every parameter, its item embeddings included.
+        {"subclass_negatives": 0, "item_optimizer": "adamw", "item_learning_rate": None},
         {"new_items": False, "own_items": False, "live": False},
     ),
     "stars-no-delta": ({"use_delta": False}, {}),
