@@ -128,9 +128,17 @@ def per_query_path(results: Path, dataset: str, protocol: str) -> Path:
     return results / "per_query" / f"{dataset}-{protocol}.parquet"
 
 
-def run_cell(cell: Cell, models: list[str], seeds: list[int], threads: int, out: Path) -> int:
+def run_cell(
+    cell: Cell,
+    models: list[str],
+    seeds: list[int],
+    threads: int,
+    out: Path,
+    save_models: Path | None = None,
+) -> int:
     """Every model on one cell, each saved (`save_cell`) as soon as its seeds are done, so
-    a stopped run keeps every finished model; returns the runs made."""
+    a stopped run keeps every finished model; returns the runs made. With `save_models`,
+    the fitted models too, under `<save_models>/<cell>/<model>-seed<seed>`."""
     if not models:
         return 0
     dataset = prepare(cell.dataset)
@@ -147,6 +155,7 @@ def run_cell(cell: Cell, models: list[str], seeds: list[int], threads: int, out:
             progress=False,
             threads=threads,
             tuning=TUNING,
+            save_to=None if save_models is None else save_models / cell.name,
         )
         if cell.exclude_seen is False and cell.dataset == "movielens-100k":
             records.append(sanity_record(dataset, split))
@@ -381,6 +390,13 @@ def main() -> None:
         "(a run stopped part-way goes on where it stopped)",
     )
     parser.add_argument(
+        "--save-models",
+        type=Path,
+        metavar="DIR",
+        help="also save every fitted model under DIR/<dataset>/<protocol>/<model>-seed<seed> "
+        "(for probes that load a model rather than train one)",
+    )
+    parser.add_argument(
         "--allow-dirty",
         action="store_true",
         help="write results from a tree with uncommitted code changes (marked +dirty)",
@@ -413,7 +429,7 @@ def main() -> None:
                 todo = missing_models(stored, by_name[name], models, seeds, commit)
                 print(f"{name}: done at {commit}: {sorted(set(models) - set(todo)) or 'none'}")
             started = time.perf_counter()
-            runs = run_cell(by_name[name], todo, seeds, args.threads, args.out)
+            runs = run_cell(by_name[name], todo, seeds, args.threads, args.out, args.save_models)
             print(f"{name}: {runs} runs in {time.perf_counter() - started:.0f} s")
     records = json.loads(args.out.read_text()) if args.out.exists() else []
     current = {(c.dataset, c.label or c.protocol) for c in CELLS}

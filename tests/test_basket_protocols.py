@@ -105,6 +105,18 @@ def test_run_models_tunes_a_grid_on_validation_and_keeps_it_for_every_seed(datas
     assert second["settings"] == first["settings"] and second["tuning"] == tried
 
 
+def test_run_models_saves_each_fitted_model_when_asked(dataset, tmp_path) -> None:
+    (record,) = run_models(
+        dataset, NEXT_BASKET, ["top-frequency"], progress=False, save_to=tmp_path / "models"
+    )
+    split = split_dataset(dataset, NEXT_BASKET)
+    fitted = make_model("top-frequency", seed=0).fit(training_data(dataset, split, False))
+    loaded = type(fitted).load(tmp_path / "models" / "top-frequency-seed0")
+    queries = split.test[:20]
+    np.testing.assert_array_equal(loaded.score(queries), fitted.score(queries))
+    assert record["model"] == "top-frequency"
+
+
 def test_settings_replace_nested_fields_by_dotted_path() -> None:
     model = make_model("sasrec", seed=0, settings={"train.learning_rate": 1e-3})
     assert model.config.train.learning_rate == 1e-3

@@ -197,6 +197,7 @@ def run_models(
     threads: int = 1,
     tuning: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
     new_item_slots: int = 0,
+    save_to: Path | None = None,
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
@@ -205,7 +206,8 @@ def run_models(
     `tuning` gives models a grid ({model: {dotted field: values}}): with the first seed each
     combination is fitted and the one with the best validation NDCG@10 (every validation
     query) is kept for every seed; the records say what was tried ("tuning") and kept
-    ("settings"). Test queries play no part in the choice.
+    ("settings"). Test queries play no part in the choice. With `save_to`, each fitted
+    model is saved there as `<model>-seed<seed>` (what later probes load, not retrain).
     """
     if split is None:
         split = split_dataset(dataset, protocol)
@@ -224,6 +226,8 @@ def run_models(
             else:
                 model = make_model(name, seed, threads, settings).fit(data)
             train_s = time.perf_counter() - started
+            if save_to is not None:
+                model.save(save_to / f"{name}-seed{seed}")
             record = evaluation_record(
                 model, name, seed, dataset, split, exclude_seen, train_s, progress, new_item_slots
             )
