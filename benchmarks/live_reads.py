@@ -4,7 +4,9 @@
     python benchmarks/live_reads.py                 # 1,000 / 10,000 / 100,000 items with sales
 
 For each size an SQLite event store is filled with three purchases per item (random items,
-one second apart, 5,000 shoppers), then a worker's copy is read: in full (every counter, what
+one second apart, 5,000 shoppers) of a catalogue of `--catalogue` rows (default a million,
+the serving benchmark's: most products of a large shop sell nothing in a while), then a
+worker's copy is read: in full (every counter, what
 a worker did at every refresh before the change sequence), after 20 new events (only the
 items they changed), and at a request between reads (the copy decayed to its time). Then
 the merge, on a synthetic million-row index (Gaussian rows, 85 dimensions, exact top lists)
@@ -34,7 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 START = 1_700_000_000.0
 
 
-def measure(n_items: int, folder: Path, repeats: int = 5) -> dict:
+def measure(n_items: int, catalogue: int, folder: Path, repeats: int = 5) -> dict:
     """Median milliseconds of a full read, a read of 20 changes and a request between reads."""
     store = SQLiteEventStore(folder / f"events-{n_items}.sqlite")
     items = np.random.default_rng(0).integers(0, n_items, 3 * n_items)
@@ -45,7 +47,7 @@ def measure(n_items: int, folder: Path, repeats: int = 5) -> dict:
         ),
         progress=False,
     )
-    row_of = {f"i{n}": n for n in range(n_items)}
+    row_of = {f"i{n}": n for n in range(max(n_items, catalogue))}
     live = StoreLive(lambda: store, {"purchase"}, row_of, refresh_s=1.0)
     at = START + 10**6
     times: dict[str, list[float]] = {"full": [], "changes": [], "request": []}
@@ -63,7 +65,7 @@ def measure(n_items: int, folder: Path, repeats: int = 5) -> dict:
         at += 2
     store.close()
     medians = {f"{name}_ms": 1000 * float(np.median(t)) for name, t in times.items()}
-    return {"items_with_counts": len(rows), **medians}
+    return {"items_with_counts": len(rows), "catalogue": len(row_of), **medians}
 
 
 def merge_cost(n_live: int, index: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
@@ -92,10 +94,11 @@ def merge_cost(n_live: int, index: tuple[np.ndarray, np.ndarray, np.ndarray]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--catalogue", type=int, default=1_000_000, help="catalogue rows")
     parser.add_argument("--out", type=Path, default=RESULTS / "live_reads.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="starsrec-live-reads-") as folder:
-        rows = [measure(int(n), Path(folder)) for n in args.sizes.split(",")]
+        rows = [measure(int(n), args.catalogue, Path(folder)) for n in args.sizes.split(",")]
     rng = np.random.default_rng(0)
     vectors = (rng.normal(size=(1_000_000, 85)) / np.sqrt(85)).astype(np.float32)
     query = rng.normal(size=85).astype(np.float32)
@@ -112,14 +115,16 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     deep = f"depth_{LIVE_SEARCH_DEPTH}"
     print(
-        "| items with counts | full read ms | read of 20 changes ms | request between reads ms "
+        "| items with counts (catalogue) | full read ms | read of 20 changes ms "
+        "| request between reads ms "
         f"| merge, search depth 10: ms (rows scored) | merge, depth {LIVE_SEARCH_DEPTH} |"
     )
     print("|---|---|---|---|---|---|")
     for row in rows:
         merge = row["merge"]
         print(
-            f"| {row['items_with_counts']:,} | {row['full_ms']:.2f} | {row['changes_ms']:.2f} | "
+            f"| {row['items_with_counts']:,} ({row['catalogue']:,}) | {row['full_ms']:.2f} | "
+            f"{row['changes_ms']:.2f} | "
             f"{row['request_ms']:.2f} | {merge['depth_10']['ms']:.2f} "
             f"({merge['depth_10']['rows_scored']:,}) | {merge[deep]['ms']:.2f} "
             f"({merge[deep]['rows_scored']:,}) |"

@@ -38,11 +38,11 @@ class StoreLive:
     changed (`EventStore.live_changes`) at most every `refresh_s` seconds (and at the next
     request after `invalidate`), decayed to each request's time.
 
-    The copy holds every row's counts at the time of the last read; a read decays it to the
-    new time (one factor per half-life: every count decays alike) and overwrites the rows
-    whose counters changed, so a read costs what changed, not every item that ever sold. A
-    request earlier than the last read, or the first after products were put, reads every
-    counter again."""
+    The copy holds the counts of the rows that have any, at the time of the last read; a
+    read decays it to the new time (one factor per half-life: every count decays alike) and
+    merges in the rows whose counters changed, so a read costs the selling rows and what
+    changed, never the catalogue's size. A request earlier than the last read, or the first
+    after products were put, reads every counter again."""
 
     def __init__(
         self,
@@ -55,9 +55,9 @@ class StoreLive:
         self.event_types = sorted(event_types)
         self.row_of = row_of
         self.refresh_s = refresh_s
-        self._counts = np.zeros((0, len(decay_rates())))  # (rows, H) at `_at`
-        self._rows = np.empty(0, dtype=np.int64)  # the rows with counts
-        self._held = self._counts  # (R, H) their counts at `_at`
+        self._rows = np.empty(0, dtype=np.int64)  # the rows with counts, ascending
+        self._held = np.zeros((0, len(decay_rates())))  # (R, H) their counts at `_at`
+        self._size = 0  # the catalogue's rows at the last full read
         self._at = -np.inf  # when the copy's counts hold
         self._seq = 0  # the store's number for the changes read
         self._read = -np.inf  # time.monotonic() of the last read
@@ -71,7 +71,7 @@ class StoreLive:
         now = time.monotonic()
         if now - self._read > self.refresh_s or at < self._at:
             # Products put since the last read may have sold before this worker knew them.
-            grown = len(self.row_of) > len(self._counts)
+            grown = len(self.row_of) > self._size
             self._refresh(at, since=0 if at < self._at or grown else self._seq)
             self._read = now
         return self._rows, self._held * np.exp(-decay_rates() * (at - self._at))
@@ -80,13 +80,18 @@ class StoreLive:
         seq, full, ids, counts = self.store().live_changes(self.event_types, at, since)
         rows = np.array([self.row_of.get(i, -1) for i in ids], dtype=np.int64)
         known = rows >= 0  # an item the catalogue does not hold (yet) is not served
+        rows, counts = rows[known], counts[known]
         if full:
-            self._counts = np.zeros((len(self.row_of), len(decay_rates())))
+            held_rows, held = rows[:0], self._held[:0]
+            self._size = len(self.row_of)
         else:
-            self._counts *= np.exp(-decay_rates() * (at - self._at))
-        self._counts[rows[known]] = counts[known]
-        self._rows = np.flatnonzero(self._counts.any(axis=1))
-        self._held = self._counts[self._rows]  # what a request decays: no gather per request
+            held_rows, held = self._rows, self._held * np.exp(-decay_rates() * (at - self._at))
+        merged_rows = np.union1d(held_rows, rows)
+        merged = np.zeros((len(merged_rows), held.shape[1]))
+        merged[np.searchsorted(merged_rows, held_rows)] = held
+        merged[np.searchsorted(merged_rows, rows)] = counts  # a changed row's new counts
+        selling = merged.any(axis=1)
+        self._rows, self._held = merged_rows[selling], merged[selling]
         self._at, self._seq = at, seq
 
 
