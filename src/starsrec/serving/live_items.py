@@ -80,18 +80,28 @@ class StoreLive:
         seq, full, ids, counts = self.store().live_changes(self.event_types, at, since)
         rows = np.array([self.row_of.get(i, -1) for i in ids], dtype=np.int64)
         known = rows >= 0  # an item the catalogue does not hold (yet) is not served
-        rows, counts = rows[known], counts[known]
+        order = np.argsort(rows[known])
+        rows, counts = rows[known][order], np.asarray(counts, dtype=np.float64)[known][order]
         if full:
             held_rows, held = rows[:0], self._held[:0]
             self._size = len(self.row_of)
         else:
             held_rows, held = self._rows, self._held * np.exp(-decay_rates() * (at - self._at))
-        merged_rows = np.union1d(held_rows, rows)
-        merged = np.zeros((len(merged_rows), held.shape[1]))
-        merged[np.searchsorted(merged_rows, held_rows)] = held
-        merged[np.searchsorted(merged_rows, rows)] = counts  # a changed row's new counts
-        selling = merged.any(axis=1)
-        self._rows, self._held = merged_rows[selling], merged[selling]
+        # Changed rows already held are overwritten in place, the others inserted in order:
+        # O(held rows) with no sort of them. Only a changed row can fall to zero (a
+        # forgotten shopper's sales), so only those are dropped.
+        place = np.searchsorted(held_rows, rows)
+        held_here = place < len(held_rows)
+        held_here[held_here] = held_rows[place[held_here]] == rows[held_here]
+        held[place[held_here]] = counts[held_here]
+        new = ~held_here & counts.any(axis=1)
+        held_rows = np.insert(held_rows, place[new], rows[new])
+        held = np.insert(held, place[new], counts[new], axis=0)
+        zero = rows[held_here & ~counts.any(axis=1)]
+        if len(zero):
+            keep = ~np.isin(held_rows, zero)
+            held_rows, held = held_rows[keep], held[keep]
+        self._rows, self._held = held_rows, held
         self._at, self._seq = at, seq
 
 
