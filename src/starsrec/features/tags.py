@@ -140,7 +140,7 @@ def detect_domains(
     coverage is the share of items its lexicon tags at least once, and the domains kept
     are those with at least `share` of the best domain's coverage (a shop of gifts that
     also sells tea keeps only gifts; a mixed shop keeps both). Domain "all" is implied."""
-    tagger = LexiconTagger(vocabulary_path)
+    tagger = default_tagger() if vocabulary_path is None else LexiconTagger(vocabulary_path)
     tags = tagger.tags
     domains = sorted({t.domain for t in tags} - {"all"})
     if not domains or len(texts) == 0:

@@ -94,10 +94,11 @@ class StoreLive:
         held_here = place < len(held_rows)
         held_here[held_here] = held_rows[place[held_here]] == rows[held_here]
         held[place[held_here]] = counts[held_here]
-        new = ~held_here & counts.any(axis=1)
+        selling = counts.any(axis=1)
+        new = ~held_here & selling
         held_rows = np.insert(held_rows, place[new], rows[new])
         held = np.insert(held, place[new], counts[new], axis=0)
-        zero = rows[held_here & ~counts.any(axis=1)]
+        zero = rows[held_here & ~selling]
         if len(zero):
             keep = ~np.isin(held_rows, zero)
             held_rows, held = held_rows[keep], held[keep]
