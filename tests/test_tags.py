@@ -26,6 +26,7 @@ from starsrec.features.tags import (
     default_tagger,
     detect_domains,
     load_vocabulary,
+    tag_catalogue,
     tag_names,
     tagging_text,
     tagging_texts,
@@ -126,6 +127,10 @@ def test_detect_domains(texts, domains):
     tagger = default_tagger(domains)
     assert {t.domain for t in tagger.tags} <= {*domains, "all"}
     assert default_tagger(domains) is tagger  # built once per domains
+    # One pass of the full lexicon gives what detecting and then tagging give.
+    detected, multi_hot = tag_catalogue(texts)
+    assert detected == domains
+    np.testing.assert_array_equal(multi_hot, tagger.extract(texts))
 
 
 @pytest.mark.realdata

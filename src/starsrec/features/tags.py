@@ -141,11 +141,26 @@ def detect_domains(
     are those with at least `share` of the best domain's coverage (a shop of gifts that
     also sells tea keeps only gifts; a mixed shop keeps both). Domain "all" is implied."""
     tagger = default_tagger() if vocabulary_path is None else LexiconTagger(vocabulary_path)
-    tags = tagger.tags
-    domains = sorted({t.domain for t in tags} - {"all"})
-    if not domains or len(texts) == 0:
-        return tuple(domains)
+    return _kept_domains(tagger.extract(texts) if len(texts) else None, tagger.tags, share)
+
+
+def tag_catalogue(texts: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """The domains `detect_domains` keeps for `texts` and their (N, T) float32 multi-hot
+    under `default_tagger(domains)`, from one pass of the full lexicon (tagging a large
+    catalogue twice, once to detect and once to tag, doubled the time)."""
+    tagger = default_tagger()
     multi_hot = tagger.extract(texts)
+    domains = _kept_domains(multi_hot if len(texts) else None, tagger.tags, 0.5)
+    kept = [t.domain in domains or t.domain == "all" for t in tagger.tags]
+    return domains, np.ascontiguousarray(multi_hot[:, kept], dtype=np.float32)
+
+
+def _kept_domains(
+    multi_hot: np.ndarray | None, tags: Sequence[Tag], share: float
+) -> tuple[str, ...]:
+    domains = sorted({t.domain for t in tags} - {"all"})
+    if not domains or multi_hot is None:
+        return tuple(domains)
     coverage = {
         domain: float((multi_hot[:, [t.domain == domain for t in tags]].sum(axis=1) > 0).mean())
         for domain in domains

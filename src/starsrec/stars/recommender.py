@@ -1,13 +1,11 @@
 """STARS behind the Recommender contract: item features, training, full-catalogue scoring.
 
 `fit` embeds the catalogue's texts (cached), tags them, derives subclasses and classes by
-k-means where the catalogue has no taxonomy, builds the calendar events of the country,
-and trains the model with early stopping on validation NDCG@10. `score` encodes each
-query's recent history and scores every item with one inner product plus the item bias,
-the calendar offsets and the repeat bonus. Items never seen in training are scored from
-their text and tags alone (their delta stays 0): that is the cold-start path. After
-training, the new-item bias and the own-item re-scoring are fitted on validation
-(`starsrec.stars.calibration`).
+k-means where the catalogue has no taxonomy, builds the country's calendar events, and
+trains with early stopping on validation NDCG@10. `score` gives every item the model's one
+score (`STARS`). Items never seen in training are scored from their text and tags alone
+(their delta stays 0): the cold-start path. After training, the new-item bias and the
+own-item re-scoring are fitted on validation (`starsrec.stars.calibration`).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from starsrec.data.interactions import Catalogue, Queries
 from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
 from starsrec.evaluation.evaluate import validation_metric
 from starsrec.features.encoders import named_encoder
-from starsrec.features.tags import DOMAINS, default_tagger, detect_domains, tagging_texts
+from starsrec.features.tags import DOMAINS, default_tagger, tag_catalogue, tagging_texts
 from starsrec.features.text import catalogue_groups, embed_items
 from starsrec.recommender import (
     Filters,
@@ -57,10 +55,9 @@ from starsrec.stars.train import TrainConfig, TrainingState, train_model
 
 logger = logging.getLogger(__name__)
 
-# Bumped when the model's parameters change shape or meaning; 2: new-item bias, per-item
-# repeat propensity and the in-session repeat weight; 3: per-basket share and per-user
-# repeat weights; 4: the own-item re-scoring buffers; 5: the recent-share repeat feature;
-# 6: the live-signal weights; 7: tags read the catalogue places, in the catalogue's domains.
+# Bumped when the model's parameters change shape or meaning; 2: new-item bias, item repeat
+# propensity, in-session repeat weight; 3: basket share, user repeat weights; 4: own-item
+# buffers; 5: recent share; 6: live weights; 7: tags read catalogue places, in its domains.
 MODEL_FORMAT = 7
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
@@ -75,8 +72,7 @@ class StarsConfig:
     use_lexicon_tags: attribute tags from the lexicon (`item_tags`), or none.
     tag_domains: the vocabulary domains tags come from (with "all"); None: `fit` detects
     them from the catalogue (`detect_domains`) and records them here.
-    derived_subclasses / derived_classes: k-means cluster counts used when the catalogue
-    has no subclass / class of its own.
+    derived_subclasses / derived_classes: k-means cluster counts where the catalogue has none.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -123,12 +119,15 @@ def tag_vocabulary(config: StarsConfig) -> tuple[str, ...]:
     return default_tagger(config.tag_domains).vocabulary if config.use_lexicon_tags else ("",)
 
 
-def item_features(catalogue: Catalogue, config: StarsConfig) -> dict[str, np.ndarray]:
-    """Text embeddings, tags, subclass and class of every item (arrays over the catalogue)."""
+def item_features(
+    catalogue: Catalogue, config: StarsConfig, tags: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Text embeddings, tags (`item_tags` unless given), subclass and class of every item."""
     texts = list(catalogue.texts)
     cache = Path(config.embedding_cache) if config.embedding_cache else None
     text = embed_items(texts, named_encoder(config.text_encoder, config.seed), cache_dir=cache)
-    tags = item_tags(config, tagging_texts(catalogue))
+    if tags is None:
+        tags = item_tags(config, tagging_texts(catalogue))
     subclass, item_class = catalogue_groups(
         catalogue, text, config.derived_subclasses, config.derived_classes, config.seed
     )
@@ -183,13 +182,14 @@ class StarsRecommender(Recommender):
         model = dataclasses.replace(self.config.model, use_new_item_bias=decided)
         self.config = dataclasses.replace(self.config, model=model)
         logger.info("new-item bias %s", "on" if decided else "off")
+        tags = None
         if self.config.use_lexicon_tags and self.config.tag_domains is None:
-            domains = detect_domains(tagging_texts(data.catalogue))
+            domains, tags = tag_catalogue(tagging_texts(data.catalogue))
             self.config = dataclasses.replace(self.config, tag_domains=domains)
         config = self.config
         torch.manual_seed(config.seed)
         with distributed.main_first():  # rank 0 fills the embedding cache, the rest read it
-            self.features = item_features(data.catalogue, config)
+            self.features = item_features(data.catalogue, config, tags)
         warm = np.bincount(data.train.item, minlength=data.catalogue.size) > 0
         self.features["warm"] = warm.astype(np.float32)
         first_day = np.full(data.catalogue.size, np.inf)
