@@ -9,20 +9,18 @@
    u = u_L when the request comes after the session gap (no current session).
 4. Scoring: score(u, i, c) = <u + q(c), e_i> + b_i + sum_k active_k(c) o[k, class(i)]
    (an item without training events: e_i from text and tags, b_i the learned new-item
-   bias, moved after training to its maximum-likelihood value on validation; in
-   training, so is every item before its first event) + a learned bonus for
-   items in the user's own history (repeat purchases; applied as a re-scoring step,
-   outside the inner product). For those own items the taste term is then re-weighted,
+   bias, moved after training to its maximum-likelihood value on validation; in training,
+   so is every item before its first event) + a learned bonus for items in the user's own
+   history (repeat purchases; applied as a re-scoring step, outside the inner product). For those own items the taste term is then re-weighted,
    offset and joined by their recent share of the shopper's baskets, by three scalars
-   fitted on validation after training (`own_item_adjustment`). Every item then gains
-   its live signals, all shoppers' recent sales at the request time (`live_score`, with
-   weights fitted on validation).
+   fitted on validation after training (`own_item_adjustment`). Every item then gains its
+   live signals: all shoppers' recent sales at the request (`live_score`, weights fitted).
    A request without history is scored by q(c), the item biases and offsets alone.
 
 The served score is defined here once: `user_side` (the query), `item_terms` and
 `calendar_terms` (the item side), `own_item_score` (what the user's own items add),
-`live_score` (what recent sales add), and
-`retrieval_items` / `retrieval_queries` (the same score as one inner product). Training
+`live_score` (what recent sales add), and `retrieval_items` / `retrieval_queries` (the
+same score as one inner product). Training
 (through `score_inner`, that inner product over sampled candidates, checked against the
 plain `score`), the offline scorer, the exported encoder and the service (through
 `request_tables`) call these; none re-implements them.
@@ -318,13 +316,13 @@ class STARS(nn.Module):
         With the (...,) `request_days` (training), an item whose first event is at or after
         the request did not exist yet: it is scored as a new item (text, tags, new-item bias)."""
         owned = self.item_tokens.owned(slots)  # one cold-dropout draw for vector and bias
-        vectors = self.item_vectors(slots, owned)  # (C, D)
+        days = request_days if self.config.new_item_bias_on() else None  # None: none new
+        vectors, new_vectors = self.item_tokens.with_cold(slots, owned, days is not None)
         bias, offsets = self.item_terms(slots, request_events, owned)
         scores = query @ vectors.T + bias + offsets
-        if request_days is None or not self.config.new_item_bias_on():
+        if days is None:
             return scores
-        unseen = self.first_day[slots] >= request_days[..., None]  # (..., C)
-        new_vectors = self.item_vectors(slots, torch.zeros_like(owned))  # (C, D)
+        unseen = self.first_day[slots] >= days[..., None]  # (..., C)
         new_bias = self.new_item_bias if self.config.use_item_bias else 0.0
         return torch.where(unseen, query @ new_vectors.T + new_bias + offsets, scores)
 
@@ -357,23 +355,25 @@ class STARS(nn.Module):
                 rows.append(offsets)
             return torch.cat(rows, dim=1)  # (C, D + 1 [+ K])
 
-        seen = items(self.item_vectors(slots, owned), self.item_bias_terms(slots, owned))
-        if request_days is None or not self.config.new_item_bias_on():
+        days = request_days if self.config.new_item_bias_on() else None  # None: none new
+        vectors, new_vectors = self.item_tokens.with_cold(slots, owned, days is not None)
+        seen = items(vectors, self.item_bias_terms(slots, owned))
+        if days is None:
             return queries @ seen.T
         new_bias = self.new_item_bias if self.config.use_item_bias else shift.new_zeros(())
-        new = items(self.item_vectors(slots, torch.zeros_like(owned)), new_bias.expand_as(shift))
+        new = items(new_vectors, new_bias.expand_as(shift))
         first_day, width, blocks = self.first_day[slots], len(slots), []
-        for rows, days in zip(
-            queries.tensor_split(SCORE_BLOCKS), request_days.tensor_split(SCORE_BLOCKS), strict=True
+        for rows, row_days in zip(
+            queries.tensor_split(SCORE_BLOCKS), days.tensor_split(SCORE_BLOCKS), strict=True
         ):
-            if not len(days):  # fewer rows than blocks
+            if not len(row_days):  # fewer rows than blocks
                 continue
             # An item is new to a request when its first day is at or after the request's:
             # columns before `lo` are seen by every row, from `hi` on new to every row.
-            lo = int((first_day < days.min()).long().cumprod(0).sum())
-            hi = width - int((first_day.flip(0) >= days.max()).long().cumprod(0).sum())
+            lo = int((first_day < row_days.min()).long().cumprod(0).sum())
+            hi = width - int((first_day.flip(0) >= row_days.max()).long().cumprod(0).sum())
             as_seen, as_new = rows @ seen[:hi].T, rows @ new[lo:].T  # (rows, hi), (rows, C - lo)
-            unseen = first_day[lo:hi] >= days[:, None]  # (rows, hi - lo)
+            unseen = first_day[lo:hi] >= row_days[:, None]  # (rows, hi - lo)
             mixed = torch.where(unseen, as_new[:, : hi - lo], as_seen[:, lo:])
             blocks.append(torch.cat([as_seen[:, :lo], mixed, as_new[:, hi - lo :]], dim=1))
         return torch.cat(blocks)

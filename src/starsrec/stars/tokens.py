@@ -60,12 +60,39 @@ class ItemTokens(nn.Module):
 
     def forward(self, slots: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
         """(...) item slots -> (..., D) tokens; `owned` as from `owned(slots)`."""
-        delta = None
-        if self.config.use_text and self.config.use_delta:
-            owned = self.owned(slots) if owned is None else owned
-            delta = self.delta(slots) * owned.unsqueeze(-1)
-        ids = self.item_id(slots) if self.config.use_item_id else None
-        return self.combine(self.text[slots], self.tags[slots], delta, ids)
+        delta = self._delta(slots, owned)
+        if delta is not None and self.config.delta_space == "text":
+            ids = self.item_id(slots) if self.config.use_item_id else None
+            return self.combine(self.text[slots], self.tags[slots], delta, ids)
+        plain = self._plain(slots)
+        return plain if delta is None else plain + delta
+
+    def with_cold(
+        self, slots: torch.Tensor, owned: torch.Tensor | None = None, cold: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., D) tokens of `slots` as `forward` gives them, and (..., D) the tokens the
+        same items have as cold items (no delta), from one projection where they share it
+        (`cold=False`: the first twice, where a text-space delta would cost a second one)."""
+        owned = self.owned(slots) if owned is None else owned
+        delta = self._delta(slots, owned)
+        if delta is not None and self.config.delta_space == "text":
+            tokens = self(slots, owned)
+            return tokens, self(slots, torch.zeros_like(owned)) if cold else tokens
+        plain = self._plain(slots)
+        return (plain if delta is None else plain + delta), plain
+
+    def _delta(self, slots: torch.Tensor, owned: torch.Tensor | None) -> torch.Tensor | None:
+        if not (self.config.use_text and self.config.use_delta):
+            return None
+        owned = self.owned(slots) if owned is None else owned
+        return self.delta(slots) * owned.unsqueeze(-1)
+
+    def _plain(self, slots: torch.Tensor) -> torch.Tensor:
+        """Tokens without delta, projected once per distinct item: a training batch's events
+        repeat their items, and the projection of their text was most of the tower's cost."""
+        unique, inverse = torch.unique(slots, return_inverse=True)
+        ids = self.item_id(unique) if self.config.use_item_id else None
+        return self.combine(self.text[unique], self.tags[unique], None, ids)[inverse]
 
     def combine(
         self,
