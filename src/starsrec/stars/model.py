@@ -11,10 +11,10 @@
    (an item without training events: e_i from text and tags, b_i the learned new-item
    bias, moved after training to its maximum-likelihood value on validation; in training,
    so is every item before its first event) + a learned bonus for items in the user's own
-   history (repeat purchases; applied as a re-scoring step, outside the inner product). For those own items the taste term is then re-weighted,
-   offset and joined by their recent share of the shopper's baskets, by three scalars
-   fitted on validation after training (`own_item_adjustment`). Every item then gains its
-   live signals: all shoppers' recent sales at the request (`live_score`, weights fitted).
+   history (repeat purchases; a re-scoring step, outside the inner product). For own items
+   the taste term is then re-weighted, offset and joined by their recent share of the
+   shopper's baskets, three scalars fitted on validation (`own_item_adjustment`). Then
+   every item gains its live signals, all shoppers' recent sales at the request (`live_score`).
    A request without history is scored by q(c), the item biases and offsets alone.
 
 The served score is defined here once: `user_side` (the query), `item_terms` and
