@@ -105,6 +105,29 @@ def test_cold_items_get_vectors_from_text_and_tags_alone(world, space) -> None:
     assert bias[:3].eq(0).all() and bias[3:].eq(1).all()
 
 
+@pytest.mark.parametrize("space", ["text", "width"])
+@pytest.mark.parametrize("ids", [False, True])
+def test_tokens_projected_once_per_item_match_row_by_row(world, space, ids) -> None:
+    catalogue, _, calendar = world
+    model = build(catalogue, calendar, replace(TINY, delta_space=space, use_item_id=ids))
+    tokens = model.item_tokens
+    with torch.no_grad():
+        tokens.delta.weight.normal_()
+    slots = torch.tensor([[3, 1, 3, PAD], [1, 7, 7, 3]])  # repeated items, as a batch has
+    owned = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]])  # a cold-dropout draw
+    delta = tokens.delta(slots) * owned.unsqueeze(-1)
+    id_rows = tokens.item_id(slots) if ids else None
+
+    def reference(delta):  # every position through the tower on its own
+        return tokens.combine(tokens.text[slots], tokens.tags[slots], delta, id_rows)
+
+    warm, cold = tokens.with_cold(slots, owned)
+    torch.testing.assert_close(tokens(slots, owned), reference(delta))
+    torch.testing.assert_close(warm, reference(delta))
+    torch.testing.assert_close(cold, reference(torch.zeros_like(delta)))
+    torch.testing.assert_close(tokens.with_cold(slots, owned, cold=False)[0], reference(delta))
+
+
 def test_switches_remove_components() -> None:
     with pytest.raises(ValueError, match="delta_space"):
         ModelConfig(delta_space="items")

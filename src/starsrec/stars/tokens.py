@@ -74,11 +74,10 @@ class ItemTokens(nn.Module):
         same items have as cold items (no delta), from one projection where they share it
         (`cold=False`: the first twice, where a text-space delta would cost a second one)."""
         owned = self.owned(slots) if owned is None else owned
-        delta = self._delta(slots, owned)
-        if delta is not None and self.config.delta_space == "text":
+        if self.config.use_text and self.config.use_delta and self.config.delta_space == "text":
             tokens = self(slots, owned)
-            return tokens, self(slots, torch.zeros_like(owned)) if cold else tokens
-        plain = self._plain(slots)
+            return tokens, (self(slots, torch.zeros_like(owned)) if cold else tokens)
+        plain, delta = self._plain(slots), self._delta(slots, owned)
         return (plain if delta is None else plain + delta), plain
 
     def _delta(self, slots: torch.Tensor, owned: torch.Tensor | None) -> torch.Tensor | None:
