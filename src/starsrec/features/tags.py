@@ -40,6 +40,8 @@ from starsrec.features.encoders import TextEncoder
 logger = logging.getLogger(__name__)
 
 DOMAINS = ("grocery", "gifts", "film", "all")
+# A domain is kept when its lexicon tags at least this share of the best domain's items.
+DOMAIN_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def tagging_texts(catalogue: Catalogue) -> list[str]:
 
 
 def detect_domains(
-    texts: Sequence[str], vocabulary_path: str | Path | None = None, share: float = 0.5
+    texts: Sequence[str], vocabulary_path: str | Path | None = None, share: float = DOMAIN_SHARE
 ) -> tuple[str, ...]:
     """The vocabulary domains a catalogue belongs to, from its item texts: each domain's
     coverage is the share of items its lexicon tags at least once, and the domains kept
@@ -150,7 +152,7 @@ def tag_catalogue(texts: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray]:
     catalogue twice, once to detect and once to tag, doubled the time)."""
     tagger = default_tagger()
     multi_hot = tagger.extract(texts)
-    domains = _kept_domains(multi_hot if len(texts) else None, tagger.tags, 0.5)
+    domains = _kept_domains(multi_hot if len(texts) else None, tagger.tags, DOMAIN_SHARE)
     kept = [t.domain in domains or t.domain == "all" for t in tagger.tags]
     return domains, np.ascontiguousarray(multi_hot[:, kept], dtype=np.float32)
 

@@ -60,12 +60,7 @@ class ItemTokens(nn.Module):
 
     def forward(self, slots: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
         """(...) item slots -> (..., D) tokens; `owned` as from `owned(slots)`."""
-        delta = self._delta(slots, owned)
-        if delta is not None and self.config.delta_space == "text":
-            ids = self.item_id(slots) if self.config.use_item_id else None
-            return self.combine(self.text[slots], self.tags[slots], delta, ids)
-        plain = self._plain(slots)
-        return plain if delta is None else plain + delta
+        return self.with_cold(slots, owned, cold=False)[0]
 
     def with_cold(
         self, slots: torch.Tensor, owned: torch.Tensor | None = None, cold: bool = True
@@ -73,11 +68,15 @@ class ItemTokens(nn.Module):
         """(..., D) tokens of `slots` as `forward` gives them, and (..., D) the tokens the
         same items have as cold items (no delta), from one projection where they share it
         (`cold=False`: the first twice, where a text-space delta would cost a second one)."""
-        owned = self.owned(slots) if owned is None else owned
-        if self.config.use_text and self.config.use_delta and self.config.delta_space == "text":
-            tokens = self(slots, owned)
-            return tokens, (self(slots, torch.zeros_like(owned)) if cold else tokens)
-        plain, delta = self._plain(slots), self._delta(slots, owned)
+        delta = self._delta(slots, owned)
+        if delta is not None and self.config.delta_space == "text":
+            text, tags = self.text[slots], self.tags[slots]
+            ids = self.item_id(slots) if self.config.use_item_id else None
+            tokens = self.combine(text, tags, delta, ids)
+            return tokens, (
+                self.combine(text, tags, torch.zeros_like(delta), ids) if cold else tokens
+            )
+        plain = self._plain(slots)
         return (plain if delta is None else plain + delta), plain
 
     def _delta(self, slots: torch.Tensor, owned: torch.Tensor | None) -> torch.Tensor | None:
