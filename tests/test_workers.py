@@ -144,17 +144,35 @@ def test_workers_must_be_positive(tmp_path: Path, option: str, capsys) -> None:
     assert f"--workers must be >= 1, got {option}" in capsys.readouterr().err
 
 
-def test_a_second_server_cannot_join_the_workers_port() -> None:
-    """The workers' sockets share their port with each other (SO_REUSEPORT), never with
-    another server started on the same port: that one is refused, as before."""
-    from starsrec.web.workers import listening_sockets
-
-    first = listening_sockets("127.0.0.1", 0, 2)
+def test_kept_alive_connections_spread_over_the_workers(
+    artifact: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The parent hands connections out in turn: four kept-alive clients, two per worker
+    (the kernel's SO_REUSEPORT hash had put all four on one worker)."""
+    server = Server(artifact, tmp_path / "server.log", options=WORKERS)
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(4)]
     try:
-        port = first[0].getsockname()[1]
-        assert {s.getsockname()[1] for s in first} == {port}
-        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
-            listening_sockets("127.0.0.1", port, 2)
+        worker_pids(server)
+        # Each client asks twice on its one connection: the same worker answers both.
+        answers = [[c.get("/healthz").json()["worker"] for _ in range(2)] for c in clients]
+        assert all(first == second for first, second in answers)
+        per_worker = [first for first, _ in answers]
+        assert sorted(per_worker.count(pid) for pid in set(per_worker)) == [2, 2]
     finally:
-        for sock in first:
-            sock.close()
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+def test_a_second_server_cannot_take_the_workers_port() -> None:
+    """The workers' port is the parent's alone: another server started on it is refused."""
+    from starsrec.web.workers import listening_socket
+
+    first = listening_socket("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listening_socket("127.0.0.1", port)
+    finally:
+        first.close()

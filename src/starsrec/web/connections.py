@@ -20,6 +20,9 @@ It also writes each answer with one system call: uvicorn writes an answer's head
 body separately, and a loopback send was the largest single cost of a request in a profile
 under load (docs/benchmarks.md, "HTTP overhead"). `CoalescingTransport` gathers the writes
 of one event-loop step and sends them together at its end.
+
+`handed_server` is the uvicorn server of a `starsrec serve --workers` worker: it serves the
+connections its parent accepted and handed over (`starsrec.web.workers`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from starsrec.web.workers import handed_connections
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +162,47 @@ def deadline_protocol(header_timeout_s: float) -> type[DeadlineH11Protocol]:
     return type(
         "DeadlineH11Protocol", (DeadlineH11Protocol,), {"header_timeout_s": header_timeout_s}
     )
+
+
+def handed_server(config: uvicorn.Config, channel: socket.socket) -> uvicorn.Server:
+    """A uvicorn server that accepts nothing itself: it serves the connections a
+    `starsrec serve --workers` parent hands it on `channel` (`starsrec.web.workers`), each
+    with the protocol uvicorn would give a connection it accepted."""
+
+    class HandedServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=[])  # the app's startup; no listening socket
+            loop = asyncio.get_running_loop()
+
+            def protocol() -> asyncio.Protocol:
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config,
+                    server_state=self.server_state,
+                    app_state=self.lifespan.state,
+                    _loop=loop,
+                )
+
+            async def adopt(conn: socket.socket) -> None:
+                try:
+                    await loop.connect_accepted_socket(protocol, conn)
+                except OSError:  # the client left before it was taken
+                    conn.close()
+
+            adopting: set[asyncio.Task] = set()  # held: the loop keeps only weak references
+
+            def take() -> None:
+                try:
+                    for conn in handed_connections(channel):
+                        task = loop.create_task(adopt(conn))
+                        adopting.add(task)
+                        task.add_done_callback(adopting.discard)
+                except EOFError:  # the parent is gone: this worker dies with it
+                    loop.remove_reader(channel.fileno())
+
+            loop.add_reader(channel.fileno(), take)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            asyncio.get_running_loop().remove_reader(channel.fileno())
+            await super().shutdown(sockets)
+
+    return HandedServer(config)

@@ -213,9 +213,9 @@ def _serve(
 ) -> int:
     import uvicorn
 
-    from starsrec.web.connections import deadline_protocol
+    from starsrec.web.connections import deadline_protocol, handed_server
 
-    def run(on_reload: Callable[[], object] | None = None, sock: socket | None = None) -> None:
+    def run(on_reload: Callable[[], object] | None = None, channel: socket | None = None) -> None:
         config = uvicorn.Config(
             app(service, on_reload),
             host=host,
@@ -225,7 +225,10 @@ def _serve(
             timeout_keep_alive=KEEP_ALIVE_S,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
-        uvicorn.Server(config).run(sockets=None if sock is None else [sock])
+        if channel is None:
+            uvicorn.Server(config).run()
+        else:
+            handed_server(config, channel).run()
 
     # What loading made (model, catalogue, index) lives as long as the process: frozen out
     # of the collector, a full collection no longer walks it (those took /healthz to
@@ -240,17 +243,17 @@ def _serve(
         if workers == 1:
             run()
             return 0
-        sockets = forked.listening_sockets(host, port, workers)
+        listener = forked.listening_socket(host, port)
         service.store.close()  # each worker opens its own
 
-        def run_worker(number: int, sock: socket) -> None:
+        def run_worker(number: int, channel: socket) -> None:
             service.reopen_store()
             try:
-                run(forked.notify_parent, sock)
+                run(forked.notify_parent, channel)
             finally:
                 service.store.close()
 
-        return forked.serve_workers(run_worker, sockets)
+        return forked.serve_workers(run_worker, listener, workers)
     finally:  # as it was, for a caller that goes on (tests, embedding)
         sys.setswitchinterval(interval)
         gc.unfreeze()

@@ -1,14 +1,19 @@
 """`starsrec serve --workers N`: N processes answering on one port, sharing what was loaded.
 
-The parent loads the artifact once, opens one listening socket per worker on the port
-(SO_REUSEPORT: the kernel spreads new connections over them), freezes what it loaded out of
-the collector and forks; each worker answers on its own socket and reads the model, the
-index and the item table from the parent's pages: copy-on-write, shared for as long as
-nobody writes them. Each worker opens its own event-store connection
-(a connection must not cross a fork) and follows the product log and the store's forgets
-(`starsrec.web.app`), so a product put or a user forgotten through one worker reaches all.
+The parent loads the artifact once, listens on the port, freezes what it loaded out of the
+collector and forks; each worker reads the model, the index and the item table from the
+parent's pages: copy-on-write, shared for as long as nobody writes them. The parent accepts
+every connection and hands it to the workers in turn over a Unix socket (SCM_RIGHTS, as
+Node's cluster module does), so a few kept-alive clients spread evenly: on one shared
+listening socket the first worker to wake accepts every pending connection, and with one
+SO_REUSEPORT socket per worker the kernel's hash of the addresses put all four connections
+of a benchmark client on one worker while the other idled (docs/benchmarks.md, "Serving").
+A worker that cannot take a connection at once (gone, or its queue full) is passed over
+for the next. Each worker opens its own event-store connection (a connection must not
+cross a fork) and follows the product log and the store's forgets (`starsrec.web.app`), so
+a product put or a user forgotten through one worker reaches all.
 
-The parent only supervises:
+The parent only accepts and supervises:
 - SIGHUP is forwarded to every worker: each reloads the artifact while it keeps answering.
 - POST /v1/admin/reload reloads the worker that took it, which then signals the parent
   (SIGUSR1); the parent sends SIGHUP to the other workers.
@@ -27,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
@@ -47,38 +53,55 @@ def held_signals() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` TCP sockets listening on (host, port), one per worker (port 0: one free port
-    for all); ValueError when the port is taken. With SO_REUSEPORT (Linux) each is its own
-    socket and the kernel spreads new connections over them: on one shared socket the first
-    worker to wake accepts every pending connection, so a few keep-alive clients all land on
-    one worker while the others idle (docs/benchmarks.md, "Serving"). Without SO_REUSEPORT,
-    one shared socket `count` times."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on (host, port) (port 0: a free port); ValueError when the
+    port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    share = hasattr(socket, "SO_REUSEPORT")
-    sockets: list[socket.socket] = []
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        if share:
-            # SO_REUSEPORT would also join another server's sockets on the port (a second
-            # `starsrec serve` started by mistake): a plain bind first says whether it is free.
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((host, port))
-                port = probe.getsockname()[1]  # port 0: the free port every socket joins
-        for _ in range(count if share else 1):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if share:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            sock.listen(2048)
-            sock.set_inheritable(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
     except OSError as error:
-        for sock in sockets:
-            sock.close()
+        sock.close()
         raise ValueError(f"cannot listen on {host}:{port} ({error.strerror})") from error
-    return sockets if share else sockets * count
+    return sock
+
+
+def handed_connections(channel: socket.socket) -> list[socket.socket]:
+    """The connections the parent has handed to this worker on its non-blocking `channel`
+    and not yet taken ([] when none waits); EOFError once the parent has closed it."""
+    taken: list[socket.socket] = []
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(channel, 64, 64)
+        except BlockingIOError:
+            return taken
+        if not data and not fds:
+            for sock in taken:
+                sock.close()
+            raise EOFError("the parent closed the hand-over channel")
+        taken += [socket.socket(fileno=fd) for fd in fds]
+
+
+def _hand_out(listener: socket.socket, channels: list[socket.socket]) -> None:
+    """Accept on `listener` until it is shut down, handing each connection to the next
+    worker's channel in turn; a worker that cannot take it at once is passed over, and a
+    connection no worker can take is closed."""
+    turn = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: the server is stopping
+            return
+        with conn:
+            for _ in range(len(channels)):
+                channel, turn = channels[turn], (turn + 1) % len(channels)
+                try:
+                    socket.send_fds(channel, [b"c"], [conn.fileno()])
+                    break
+                except OSError:  # gone (its parent end closed) or its queue full
+                    continue
 
 
 def notify_parent() -> None:
@@ -87,15 +110,15 @@ def notify_parent() -> None:
 
 
 def serve_workers(
-    run_worker: Callable[[int, socket.socket], None], sockets: list[socket.socket]
+    run_worker: Callable[[int, socket.socket], None], listener: socket.socket, count: int
 ) -> int:
-    """Fork one worker per listening socket (`listening_sockets`), worker n running
-    `run_worker(n, sockets[n])` until it returns with the other sockets closed, then
-    supervise them (see the module doc); returns the parent's exit status. The parent
-    closes every socket once the workers hold them: a socket nobody accepts on would keep
-    the connections the kernel gives it waiting. Call it inside `held_signals`."""
-    count = len(sockets)
+    """Fork `count` workers, worker n running `run_worker(n, channel)` until it returns,
+    where `channel` is the Unix socket the parent hands it connections on
+    (`handed_connections`); then accept on `listener` and hand out (in a thread) while
+    supervising the workers (see the module doc); returns the parent's exit status. Call
+    it inside `held_signals`."""
     parent = os.getpid()
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
     workers: dict[int, int] = {}  # pid -> worker number
     for number in range(count):
         pid = os.fork()
@@ -106,21 +129,37 @@ def serve_workers(
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED)
                 _die_with(parent)
-                own = sockets[number]
-                for sock in sockets:
-                    if sock is not own:
-                        sock.close()
-                run_worker(number, own)
+                listener.close()
+                for n, (ours, theirs) in enumerate(pairs):
+                    ours.close()
+                    if n != number:
+                        theirs.close()
+                theirs = pairs[number][1]
+                theirs.setblocking(False)
+                run_worker(number, theirs)
                 status = 0
             except BaseException:
                 logger.exception("worker %d failed", number)
             finally:
                 os._exit(status)
         workers[pid] = number
-    for sock in sockets:
-        sock.close()
+    channels = []
+    for ours, theirs in pairs:
+        theirs.close()
+        ours.setblocking(False)  # a worker that cannot take a connection at once is passed over
+        channels.append(ours)
     logger.info("serving with %d workers (pids %s)", count, ", ".join(map(str, workers)))
-    return _supervise(workers)
+    dispatcher = threading.Thread(target=_hand_out, args=(listener, channels), daemon=True)
+    dispatcher.start()
+    try:
+        return _supervise(workers)
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept
+        dispatcher.join(timeout=5)
+        listener.close()
+        for channel in channels:
+            channel.close()
 
 
 def _die_with(parent: int) -> None:
