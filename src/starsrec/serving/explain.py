@@ -36,9 +36,10 @@ def memory_sources(
     if not len(rows):
         return ["context"] * len(found)
     session, long_term = tokens @ (gate * short), tokens @ ((1 - gate) * long)
+    own = set(rows.tolist())
     return [
-        "repeat" if row in rows else "session" if s > lt else "long-term"
-        for row, s, lt in zip(found.tolist(), session, long_term, strict=True)
+        "repeat" if row in own else "session" if nearer else "long-term"
+        for row, nearer in zip(found.tolist(), (session > long_term).tolist(), strict=True)
     ]
 
 
@@ -54,14 +55,17 @@ def explain(
     """Results with their text, tags and the tags they share with the recent items."""
     window = rows[-max_length:]
     recent = items.tags[window].any(0) if len(window) else np.zeros(items.tags.shape[1], bool)
+    tagged = items.tags[found] > 0  # (k, T)
     return [
         Recommendation(
             item_id=items.item_ids[row],
             score=score,
             text=items.texts[row],
-            tags=tuple(tag_names[items.tags[row] > 0]),
-            shared_tags=tuple(tag_names[(items.tags[row] > 0) & recent]),
+            tags=tuple(tag_names[own]),
+            shared_tags=tuple(tag_names[own & recent]),
             memory=memory,
         )
-        for row, score, memory in zip(found.tolist(), scores.tolist(), memories, strict=True)
+        for row, score, own, memory in zip(
+            found.tolist(), scores.tolist(), tagged, memories, strict=True
+        )
     ]

@@ -62,11 +62,14 @@ def merge_own_items(
     """The top k of `found` and the user's own items (with their live terms) that the
     request may return: (K,) rows and (K,) scores, best first."""
     seen, exact = own
-    if live is not None and len(seen):
+    if live is not None and len(seen) and len(live[0]):
+        at = np.searchsorted(live[0], seen).clip(max=len(live[0]) - 1)  # both ascending
+        hit = live[0][at] == seen
         exact = exact.copy()
-        hit = np.isin(live[0], seen)
-        exact[np.searchsorted(seen, live[0][hit])] += live[1][hit]
-    keep = ~np.isin(seen, exclude) & (True if allowed is None else allowed[seen])
+        exact[hit] += live[1][at[hit]]
+    keep = np.ones(len(seen), bool) if allowed is None else allowed[seen]
+    if len(exclude):
+        keep &= ~np.isin(seen, exclude)
     mine = (seen[keep][None], exact[keep][None])
     (found,), (scores,) = merge_top_k((found[None], scores[None]), mine, k)
     keep = found >= 0

@@ -259,10 +259,10 @@ class RecommendationService(ProductWrites):
         # The user's own items are scored exactly, with their repeat bonus, and merged in
         # (`merge_own_items`): the index supplies the best k others (had it returned own
         # items among its k, fewer than k others would be left to merge with them).
-        own = np.unique(rows) if self.model.config.use_repeat_score else rows[:0]
-        skip = np.union1d(exclude, own)
-        live = self.live_terms(at)
         mine = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
+        own = mine[0]  # the history's distinct rows; none with the repeat score off
+        skip = np.union1d(exclude, own) if len(exclude) else own
+        live = self.live_terms(at)
 
         def top(depth: int, allowed: np.ndarray | None, scope) -> tuple[np.ndarray, np.ndarray]:
             deeper = depth if live is None else max(depth, LIVE_SEARCH_DEPTH)
