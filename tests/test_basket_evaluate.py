@@ -3,6 +3,8 @@ per-query values kept for intervals, the target slices, and chunking that change
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,6 +88,25 @@ def test_new_item_slots_are_placed_over_the_untrained_items(world) -> None:
     plain = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
     moved = [n for n, v in plain["per_query"].items() if not np.allclose(result["per_query"][n], v)]
     assert moved  # placing changed some ranking
+
+
+def test_explore_slots_are_placed_over_each_shoppers_new_items(world) -> None:
+    """new_to="shopper": the places go to items not in each query's own history."""
+    model, queries, targets, train = world
+    config = EvaluationConfig(progress=False, new_item_slots=1, new_item_slots_after=1)
+    result = evaluate(model, queries, targets, train, replace(config, new_to="shopper"))
+    scores = model.score(queries).astype(np.float32)
+    for q, history in enumerate([idx("ab"), idx("abc"), idx("k"), []]):
+        new_to_them = np.ones(len(ITEMS), dtype=bool)
+        new_to_them[history] = False
+        place_slots(scores[q : q + 1], Slots(new_to_them, count=1, after=1))
+    for name, values in basket_metrics(scores, targets).items():
+        np.testing.assert_allclose(result["per_query"][name], values)
+    plain = evaluate(model, queries, targets, train, EvaluationConfig(progress=False))
+    moved = [n for n, v in plain["per_query"].items() if not np.allclose(result["per_query"][n], v)]
+    assert moved  # placing changed some ranking
+    with pytest.raises(ValueError, match="new to one of catalogue, shopper"):
+        evaluate(model, queries, targets, train, replace(config, new_to="the shop"))
 
 
 def test_chunks_change_nothing(world) -> None:

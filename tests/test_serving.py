@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from starsrec.data.files import SERVING_DIR
 from starsrec.data.interactions import Catalogue, EventLog, Queries
 from starsrec.data.toyworld import make_toy_world
-from starsrec.recommender import Filters, TrainingData
+from starsrec.recommender import Filters, Slots, TrainingData
 from starsrec.serving.catalogue import RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.offline import write_serving_files
@@ -108,6 +108,35 @@ def test_service_ranks_like_the_offline_scorer(world, days_later, use_onnx, excl
         np.testing.assert_allclose(
             [r.score for r in results], expected_scores[q], rtol=1e-4, atol=1e-4
         )
+    service.store.close()
+
+
+def test_explore_places_are_served_as_the_offline_scorer_places_them(world) -> None:
+    """Places for items new to the shopper (`new_to="shopper"`): the service's top 12 is
+    the offline scorer's under the same rule, and places 11-12 hold items the user never
+    had where the plain ranking held the user's own items there."""
+    recommender, log, artifact = world
+    service = RecommendationService.load(artifact)
+    users = list(log.user_ids[:25])
+    at = int(log.timestamp.max()) + DAY
+    queries = Queries.for_users(log, users, time=at)
+    slots = Slots(np.ones(service.index.size, bool), count=2, after=10, new_to_shopper=True)
+    plain, _ = recommender.recommend(queries, 12)
+    expected, expected_scores = recommender.recommend(queries, 12, Filters(slots=slots))
+    request = FiltersIn(exclude_purchased=False, new_item_slots=2, new_to="shopper")
+    filters = service.filters(request)
+    moved = 0
+    for q, user in enumerate(users):
+        had = set(recommender.catalogue.item_ids[log.item[queries.history(q)]])
+        results = service.recommend(user, k=12, at=at, filters=filters)
+        assert [r.item_id for r in results] == list(expected[q]), user
+        np.testing.assert_allclose(
+            [r.score for r in results], expected_scores[q], rtol=1e-4, atol=1e-4
+        )
+        assert list(expected[q][:10]) == list(plain[q][:10])  # the first places stay
+        assert not had & set(expected[q][10:])
+        moved += bool(had & set(plain[q][10:]))
+    assert moved  # the rule changed some list
     service.store.close()
 
 
@@ -330,6 +359,7 @@ def test_http_round_trip(client) -> None:
         ("post", "/v1/recommend", {"filters": {"exclude": ["nope"]}}, "filters.exclude"),
         ("post", "/v1/recommend", {"filters": {"new_item_slots": -1}}, "new_item_slots"),
         ("post", "/v1/recommend", {"filters": {"new_item_slots": True}}, "new_item_slots"),
+        ("post", "/v1/recommend", {"filters": {"new_to": "everyone"}}, "new_to"),
         ("post", "/v1/recommend", {"events": [{"item_id": "nope"}]}, "events"),
         (
             "post",

@@ -77,17 +77,37 @@ class Slots:
     item: so the first `after + count` places hold at least `count` of the set (where it
     has that many allowed items). The first `after` places never change.
     items: (N,) bool over the catalogue (over the candidates' rows in `place_slots`).
+    new_to_shopper: leave each query's history items out of the set, so the places go to
+    items new to the shopper (explore places; with `items` all True, any such item).
     """
 
     items: np.ndarray
     count: int = 2
     after: int = 10
+    new_to_shopper: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 0 or self.after < 0:
             raise ValueError(
                 f"slots: count and after must be >= 0, got count={self.count}, after={self.after}"
             )
+
+
+NEW_TO = ("catalogue", "shopper")  # what new-item places are for: `new_item_slots`
+
+
+def new_item_slots(count: int, after: int, new_to: str, new_products: np.ndarray) -> Slots | None:
+    """The places kept for new items, the one rule of the evaluator and the service: `count`
+    places after the first `after` for the best items new to the catalogue (`new_products`,
+    (N,) bool: without training events) or new to the shopper (not in the query's history:
+    explore places); None for count 0."""
+    if new_to not in NEW_TO:
+        raise ValueError(f"new items are new to one of {', '.join(NEW_TO)}, got {new_to!r}")
+    if not count:
+        return None
+    if new_to == "shopper":
+        return Slots(np.ones(len(new_products), bool), count, after, new_to_shopper=True)
+    return Slots(new_products, count, after)
 
 
 @dataclass(frozen=True)
@@ -292,11 +312,17 @@ def apply_filters(
         query, rows = queries.flat_history()
         scores[query, queries.log.item[rows]] = -np.inf
     scores[np.isnan(scores)] = -np.inf
-    if filters.slots is not None:
-        place_slots(scores, filters.slots)
+    if filters.slots is None:
+        return
+    members = None
+    if filters.slots.new_to_shopper:
+        query, rows = queries.flat_history()
+        members = np.repeat(filters.slots.items[None], len(scores), axis=0)
+        members[query, queries.log.item[rows]] = False
+    place_slots(scores, filters.slots, members)
 
 
-def place_slots(scores: np.ndarray, slots: Slots) -> None:
+def place_slots(scores: np.ndarray, slots: Slots, members: np.ndarray | None = None) -> None:
     """Apply `slots` to (Q, M) filtered float32 `scores` in place, by scores alone, so that
     `top_k` and the evaluator (which scores ties by their expected rank) both see the
     placed order: each placed item's score is set between the `after`-th best score and the
@@ -304,7 +330,8 @@ def place_slots(scores: np.ndarray, slots: Slots) -> None:
     ranks them (ties by lower column), so a caller ranking candidate rows orders the
     columns by row. Where those two scores are equal, the placed items come after the items
     tied with the after-th (and where they are fewer float32 steps apart than places to
-    fill, placed items tie with each other).
+    fill, placed items tie with each other). `members`: (Q, M) bool, each query's own set
+    in place of `slots.items` (None: `slots.items` for every query).
     """
     if slots.count == 0:
         return
@@ -315,7 +342,8 @@ def place_slots(scores: np.ndarray, slots: Slots) -> None:
             continue
         rest = np.isfinite(row)
         rest[first] = False
-        chosen = top_k(np.where(rest & slots.items, row, -np.inf)[None], slots.count)[0][0]
+        wanted = slots.items if members is None else members[q]
+        chosen = top_k(np.where(rest & wanted, row, -np.inf)[None], slots.count)[0][0]
         chosen = chosen[chosen >= 0]
         if not len(chosen):
             continue

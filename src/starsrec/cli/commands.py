@@ -26,6 +26,7 @@ from starsrec.experiments.artifact import (
     train_artifact,
 )
 from starsrec.experiments.report import MODEL_NAMES, read_report, run_models, write_report
+from starsrec.recommender import NEW_TO
 from starsrec.stars import distributed
 from starsrec.stars.device import resolve_device
 
@@ -150,8 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="keep N places after the first 10 for the best items without training events, "
-        "as `starsrec serve --new-item-slots` does (default 0: the model's own ranking)",
+        help="keep N places after the first 10 for the best new items, as `starsrec serve "
+        "--new-item-slots` does (default 0: the model's own ranking)",
+    )
+    evaluate.add_argument(
+        "--new-to",
+        choices=NEW_TO,
+        default="catalogue",
+        help="which items the places are for: new to the catalogue (without training events; "
+        "the default) or new to the shopper (not in their history: explore places)",
     )
     serving.add_device_argument(evaluate, "score an artifact on")
     compare = "a baselines report on the same test queries, for the artifact's paired intervals"
@@ -195,7 +203,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise ValueError(f"--new-item-slots must be >= 0, got {args.new_item_slots}")
     if args.command == "evaluate" and is_artifact(args.data_dir):
         record = evaluate_artifact(
-            args.data_dir, device=args.device or "auto", new_item_slots=args.new_item_slots
+            args.data_dir,
+            device=args.device or "auto",
+            new_item_slots=args.new_item_slots,
+            new_to=args.new_to,
         )
         title = f"{record['dataset']}, {record['protocol']}, artifact {args.data_dir}"
         earlier = read_report(args.compare_with, like=record) if args.compare_with else []
@@ -218,6 +229,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             (args.seed,),
             args.exclude_seen,
             new_item_slots=args.new_item_slots,
+            new_to=args.new_to,
         )
         title = f"{dataset.name}, {protocol}"
         report = write_report(records, args.out, title)

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from starsrec.data.interactions import EventLog, Queries
 from starsrec.evaluation.baskets import CUTOFFS, basket_metrics, mean_metrics
 from starsrec.evaluation.metrics import coverage
-from starsrec.recommender import Filters, Recommender, Slots, apply_filters, top_k
+from starsrec.recommender import (
+    Filters,
+    Recommender,
+    Slots,
+    apply_filters,
+    new_item_slots,
+    top_k,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +55,10 @@ class EvaluationConfig:
     exclude_seen: whether items already in the user's history are removed from the
     ranking (False: repeat purchases may be recommended, the retail default).
     max_scores: upper bound on the floats held by one chunk of scores.
-    new_item_slots: places kept after the first `new_item_slots_after` for the best items
-    without training events (`starsrec.recommender.Slots`, as the service keeps them);
-    0: none, the model's own ranking.
+    new_item_slots: places kept after the first `new_item_slots_after` for the best new
+    items (`starsrec.recommender.new_item_slots`, as the service keeps them); 0: none, the
+    model's own ranking. new_to: "catalogue" (items without training events) or "shopper"
+    (items not in the query's history: explore places).
     """
 
     exclude_seen: bool = False
@@ -58,6 +66,7 @@ class EvaluationConfig:
     progress: bool = True
     new_item_slots: int = 0
     new_item_slots_after: int = 10
+    new_to: str = "catalogue"
 
 
 def evaluate(
@@ -78,9 +87,9 @@ def evaluate(
     n_items = model._fitted_catalogue().size
     head, in_train = item_kinds(train, n_items)
     masks = _target_masks(queries, targets, head, in_train)
-    slots = None
-    if config.new_item_slots:
-        slots = Slots(~in_train, config.new_item_slots, config.new_item_slots_after)
+    slots = new_item_slots(
+        config.new_item_slots, config.new_item_slots_after, config.new_to, ~in_train
+    )
     per_query: dict[str, list[np.ndarray]] = {}
     tops = []
     for lo, hi, scores in _scored(model, queries, config, slots):

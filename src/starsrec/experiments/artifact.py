@@ -141,10 +141,11 @@ def evaluate_artifact(
     data_dir: str | Path | None = None,
     device: str = "auto",
     new_item_slots: int = 0,
+    new_to: str = "catalogue",
 ) -> dict:
     """Evaluate an artifact on the test queries of the split it was trained with, scoring
-    on `device` (`starsrec.stars.device`), with `new_item_slots` places kept for items
-    without training events (`EvaluationConfig`)."""
+    on `device` (`starsrec.stars.device`), with `new_item_slots` places kept for items new
+    to the catalogue or the shopper (`new_to`; `EvaluationConfig`)."""
     root = Path(artifact_dir)
     meta, dataset = artifact_dataset(root, data_dir)
     split = split_dataset(dataset, meta["protocol"])
@@ -158,4 +159,5 @@ def evaluate_artifact(
         dataset.exclude_seen,
         meta["train_s"],
         new_item_slots=new_item_slots,
+        new_to=new_to,
     )

@@ -155,14 +155,19 @@ def evaluation_record(
     train_s: float,
     progress: bool = True,
     new_item_slots: int = 0,
+    new_to: str = "catalogue",
 ) -> dict:
     """Evaluate a fitted model on the split's test queries: one benchmark record, holding
     also "per_query", each metric's (Q,) values (not JSON: see `write_report`).
-    new_item_slots: places kept for items without training events (`EvaluationConfig`);
-    the record's model is then named "<name> +<n> new-item slots"."""
-    config = EvaluationConfig(exclude_seen, progress=progress, new_item_slots=new_item_slots)
+    new_item_slots, new_to: places kept for new items (`EvaluationConfig`); the record's
+    model is then named "<name> +<n> new-item slots" (new to the catalogue) or
+    "<name> +<n> explore slots" (new to the shopper)."""
+    config = EvaluationConfig(
+        exclude_seen, progress=progress, new_item_slots=new_item_slots, new_to=new_to
+    )
     if new_item_slots:
-        name = f"{name} +{new_item_slots} new-item slots"
+        kind = "explore" if new_to == "shopper" else "new-item"
+        name = f"{name} +{new_item_slots} {kind} slots"
     started = time.perf_counter()
     test_targets = targets(split, "test")
     result = evaluate(model, split.test, test_targets, split.train, config)
@@ -198,6 +203,7 @@ def run_models(
     tuning: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
     new_item_slots: int = 0,
     save_to: Path | None = None,
+    new_to: str = "catalogue",
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
@@ -229,7 +235,16 @@ def run_models(
             if save_to is not None:
                 model.save(save_to / f"{name}-seed{seed}")
             record = evaluation_record(
-                model, name, seed, dataset, split, exclude_seen, train_s, progress, new_item_slots
+                model,
+                name,
+                seed,
+                dataset,
+                split,
+                exclude_seen,
+                train_s,
+                progress,
+                new_item_slots,
+                new_to,
             )
             extra = {"settings": settings, "tuning": tried} if grid else {}
             records.append(record | {"threads": threads} | extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from starsrec.index.config import IndexConfig
+from starsrec.recommender import NEW_TO
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,14 @@ class ServingConfig:
     # --max-added-products`): each costs memory for good, so a flood of new ids is refused
     # with 409 past it. Changing a product that exists is always allowed.
     max_added_products: int = 100_000
-    # Places kept after the first `new_item_slots_after` for the best products without
-    # training events (`starsrec.recommender.Slots`; a request's filters may set their
-    # own count): a shop's choice between today's sales and tomorrow's. 0: none.
+    # Places kept after the first `new_item_slots_after` for the best new items
+    # (`starsrec.recommender.new_item_slots`; a request's filters may set their own): new
+    # to the catalogue (products without training events: a shop's choice between today's
+    # sales and tomorrow's) or, with new_to "shopper", to the shopper (explore places).
+    # 0: none.
     new_item_slots: int = 0
     new_item_slots_after: int = 10
+    new_to: str = "catalogue"
     # Products one PUT /v1/items may carry (`--max-products-per-request`): a write is
     # embedded in one go, so this bounds the work one request can queue.
     max_products_per_request: int = 1000
@@ -45,3 +49,5 @@ class ServingConfig:
                 f"new_item_slots ({self.new_item_slots}) and new_item_slots_after "
                 f"({self.new_item_slots_after}) must be >= 0: 0 keeps no places"
             )
+        if self.new_to not in NEW_TO:
+            raise ValueError(f"new_to must be one of {', '.join(NEW_TO)}, got {self.new_to!r}")

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from starsrec.recommender import Filters, Slots, place_slots, top_k
+from starsrec.recommender import Filters, Slots, new_item_slots, place_slots, top_k
 from starsrec.serving.catalogue import ItemTable, RequestError
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.request import FiltersIn
@@ -72,12 +72,24 @@ def with_new_item_slots(
     filters: Filters, request: FiltersIn, new_items: np.ndarray, config: ServingConfig
 ) -> Filters:
     """`filters` with `request.new_item_slots` places (None: `config.new_item_slots`) kept
-    after the first `config.new_item_slots_after` for the best of `new_items` ((N,) bool:
-    products without training events)."""
+    after the first `config.new_item_slots_after` for the best new items
+    (`starsrec.recommender.new_item_slots`): new to the catalogue, `new_items` ((N,) bool:
+    products without training events), or to the shopper, as `request.new_to` (None:
+    `config.new_to`) says."""
     count = config.new_item_slots if request.new_item_slots is None else request.new_item_slots
-    if not count:
-        return filters
-    return dataclasses.replace(filters, slots=Slots(new_items, count, config.new_item_slots_after))
+    new_to = config.new_to if request.new_to is None else request.new_to
+    slots = new_item_slots(count, config.new_item_slots_after, new_to, new_items)
+    return filters if slots is None else dataclasses.replace(filters, slots=slots)
+
+
+def for_history(slots: Slots, rows: np.ndarray) -> Slots:
+    """`slots` for one request whose history holds item `rows`: explore places
+    (`Slots.new_to_shopper`) leave those out of their set; other places stay as they are."""
+    if not slots.new_to_shopper:
+        return slots
+    items = slots.items.copy()
+    items[rows] = False
+    return dataclasses.replace(slots, items=items, new_to_shopper=False)
 
 
 def placed_top(

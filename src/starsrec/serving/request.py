@@ -30,7 +30,7 @@ import numbers
 import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -110,9 +110,11 @@ class FiltersIn(Strict):
     subclasses: list[Id] = Field(default_factory=list, max_length=1000)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_BATCH)
     exclude_purchased: StrictBool | None = None
-    # Places kept for products without training events after the first ones (`Slots`);
-    # None: the service's `new_item_slots`.
+    # Places kept for new items after the first ones (`Slots`), new to the catalogue
+    # (products without training events) or to the shopper (explore places); None: the
+    # service's `new_item_slots` and `new_to`.
     new_item_slots: StrictInt | None = Field(default=None, ge=0, le=MAX_K)  # true is no 1
+    new_to: Literal["catalogue", "shopper"] | None = None
 
 
 def parse_filters(value: str | Mapping | FiltersIn | None) -> FiltersIn:

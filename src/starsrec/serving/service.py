@@ -46,7 +46,7 @@ from starsrec.serving.catalogue import (  # Product: re-exported for callers of 
 )
 from starsrec.serving.config import ServingConfig
 from starsrec.serving.explain import Recommendation, explain, memory_sources
-from starsrec.serving.filters import FilterScopes, placed_top, with_new_item_slots
+from starsrec.serving.filters import FilterScopes, for_history, placed_top, with_new_item_slots
 from starsrec.serving.live_items import (
     LIVE_SEARCH_DEPTH,
     LiveSource,
@@ -273,7 +273,7 @@ class RecommendationService(ProductWrites):
                 )
             return merge_own_items(found, scores, mine, live, allowed, exclude, depth)
 
-        slots = filters.slots
+        slots = None if filters.slots is None else for_history(filters.slots, rows)
         if slots is None or slots.count == 0 or k <= slots.after:
             found, scores = top(k, allowed, filters.scope)
         else:

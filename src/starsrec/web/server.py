@@ -18,6 +18,7 @@ from collections.abc import Callable
 from socket import socket
 from typing import TYPE_CHECKING
 
+from starsrec.recommender import NEW_TO
 from starsrec.serving.config import ServingConfig
 from starsrec.web import workers as forked  # the standard library only: quick to import
 from starsrec.web.access import is_loopback
@@ -91,8 +92,16 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         default=DEFAULTS.new_item_slots,
         metavar="N",
         help=f"keep N places after the first {DEFAULTS.new_item_slots_after} for the best "
-        "products without training events (a request's filters.new_item_slots overrides it; "
+        "new items (a request's filters.new_item_slots overrides it; "
         f"default {DEFAULTS.new_item_slots}: the model's own ranking)",
+    )
+    serve.add_argument(
+        "--new-to",
+        choices=NEW_TO,
+        default=DEFAULTS.new_to,
+        help="which items those places are for: new to the catalogue (products without "
+        "training events; the default) or new to the shopper (not in their history: explore "
+        "places); a request's filters.new_to overrides it",
     )
     serve.add_argument(
         "--header-timeout",
@@ -142,6 +151,7 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
         max_added_products=args.max_added_products,
         max_products_per_request=args.max_products_per_request,
         new_item_slots=args.new_item_slots,
+        new_to=args.new_to,
     )
 
 
