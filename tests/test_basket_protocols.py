@@ -14,6 +14,7 @@ from starsrec.baselines.lambdamart import LambdaMARTRecommender
 from starsrec.data.baskets import BasketSplit
 from starsrec.data.splits import LAST_BASKET, NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
+from starsrec.evaluation.evaluate import EvaluationConfig, evaluate
 from starsrec.experiments.report import make_model, run_models, training_data, write_report
 from tiny import TINY_LAMBDAMART
 
@@ -115,6 +116,29 @@ def test_run_models_saves_each_fitted_model_when_asked(dataset, tmp_path) -> Non
     queries = split.test[:20]
     np.testing.assert_array_equal(loaded.score(queries), fitted.score(queries))
     assert record["model"] == "top-frequency"
+
+
+def test_run_models_evaluates_a_fitted_model_again_with_places(dataset) -> None:
+    """`places`: one more record per kind of new-item places, from the same fitted model:
+    the first 10 places never change, so NDCG@10 is the plain record's."""
+    places = {"top-frequency": ((2, "shopper"), (2, "catalogue"))}
+    plain, explore, new = run_models(
+        dataset, NEXT_BASKET, ["top-frequency"], progress=False, places=places
+    )
+    assert [r["model"] for r in (plain, explore, new)] == [
+        "top-frequency",
+        "top-frequency +2 explore slots",
+        "top-frequency +2 new-item slots",
+    ]
+    split = split_dataset(dataset, NEXT_BASKET)
+    fitted = make_model("top-frequency", seed=0).fit(training_data(dataset, split, False))
+    for placed, kind in ((explore, "shopper"), (new, "catalogue")):
+        assert placed["metrics"]["ndcg@10"] == plain["metrics"]["ndcg@10"]
+        assert placed["train_s"] == plain["train_s"]
+        config = EvaluationConfig(progress=False, new_item_slots=2, new_to=kind)
+        expected = evaluate(fitted, split.test, split.test_targets, split.train, config)
+        for name, values in expected["per_query"].items():
+            np.testing.assert_array_equal(placed["per_query"][name], values)
 
 
 def test_settings_replace_nested_fields_by_dotted_path() -> None:

@@ -44,7 +44,12 @@ logger = logging.getLogger(__name__)
 
 # Recall and Hit coincide when a query has one target (leave-one-out, temporal).
 TABLE_METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10", "recall@20", "coverage@10")
-TABLE_SLICES = (("repeat", "recall@10"), ("explore", "recall@10"), ("cold", "recall@10"))
+TABLE_SLICES = (
+    ("repeat", "recall@10"),
+    ("explore", "recall@10"),
+    ("explore", "recall@20"),
+    ("cold", "recall@10"),
+)
 
 
 def machine_description() -> str:
@@ -204,6 +209,7 @@ def run_models(
     new_item_slots: int = 0,
     save_to: Path | None = None,
     new_to: str = "catalogue",
+    places: Mapping[str, Sequence[tuple[int, str]]] | None = None,
 ) -> list[dict]:
     """Fit and evaluate each model on the test queries of `protocol`; one record each.
 
@@ -214,6 +220,9 @@ def run_models(
     query) is kept for every seed; the records say what was tried ("tuning") and kept
     ("settings"). Test queries play no part in the choice. With `save_to`, each fitted
     model is saved there as `<model>-seed<seed>` (what later probes load, not retrain).
+    `places` ({model: [(count, new_to), ...]}) evaluates each fitted model of those names
+    again with each kind of new-item places (`evaluation_record`), one more record each:
+    placing is a ranking rule over the same scores, so nothing is fitted twice.
     """
     if split is None:
         split = split_dataset(dataset, protocol)
@@ -248,6 +257,11 @@ def run_models(
             )
             extra = {"settings": settings, "tuning": tried} if grid else {}
             records.append(record | {"threads": threads} | extra)
+            for count, kind in (places or {}).get(name, ()):
+                placed = evaluation_record(
+                    model, name, seed, dataset, split, exclude_seen, train_s, progress, count, kind
+                )
+                records.append(placed | {"threads": threads} | extra)
     return records
 
 
