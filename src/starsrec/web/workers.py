@@ -118,7 +118,8 @@ def serve_workers(
     supervising the workers (see the module doc); returns the parent's exit status. Call
     it inside `held_signals`."""
     parent = os.getpid()
-    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+    # One message per connection handed over: a datagram per send, never merged.
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
     workers: dict[int, int] = {}  # pid -> worker number
     for number in range(count):
         pid = os.fork()
