@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from starsrec.index.config import IndexConfig
 from starsrec.index.exact import merge_top_k
 from starsrec.index.item_index import ItemIndex, format_sweep
+from starsrec.index.sweep import _projected_query_ms
 
 DIM = 16
 FAISS_CONFIG = IndexConfig(
@@ -90,7 +91,25 @@ def test_build_chooses_a_kind_and_records_the_sweep(ann: ItemIndex, exact: ItemI
     full = ann.sweep[-1]
     assert full["stage"] == "full" and full["factory"] == ann.kind and full["rows"] == 20_000
     assert full["breadth"] == ann.breadth and full["recall"] >= FAISS_CONFIG.target_recall
+    # The winner: the fastest on all rows, as projected from the sample, of those meeting
+    # the target recall there.
+    meeting = [r for r in sampled if r["recall"] >= FAISS_CONFIG.target_recall]
+    winner = min(meeting, key=lambda r: r["projected_query_ms"])
+    assert (winner["factory"].split(",")[0] == "IVF1") == ann.kind.startswith("IVF1,")
+    assert winner["space"] == ann.space
     logging.getLogger(__name__).info("sweep:\n%s", format_sweep(ann.sweep))
+
+
+def test_query_time_is_projected_from_the_sample_by_the_rows_a_query_scans() -> None:
+    """A flat fast-scan scans every row's code; an IVF with about 4 sqrt(rows) lists scans
+    rows / nlist per list at the same nprobe; HNSW grows as log(rows)."""
+    flat = _projected_query_ms("IVF1,PQ{dim}x4fs,RFlat", 0.42, 100_000, 1_000_000)
+    ivf = _projected_query_ms("IVF{nlist},Flat", 0.39, 100_000, 1_000_000)
+    hnsw = _projected_query_ms("HNSW32,Flat", 0.5, 100_000, 1_000_000)
+    assert flat == pytest.approx(4.2)
+    assert ivf == pytest.approx(0.39 * 10 * 1265 / 4000)
+    assert hnsw == pytest.approx(0.5 * 6 / 5)
+    assert _projected_query_ms("IVF{nlist},Flat", 0.39, 1000, 1000) == 0.39
 
 
 def test_sweep_tries_every_factory_in_every_space() -> None:
