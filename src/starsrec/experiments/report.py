@@ -243,25 +243,12 @@ def run_models(
             train_s = time.perf_counter() - started
             if save_to is not None:
                 model.save(save_to / f"{name}-seed{seed}")
-            record = evaluation_record(
-                model,
-                name,
-                seed,
-                dataset,
-                split,
-                exclude_seen,
-                train_s,
-                progress,
-                new_item_slots,
-                new_to,
-            )
             extra = {"settings": settings, "tuning": tried} if grid else {}
-            records.append(record | {"threads": threads} | extra)
-            for count, kind in (places or {}).get(name, ()):
-                placed = evaluation_record(
+            for count, kind in [(new_item_slots, new_to), *(places or {}).get(name, ())]:
+                record = evaluation_record(
                     model, name, seed, dataset, split, exclude_seen, train_s, progress, count, kind
                 )
-                records.append(placed | {"threads": threads} | extra)
+                records.append(record | {"threads": threads} | extra)
     return records
 
 
