@@ -6,6 +6,7 @@ intervals.
     python benchmarks/quality.py --table-only             # rebuild the tables and figures
     python benchmarks/quality.py --threads 2              # alone on a 2-core machine
     python benchmarks/quality.py --resume                 # go on after a stop (same commit)
+    benchmarks/quality_streams.sh a & benchmarks/quality_streams.sh b &   # both cores
 
 A cell is a dataset under a protocol (see CELLS): MovieLens-100K leave-one-out with seen
 items excluded and not (the literature's two conventions), Online Retail next-basket and
