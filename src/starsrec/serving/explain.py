@@ -61,11 +61,11 @@ def explain(
             item_id=items.item_ids[row],
             score=score,
             text=items.texts[row],
-            tags=tuple(tag_names[own]),
-            shared_tags=tuple(tag_names[own & recent]),
+            tags=tuple(tag_names[flags]),
+            shared_tags=tuple(tag_names[flags & recent]),
             memory=memory,
         )
-        for row, score, own, memory in zip(
+        for row, score, flags, memory in zip(
             found.tolist(), scores.tolist(), tagged, memories, strict=True
         )
     ]
