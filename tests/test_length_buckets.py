@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from starsrec.data.calendar import CalendarEvents
-from starsrec.data.interactions import Catalogue, EventLog
 from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
@@ -15,7 +13,7 @@ from starsrec.stars.loss import LossModule
 from starsrec.stars.recommender import StarsRecommender
 from starsrec.stars.sequences import training_windows
 from starsrec.stars.train import Sampler, TrainConfig, _host_steps, by_length
-from tiny import tiny
+from tiny import built_toy_model, tiny
 
 
 def test_by_length_batches_every_window_once_with_similar_lengths() -> None:
@@ -33,19 +31,7 @@ def test_by_length_batches_every_window_once_with_similar_lengths() -> None:
 def test_a_trimmed_batch_scores_as_the_untrimmed_one() -> None:
     """Positions count back from the latest event: dropping the padding every window of a
     batch has changes no loss (eval mode: no dropout draws)."""
-    world = make_toy_world(n_users=40)
-    catalogue = Catalogue.from_items(world.items)
-    log = EventLog.from_dataset(world, catalogue)
-    calendar = CalendarEvents.build("GB", 2023, 2025)
-    recommender = StarsRecommender(tiny())
-    recommender.features = {
-        "text": np.random.default_rng(0).normal(size=(catalogue.size, 12)).astype(np.float32),
-        "tags": np.zeros((catalogue.size, 3), np.float32),
-        "item_class": np.zeros(catalogue.size, np.int64),
-        "warm": np.ones(catalogue.size, np.float32),
-    }
-    recommender.calendar = calendar
-    model = recommender._build().eval()
+    catalogue, log, calendar, model = built_toy_model()
     windows = training_windows(log, 16)
     lengths = (windows >= 0).sum(axis=1)
     short = np.flatnonzero(lengths < 12)[:24]  # a batch whose windows all have padding
