@@ -1,5 +1,5 @@
 """Item parameters that scale (issue 21, item 2): where STARS's per-item residual lives,
-decided on validation.
+decided on validation; and the training choices that buy speed (item 3), decided the same way.
 
     python benchmarks/item_parameters.py                      # Online Retail next-basket, seed 0
     python benchmarks/item_parameters.py --dataset movielens-100k --protocol leave-one-out \\
@@ -8,15 +8,17 @@ decided on validation.
 Each variant is STARS with its default config but for where the residual delta_i lives:
 "text" (the paper's: added to the text embedding before the projection, text-width rows),
 "width" (added to the token after the projection, model-width rows), "width-rowwise" (the
-same with the item tables trained by row-wise Adagrad, one optimiser value per item row,
-at the default learning rate or 0.05) and "none" (no residual, the stars-no-delta
-ablation). Each is trained on the cell's training events (epochs by its own early
-stopping) and measured on validation only: NDCG@10 over every validation query. This
-script computes no test number, so what it decides is decided on validation. Beside it:
-the Recall@20 of validation targets without training events (cold: new products) and
-of the others (warm), training events/s, and the item parameters (the tensors with a row
-per item): values per item, and GB per million items for the parameters with their
-optimiser's state, what `fit` allocates for them. Writes
+same with the item tables trained by row-wise Adagrad, one optimiser value per item row, at
+the default learning rate or 0.05) and "none" (no residual, the stars-no-delta ablation);
+"default" is STARS's config as it stands, and "length-buckets-8" the same with batches of
+like-length windows (`train.length_buckets = 8`), which run over less padding and so more
+events a second, if validation keeps them. Each is trained on the cell's training events
+(epochs by its own early stopping) and measured on validation only: NDCG@10 over every
+validation query. This script computes no test number, so what it decides is decided on
+validation. Beside it: the Recall@20 of validation targets without training events (cold:
+new products) and of the others (warm), training events/s, and the item parameters (the
+tensors with a row per item): values per item, and GB per million items for the parameters
+with their optimiser's state, what `fit` allocates for them. Writes
 benchmarks/results/item_parameters.json (merged by cell, variant and seed) and prints a
 table.
 """
@@ -53,6 +55,8 @@ VARIANTS = {
     "width-rowwise": ("stars", ROWWISE | {"train.item_learning_rate": None}),
     "width-rowwise-lr0.05": ("stars", ROWWISE | {"train.item_learning_rate": 0.05}),
     "none": ("stars-no-delta", ADAMW),
+    "default": ("stars", {}),
+    "length-buckets-8": ("stars", {"train.length_buckets": 8}),
 }
 logger = logging.getLogger("item-parameters-benchmark")
 
