@@ -12,7 +12,9 @@ same with the item tables trained by row-wise Adagrad, one optimiser value per i
 the default learning rate or 0.05) and "none" (no residual, the stars-no-delta ablation);
 "default" is STARS's config as it stands, and "length-buckets-8" the same with batches of
 like-length windows (`train.length_buckets = 8`), which run over less padding and so more
-events a second, if validation keeps them. Each is trained on the cell's training events
+events a second, if validation keeps them; "lr-plateau-2" the default with every learning
+rate halved after each 2 epochs without a validation gain (`train.lr_decay_patience = 2`), a
+steadier end to a noisy validation curve. Each is trained on the cell's training events
 (epochs by its own early stopping) and measured on validation only: NDCG@10 over every
 validation query. This script computes no test number, so what it decides is decided on
 validation. Beside it: the Recall@20 of validation targets without training events (cold:
@@ -57,6 +59,7 @@ VARIANTS = {
     "none": ("stars-no-delta", ADAMW),
     "default": ("stars", {}),
     "length-buckets-8": ("stars", {"train.length_buckets": 8}),
+    "lr-plateau-2": ("stars", {"train.lr_decay_patience": 2}),
 }
 logger = logging.getLogger("item-parameters-benchmark")
 

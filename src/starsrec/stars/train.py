@@ -67,6 +67,10 @@ class TrainConfig:
     uniform_negatives: int = 256
     subclass_negatives: int = 256
     patience: int = 8
+    # Learning rates times lr_decay after every lr_decay_patience epochs without a
+    # validation gain (0: constant rates). Off until validation shows it helps (issue 18).
+    lr_decay_patience: int = 0
+    lr_decay: float = 0.5
     # Batches of windows of similar length (issue 21): 0 shuffles the windows freely; N
     # sorts each run of N batches of the shuffled order by window length, cuts it into
     # batches, shuffles those and trims each batch's common padding: less work on padded
@@ -85,6 +89,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.length_buckets < 0:
             raise ValueError(f"length_buckets must be >= 0, got {self.length_buckets}")
+        if self.lr_decay_patience < 0 or not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(
+                "lr_decay_patience must be >= 0 and lr_decay in (0, 1], got "
+                f"{self.lr_decay_patience} and {self.lr_decay}"
+            )
         if self.item_optimizer not in OPTIMIZERS:
             choices, got = ", ".join(OPTIMIZERS), self.item_optimizer
             raise ValueError(f"item_optimizer must be one of {choices}, got {got!r}")
@@ -181,6 +190,7 @@ def train_model(
     )
     while state.epoch < config.epochs and state.stale_epochs < config.patience:
         started = time.perf_counter()
+        learning_rate = optimizer.param_groups[0]["lr"]  # the network's, this epoch
         sample_rng = rng
         if rank.distributed:
             # Per-rank streams derived from the epoch, so a checkpoint need not hold them.
@@ -211,9 +221,13 @@ def train_model(
             best_weights = _host_copy(model)
         else:
             state.stale_epochs += 1
+            if config.lr_decay_patience and state.stale_epochs % config.lr_decay_patience == 0:
+                for group in optimizer.param_groups:  # the checkpoint keeps the new rates
+                    group["lr"] *= config.lr_decay
         state.history.append(
             {
                 "epoch": state.epoch,
+                "learning_rate": learning_rate,
                 "loss": loss,
                 "validation": metric,
                 "events": events,
