@@ -1,5 +1,5 @@
 """Item parameters that scale (issue 21, item 2): where STARS's per-item residual lives,
-decided on validation; and the training choices that buy speed (item 3), decided the same way.
+decided on validation; and other training choices (item 3), decided the same way.
 
     python benchmarks/item_parameters.py                      # Online Retail next-basket, seed 0
     python benchmarks/item_parameters.py --dataset movielens-100k --protocol leave-one-out \\
@@ -10,17 +10,15 @@ Each variant is STARS with its default config but for where the residual delta_i
 "width" (added to the token after the projection, model-width rows), "width-rowwise" (the
 same with the item tables trained by row-wise Adagrad, one optimiser value per item row, at
 the default learning rate or 0.05) and "none" (no residual, the stars-no-delta ablation);
-"default" is STARS's config as it stands, and "length-buckets-8" the same with batches of
-like-length windows (`train.length_buckets = 8`), which run over less padding and so more
-events a second, if validation keeps them; "lr-plateau-2" the default with every learning
-rate halved after each 2 epochs without a validation gain (`train.lr_decay_patience = 2`), a
-steadier end to a noisy validation curve. Each is trained on the cell's training events
-(epochs by its own early stopping) and measured on validation only: NDCG@10 over every
-validation query. This script computes no test number, so what it decides is decided on
-validation. Beside it: the Recall@20 of validation targets without training events (cold:
-new products) and of the others (warm), training events/s, and the item parameters (the
-tensors with a row per item): values per item, and GB per million items for the parameters
-with their optimiser's state, what `fit` allocates for them. Writes
+"default" is STARS's config as it stands (training choices measured against it and not kept,
+length-bucketed batches and a learning rate decayed on a plateau, are in docs/benchmarks.md
+with the commits that ran them). Each is trained on the cell's training events (epochs by
+its own early stopping) and measured on validation only: NDCG@10 over every validation
+query. This script computes no test number, so what it decides is decided on validation.
+Beside it: the Recall@20 of validation targets without training events (cold: new products)
+and of the others (warm), training events/s, and the item parameters (the tensors with a row
+per item): values per item, and GB per million items for the parameters with their
+optimiser's state, what `fit` allocates for them. Writes
 benchmarks/results/item_parameters.json (merged by cell, variant and seed) and prints a
 table.
 """
@@ -58,8 +56,6 @@ VARIANTS = {
     "width-rowwise-lr0.05": ("stars", ROWWISE | {"train.item_learning_rate": 0.05}),
     "none": ("stars-no-delta", ADAMW),
     "default": ("stars", {}),
-    "length-buckets-8": ("stars", {"train.length_buckets": 8}),
-    "lr-plateau-2": ("stars", {"train.lr_decay_patience": 2}),
 }
 logger = logging.getLogger("item-parameters-benchmark")
 

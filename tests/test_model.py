@@ -162,47 +162,6 @@ def test_training_resumes_exactly(world, tmp_path, item_optimizer) -> None:
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
-@pytest.mark.parametrize("item_optimizer", ["adamw", "rowwise-adagrad"])
-def test_learning_rates_decay_on_a_plateau_and_resume_decayed(
-    world, tmp_path, item_optimizer
-) -> None:
-    """Validation flat for epochs 2-5, then a gain: every rate halves after each 2 stale
-    epochs (the history records the network's), and a run resumed from a checkpoint in the
-    plateau trains on with the decayed rates, exactly as the straight run did."""
-    catalogue, log, calendar = world
-    subclass = np.maximum(catalogue.subclass, 0).astype(np.int64)
-    config = TrainConfig(
-        epochs=6,
-        batch_size=16,
-        uniform_negatives=8,
-        subclass_negatives=8,
-        progress=False,
-        item_optimizer=item_optimizer,
-        lr_decay_patience=2,
-    )
-
-    def metrics(*values: float):
-        returned = iter(values)
-        return lambda model: next(returned)
-
-    straight = build(catalogue, calendar)
-    state = train_model(straight, log, subclass, calendar, config, metrics(1, 0, 0, 0, 0, 2))
-    rate = config.learning_rate
-    want = [rate, rate, rate, rate / 2, rate / 2, rate / 4]
-    assert [h["learning_rate"] for h in state.history] == pytest.approx(want)
-    assert state.best_epoch == 6  # the weights kept are the last epoch's
-
-    resumed = build(catalogue, calendar)
-    checkpoints = tmp_path / "checkpoints"
-    first = replace(config, epochs=4)
-    train_model(resumed, log, subclass, calendar, first, metrics(1, 0, 0, 0), checkpoints)
-    resumed = build(catalogue, calendar)  # a fresh process: only the checkpoint survives
-    state = train_model(resumed, log, subclass, calendar, config, metrics(0, 2), checkpoints)
-    assert [h["learning_rate"] for h in state.history] == pytest.approx(want)
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
-
-
 @pytest.mark.parametrize(
     "switches",
     [

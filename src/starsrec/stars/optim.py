@@ -58,11 +58,6 @@ class Optimizers:
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         self.optimizers = list(optimizers)
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Every optimiser's parameter groups, in order (a learning-rate change lands)."""
-        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every optimiser's gradients."""
         for optimizer in self.optimizers:

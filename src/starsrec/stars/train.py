@@ -24,6 +24,7 @@ same tensors at any world size: resuming at the same W is bit-exact, at another 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,15 +68,6 @@ class TrainConfig:
     uniform_negatives: int = 256
     subclass_negatives: int = 256
     patience: int = 8
-    # Learning rates times lr_decay after every lr_decay_patience epochs without a
-    # validation gain (0: constant rates). Off until validation shows it helps (issue 18).
-    lr_decay_patience: int = 0
-    lr_decay: float = 0.5
-    # Batches of windows of similar length (issue 21): 0 shuffles the windows freely; N
-    # sorts each run of N batches of the shuffled order by window length, cuts it into
-    # batches, shuffles those and trims each batch's common padding: less work on padded
-    # positions, batches less mixed. Off until validation shows it costs nothing.
-    length_buckets: int = 0
     # At requests that open a new session, predict the next basket's items, not only its
     # first line (`starsrec.stars.loss`). Off: no gain on validation (docs/benchmarks.md).
     next_basket_loss: bool = False
@@ -87,13 +79,6 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.length_buckets < 0:
-            raise ValueError(f"length_buckets must be >= 0, got {self.length_buckets}")
-        if self.lr_decay_patience < 0 or not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(
-                "lr_decay_patience must be >= 0 and lr_decay in (0, 1], got "
-                f"{self.lr_decay_patience} and {self.lr_decay}"
-            )
         if self.item_optimizer not in OPTIMIZERS:
             choices, got = ", ".join(OPTIMIZERS), self.item_optimizer
             raise ValueError(f"item_optimizer must be one of {choices}, got {got!r}")
@@ -190,7 +175,6 @@ def train_model(
     )
     while state.epoch < config.epochs and state.stale_epochs < config.patience:
         started = time.perf_counter()
-        learning_rate = optimizer.param_groups[0]["lr"]  # the network's, this epoch
         sample_rng = rng
         if rank.distributed:
             # Per-rank streams derived from the epoch, so a checkpoint need not hold them.
@@ -221,13 +205,9 @@ def train_model(
             best_weights = _host_copy(model)
         else:
             state.stale_epochs += 1
-            if config.lr_decay_patience and state.stale_epochs % config.lr_decay_patience == 0:
-                for group in optimizer.param_groups:  # the checkpoint keeps the new rates
-                    group["lr"] *= config.lr_decay
         state.history.append(
             {
                 "epoch": state.epoch,
-                "learning_rate": learning_rate,
                 "loss": loss,
                 "validation": metric,
                 "events": events,
@@ -272,19 +252,14 @@ def _epoch(
     rank, device = distributed.current(), model.device
     order_rng, sample_rng = rngs
     order = order_rng.permutation(len(windows))
-    size = config.batch_size
-    if config.length_buckets:
-        lengths = (windows >= 0).sum(axis=1)
-        batches = by_length(order, lengths, size * config.length_buckets, size, order_rng)
-    else:
-        batches = [order[lo : lo + size] for lo in range(0, len(order), size)]
-    steps = _host_steps(log, windows, batches, sampler, calendar, model, config, sample_rng)
+    steps = _host_steps(log, windows, order, sampler, calendar, model, config, sample_rng)
     if device.type == "cuda":  # the next steps' host work overlaps this one's on the GPU
         steps = prefetched(steps, depth=2)
     # Summed on the device in float64, as Python floats would be: no wait for the GPU per step.
     total_loss, total_events = torch.zeros((), dtype=torch.float64, device=device), 0
     show = config.progress and rank.is_main
-    bar = tqdm(steps, total=len(batches), desc=f"epoch {state.epoch + 1}", disable=not show)
+    total = math.ceil(len(order) / config.batch_size)
+    bar = tqdm(steps, total=total, desc=f"epoch {state.epoch + 1}", disable=not show)
     with reused_host_memory():
         for (batch, carried, *tensors), events in bar:
             on_device = [to_device(t, device) for t in tensors]
@@ -301,24 +276,10 @@ def _epoch(
     return total_loss.item() / max(total_events, 1), total_events
 
 
-def by_length(
-    order: np.ndarray, lengths: np.ndarray, chunk: int, size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Batches of `size` windows of similar `lengths` from the shuffled `order`: each run of
-    `chunk` windows sorted by length (stably: equal lengths keep the shuffled order), cut
-    into batches, the batches then shuffled."""
-    batches = []
-    for lo in range(0, len(order), chunk):
-        run = order[lo : lo + chunk]
-        run = run[np.argsort(lengths[run], kind="stable")]
-        batches += [run[start : start + size] for start in range(0, len(run), size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def _host_steps(
     log: EventLog,
     windows: np.ndarray,
-    batches: list[np.ndarray],
+    order: np.ndarray,
     sampler: Sampler,
     calendar: CalendarEvents,
     model: STARS,
@@ -326,24 +287,21 @@ def _host_steps(
     sample_rng: np.random.Generator,
 ) -> Iterator[tuple[tuple, int]]:
     """Each step's `training_loss` arguments after the model, in host memory, and its target
-    events: this rank's share of each of the `batches` (window indices), its features,
-    negatives and carried-in repeats. Vectorised over the batch's events (no Python loop
-    over them). With `length_buckets`, each share loses the padding all its windows have
-    (positions count back from the latest event, so the rest is unchanged)."""
+    events: this rank's share of each batch of `order`, its features, negatives and
+    carried-in repeats. Vectorised over the batch's events (no Python loop over them)."""
     rank = distributed.current()
     # A window can predict something when a position has an input and a target event.
     targets_ok = (windows[:, 1:] >= 0) & log.is_target[np.maximum(windows[:, 1:], 0)]
     useful = (targets_ok & (windows[:, :-1] >= 0)).any(axis=1)
     gap = model.config.session_gap_minutes
-    for chosen in batches:
+    for lo in range(0, len(order), config.batch_size):
+        chosen = order[lo : lo + config.batch_size]
         # Every rank decides alike whether the step happens (DDP needs all or none); at
         # world size 1 this is the batch having any target.
         shares = [chosen[r :: rank.world_size] for r in range(rank.world_size)]
         if not all(useful[share].any() for share in shares):
             continue
         window = windows[shares[rank.rank]]  # (B / W, T+1)
-        if config.length_buckets:
-            window = window[:, window.shape[1] - int((window >= 0).sum(axis=1).max()) :]
         inputs, target_rows = window[:, :-1], window[:, 1:]
         batch = featurize(log, inputs, log.timestamp[target_rows[:, -1]], calendar, gap)
         valid = (target_rows >= 0) & (inputs >= 0)
