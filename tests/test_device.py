@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from starsrec.cli import main
+from starsrec.data.calendar import CalendarEvents
+from starsrec.data.interactions import Catalogue, EventLog
 from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
@@ -28,7 +30,7 @@ from starsrec.stars.recommender import StarsRecommender
 from starsrec.stars.repeats import carried_repeats
 from starsrec.stars.sequences import featurize, training_windows
 from starsrec.stars.train import Sampler, TrainConfig, train_model
-from tiny import built_toy_model, tiny
+from tiny import tiny
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,19 @@ def test_the_loss_under_bf16_autocast_is_float32_and_close() -> None:
     """What CUDA training runs, checked on the CPU's bf16 autocast: the loss and the sparse
     repeat bonus added into the logits stay float32, and the loss moves by bf16 rounding
     only."""
-    catalogue, log, calendar, model = built_toy_model()
+    world = make_toy_world(n_users=40)
+    catalogue = Catalogue.from_items(world.items)
+    log = EventLog.from_dataset(world, catalogue)
+    calendar = CalendarEvents.build("GB", 2023, 2025)
+    recommender = StarsRecommender(tiny())
+    recommender.features = {
+        "text": np.random.default_rng(0).normal(size=(catalogue.size, 12)).astype(np.float32),
+        "tags": np.zeros((catalogue.size, 3), np.float32),
+        "item_class": np.zeros(catalogue.size, np.int64),
+        "warm": np.ones(catalogue.size, np.float32),
+    }
+    recommender.calendar = calendar
+    model = recommender._build().eval()
     windows = training_windows(log, 8)[:16]
     inputs, target_rows = windows[:, :-1], windows[:, 1:]
     batch = featurize(log, inputs, log.timestamp[target_rows[:, -1]], calendar, 30.0)

@@ -77,27 +77,3 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def built_toy_model(n_users: int = 40):
-    """(catalogue, event log, calendar, tiny STARS model in eval mode) on a toy world, the
-    model built over random text vectors without fitting: for tests of one training step."""
-    import numpy as np
-
-    from starsrec.data.calendar import CalendarEvents
-    from starsrec.data.interactions import Catalogue, EventLog
-    from starsrec.data.toyworld import make_toy_world
-    from starsrec.stars.recommender import StarsRecommender
-
-    world = make_toy_world(n_users=n_users)
-    catalogue = Catalogue.from_items(world.items)
-    log = EventLog.from_dataset(world, catalogue)
-    recommender = StarsRecommender(tiny())
-    recommender.features = {
-        "text": np.random.default_rng(0).normal(size=(catalogue.size, 12)).astype(np.float32),
-        "tags": np.zeros((catalogue.size, 3), np.float32),
-        "item_class": np.zeros(catalogue.size, np.int64),
-        "warm": np.ones(catalogue.size, np.float32),
-    }
-    recommender.calendar = CalendarEvents.build("GB", 2023, 2025)
-    return catalogue, log, recommender.calendar, recommender._build().eval()
