@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +87,6 @@ class Dataset:
     # Events dropped because they name an item missing from the catalogue (never silent:
     # the count is reported by `summarize` and stored in dataset.json).
     unknown_item_events: int = 0
-
-    def with_events(self, events: pd.DataFrame) -> Dataset:
-        """A copy with another events table (same catalogue and metadata)."""
-        return replace(self, events=events)
 
 
 def exclude_seen_of(meta: Mapping) -> bool:
