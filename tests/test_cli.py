@@ -158,3 +158,12 @@ def test_bad_config_override(tmp_path: Path, capsys) -> None:
     argv = ["train", str(tmp_path), "--set", "model.nope=1", "--out", str(tmp_path / "a")]
     assert main(argv) == 2
     assert "bad STARS config" in capsys.readouterr().err
+
+
+def test_an_unknown_variant_is_refused_naming_the_known_ones(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path), "--variant", "stars-no-nothing", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid choice: 'stars-no-nothing'" in error and "'stars-no-live'" in error
+    assert not list(tmp_path.iterdir())  # refused before anything was written

@@ -29,6 +29,7 @@ from starsrec.experiments.report import MODEL_NAMES, read_report, run_models, wr
 from starsrec.recommender import NEW_TO
 from starsrec.stars import distributed
 from starsrec.stars.device import resolve_device
+from starsrec.stars.variants import VARIANTS
 
 PROTOCOL_HELP = "default: next-basket (shop logs; last-basket without cuts), else leave-one-out"
 EXAMPLES = {
@@ -100,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one config value, e.g. model.dim=128 or train.epochs=10 (repeatable)",
     )
     train.add_argument("--protocol", choices=PROTOCOLS, help=PROTOCOL_HELP)
-    train.add_argument("--variant", default="stars", help="stars, sasrec or an ablation")
+    train.add_argument(
+        "--variant",
+        default="stars",
+        choices=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"stars (the default), sasrec or an ablation: {', '.join(VARIANTS)}",
+    )
     train.add_argument("--out", required=True, help="the artifact directory to write")
     train.add_argument(
         "--checkpoints",
