@@ -26,7 +26,8 @@ import numpy as np
 from starsrec.evaluation.evaluate import EvaluationConfig, evaluate, validation_metric
 from starsrec.experiments.cells import save_by_cell_and_seed, stars_on_cell
 from starsrec.recommender import TrainingData
-from starsrec.stars.recommender import StarsRecommender, calibrated
+from starsrec.stars.calibration import calibrated
+from starsrec.stars.recommender import StarsRecommender
 
 RESULTS = Path(__file__).parent / "results"
 NEW_ITEM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 8.0)
@@ -45,7 +46,10 @@ def calibrate(model: StarsRecommender, data: TrainingData, live: bool) -> tuple[
     started = time.perf_counter()
     if own or live:
         model.calibrate_scores(
-            lambda _: validation_metric(model, queries, targets, data.exclude_seen), own, live
+            lambda _: validation_metric(model, queries, targets, data.exclude_seen),
+            own,
+            live,
+            cooccurrence=False,
         )
     seconds = time.perf_counter() - started
     values = {name: float(v) for name, v in calibrated(model._fitted_model()).items()}

@@ -13,11 +13,12 @@ from starsrec.data.splits import split_dataset
 from starsrec.data.toyworld import make_toy_world
 from starsrec.recommender import TrainingData
 from starsrec.stars.batch import PAD, slot_of
+from starsrec.stars.calibration import calibrated
 from starsrec.stars.config import ModelConfig
 from starsrec.stars.loss import basket_loss, next_baskets, training_loss
 from starsrec.stars.model import STARS
 from starsrec.stars.optim import RowWiseAdagrad, stars_optimizer
-from starsrec.stars.recommender import StarsConfig, StarsRecommender, calibrated
+from starsrec.stars.recommender import StarsConfig, StarsRecommender
 from starsrec.stars.repeats import (
     RepeatFeatures,
     carried_repeats,
@@ -281,19 +282,20 @@ def test_training_repeat_counts_match_whole_history_counts() -> None:
 
 def test_score_calibration_keeps_the_best_validation_setting(world) -> None:
     """The search leaves the setting with the best validation metric, and no change
-    (taste 1, offset 0, recent share 0, live weights 0) when nothing beats it; the own-item
-    values change own items' scores only, the live weights score recent sales."""
+    (taste 1, offset 0, recent share 0, live and co-occurrence weights 0) when nothing beats
+    it; the own-item values change own items' scores only, the live weights score recent
+    sales, the co-occurrence weight log1p of similarity sums over the scale."""
     catalogue, _, calendar = world
     recommender = StarsRecommender(StarsConfig())
     recommender.model = build(catalogue, calendar).eval()
     model = recommender.model
     best = {"own_item_taste": 0.25, "own_item_offset": 4.0, "own_item_recent": 8.0}
-    best |= {"live_1d": 0.25, "live_7d": 0.0, "live_new": 2.0}
+    best |= {"live_1d": 0.25, "live_7d": 0.0, "live_new": 2.0, "cooccurrence": 4.0}
 
     def peaked(m: STARS) -> float:
         return -sum(abs(float(v) - best[name]) for name, v in calibrated(m).items())
 
-    recommender.calibrate_scores(peaked, own_items=True, live=True)
+    recommender.calibrate_scores(peaked, own_items=True, live=True, cooccurrence=True)
     assert {name: float(v) for name, v in calibrated(model).items()} == best
     taste = torch.tensor([3.0, -1.0])  # an own item (recent share 0.5) and another
     decay = model.config.repeat_basket_decay
@@ -305,10 +307,13 @@ def test_score_calibration_keeps_the_best_validation_setting(world) -> None:
     live = model.live_score(counts, torch.tensor([False, True, True]))
     want = [0.25 * np.log(4), 0.25 * np.log(4) + 2.0 * np.log(8), 0.0]
     np.testing.assert_allclose(live.numpy(), want, rtol=1e-6)
-    recommender.calibrate_scores(lambda m: 0.5, own_items=True, live=True)
+    together = model.cooccurrence_score(torch.tensor([0.0, 0.03]))
+    np.testing.assert_allclose(together.numpy(), [0.0, 4.0 * np.log(4.0)], rtol=1e-6)
+    recommender.calibrate_scores(lambda m: 0.5, own_items=True, live=True, cooccurrence=True)
     assert all(float(v) == (name == "own_item_taste") for name, v in calibrated(model).items())
-    recommender.calibrate_scores(peaked, own_items=False, live=True)
+    recommender.calibrate_scores(peaked, own_items=False, live=True, cooccurrence=False)
     assert float(model.own_item_taste) == 1.0 and float(model.live_weights[-1]) == 2.0
+    assert float(model.cooccurrence_weight) == 0.0
 
 
 def test_training_without_validation_keeps_the_trained_weights(world) -> None:

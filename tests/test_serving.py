@@ -57,6 +57,8 @@ def world(tmp_path_factory):
     recommender.model.own_item_recent.fill_(0.75)
     # Live signals weighed in too (per half-life, new items), so the parity tests cover them.
     recommender.model.live_weights.copy_(torch.tensor([0.3, 0.2, 1.0]))
+    # And co-occurrence with the latest purchases.
+    recommender.model.cooccurrence_weight.fill_(0.5)
     artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
     write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return recommender, log, artifact
@@ -138,6 +140,23 @@ def test_explore_places_are_served_as_the_offline_scorer_places_them(world) -> N
         moved += bool(had & set(plain[q][10:]))
     assert moved  # the rule changed some list
     service.store.close()
+
+
+def test_the_served_cooccurrence_term_moves_lists(world) -> None:
+    """The co-occurrence term the parity tests serve is no no-op: without its weight the
+    offline scorer's top 10 differ for some of the users those tests check."""
+    recommender, log, _ = world
+    at = int(log.timestamp.max()) + DAY
+    queries = Queries.for_users(log, list(log.user_ids[:25]), time=at)
+    model = recommender.model
+    with_term, _ = recommender.recommend(queries, 10)
+    weight = float(model.cooccurrence_weight)
+    model.cooccurrence_weight.fill_(0.0)
+    try:
+        without, _ = recommender.recommend(queries, 10)
+    finally:
+        model.cooccurrence_weight.fill_(weight)
+    assert (with_term != without).any()
 
 
 def test_onnx_encoder_matches_eager(world) -> None:

@@ -1,6 +1,6 @@
 """Baselines honouring the Recommender contract, in the order they build on each other."""
 
-from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceRecommender
+from starsrec.baselines.cooccurrence import CooccurrenceRecommender
 from starsrec.baselines.lambdamart import LambdaMARTConfig, LambdaMARTRecommender
 from starsrec.baselines.popularity import (
     PopularityConfig,
@@ -11,6 +11,7 @@ from starsrec.baselines.popularity import (
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
 from starsrec.baselines.tifu import TifuKnnConfig, TifuKnnRecommender
 from starsrec.baselines.topfreq import TopFrequencyConfig, TopFrequencyRecommender
+from starsrec.data.cooccurrence import CooccurrenceConfig
 from starsrec.recommender import Recommender
 
 BASELINES: dict[str, type[Recommender]] = {

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from starsrec.baselines.cooccurrence import CooccurrenceConfig, CooccurrenceRecommender
+from starsrec.baselines.cooccurrence import CooccurrenceRecommender
 from starsrec.baselines.popularity import DAY, popularity, with_fallback
 from starsrec.baselines.repeat import RepeatHistoryConfig, RepeatHistoryRecommender
 from starsrec.baselines.text_profile import item_text, text_similarities
 from starsrec.data.calendar import calendar_features
+from starsrec.data.cooccurrence import CooccurrenceConfig
 from starsrec.data.interactions import Catalogue, Queries, session_opens
 from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
 from starsrec.features.encoders import DEFAULT_MODEL_NAME

@@ -1,10 +1,12 @@
-"""Live signals at serving: every item's recent sales, read from the event store's counters.
+"""Live signals at serving: every item's recent sales, read from the event store's counters,
+and its co-occurrence with the shopper's latest purchases.
 
 The score's live term (`STARS.live_score`) depends on the request time and on every shopper's
-events, not on the query, so the index, which ranks by one fixed inner product, cannot hold
-it. Since the term is never negative (calibration's weights are not), the served top k are
-among the index's top k by the rest of the score and the items with live counts: the service
-scores those exactly (`with_live`) and merges them in.
+events, the co-occurrence term (`STARS.cooccurrence_score`) on the user's latest purchases,
+neither on the query, so the index, which ranks by one fixed inner product, cannot hold
+them. Both are added to few items (`sum_terms`): the served top k are among the index's top
+k by the rest of the score and those items, which the service scores exactly (`with_live`)
+and merges in.
 
 Where the counts come from is a `LiveSource`: `StoreLive` reads the store's counters
 (`EventStore.live_counts`, kept on insert) at most every `refresh_s` and decays the snapshot
@@ -20,11 +22,13 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import torch
 
+from starsrec.data.cooccurrence import request_similarity
 from starsrec.data.interactions import EventLog
 from starsrec.data.live import decay_rates, replay_counts
 from starsrec.index.exact import inner_scores
 from starsrec.serving.store import EventStore
 from starsrec.stars.model import STARS
+from starsrec.stars.recommender import StarsRecommender
 
 LiveSource = Callable[[float], tuple[np.ndarray, np.ndarray]]  # at -> (rows ascending, (R, H))
 # How deep the service searches the index when live terms are on (at least k): a row left
@@ -126,6 +130,35 @@ def live_scores(model: STARS, counts: np.ndarray, new: np.ndarray) -> np.ndarray
     whether each is without training events."""
     term = model.live_score(torch.from_numpy(counts.astype(np.float32)), torch.from_numpy(new))
     return term.numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def cooccurrence_terms(
+    recommender: StarsRecommender, bought: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows ascending, (R,) float32 `STARS.cooccurrence_score`) of the items co-occurring
+    with a request's (H,) `bought` rows, oldest first (`request_similarity`); None where the
+    model gives co-occurrence no weight."""
+    model = recommender._fitted_model()
+    if model.cooccurrence_weight == 0:
+        return None
+    table, config = recommender.cooccurrence_table(), recommender.config.cooccurrence
+    rows, sums = request_similarity(bought, table, config)
+    term = model.cooccurrence_score(torch.from_numpy(sums).float())
+    return rows, term.numpy().astype(np.float32)
+
+
+def sum_terms(
+    *terms: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One (rows ascending, (R,) float32 terms) of several such per-row terms, summed where
+    rows meet; None when every one is None."""
+    given = [term for term in terms if term is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+    rows, inverse = np.unique(np.concatenate([r for r, _ in given]), return_inverse=True)
+    values = np.concatenate([v for _, v in given]).astype(np.float64)
+    return rows, np.bincount(inverse, weights=values, minlength=len(rows)).astype(np.float32)
 
 
 def with_live(

@@ -97,7 +97,7 @@ class ServedRecommender(Recommender):
 
     def score(self, queries: Queries) -> np.ndarray:
         """See `Recommender.score`: the index rows' inner products with each request's query, the
-        user's own items scored exactly."""
+        user's own items scored exactly, the terms the index cannot hold added."""
         catalogue, service = self._fitted_catalogue(), self.service
         assert service is not None  # _open sets it with the catalogue
         vectors = service.index.vectors[: catalogue.size]
@@ -105,12 +105,12 @@ class ServedRecommender(Recommender):
         service.live = ReplayedLive(queries.log, catalogue.size)
         for q in range(len(queries)):
             events, at = self._request(queries, q)
-            history, rows = service.history(None, events, at)
+            history, rows, bought = service.history(None, events, at)
             query = service.query_vectors(None, history, rows, at)[0]
             scores[q] = inner_scores(query[None], vectors)[0]
             seen, exact = own_item_scores(service.model, vectors, query, history, rows, at)
             scores[q, seen] = exact
-            live = service.live_terms(at)
+            live = service.added_terms(at, bought)
             if live is not None:
                 scores[q, live[0]] += live[1]
         return scores

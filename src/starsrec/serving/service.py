@@ -6,9 +6,9 @@ A request is answered in five steps, each with the model's own score functions:
    returning user with no live session gets the long-term memory computed offline instead);
 3. `STARS.retrieval_queries` [u + q(c), 1, calendar offsets of c] is searched in the item
    index, whose rows are [e_i, b_i, onehot(class(i))], under the request's filters;
-4. the items with live counts (all shoppers' recent sales, `starsrec.serving.live_items`)
-   and the user's own items (`starsrec.serving.own_items`) are scored exactly and merged in,
-   and the places kept for new products, if any, are filled (`starsrec.recommender.Slots`);
+4. the items the index cannot score in full (recent sales, co-occurrence with the latest
+   purchases: `starsrec.serving.live_items`) and the user's own items are scored exactly and
+   merged in, and the places kept for new products, if any, are filled (`Slots`);
 5. each result is explained (`starsrec.serving.explain`).
 
 Products added with `upsert_items` (`starsrec.serving.product_writes`) get a token from text
@@ -51,7 +51,9 @@ from starsrec.serving.live_items import (
     LIVE_SEARCH_DEPTH,
     LiveSource,
     StoreLive,
+    cooccurrence_terms,
     live_scores,
+    sum_terms,
     with_live,
 )
 from starsrec.serving.own_items import merge_own_items, own_item_scores
@@ -244,25 +246,22 @@ class RecommendationService(ProductWrites):
         at = request_time(at, events, self.config.max_future_s)
         filters = self.filters() if filters is None else filters
         check_filters(filters, 1, len(self.items))
-        history, rows = self.history(user_id, events, at)
+        history, rows, bought = self.history(user_id, events, at)
         query, short, long, gate = self.query_vectors(user_id, history, rows, at)
         allowed = filters.allowed
         ids = filters.exclude[0] if filters.exclude is not None else ()
         exclude = self.items.rows(list(ids), "filters.exclude")
-        # The service's seen items are what the user bought (events of a target type): a
-        # product only viewed stays recommendable.
+        # The service's seen items are what the user bought: a product only viewed stays
+        # recommendable.
         if filters.exclude_seen:
-            targets = [
-                r for r, e in zip(rows, history, strict=True) if e.event_type in self.target_types
-            ]
-            exclude = np.union1d(exclude, np.array(targets, dtype=np.int64))
+            exclude = np.union1d(exclude, bought)
         # The user's own items are scored exactly, with their repeat bonus, and merged in
         # (`merge_own_items`): the index supplies the best k others (had it returned own
         # items among its k, fewer than k others would be left to merge with them).
         mine = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
         own = mine[0]  # the history's distinct rows; none with the repeat score off
         skip = np.union1d(exclude, own) if len(exclude) else own
-        live = self.live_terms(at)
+        live = self.added_terms(at, bought)
 
         def top(depth: int, allowed: np.ndarray | None, scope) -> tuple[np.ndarray, np.ndarray]:
             deeper = depth if live is None else max(depth, LIVE_SEARCH_DEPTH)
@@ -293,15 +292,17 @@ class RecommendationService(ProductWrites):
 
     def history(
         self, user_id: str | None, events: Sequence[Event], at: float
-    ) -> tuple[list[Event], np.ndarray]:
+    ) -> tuple[list[Event], np.ndarray, np.ndarray]:
         """A request's history, oldest first (stored events, then the request's own,
-        checked by `recommend`; none after `at`), and its item rows. The store's window
-        ends at `at`, so later events cannot crowd out the ones a request may use."""
+        checked by `recommend`; none after `at`), its item rows, and the rows of its
+        purchases (events of a target type). The store's window ends at `at`, so later
+        events cannot crowd out the ones a request may use."""
         limit = self.config.history_limit
         history = list(self.store.recent(user_id, limit, at)) if user_id else []
         history += events
         history = sorted((e for e in history if e.timestamp <= at), key=lambda e: e.timestamp)
-        return history, np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
+        rows = np.array([self.items.row_of[e.item_id] for e in history], dtype=np.int64)
+        return history, rows, rows[[e.event_type in self.target_types for e in history]]
 
     def query_vectors(
         self, user_id: str | None, history: list[Event], rows: np.ndarray, at: float
@@ -340,16 +341,16 @@ class RecommendationService(ProductWrites):
         query = self._augment(out["query"][0], active)
         return query, out["short"][0], out["long"][0], out["gate"][0]
 
-    def live_terms(self, at: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """(rows, (R,) their `STARS.live_score`) of the items with live counts at `at`; None
-        where the model gives live signals no weight."""
-        if not self.model.live_weights.any():
-            return None
-        rows, counts = self.live(at)
-        new = np.ones(len(rows), dtype=bool)  # products put since training are new
-        trained = rows < len(self._warm)
-        new[trained] = ~self._warm[rows[trained]]
-        return rows, live_scores(self.model, counts, new)
+    def added_terms(self, at: float, bought: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows ascending, (R,) terms) the index cannot hold: `STARS.live_score` at `at` plus
+        `STARS.cooccurrence_score` with the (H,) `bought` rows, oldest first; None: both 0."""
+        live = None
+        if self.model.live_weights.any():
+            rows, counts = self.live(at)
+            # products put since training (rows past the trained ones) are new
+            new = np.append(~self._warm, True)[np.minimum(rows, len(self._warm))]
+            live = rows, live_scores(self.model, counts, new)
+        return sum_terms(live, cooccurrence_terms(self.recommender, bought))
 
     def _context(self, at: float) -> np.ndarray:
         """q(c) (D,) for a request at `at`, read from the model's table."""

@@ -11,24 +11,30 @@ Two steps, both only re-scoring (the trained weights stay as they are):
   share of validation targets that are new items (the log-likelihood is concave in the
   offset, and this is where its derivative is zero). Adding it to the bias keeps the score
   one inner product, so the index and the service serve the calibrated bias unchanged.
-- **Own items and live signals** (`coordinate_search`, used by
-  `StarsRecommender.calibrate_scores`): the taste weight and offset of a shopper's own items
-  (one grid: they interact), the weight of their recent share, and the weights of every
-  item's recent sales over all shoppers (one per half-life, one more for new items), chosen
-  on validation NDCG@10 in turns until none moves.
+- **Own items, live signals, co-occurrence** (`coordinate_search` over `score_weight_grids`,
+  used by `StarsRecommender.calibrate_scores`): the taste weight and offset of a shopper's
+  own items (one grid: they interact), the weight of their recent share, the weights of
+  every item's recent sales over all shoppers (one per half-life, one more for new items)
+  and the weight of co-occurrence with the shopper's latest purchases, chosen on validation
+  NDCG@10 in turns until none moves.
 
 `CalibrationConfig` (`StarsConfig.calibration`) switches each step and holds the grid.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import torch
 from scipy.special import expit, logsumexp
+
+from starsrec.data.live import LIVE_HALF_LIVES_DAYS
+from starsrec.stars.model import STARS
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,9 @@ class CalibrationConfig:
     shopper's own items, an offset in score units, and the weight of their recent share
     of the shopper's baskets; the first of each (1, 0, 0) is no change. live: fit the
     weights of the live signals (`STARS.live_score`), each half-life's from live_weights,
-    the new items' from live_new_weights (0 first: no change).
+    the new items' from live_new_weights (0 first: no change). cooccurrence: fit the weight
+    of co-occurrence with the latest purchases (`STARS.cooccurrence_score`) over
+    cooccurrence_weights (0 first: no change).
     """
 
     new_items: bool = True
@@ -61,11 +69,13 @@ class CalibrationConfig:
     live: bool = True
     live_weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
     live_new_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    cooccurrence: bool = True
+    cooccurrence_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
     def __post_init__(self) -> None:
         # config.json gives lists back; tuples keep the config hashable and comparable
         grids = ("own_item_tastes", "own_item_offsets", "own_item_recents", "live_weights")
-        for name in (*grids, "live_new_weights"):
+        for name in (*grids, "live_new_weights", "cooccurrence_weights"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
 
@@ -158,3 +168,44 @@ def coordinate_search(
     apply(best)
     logger.info("%s: %s (validation ndcg@10 %.4f -> %.4f)", what, best, start, best_metric)
     return best
+
+
+def calibrated(model: STARS) -> dict[str, torch.Tensor]:
+    """The values of `model` fitted on validation after training, by name, each a 0-dim view
+    to fill in place: the own-item re-scoring, the live-signal weights (one per half-life,
+    then the new items' one), the co-occurrence weight."""
+    live = [f"live_{days:g}d" for days in LIVE_HALF_LIVES_DAYS] + ["live_new"]
+    return (
+        {
+            "own_item_taste": model.own_item_taste,
+            "own_item_offset": model.own_item_offset,
+            "own_item_recent": model.own_item_recent,
+        }
+        | dict(zip(live, model.live_weights.unbind(), strict=True))
+        | {"cooccurrence": model.cooccurrence_weight}
+    )
+
+
+def score_weight_grids(
+    config: CalibrationConfig, own_items: bool, live: bool, cooccurrence: bool
+) -> tuple[list[str], list[list[tuple[float, ...]]]]:
+    """The `calibrated` names that `coordinate_search` fits, in setting order, and its blocks
+    over them: own-item taste and offset in one (they interact), own-item recent share,
+    each live weight, the co-occurrence weight; of the steps switched on here."""
+    names: list[str] = []
+    blocks: list[list[tuple[float, ...]]] = []
+    if own_items:
+        names += ["own_item_taste", "own_item_offset", "own_item_recent"]
+        blocks += [
+            list(itertools.product(config.own_item_tastes, config.own_item_offsets)),
+            [(weight,) for weight in config.own_item_recents],
+        ]
+    grids: dict[str, tuple[float, ...]] = {}
+    if live:
+        grids |= {f"live_{days:g}d": config.live_weights for days in LIVE_HALF_LIVES_DAYS}
+        grids["live_new"] = config.live_new_weights
+    if cooccurrence:
+        grids["cooccurrence"] = config.cooccurrence_weights
+    names += list(grids)
+    blocks += [[(weight,) for weight in grid] for grid in grids.values()]
+    return names, blocks

@@ -11,19 +11,18 @@
    (an item without training events: e_i from text and tags, b_i the learned new-item
    bias, moved after training to its maximum-likelihood value on validation; in training,
    so is every item before its first event) + a learned bonus for items in the user's own
-   history (repeat purchases; a re-scoring step, outside the inner product). For own items
-   the taste term is then re-weighted, offset and joined by their recent share of the
-   shopper's baskets, three scalars fitted on validation (`own_item_adjustment`). Then
-   every item gains its live signals, all shoppers' recent sales at the request (`live_score`).
-   A request without history is scored by q(c), the item biases and offsets alone.
+   history (repeat purchases; outside the inner product), whose taste term is re-weighted,
+   offset and joined by their recent share of the shopper's baskets (`own_item_adjustment`)
+   + all shoppers' recent sales (`live_score`) + co-occurrence with the user's latest
+   purchases (`cooccurrence_score`), the last three weighted by scalars fitted on
+   validation. A request without history gets q(c), biases, offsets and live signals.
 
 The served score is defined here once: `user_side` (the query), `item_terms` and
 `calendar_terms` (the item side), `own_item_score` (what the user's own items add),
-`live_score` (what recent sales add), and `retrieval_items` / `retrieval_queries` (the
-same score as one inner product). Training
+`live_score` and `cooccurrence_score` (what recent sales and the latest purchases add), and
+`retrieval_items` / `retrieval_queries` (the same score as one inner product). Training
 (through `score_inner`, that inner product over sampled candidates, checked against the
-plain `score`), the offline scorer, the exported encoder and the service (through
-`request_tables`) call these; none re-implements them.
+plain `score`), the offline scorer, the exported encoder and the service call these.
 
 Every component has a switch in `ModelConfig`; all off but `use_item_id` is SASRec.
 Shapes: B batch, T events, N items, D model width, K calendar events, C candidates.
@@ -54,6 +53,7 @@ class STARS(nn.Module):
     own_item_offset: torch.Tensor
     own_item_recent: torch.Tensor
     live_weights: torch.Tensor
+    cooccurrence_weight: torch.Tensor
 
     def __init__(
         self,
@@ -105,11 +105,12 @@ class STARS(nn.Module):
         nn.init.zeros_(self.user_repeat.weight)
         self.item_repeat = nn.Embedding(len(item_class) + 1, 1)  # per-item rebuy propensity
         nn.init.zeros_(self.item_repeat.weight)
-        # Own-item re-scoring and live signals: not trained (no-ops), fitted on validation.
+        # Own-item re-scoring, live signals, co-occurrence: no-ops, fitted on validation.
         self.register_buffer("own_item_taste", torch.ones(()))
         self.register_buffer("own_item_offset", torch.zeros(()))
         self.register_buffer("own_item_recent", torch.zeros(()))
         self.register_buffer("live_weights", torch.zeros(len(LIVE_HALF_LIVES_DAYS) + 1))
+        self.register_buffer("cooccurrence_weight", torch.zeros(()))
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
         for context in (self.request_hour, self.request_weekday, self.request_month):
@@ -142,8 +143,7 @@ class STARS(nn.Module):
         causal = torch.ones(length + 1, length + 1, dtype=torch.bool, device=x.device).tril()
         # Each position sees earlier valid events and always itself (no empty rows).
         eye = torch.eye(length + 1, dtype=torch.bool, device=x.device)
-        mask = (causal & keys[:, None, :]) | eye
-        mask = mask[:, None]  # (B, 1, T+1, T+1)
+        mask = ((causal & keys[:, None, :]) | eye)[:, None]  # (B, 1, T+1, T+1)
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
@@ -212,10 +212,7 @@ class STARS(nn.Module):
         return self.item_tokens(slots, owned)
 
     def item_terms(
-        self,
-        slots: torch.Tensor,
-        request_events: torch.Tensor,
-        owned: torch.Tensor | None = None,
+        self, slots: torch.Tensor, request_events: torch.Tensor, owned: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Item bias (C,) and calendar offsets (..., C) of candidates under (..., K) events."""
         offsets = self.calendar_terms(request_events)  # (..., n_classes)
@@ -271,11 +268,10 @@ class STARS(nn.Module):
         return bonus
 
     def own_item_adjustment(self, taste: torch.Tensor, repeats: RepeatFeatures) -> torch.Tensor:
-        """What re-scoring adds to the items the user had: their `taste` term
-        <u + q(c), e_i> becomes own_item_taste x taste, plus own_item_offset, plus
-        own_item_recent x their `recent_share`. Sampled training sees few of a shopper's
-        own items at once, and orders them worse than their recent share alone does
-        (docs/benchmarks.md)."""
+        """What re-scoring adds to the user's own items: their `taste` <u + q(c), e_i> becomes
+        own_item_taste x taste + own_item_offset + own_item_recent x `recent_share`. Sampled
+        training sees few of a shopper's own items at once, and orders them worse than their
+        recent share alone does (docs/benchmarks.md)."""
         seen = (repeats.counts > 0).float()
         adjusted = (self.own_item_taste - 1.0) * taste + self.own_item_offset
         share = recent_share(repeats, self.config.repeat_basket_decay)
@@ -301,9 +297,13 @@ class STARS(nn.Module):
         (C,) whether each is new (no training events) -> (..., C): sum_h w_h log1p(count_h)
         plus, for new items, w_new log1p(count over the longest half-life): a product
         launched since training has no learned bias, its sales are all the model knows."""
-        features = torch.log1p(counts)
-        weights = self.live_weights
+        features, weights = torch.log1p(counts), self.live_weights
         return features @ weights[:-1] + weights[-1] * new.float() * features[..., -1]
+
+    def cooccurrence_score(self, similarity: torch.Tensor) -> torch.Tensor:
+        """(..., C) co-occurrence sums of C candidates with the user's latest purchases
+        (`starsrec.data.cooccurrence`) -> (..., C): w log1p(sum / cooccurrence_scale)."""
+        return self.cooccurrence_weight * torch.log1p(similarity / self.config.cooccurrence_scale)
 
     def score(
         self,

@@ -11,7 +11,6 @@ own-item re-scoring are fitted on validation (`starsrec.stars.calibration`).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -19,14 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from starsrec.data.baskets import BasketTargets
 from starsrec.data.calendar import DAY, CalendarEvents
+from starsrec.data.cooccurrence import (
+    CooccurrenceConfig,
+    history_similarity,
+    similarity_table,
+    table_from_state,
+    table_state,
+)
 from starsrec.data.files import CALENDAR_FILE
 from starsrec.data.integrity import ArtifactError, write_json_atomic
 from starsrec.data.interactions import Catalogue, Queries
-from starsrec.data.live import LIVE_HALF_LIVES_DAYS, replay_counts
+from starsrec.data.live import replay_counts
 from starsrec.evaluation.evaluate import validation_metric
 from starsrec.features.encoders import named_encoder
 from starsrec.features.tags import DOMAINS, default_tagger, tag_catalogue, tagging_texts
@@ -42,9 +49,11 @@ from starsrec.stars import distributed
 from starsrec.stars.batch import slot_of
 from starsrec.stars.calibration import (
     CalibrationConfig,
+    calibrated,
     coordinate_search,
     new_item_log_odds,
     new_item_offset,
+    score_weight_grids,
 )
 from starsrec.stars.config import ModelConfig, model_config
 from starsrec.stars.device import resolve_device, to_device
@@ -57,8 +66,8 @@ logger = logging.getLogger(__name__)
 
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, item repeat
 # propensity, in-session repeat weight; 3: basket share, user repeat weights; 4: own-item
-# buffers; 5: recent share; 6: live weights; 7: tags read catalogue places, in its domains.
-MODEL_FORMAT = 7
+# buffers; 5: recent share; 6: live weights; 7: tags in the catalogue's domains; 8: co-occurrence.
+MODEL_FORMAT = 8
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
 
@@ -73,11 +82,13 @@ class StarsConfig:
     tag_domains: the vocabulary domains tags come from (with "all"); None: `fit` detects
     them from the catalogue (`detect_domains`) and records them here.
     derived_subclasses / derived_classes: k-means cluster counts where the catalogue has none.
+    cooccurrence: the item-item table and history of the co-occurrence term.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     text_encoder: str = "all-MiniLM-L6-v2"
     use_lexicon_tags: bool = True
     tag_domains: tuple[str, ...] | None = None
@@ -139,18 +150,6 @@ def item_features(
     }
 
 
-def calibrated(model: STARS) -> dict[str, torch.Tensor]:
-    """The values of `model` fitted on validation after training, by name, each a 0-dim view
-    to fill in place: the own-item re-scoring, then the live-signal weights (one per
-    half-life, then the new items' one)."""
-    live = [f"live_{days:g}d" for days in LIVE_HALF_LIVES_DAYS] + ["live_new"]
-    return {
-        "own_item_taste": model.own_item_taste,
-        "own_item_offset": model.own_item_offset,
-        "own_item_recent": model.own_item_recent,
-    } | dict(zip(live, model.live_weights.unbind(), strict=True))
-
-
 class StarsRecommender(Recommender):
     """The STARS model (see module doc); ID-only SASRec is the same class with
     `ModelConfig(use_text=False, use_tags=False, use_item_id=True, ...)`."""
@@ -195,6 +194,8 @@ class StarsRecommender(Recommender):
         first_day = np.full(data.catalogue.size, np.inf)
         np.minimum.at(first_day, data.train.item, data.train.timestamp / DAY)
         self.features["first_day"] = first_day.astype(np.float32)
+        table = similarity_table(data.train, data.catalogue.size, config.cooccurrence)
+        self.features |= table_state(table, "cooccurrence.")
         years = data.train.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(int)
         first, last = (int(years.min()) + 1970, int(years.max()) + 1971) if len(years) else (0, 0)
         self.calendar = CalendarEvents.build(data.country, first - 1, last + 1)
@@ -246,8 +247,8 @@ class StarsRecommender(Recommender):
             self.calibrate_new_items(queries, targets, exclude_seen)
         # Own items are re-scored where they can be recommended and are scored apart.
         own_items = steps.own_items and not exclude_seen and model.use_repeat_score
-        if own_items or steps.live:
-            self.calibrate_scores(validate, own_items, steps.live)
+        if own_items or steps.live or steps.cooccurrence:
+            self.calibrate_scores(validate, own_items, steps.live, steps.cooccurrence)
 
     @torch.no_grad()
     def calibrate_new_items(
@@ -271,26 +272,15 @@ class StarsRecommender(Recommender):
 
     @torch.no_grad()
     def calibrate_scores(
-        self, validate: Callable[[STARS], float], own_items: bool, live: bool
+        self, validate: Callable[[STARS], float], own_items: bool, live: bool, cooccurrence: bool
     ) -> None:
-        """Fit the own-item re-scoring (`STARS.own_item_adjustment`) and the live-signal
-        weights (`STARS.live_score`) on the validation metric (`coordinate_search`); each
-        stays a no-op unless a setting does strictly better."""
-        model, steps = self._fitted_model(), self.config.calibration
+        """Fit the own-item re-scoring (`STARS.own_item_adjustment`), the live-signal weights
+        (`STARS.live_score`) and the co-occurrence weight (`STARS.cooccurrence_score`) of
+        the steps switched on, on the validation metric (`coordinate_search` over
+        `score_weight_grids`); each stays a no-op unless a setting does strictly better."""
+        model = self._fitted_model()
         values = calibrated(model)
-        blocks: list[list[tuple[float, ...]]] = []
-        names: list[str] = []
-        if own_items:
-            blocks += [
-                list(itertools.product(steps.own_item_tastes, steps.own_item_offsets)),
-                [(weight,) for weight in steps.own_item_recents],
-            ]
-            names += ["own_item_taste", "own_item_offset", "own_item_recent"]
-        if live:
-            for name in (name for name in values if name.startswith("live_")):
-                grid = steps.live_new_weights if name == "live_new" else steps.live_weights
-                blocks.append([(weight,) for weight in grid])
-                names.append(name)
+        names, blocks = score_weight_grids(self.config.calibration, own_items, live, cooccurrence)
 
         def apply(setting: tuple[float, ...]) -> None:
             for name, value in zip(names, setting, strict=True):
@@ -302,6 +292,11 @@ class StarsRecommender(Recommender):
         if self.model is None:
             raise RuntimeError("stars is not fitted: call fit() or load()")
         return self.model
+
+    def cooccurrence_table(self) -> sp.csr_matrix:
+        """(N, N) the item-item similarity table of the co-occurrence term, built by `fit`
+        from the training events (`starsrec.data.cooccurrence`)."""
+        return table_from_state(self.features, "cooccurrence.")
 
     def _fitted_calendar(self) -> CalendarEvents:
         if self.calendar is None:  # set with the model, by fit and load
@@ -324,14 +319,16 @@ class StarsRecommender(Recommender):
     @torch.no_grad()
     def score(self, queries: Queries) -> np.ndarray:
         """(Q, N) float32 served score of every item: the model's terms (`STARS.user_side`,
-        `item_terms`, `own_item_score`) for each query's recent history, and `live_score`
-        for all shoppers' sales before its time (`replay_counts` of the queries' log)."""
+        `item_terms`, `own_item_score`) for each query's recent history, `live_score` for
+        all shoppers' sales before its time (`replay_counts` of the queries' log) and
+        `cooccurrence_score` for its latest purchases (`history_similarity`)."""
         model, calendar, device = self._fitted_model(), self._fitted_calendar(), self.device
         gap = model.config.session_gap_minutes
         model.eval()
         vectors = model.item_vectors()  # (N, D)
         all_slots = slot_of(torch.arange(vectors.shape[0], device=device))
         new = model.item_tokens.warm[all_slots] == 0
+        table = self.cooccurrence_table()
         scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
         for lo in range(0, len(queries), self.config.score_batch):
             part = queries[lo : lo + self.config.score_batch]
@@ -351,6 +348,9 @@ class StarsRecommender(Recommender):
             if model.live_weights.any():
                 sales = torch.from_numpy(replay_counts(part.log, part.time, len(all_slots)))
                 live = model.live_score(to_device(sales, device), new)
+            if model.cooccurrence_weight != 0:  # where its weight is fitted
+                together = history_similarity(part, table, self.config.cooccurrence)
+                live = live + model.cooccurrence_score(torch.from_numpy(together).float())
             scores[lo : lo + len(part)] = (taste + bias + offsets + own + live).cpu().numpy()
         return scores
 

@@ -28,7 +28,7 @@ VARIANTS: dict[str, tuple[dict, ...]] = {
         },
         # SASRec's own optimiser, AdamW for every parameter, its item embeddings included.
         {"subclass_negatives": 0, "item_optimizer": "adamw", "item_learning_rate": None},
-        {"new_items": False, "own_items": False, "live": False},
+        {"new_items": False, "own_items": False, "live": False, "cooccurrence": False},
     ),
     "stars-no-delta": ({"use_delta": False}, {}),
     "stars-no-tags": ({"use_tags": False}, {}),
@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[dict, ...]] = {
     "stars-no-own-item-calibration": ({}, {}, {"own_items": False}),
     "stars-no-new-item-calibration": ({}, {}, {"new_items": False}),
     "stars-no-live": ({}, {}, {"live": False}),
+    "stars-no-cooccurrence": ({}, {}, {"cooccurrence": False}),
 }
 
 
