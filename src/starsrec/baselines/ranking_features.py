@@ -1,5 +1,4 @@
-"""LambdaMART stage 1 and its features: candidates per query and one row of features
-per (query, candidate).
+"""LambdaMART stage 1: candidates per query and one row of features per (query, candidate).
 
 Candidates: the user's own history (repeat), the top co-occurrence neighbours of the
 recent history, the items whose text is nearest the history's, the globally and recently
