@@ -106,19 +106,20 @@ def request_similarity(
     """The rows with a positive similarity sum with one request's target events, ascending,
     and those sums (float64): `history_similarity` for the (H,) item rows of a request's
     target events, oldest first. Rows past the table (products added since it was built)
-    have no neighbours."""
+    have no neighbours. Gathers the few table rows it needs (a request's budget is a few
+    milliseconds; a sparse product costs more in overhead than in work)."""
     recent = targets[-config.history :] if config.history > 0 else targets[:0]
     weights = config.decay ** np.arange(len(recent))[::-1]
     known = recent < table.shape[0]
-    history = sp.csr_matrix(
-        (weights[known], (np.zeros(known.sum(), dtype=np.int64), recent[known])),
-        shape=(1, table.shape[0]),
-    )
-    found = (history @ table).tocsr()
-    found.sum_duplicates()
-    found.sort_indices()
-    positive = found.data > 0
-    return found.indices[positive].astype(np.int64), found.data[positive]
+    recent, weights = recent[known], weights[known]
+    starts, lengths = table.indptr[recent], np.diff(table.indptr)[recent]
+    # positions of every entry of the gathered rows, row after row
+    first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    at = first + np.arange(lengths.sum())
+    rows, inverse = np.unique(table.indices[at], return_inverse=True)
+    sums = np.bincount(inverse, weights=table.data[at] * np.repeat(weights, lengths))
+    positive = sums > 0
+    return rows[positive].astype(np.int64), sums[positive]
 
 
 def table_state(table: sp.csr_matrix, prefix: str = "") -> dict[str, np.ndarray]:
