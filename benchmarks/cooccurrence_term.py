@@ -5,29 +5,29 @@
     python benchmarks/cooccurrence_term.py --artifact artifacts/shop --protocol next-basket
 
 STARS is trained once as the quality run trains it (or loaded from `--artifact`, trained on
-the same cell), so its calibration has fitted every weight, the co-occurrence weight among
-them (`STARS.cooccurrence_score`: w log1p(s / scale)). On every validation query this
-prints NDCG@10 with the fitted weight and with the term off (the other fitted values kept),
-then NDCG@10 over a grid of scales and weights, the rest held: the grid that chose
-`ModelConfig.cooccurrence_scale`. No test number is computed, so nothing here is chosen on
-test. Writes benchmarks/results/cooccurrence_term.json (merged by cell and seed) and prints
-a table.
+the same cell), so its calibration has fitted every weight, the co-occurrence weight and
+scale among them (`STARS.cooccurrence_score`: w log1p(s / scale), chosen on the first
+`validation_queries` validation queries). On every validation query this prints NDCG@10
+with the fitted term and with the term off (the other fitted values kept), then NDCG@10 over
+calibration's grid of scales and weights (`CalibrationConfig`), the rest held. No test
+number is computed, so nothing here is chosen on test. Writes
+benchmarks/results/cooccurrence_term.json (merged by cell and seed) and prints a table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 from starsrec.evaluation.evaluate import validation_metric
 from starsrec.experiments.cells import save_by_cell_and_seed, stars_on_cell
 from starsrec.recommender import TrainingData
+from starsrec.stars.calibration import CalibrationConfig
 from starsrec.stars.recommender import StarsRecommender
 
 RESULTS = Path(__file__).parent / "results"
-SCALES = (0.001, 0.01, 0.1, 1.0)
-WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+SCALES = CalibrationConfig().cooccurrence_scales
+WEIGHTS = CalibrationConfig().cooccurrence_weights
 logger = logging.getLogger("cooccurrence-benchmark")
 
 
@@ -40,17 +40,17 @@ def metric(model: StarsRecommender, data: TrainingData) -> float:
 def sweep(model: StarsRecommender, data: TrainingData) -> list[dict]:
     """NDCG@10 for every (scale, weight) of the grid, the other fitted values held."""
     stars = model._fitted_model()
-    config, weight = stars.config, float(stars.cooccurrence_weight)
+    weight, fitted_scale = float(stars.cooccurrence_weight), float(stars.cooccurrence_scale)
     rows = []
     try:
         for scale in SCALES:
-            stars.config = dataclasses.replace(config, cooccurrence_scale=scale)
+            stars.cooccurrence_scale.fill_(scale)
             for w in WEIGHTS:
                 stars.cooccurrence_weight.fill_(w)
                 rows.append({"scale": scale, "weight": w, "ndcg@10": metric(model, data)})
                 logger.info("%s", rows[-1])
     finally:
-        stars.config = config
+        stars.cooccurrence_scale.fill_(fitted_scale)
         stars.cooccurrence_weight.fill_(weight)
     return rows
 
@@ -87,7 +87,7 @@ def main() -> None:
         "seed": model.config.seed,
         "queries": len(data.validation),
         "weight": weight,
-        "scale": stars.config.cooccurrence_scale,
+        "scale": float(stars.cooccurrence_scale),
         "fitted": metric(model, data),
     }
     stars.cooccurrence_weight.fill_(0.0)

@@ -17,18 +17,19 @@ def test_the_grid_holds_the_fitted_setting_and_the_term_off() -> None:
     data = training_data(dataset, split_dataset(dataset, NEXT_BASKET), exclude_seen=False)
     model = make_model("stars", 0, 1, settings()).fit(data)
     stars = model.model
-    stars.cooccurrence_weight.fill_(2.0)  # a weight of the grid, whatever calibration chose
+    stars.cooccurrence_weight.fill_(2.0)  # a setting of the grid, whatever calibration chose
+    stars.cooccurrence_scale.fill_(0.1)
     fitted = module.metric(model, data)
     rows = module.sweep(model, data)
     assert [(r["scale"], r["weight"]) for r in rows] == [
         (s, w) for s in module.SCALES for w in module.WEIGHTS
     ]
     assert float(stars.cooccurrence_weight) == 2.0  # left as it was
-    assert stars.config.cooccurrence_scale == 0.01
+    assert float(stars.cooccurrence_scale) == pytest.approx(0.1)
     by = {(r["scale"], r["weight"]): r["ndcg@10"] for r in rows}
-    assert by[(0.01, 2.0)] == pytest.approx(fitted)
+    assert by[(0.1, 2.0)] == pytest.approx(fitted)
     off = {by[(s, 0.0)] for s in module.SCALES}
     assert len(off) == 1  # with no weight the scale changes nothing
     record = {"cell": "toy/next-basket", "seed": 0, "queries": 1, "weight": 2.0}
-    record |= {"scale": 0.01, "fitted": fitted, "off": off.pop(), "sweep": rows}
+    record |= {"scale": 0.1, "fitted": fitted, "off": off.pop(), "sweep": rows}
     assert module.table([record]).count("| toy/next-basket | 0 |") == 1

@@ -59,6 +59,7 @@ def world(tmp_path_factory):
     recommender.model.live_weights.copy_(torch.tensor([0.3, 0.2, 1.0]))
     # And co-occurrence with the latest purchases.
     recommender.model.cooccurrence_weight.fill_(0.5)
+    recommender.model.cooccurrence_scale.fill_(0.1)
     artifact = recommender.save(tmp_path_factory.mktemp("artifact"))
     write_serving_files(recommender, log, artifact / SERVING_DIR, exclude_seen=True)
     return recommender, log, artifact

@@ -15,8 +15,8 @@ Two steps, both only re-scoring (the trained weights stay as they are):
   used by `StarsRecommender.calibrate_scores`): the taste weight and offset of a shopper's
   own items (one grid: they interact), the weight of their recent share, the weights of
   every item's recent sales over all shoppers (one per half-life, one more for new items)
-  and the weight of co-occurrence with the shopper's latest purchases, chosen on validation
-  NDCG@10 in turns until none moves.
+  and the weight and scale of co-occurrence with the shopper's latest purchases (one grid),
+  chosen on validation NDCG@10 in turns until none moves.
 
 `CalibrationConfig` (`StarsConfig.calibration`) switches each step and holds the grid.
 """
@@ -57,8 +57,8 @@ class CalibrationConfig:
     of the shopper's baskets; the first of each (1, 0, 0) is no change. live: fit the
     weights of the live signals (`STARS.live_score`), each half-life's from live_weights,
     the new items' from live_new_weights (0 first: no change). cooccurrence: fit the weight
-    of co-occurrence with the latest purchases (`STARS.cooccurrence_score`) over
-    cooccurrence_weights (0 first: no change).
+    and scale of co-occurrence with the latest purchases (`STARS.cooccurrence_score`) over
+    cooccurrence_weights x cooccurrence_scales (weight 0 first: no change).
     """
 
     new_items: bool = True
@@ -70,12 +70,14 @@ class CalibrationConfig:
     live_weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
     live_new_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     cooccurrence: bool = True
-    cooccurrence_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+    cooccurrence_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    cooccurrence_scales: tuple[float, ...] = (0.01, 0.1, 1.0)
 
     def __post_init__(self) -> None:
         # config.json gives lists back; tuples keep the config hashable and comparable
         grids = ("own_item_tastes", "own_item_offsets", "own_item_recents", "live_weights")
-        for name in (*grids, "live_new_weights", "cooccurrence_weights"):
+        more = ("live_new_weights", "cooccurrence_weights", "cooccurrence_scales")
+        for name in (*grids, *more):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
 
@@ -173,7 +175,7 @@ def coordinate_search(
 def calibrated(model: STARS) -> dict[str, torch.Tensor]:
     """The values of `model` fitted on validation after training, by name, each a 0-dim view
     to fill in place: the own-item re-scoring, the live-signal weights (one per half-life,
-    then the new items' one), the co-occurrence weight."""
+    then the new items' one), the co-occurrence weight and scale."""
     live = [f"live_{days:g}d" for days in LIVE_HALF_LIVES_DAYS] + ["live_new"]
     return (
         {
@@ -182,7 +184,10 @@ def calibrated(model: STARS) -> dict[str, torch.Tensor]:
             "own_item_recent": model.own_item_recent,
         }
         | dict(zip(live, model.live_weights.unbind(), strict=True))
-        | {"cooccurrence": model.cooccurrence_weight}
+        | {
+            "cooccurrence_weight": model.cooccurrence_weight,
+            "cooccurrence_scale": model.cooccurrence_scale,
+        }
     )
 
 
@@ -191,7 +196,8 @@ def score_weight_grids(
 ) -> tuple[list[str], list[list[tuple[float, ...]]]]:
     """The `calibrated` names that `coordinate_search` fits, in setting order, and its blocks
     over them: own-item taste and offset in one (they interact), own-item recent share,
-    each live weight, the co-occurrence weight; of the steps switched on here."""
+    each live weight, the co-occurrence weight and scale in one (with weight 0 the scale
+    changes nothing: tried once); of the steps switched on here."""
     names: list[str] = []
     blocks: list[list[tuple[float, ...]]] = []
     if own_items:
@@ -204,8 +210,11 @@ def score_weight_grids(
     if live:
         grids |= {f"live_{days:g}d": config.live_weights for days in LIVE_HALF_LIVES_DAYS}
         grids["live_new"] = config.live_new_weights
-    if cooccurrence:
-        grids["cooccurrence"] = config.cooccurrence_weights
     names += list(grids)
     blocks += [[(weight,) for weight in grid] for grid in grids.values()]
+    if cooccurrence:
+        names += ["cooccurrence_weight", "cooccurrence_scale"]
+        weights, scales = config.cooccurrence_weights, config.cooccurrence_scales
+        tried = [(w, s) for w in weights[1:] for s in scales]
+        blocks.append([(weights[0], scales[0]), *tried])
     return names, blocks

@@ -31,10 +31,6 @@ class ModelConfig:
     # How much a basket further back counts in an item's recent share of the shopper's
     # baskets (a repeat feature): TIFU-KNN's within-basket decay r_b, in (0, 1).
     repeat_basket_decay: float = 0.8
-    # Co-occurrence sums enter the score as log1p(sum / scale) (`STARS.cooccurrence_score`):
-    # similarities are cosines, and a scale of a hundredth of one made the log's curve fit
-    # (validation of Online Retail basket-completion, docs/benchmarks.md).
-    cooccurrence_scale: float = 0.01
     use_text: bool = True
     use_delta: bool = True
     # Where the per-item residual lives: "text" adds it to the text embedding before the
@@ -68,8 +64,6 @@ class ModelConfig:
             raise ValueError(
                 f"repeat_basket_decay must be in (0, 1), got {self.repeat_basket_decay}"
             )
-        if self.cooccurrence_scale <= 0:
-            raise ValueError(f"cooccurrence_scale must be > 0, got {self.cooccurrence_scale}")
         if self.delta_space not in ("text", "width"):
             raise ValueError(f"delta_space must be 'text' or 'width', got {self.delta_space!r}")
         if not (self.use_text or self.use_tags or self.use_item_id):

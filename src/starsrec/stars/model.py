@@ -54,6 +54,7 @@ class STARS(nn.Module):
     own_item_recent: torch.Tensor
     live_weights: torch.Tensor
     cooccurrence_weight: torch.Tensor
+    cooccurrence_scale: torch.Tensor
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class STARS(nn.Module):
         self.register_buffer("own_item_recent", torch.zeros(()))
         self.register_buffer("live_weights", torch.zeros(len(LIVE_HALF_LIVES_DAYS) + 1))
         self.register_buffer("cooccurrence_weight", torch.zeros(()))
+        self.register_buffer("cooccurrence_scale", torch.ones(()))
         for embedding in (self.engagement, self.hour, self.weekday, self.position, self.recency):
             nn.init.normal_(embedding.weight, std=0.02)
         for context in (self.request_hour, self.request_weekday, self.request_month):
@@ -158,9 +160,7 @@ class STARS(nn.Module):
         short = hidden[:, 1:]  # u_S at each event, (B, T, D)
         if not self.config.use_dual_memory:
             return short, torch.zeros_like(short), torch.ones_like(short)
-        valid = torch.cat(
-            [torch.ones_like(batch.items[:, :1]), (batch.items != PAD).long()], dim=1
-        ).unsqueeze(-1)  # (B, T+1, 1): [USER] always counts
+        valid = F.pad((batch.items != PAD).long(), (1, 0), value=1)[..., None]  # [USER] counts
         pooled = (hidden * valid).cumsum(1) / valid.cumsum(1)  # causal mean
         long = self.long_term(pooled[:, 1:])  # u_L, (B, T, D)
         context = self.context_offset(
@@ -302,8 +302,8 @@ class STARS(nn.Module):
 
     def cooccurrence_score(self, similarity: torch.Tensor) -> torch.Tensor:
         """(..., C) co-occurrence sums of C candidates with the user's latest purchases
-        (`starsrec.data.cooccurrence`) -> (..., C): w log1p(sum / cooccurrence_scale)."""
-        return self.cooccurrence_weight * torch.log1p(similarity / self.config.cooccurrence_scale)
+        (`starsrec.data.cooccurrence`) -> (..., C): w log1p(sum / scale), both fitted."""
+        return self.cooccurrence_weight * torch.log1p(similarity / self.cooccurrence_scale)
 
     def score(
         self,

@@ -66,8 +66,8 @@ logger = logging.getLogger(__name__)
 
 # Bumped when the model's parameters change shape or meaning; 2: new-item bias, item repeat
 # propensity, in-session repeat weight; 3: basket share, user repeat weights; 4: own-item
-# buffers; 5: recent share; 6: live weights; 7: tags in the catalogue's domains; 8: co-occurrence.
-MODEL_FORMAT = 8
+# buffers; 5: recent share; 6: live weights; 7: tags in the catalogue's domains; 8-9: co-occurrence.
+MODEL_FORMAT = 9
 # Parameters earlier versions saved that no score reads (the shared cold bias, never on).
 RETIRED_STATE = {"model.cold_bias"}
 
@@ -275,7 +275,7 @@ class StarsRecommender(Recommender):
         self, validate: Callable[[STARS], float], own_items: bool, live: bool, cooccurrence: bool
     ) -> None:
         """Fit the own-item re-scoring (`STARS.own_item_adjustment`), the live-signal weights
-        (`STARS.live_score`) and the co-occurrence weight (`STARS.cooccurrence_score`) of
+        (`STARS.live_score`) and the co-occurrence weight and scale (`STARS.cooccurrence_score`) of
         the steps switched on, on the validation metric (`coordinate_search` over
         `score_weight_grids`); each stays a no-op unless a setting does strictly better."""
         model = self._fitted_model()
