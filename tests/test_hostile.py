@@ -217,7 +217,10 @@ def test_a_megabyte_of_empty_objects_gets_a_small_quick_422(client, method, path
             assert f"at most {MAX_BATCH} items" in answer.text
         else:
             assert reply["more_errors"] >= MAX_BATCH
-        assert took < 2.0, f"{count} items: {took:.2f} s"
+        # A guard against work that grows with the errors listed (seconds per request),
+        # not a speed target: generous, as CI shares the machine with long runs (2.2 s
+        # seen once beside four busy processes).
+        assert took < 10.0, f"{count} items: {took:.2f} s"
     body = json.dumps({"events": [{}] * ((LIMIT - 20) // 4)})
     answer = client.post("/v1/recommend", content=body, headers=JSON)
     assert answer.status_code == 422 and len(answer.content) < SMALL
