@@ -24,8 +24,10 @@ from starsrec.serving.offline import write_serving_files
 from starsrec.serving.request import FiltersIn
 from starsrec.serving.service import Product, RecommendationService
 from starsrec.serving.store import Event
+from starsrec.stars.calibration import calibrated
 from starsrec.stars.export import EagerUserEncoder, OnnxUserEncoder, encoder_inputs
 from starsrec.stars.recommender import StarsRecommender, tag_vocabulary
+from starsrec.stars.scoring import cached_scorer
 from starsrec.stars.sequences import featurize, query_windows
 from starsrec.web.app import create_app
 from tiny import tiny
@@ -158,6 +160,40 @@ def test_the_served_cooccurrence_term_moves_lists(world) -> None:
     finally:
         model.cooccurrence_weight.fill_(weight)
     assert (with_term != without).any()
+
+
+def test_calibration_combines_cached_parts_into_the_plain_scores(world) -> None:
+    """Calibration computes each chunk's score parts once and combines them with every
+    setting it tries: at each setting (the fixture's, others, every added term off) those
+    scores equal `score`, cached or not (a cache of 0 floats computes again each time)."""
+    recommender, log, _ = world
+    model, n_items = recommender.model, recommender._fitted_catalogue().size
+    queries = Queries.for_users(log, list(log.user_ids[:40]), time=int(log.timestamp.max()) + DAY)
+    calls = []
+
+    def parts_of(lo: int, hi: int):
+        calls.append((lo, hi))
+        return recommender.score_parts(queries[lo:hi], live=True, cooccurrence=True)
+
+    cached = cached_scorer(model, n_items, parts_of)
+    uncached = cached_scorer(model, n_items, parts_of, max_floats=0)
+    values = calibrated(model)
+    fixture = {name: float(value) for name, value in values.items()}
+    moved = fixture | {"own_item_taste": 0.5, "own_item_recent": 3.0, "live_1d": 0.0}
+    moved |= {"cooccurrence_weight": 2.0, "cooccurrence_scale": 1.0}
+    off = {name: 0.0 for name in fixture} | {"own_item_taste": 1.0, "cooccurrence_scale": 1.0}
+    try:
+        for setting in (fixture, moved, off):
+            for name, value in setting.items():
+                values[name].fill_(value)
+            want = recommender.score(queries)
+            for scorer in (cached, uncached):
+                np.testing.assert_allclose(scorer(0, 25), want[:25], rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(scorer(25, 40), want[25:], rtol=1e-5, atol=1e-5)
+    finally:
+        for name, value in fixture.items():
+            values[name].fill_(value)
+    assert len(calls) == 2 + 2 * 3  # the cached scorer's two chunks once, the other's each time
 
 
 def test_onnx_encoder_matches_eager(world) -> None:

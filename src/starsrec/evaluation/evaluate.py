@@ -22,7 +22,7 @@ Slices, by what makes a query hard:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,33 +132,40 @@ def validation_metric(
     targets: Targets,
     exclude_seen: bool,
     metric: str = "ndcg@10",
+    score: Callable[[int, int], np.ndarray] | None = None,
 ) -> float:
     """The mean `metric` (e.g. "ndcg@10", "recall@20") of `model` over `queries` with their
     CSR target sets: the one number early stopping, tree counts and calibration choose by,
-    ranked exactly as the evaluator ranks (same filters, same tie rule)."""
+    ranked exactly as the evaluator ranks (same filters, same tie rule). `score(lo, hi)`
+    stands in for `model.score(queries[lo:hi])` where given (calibration's cached parts)."""
     name, _, k = metric.partition("@")
     if name not in ("recall", "ndcg", "hit", "mrr") or not k.isdigit():
         raise ValueError(f"metric must look like 'ndcg@10', got {metric!r}")
     config = EvaluationConfig(exclude_seen=exclude_seen, progress=False)
     values = [
         basket_metrics(scores, _part(targets, lo, hi), ks=(int(k),))[metric]
-        for lo, hi, scores in _scored(model, queries, config)
+        for lo, hi, scores in _scored(model, queries, config, score=score)
     ]
     return float(np.concatenate(values).mean()) if values else float("nan")
 
 
 def _scored(
-    model: Recommender, queries: Queries, config: EvaluationConfig, slots: Slots | None = None
+    model: Recommender,
+    queries: Queries,
+    config: EvaluationConfig,
+    slots: Slots | None = None,
+    score: Callable[[int, int], np.ndarray] | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(lo, hi, (hi - lo, N) float32 filtered scores, `slots` placed) for chunks of
-    `queries`."""
+    `queries`, scored by `score(lo, hi)` where given, else `model.score`."""
     catalogue = model._fitted_catalogue()
     chunk = max(1, config.max_scores // max(catalogue.size, 1))
     filters = Filters(exclude_seen=config.exclude_seen, slots=slots)
     starts = range(0, len(queries), chunk)
     for lo in tqdm(starts, desc=f"evaluate {model.name}", disable=not config.progress):
         hi = min(lo + chunk, len(queries))
-        scores = model.score(queries[lo:hi]).astype(np.float32, copy=True)
+        scored = model.score(queries[lo:hi]) if score is None else score(lo, hi)
+        scores = scored.astype(np.float32, copy=True)
         apply_filters(scores, queries[lo:hi], catalogue, filters)
         yield lo, hi, scores
 

@@ -25,7 +25,6 @@ from starsrec.data.baskets import BasketTargets
 from starsrec.data.calendar import DAY, CalendarEvents
 from starsrec.data.cooccurrence import (
     CooccurrenceConfig,
-    history_similarity,
     similarity_table,
     table_from_state,
     table_state,
@@ -33,7 +32,6 @@ from starsrec.data.cooccurrence import (
 from starsrec.data.files import CALENDAR_FILE
 from starsrec.data.integrity import ArtifactError, write_json_atomic
 from starsrec.data.interactions import Catalogue, Queries
-from starsrec.data.live import replay_counts
 from starsrec.evaluation.evaluate import validation_metric
 from starsrec.features.encoders import named_encoder
 from starsrec.features.tags import DOMAINS, default_tagger, tag_catalogue, tagging_texts
@@ -46,7 +44,6 @@ from starsrec.recommender import (
     rebuild_nested_configs,
 )
 from starsrec.stars import distributed
-from starsrec.stars.batch import slot_of
 from starsrec.stars.calibration import (
     CalibrationConfig,
     calibrated,
@@ -56,10 +53,9 @@ from starsrec.stars.calibration import (
     score_weight_grids,
 )
 from starsrec.stars.config import ModelConfig, model_config
-from starsrec.stars.device import resolve_device, to_device
+from starsrec.stars.device import resolve_device
 from starsrec.stars.model import STARS
-from starsrec.stars.repeats import RepeatFeatures, history_counts
-from starsrec.stars.sequences import featurize, query_windows
+from starsrec.stars.scoring import ScoreParts, cached_scorer, combined, score_parts
 from starsrec.stars.train import TrainConfig, TrainingState, train_model
 
 logger = logging.getLogger(__name__)
@@ -222,7 +218,7 @@ class StarsRecommender(Recommender):
             checkpoint_dir=self.checkpoint_dir,
         )
         if validate is not None:
-            self.calibrate(queries, targets, validate, data.exclude_seen)
+            self.calibrate(queries, targets, data.exclude_seen)
 
     def diagnostics(self, queries: Queries, targets: BasketTargets) -> dict[str, float]:
         """best_epoch (the validation epoch whose weights were kept) and epochs_run, from
@@ -234,21 +230,27 @@ class StarsRecommender(Recommender):
         fitted = {name: float(value) for name, value in calibrated(self._fitted_model()).items()}
         return {"best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)} | fitted
 
-    def calibrate(
-        self,
-        queries: Queries,
-        targets: BasketTargets,
-        validate: Callable[[STARS], float],
-        exclude_seen: bool,
-    ) -> None:
-        """The steps after training that `config.calibration` switches on, where they apply."""
+    def calibrate(self, queries: Queries, targets: BasketTargets, exclude_seen: bool) -> None:
+        """The steps after training that `config.calibration` switches on, where they apply,
+        on the validation `queries` (the score steps on parts computed once: `cached_scorer`)."""
         steps, model = self.config.calibration, self.config.model
         if steps.new_items and model.use_item_bias and model.new_item_bias_on():
             self.calibrate_new_items(queries, targets, exclude_seen)
         # Own items are re-scored where they can be recommended and are scored apart.
         own_items = steps.own_items and not exclude_seen and model.use_repeat_score
         if own_items or steps.live or steps.cooccurrence:
-            self.calibrate_scores(validate, own_items, steps.live, steps.cooccurrence)
+            live, cooccurrence = steps.live, steps.cooccurrence
+            score = cached_scorer(
+                self._fitted_model(),
+                self._fitted_catalogue().size,
+                lambda lo, hi: self.score_parts(queries[lo:hi], live, cooccurrence),
+            )
+            self.calibrate_scores(
+                lambda _: validation_metric(self, queries, targets, exclude_seen, score=score),
+                own_items,
+                live,
+                cooccurrence,
+            )
 
     @torch.no_grad()
     def calibrate_new_items(
@@ -316,43 +318,29 @@ class StarsRecommender(Recommender):
             first_day=torch.from_numpy(features["first_day"]) if "first_day" in features else None,
         )
 
-    @torch.no_grad()
     def score(self, queries: Queries) -> np.ndarray:
-        """(Q, N) float32 served score of every item: the model's terms (`STARS.user_side`,
-        `item_terms`, `own_item_score`) for each query's recent history, `live_score` for
-        all shoppers' sales before its time (`replay_counts` of the queries' log) and
-        `cooccurrence_score` for its latest purchases (`history_similarity`)."""
-        model, calendar, device = self._fitted_model(), self._fitted_calendar(), self.device
-        gap = model.config.session_gap_minutes
-        model.eval()
-        vectors = model.item_vectors()  # (N, D)
-        all_slots = slot_of(torch.arange(vectors.shape[0], device=device))
-        new = model.item_tokens.warm[all_slots] == 0
-        table = self.cooccurrence_table()
-        scores = np.empty((len(queries), vectors.shape[0]), dtype=np.float32)
-        for lo in range(0, len(queries), self.config.score_batch):
-            part = queries[lo : lo + self.config.score_batch]
-            rows = query_windows(part, model.config.max_length)
-            batch = featurize(part.log, rows, part.time, calendar, gap).to(device)
-            query = model.user_side(batch)[0][:, -1]  # (B, D)
-            bias, offsets = model.item_terms(all_slots, batch.request_events[:, -1])
-            taste = query @ vectors.T  # (B, N)
-            counts = history_counts(part, vectors.shape[0], gap, model.config.repeat_basket_decay)
-            repeats = RepeatFeatures._make(
-                to_device(torch.from_numpy(a), device)
-                for a in (*counts[:3], counts.sessions[:, None])
-            )
-            weights = model.user_repeat_weights(query)[:, None, :]
-            own = model.own_item_score(taste, repeats, all_slots, weights)
-            live = torch.zeros(())  # the live signals, where their weights are fitted
-            if model.live_weights.any():
-                sales = torch.from_numpy(replay_counts(part.log, part.time, len(all_slots)))
-                live = model.live_score(to_device(sales, device), new)
-            if model.cooccurrence_weight != 0:  # where its weight is fitted
-                together = history_similarity(part, table, self.config.cooccurrence)
-                live = live + model.cooccurrence_score(torch.from_numpy(together).float())
-            scores[lo : lo + len(part)] = (taste + bias + offsets + own + live).cpu().numpy()
-        return scores
+        """(Q, N) float32 served score of every item (`starsrec.stars.scoring`): the model's
+        terms for each query's recent history, `live_score` for all shoppers' sales before
+        its time and `cooccurrence_score` for its latest purchases, where their weights
+        are fitted."""
+        model = self._fitted_model()
+        live = bool(model.live_weights.any())
+        parts = self.score_parts(queries, live, bool(model.cooccurrence_weight != 0))
+        return combined(model, parts, self._fitted_catalogue().size)
+
+    def score_parts(self, queries: Queries, live: bool, cooccurrence: bool) -> list[ScoreParts]:
+        """`scoring.score_parts` of `queries`, with the live counts and co-occurrence sums
+        where asked for."""
+        table = self.cooccurrence_table() if cooccurrence else None
+        return score_parts(
+            self._fitted_model(),
+            self._fitted_calendar(),
+            queries,
+            self.config.score_batch,
+            live,
+            table,
+            self.config.cooccurrence,
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         model = self._fitted_model()
