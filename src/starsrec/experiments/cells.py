@@ -27,15 +27,17 @@ from starsrec.stars.recommender import StarsRecommender
 def stars_on_cell(
     description: str, out: Path
 ) -> tuple[argparse.Namespace, StarsRecommender, TrainingData, Split | BasketSplit]:
-    """A benchmark's command line (--dataset, --protocol, --seed, --artifact, --threads and
-    --out, by default `out`) and what it asks for: (the arguments, STARS, its training data,
-    the split), STARS trained with the seed as the quality run trains it, or loaded from
-    --artifact (a model trained on the same cell). Logs at INFO."""
+    """A benchmark's command line (--dataset, --protocol, --seed, --artifact, --save,
+    --threads and --out, by default `out`) and what it asks for: (the arguments, STARS, its
+    training data, the split), STARS trained with the seed as the quality run trains it (and
+    saved to --save, for another benchmark's --artifact), or loaded from --artifact (a model
+    trained on the same cell). Logs at INFO."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset", default="online-retail")
     parser.add_argument("--protocol", default="next-basket")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--artifact", type=Path, help="a STARS model trained on this cell")
+    parser.add_argument("--save", type=Path, help="where to save the model trained here")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
@@ -48,6 +50,8 @@ def stars_on_cell(
         return args, StarsRecommender.load(args.artifact), data, split
     model = make_model("stars", args.seed, args.threads, {}).fit(data)
     assert isinstance(model, StarsRecommender)
+    if args.save is not None:
+        model.save(args.save, {"cell": f"{args.dataset}/{args.protocol}", "seed": args.seed})
     return args, model, data, split
 
 
