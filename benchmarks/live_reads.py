@@ -1,5 +1,5 @@
 """What a serving worker pays for live counts: keeping its copy of the counters
-(`StoreLive`) and merging the live items into a request's answer (`with_live`).
+(`StoreLive`) and merging the live items into a request's answer (`with_added`).
 
     python benchmarks/live_reads.py                 # 1,000 / 10,000 / 100,000 items with sales
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from starsrec.experiments.report import machine_description, source_revision
 from starsrec.index.exact import inner_scores
-from starsrec.serving.live_items import LIVE_SEARCH_DEPTH, StoreLive, with_live
+from starsrec.serving.live_items import LIVE_SEARCH_DEPTH, StoreLive, with_added
 from starsrec.serving.store import Event, SQLiteEventStore
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,7 +69,7 @@ def measure(n_items: int, catalogue: int, folder: Path, repeats: int = 5) -> dic
 
 
 def merge_cost(n_live: int, index: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
-    """Median ms of `with_live` for a top 10 with `n_live` live rows, and rows it scored,
+    """Median ms of `with_added` for a top 10 with `n_live` live rows, and rows it scored,
     for an index search of depth 10 and of `LIVE_SEARCH_DEPTH`."""
     vectors, query, base = index
     rng = np.random.default_rng(n_live)
@@ -82,7 +82,9 @@ def merge_cost(n_live: int, index: tuple[np.ndarray, np.ndarray, np.ndarray]) ->
         found, skip, spent = order[:depth], np.empty(0, np.int64), []
         for _ in range(20):
             started = time.perf_counter()
-            merged, _ = with_live(found, base[found], (rows, terms), vectors, query, skip, None, 10)
+            merged, _ = with_added(
+                found, base[found], (rows, terms), vectors, query, skip, None, 10
+            )
             spent.append(time.perf_counter() - started)
         out[f"depth_{depth}"] = {
             "ms": 1000 * float(np.median(spent)),

@@ -89,11 +89,11 @@ def test_a_counter_reads_halved_after_its_half_life() -> None:
 
 
 def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach_it() -> None:
-    """`with_live` on the exact index's top k gives the top k of (score + live term) over
+    """`with_added` on the exact index's top k gives the top k of (score + live term) over
     every allowed row not skipped, ties aside; rows whose live term cannot lift them past
     the k-th are not scored, and with fewer than k found every live row is."""
     from starsrec.index.exact import inner_scores
-    from starsrec.serving.live_items import with_live
+    from starsrec.serving.live_items import with_added
 
     rng = np.random.default_rng(0)
     n, k = 500, 10
@@ -110,7 +110,9 @@ def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach
         eligible[skip] = False
         plain = np.where(eligible, base, -np.inf)
         found = np.argsort(-plain)[:k]
-        merged, scores = with_live(found, base[found], (rows, terms), vectors, query, skip, allowed)
+        merged, scores = with_added(
+            found, base[found], (rows, terms), vectors, query, skip, allowed
+        )
         total = plain.copy()
         total[rows] += terms
         want = np.sort(total)[::-1][:k]
@@ -119,7 +121,7 @@ def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach
         assert len(merged) <= k + len(rows)
         # The index searched deeper than k: the same top k, and no more rows scored.
         deep = np.argsort(-plain)[: 5 * k]
-        deeper, deep_scores = with_live(
+        deeper, deep_scores = with_added(
             deep, base[deep], (rows, terms), vectors, query, skip, allowed, k
         )
         np.testing.assert_allclose(np.sort(deep_scores)[::-1][:k], want, rtol=1e-5)
@@ -128,12 +130,12 @@ def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach
     # pass the k-th found, so none is scored.
     rows = np.union1d(rows, found)
     tiny_terms = np.where(np.isin(rows, found), 5.0, 1e-6).astype(np.float32)
-    merged, _ = with_live(found, base[found], (rows, tiny_terms), vectors, query, skip, allowed)
+    merged, _ = with_added(found, base[found], (rows, tiny_terms), vectors, query, skip, allowed)
     assert set(merged) == set(found)
     # Fewer than k found (a narrow filter): every allowed live row is a candidate.
     short = np.concatenate([found[:3], [-1] * (k - 3)])
     short_scores = np.concatenate([base[found[:3]], np.zeros(k - 3, np.float32)])
-    merged, _ = with_live(short, short_scores, (rows, tiny_terms), vectors, query, skip, allowed)
+    merged, _ = with_added(short, short_scores, (rows, tiny_terms), vectors, query, skip, allowed)
     expected = {int(r) for r in rows if allowed[r] and r not in skip} | set(found[:3].tolist())
     assert set(merged.tolist()) == expected
 
@@ -141,7 +143,7 @@ def test_the_served_merge_keeps_the_exact_top_k_and_skips_rows_that_cannot_reach
 def test_a_live_row_just_past_the_bound_is_scored() -> None:
     """The bound is exact: a row below the index's deep list whose live term lifts it just
     past the k-th is scored (a bound taken from the (k-1)-th would leave it out)."""
-    from starsrec.serving.live_items import with_live
+    from starsrec.serving.live_items import with_added
 
     k, depth = 10, 50
     base = np.concatenate([1000.0 - np.arange(k - 1), [10.0], 9.0 - 0.01 * np.arange(190)])
@@ -151,7 +153,7 @@ def test_a_live_row_just_past_the_bound_is_scored() -> None:
     found = np.arange(depth)  # the index's top 50
     row = depth  # the next row: 0.01 below the last found
     term = np.float32(base[k - 1] - base[row] + 0.5)
-    merged, scores = with_live(
+    merged, scores = with_added(
         found,
         base[found].astype(np.float32),
         (np.array([row]), np.array([term])),

@@ -5,7 +5,7 @@ The score's live term (`STARS.live_score`) depends on the request time and on ev
 events, the co-occurrence term (`STARS.cooccurrence_score`) on the user's latest purchases,
 neither on the query, so the index, which ranks by one fixed inner product, cannot hold
 them. Both are added to few items (`sum_terms`): the served top k are among the index's top
-k by the rest of the score and those items, which the service scores exactly (`with_live`)
+k by the rest of the score and those items, which the service scores exactly (`with_added`)
 and merges in.
 
 Where the counts come from is a `LiveSource`: `StoreLive` reads the store's counters
@@ -161,32 +161,32 @@ def sum_terms(
     return rows, np.bincount(inverse, weights=values, minlength=len(rows)).astype(np.float32)
 
 
-def with_live(
+def with_added(
     found: np.ndarray,  # (F,) the index's rows, best first, -1 padding
-    scores: np.ndarray,  # (F,) their scores without the live term
-    live: tuple[np.ndarray, np.ndarray],  # (rows (R,) ascending, live terms (R,))
+    scores: np.ndarray,  # (F,) their scores without the added terms
+    added: tuple[np.ndarray, np.ndarray],  # (rows (R,) ascending, added terms (R,))
     vectors: np.ndarray,  # (N, D') the index rows
     query: np.ndarray,  # (D') the retrieval query
     skip: np.ndarray,  # rows never to add (excluded, or scored apart as own items)
     allowed: np.ndarray | None,  # (N,) bool, None = all
     k: int | None = None,  # how many the caller keeps (None: F)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates for the top k with the live term: the index's `found`, their scores
-    plus their live term, then the other live rows not in `skip` and allowed that can still
-    reach the top k, scored exactly (`inner_scores` with `query`, bit for bit the index's,
-    plus its live term). Unsorted.
+    """The candidates for the top k with the added terms (live, co-occurrence: `sum_terms`):
+    the index's `found`, their scores plus their terms, then the other rows with a term, not
+    in `skip` and allowed, that can still reach the top k, scored exactly (`inner_scores` with
+    `query`, bit for bit the index's, plus the term). Unsorted.
 
-    A row the index left out scores at most the last found score without the live term, so
-    it reaches the top k only if its live term is at least the k-th best found score with
-    live terms minus that: the rows below (the many items that sold a little, long ago) are
-    not scored. The deeper the index searched past k (`LIVE_SEARCH_DEPTH`), the lower that
-    last score and the fewer rows pass."""
+    A row the index left out scores at most the last found score without its term, so it
+    reaches the top k only if its term is at least the k-th best found score with terms minus
+    that: the rows below (the many items that sold a little, long ago) are not scored. The
+    deeper the index searched past k (`LIVE_SEARCH_DEPTH`), the lower that last score and the
+    fewer rows pass."""
     keep = found >= 0
     k = len(found) if k is None else k
     # every row found, at least k: the last bounds the rest
     full = bool(keep.all()) and len(found) >= k > 0
     found, scores = found[keep], scores[keep].astype(np.float32)
-    rows, terms = live
+    rows, terms = added
     lifted = scores.copy()
     if len(rows):
         at = np.searchsorted(rows, found).clip(max=len(rows) - 1)

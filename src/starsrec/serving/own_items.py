@@ -54,19 +54,19 @@ def merge_own_items(
     found: np.ndarray,  # (F,) rows the index found, never the user's own
     scores: np.ndarray,  # (F,) their scores, best first
     own: tuple[np.ndarray, np.ndarray],  # `own_item_scores`
-    live: tuple[np.ndarray, np.ndarray] | None,  # (rows, live terms) of the live items
+    added: tuple[np.ndarray, np.ndarray] | None,  # (rows, terms) of `added_terms`
     allowed: np.ndarray | None,  # (N,) bool, None = all
     exclude: np.ndarray,  # rows never to return
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of `found` and the user's own items (with their live terms) that the
-    request may return: (K,) rows and (K,) scores, best first."""
+    """The top k of `found` and the user's own items (with their added terms: live,
+    co-occurrence) that the request may return: (K,) rows and (K,) scores, best first."""
     seen, exact = own
-    if live is not None and len(seen) and len(live[0]):
-        at = np.searchsorted(live[0], seen).clip(max=len(live[0]) - 1)  # both ascending
-        hit = live[0][at] == seen
+    if added is not None and len(seen) and len(added[0]):
+        at = np.searchsorted(added[0], seen).clip(max=len(added[0]) - 1)  # both ascending
+        hit = added[0][at] == seen
         exact = exact.copy()
-        exact[hit] += live[1][at[hit]]
+        exact[hit] += added[1][at[hit]]
     keep = np.ones(len(seen), bool) if allowed is None else allowed[seen]
     if len(exclude):
         keep &= ~np.isin(seen, exclude)

@@ -110,9 +110,9 @@ class ServedRecommender(Recommender):
             scores[q] = inner_scores(query[None], vectors)[0]
             seen, exact = own_item_scores(service.model, vectors, query, history, rows, at)
             scores[q, seen] = exact
-            live = service.added_terms(at, bought)
-            if live is not None:
-                scores[q, live[0]] += live[1]
+            added = service.added_terms(at, bought)
+            if added is not None:
+                scores[q, added[0]] += added[1]
         return scores
 
     def recommend(

@@ -54,7 +54,7 @@ from starsrec.serving.live_items import (
     cooccurrence_terms,
     live_scores,
     sum_terms,
-    with_live,
+    with_added,
 )
 from starsrec.serving.own_items import merge_own_items, own_item_scores
 from starsrec.serving.product_log import ProductLog
@@ -261,16 +261,16 @@ class RecommendationService(ProductWrites):
         mine = own_item_scores(self.model, self.index.vectors, query, history, rows, at)
         own = mine[0]  # the history's distinct rows; none with the repeat score off
         skip = np.union1d(exclude, own) if len(exclude) else own
-        live = self.added_terms(at, bought)
+        added = self.added_terms(at, bought)
 
         def top(depth: int, allowed: np.ndarray | None, scope) -> tuple[np.ndarray, np.ndarray]:
-            deeper = depth if live is None else max(depth, LIVE_SEARCH_DEPTH)
+            deeper = depth if added is None else max(depth, LIVE_SEARCH_DEPTH)
             (found,), (scores,) = self.index.search(query[None], deeper, allowed, [skip], scope)
-            if live is not None:
-                found, scores = with_live(
-                    found, scores, live, self.index.vectors, query, skip, allowed, depth
+            if added is not None:
+                found, scores = with_added(
+                    found, scores, added, self.index.vectors, query, skip, allowed, depth
                 )
-            return merge_own_items(found, scores, mine, live, allowed, exclude, depth)
+            return merge_own_items(found, scores, mine, added, allowed, exclude, depth)
 
         slots = None if filters.slots is None else for_history(filters.slots, rows)
         if slots is None or slots.count == 0 or k <= slots.after:
