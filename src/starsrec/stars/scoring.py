@@ -45,9 +45,10 @@ class ScoreParts(NamedTuple):
     similarity: torch.Tensor | None  # (B, N) co-occurrence sums; None where not asked for
 
     def floats(self) -> int:
-        """How many numbers these parts hold (what a cache of them costs)."""
+        """What a cache of these parts costs, in float32s (an own item: two int64 indices,
+        its taste and four repeat features)."""
         dense = [self.fixed, self.sales, self.similarity]
-        return sum(t.numel() for t in dense if t is not None) + 6 * self.taste.numel()
+        return sum(t.numel() for t in dense if t is not None) + 9 * self.taste.numel()
 
 
 @torch.no_grad()
