@@ -8,6 +8,7 @@ import pytest
 
 from starsrec.data.splits import NEXT_BASKET, split_dataset
 from starsrec.data.toyworld import make_toy_world
+from starsrec.evaluation.evaluate import validation_metric
 from starsrec.experiments.report import make_model, training_data
 from tiny import load_benchmark, settings
 
@@ -23,7 +24,9 @@ def test_cached_passes_match_and_calibration_computes_the_parts_once() -> None:
     # One chunk of validation queries: the new-item step scores it once (when it runs),
     # the score steps compute its parts once for all the settings they try.
     assert record["calibration_parts_computed"] in (1, 2)
+    assert record["calibration_passes"] > 10  # every setting it tried, on those parts
     assert "cooccurrence_weight" in record["calibrated"]
-    assert "score_parts" not in vars(model)  # the counting wrapper is gone
+    assert "score_parts" not in vars(model)  # the counting wrappers are gone
+    assert module.recommender.validation_metric is validation_metric
     row = module.table([{"cell": "toy/next-basket", "seed": 0} | record])
     assert row.count("| toy/next-basket | 0 |") == 1

@@ -164,8 +164,9 @@ def test_the_served_cooccurrence_term_moves_lists(world) -> None:
 
 def test_calibration_combines_cached_parts_into_the_plain_scores(world) -> None:
     """Calibration computes each chunk's score parts once and combines them with every
-    setting it tries: at each setting (the fixture's, others, every added term off) those
-    scores equal `score`, cached or not (a cache of 0 floats computes again each time)."""
+    setting it tries, reusing the live and co-occurrence terms while their values stay: at
+    each setting (the fixture's, others, one value moved at a time, every added term off)
+    those scores equal `score`, cached or not (a cache of 0 floats computes again each time)."""
     recommender, log, _ = world
     model, n_items = recommender.model, recommender._fitted_catalogue().size
     queries = Queries.for_users(log, list(log.user_ids[:40]), time=int(log.timestamp.max()) + DAY)
@@ -181,9 +182,12 @@ def test_calibration_combines_cached_parts_into_the_plain_scores(world) -> None:
     fixture = {name: float(value) for name, value in values.items()}
     moved = fixture | {"own_item_taste": 0.5, "own_item_recent": 3.0, "live_1d": 0.0}
     moved |= {"cooccurrence_weight": 2.0, "cooccurrence_scale": 1.0}
+    own_only = moved | {"own_item_offset": 1.5}  # the kept live and co-occurrence terms
+    scale_only = own_only | {"cooccurrence_scale": 0.01}
     off = {name: 0.0 for name in fixture} | {"own_item_taste": 1.0, "cooccurrence_scale": 1.0}
+    settings = (fixture, moved, own_only, scale_only, off)
     try:
-        for setting in (fixture, moved, off):
+        for setting in settings:
             for name, value in setting.items():
                 values[name].fill_(value)
             want = recommender.score(queries)
@@ -193,7 +197,9 @@ def test_calibration_combines_cached_parts_into_the_plain_scores(world) -> None:
     finally:
         for name, value in fixture.items():
             values[name].fill_(value)
-    assert len(calls) == 2 + 2 * 3  # the cached scorer's two chunks once, the other's each time
+    assert len(calls) == 2 + 2 * len(
+        settings
+    )  # the cached scorer's chunks once, the other's each time
 
 
 def test_onnx_encoder_matches_eager(world) -> None:

@@ -326,7 +326,7 @@ class StarsRecommender(Recommender):
         model = self._fitted_model()
         live = bool(model.live_weights.any())
         parts = self.score_parts(queries, live, bool(model.cooccurrence_weight != 0))
-        return combined(model, parts, self._fitted_catalogue().size)
+        return combined(model, parts, None, self._fitted_catalogue().size)
 
     def score_parts(self, queries: Queries, live: bool, cooccurrence: bool) -> list[ScoreParts]:
         """`scoring.score_parts` of `queries`, with the live counts and co-occurrence sums

@@ -114,25 +114,47 @@ def _batch_parts(
 
 
 @torch.no_grad()
-def combine(model: STARS, parts: ScoreParts) -> torch.Tensor:
-    """(B, N) the served score: `parts` plus the calibrated terms at the model's values."""
+def combine(model: STARS, parts: ScoreParts, memo: dict | None = None) -> torch.Tensor:
+    """(B, N) the served score: `parts` plus the calibrated terms at the model's values.
+    `memo` (calibration's, one per batch) keeps the live and co-occurrence terms with the
+    values they were computed at: a pass that moved only other values reuses them."""
     scores = parts.fixed.clone()
     adjustment = model.own_item_adjustment(parts.taste, parts.repeats)
     scores.index_put_(parts.own, adjustment, accumulate=True)
     if parts.sales is not None:
+        sales = parts.sales
         all_slots = slot_of(torch.arange(scores.shape[1], device=scores.device))
-        scores += model.live_score(parts.sales, model.item_tokens.warm[all_slots] == 0)
+        new = model.item_tokens.warm[all_slots] == 0
+        scores += _term(memo, "live", model.live_weights, lambda: model.live_score(sales, new))
     if parts.similarity is not None:
-        scores += model.cooccurrence_score(parts.similarity)
+        similarity = parts.similarity
+        values = torch.stack([model.cooccurrence_weight, model.cooccurrence_scale])
+        scores += _term(memo, "cooccurrence", values, lambda: model.cooccurrence_score(similarity))
     return scores
 
 
-def combined(model: STARS, parts: list[ScoreParts], n_items: int) -> np.ndarray:
-    """(Q, N) float32 scores of the batches' `parts` in order, combined (`combine`)."""
+def _term(
+    memo: dict | None, name: str, values: torch.Tensor, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """compute(), or what `memo` kept of it at the same `values`."""
+    if memo is None:
+        return compute()
+    key = tuple(values.tolist())
+    if name not in memo or memo[name][0] != key:
+        memo[name] = (key, compute())
+    return memo[name][1]
+
+
+def combined(
+    model: STARS, parts: list[ScoreParts], memos: list[dict] | None, n_items: int
+) -> np.ndarray:
+    """(Q, N) float32 scores of the batches' `parts` in order, combined (`combine`, with
+    each batch's memo where given)."""
     scores = np.empty((sum(p.fixed.shape[0] for p in parts), n_items), dtype=np.float32)
     lo = 0
-    for p in parts:
-        scores[lo : lo + p.fixed.shape[0]] = combine(model, p).cpu().numpy()
+    for k, p in enumerate(parts):
+        memo = None if memos is None else memos[k]
+        scores[lo : lo + p.fixed.shape[0]] = combine(model, p, memo).cpu().numpy()
         lo += p.fixed.shape[0]
     return scores
 
@@ -144,19 +166,23 @@ def cached_scorer(
     max_floats: int = CACHE_FLOATS,
 ) -> Callable[[int, int], np.ndarray]:
     """score(lo, hi): the (hi - lo, N) scores of queries [lo, hi) at the model's current
-    calibrated values, from `parts_of(lo, hi)` computed on first use and kept while the
-    cache holds at most `max_floats` numbers (past that, computed again each time)."""
-    cache: dict[tuple[int, int], list[ScoreParts]] = {}
+    calibrated values, from `parts_of(lo, hi)` computed on first use and kept, with their
+    batches' memos (`combine`), while the cache holds at most `max_floats` float32s (past
+    that, computed again each time)."""
+    cache: dict[tuple[int, int], tuple[list[ScoreParts], list[dict]]] = {}
     held = 0
 
     def score(lo: int, hi: int) -> np.ndarray:
         nonlocal held
-        parts = cache.get((lo, hi))
-        if parts is None:
-            parts = parts_of(lo, hi)
-            size = sum(p.floats() for p in parts)
-            if held + size <= max_floats:
-                cache[lo, hi], held = parts, held + size
-        return combined(model, parts, n_items)
+        if (lo, hi) in cache:
+            return combined(model, *cache[lo, hi], n_items)
+        parts = parts_of(lo, hi)
+        # each part, and the live and co-occurrence terms its memo keeps
+        size = sum(p.floats() + p.fixed.numel() * (p.sales is not None) for p in parts)
+        size += sum(p.fixed.numel() * (p.similarity is not None) for p in parts)
+        if held + size > max_floats:
+            return combined(model, parts, None, n_items)
+        cache[lo, hi], held = (parts, [{} for _ in parts]), held + size
+        return combined(model, *cache[lo, hi], n_items)
 
     return score
