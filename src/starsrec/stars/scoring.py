@@ -7,7 +7,8 @@ repeat features, every item's live counts, co-occurrence sums with the latest pu
 (`STARS.own_item_adjustment`, `live_score`, `cooccurrence_score`). `StarsRecommender.score`
 is the two in a row; calibration computes the parts of its validation queries once and
 combines them again for every setting it tries (only the calibrated values change between
-its passes), which is most of what a pass cost before.
+its passes; `cached_scorer`), keeping each batch's live and co-occurrence terms while
+their values stay (the coordinate search moves one block of values at a time).
 """
 
 from __future__ import annotations
