@@ -65,7 +65,7 @@ def measure(model: StarsRecommender, data: TrainingData, passes: int) -> dict:
     )
     for name, value in calibrated(stars).items():  # no change, as after training
         value.fill_(1.0 if name in ("own_item_taste", "cooccurrence_scale") else 0.0)
-    parts, passes = [], []
+    parts, calls = [], []  # what calibration computed, and how many passes it ran
     original_parts, original_metric = model.score_parts, recommender.validation_metric
 
     def counting_parts(*args, **kwargs):
@@ -73,7 +73,7 @@ def measure(model: StarsRecommender, data: TrainingData, passes: int) -> dict:
         return original_parts(*args, **kwargs)
 
     def counting_passes(*args, **kwargs):
-        passes.append(1)
+        calls.append(1)
         return original_metric(*args, **kwargs)
 
     model.score_parts = counting_parts  # type: ignore[method-assign]
@@ -93,7 +93,7 @@ def measure(model: StarsRecommender, data: TrainingData, passes: int) -> dict:
         "plain_metric": plain_metric,
         "cached_metric": cached_metric,
         "calibration_seconds": seconds,
-        "calibration_passes": len(passes),
+        "calibration_passes": len(calls),
         "calibration_parts_computed": len(parts),
         "calibrated": {name: float(value) for name, value in calibrated(stars).items()},
     }
