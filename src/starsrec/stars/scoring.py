@@ -179,8 +179,8 @@ def cached_scorer(
             return combined(model, *cache[lo, hi], n_items)
         parts = parts_of(lo, hi)
         # each part, and the live and co-occurrence terms its memo keeps
-        size = sum(p.floats() + p.fixed.numel() * (p.sales is not None) for p in parts)
-        size += sum(p.fixed.numel() * (p.similarity is not None) for p in parts)
+        kept = [(p.sales is not None) + (p.similarity is not None) for p in parts]
+        size = sum(p.floats() + p.fixed.numel() * k for p, k in zip(parts, kept, strict=True))
         if held + size > max_floats:
             return combined(model, parts, None, n_items)
         cache[lo, hi], held = (parts, [{} for _ in parts]), held + size
